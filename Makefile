@@ -1,0 +1,58 @@
+# MarketSwarm: the two commands are `make run` and `make test`; the rest is for developers.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Keep the repository root off sys.path, so `import agents` can never load our folder (STYLE.md §1).
+export PYTHONSAFEPATH := 1
+PYTEST_ARGS ?=
+
+.PHONY: all install run test test-all test-integration lint format typecheck bench diagram clean
+
+all: lint typecheck test
+
+# Strict editable installs link each module: a new module needs a reinstall, which a change of a
+# package directory's mtime (a file added or removed) triggers.
+PKG_DIRS := topology schemas agents agents/calc agents/sources agents/publish agents/publish/static
+
+$(STAMP): pyproject.toml $(PKG_DIRS)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 is required"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/marketswarm run
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest -m "integration and not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy -p marketswarm.topology -p marketswarm.agents -p marketswarm.schemas
+
+bench: $(STAMP)
+	$(BIN)/marketswarm bench
+
+diagram: $(STAMP)
+	$(BIN)/marketswarm topology --mermaid
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .bench

@@ -1,0 +1,1 @@
+"""MarketSwarm's agents: sources, normalize, hydrate, calc per strategy, publish and the gateway."""

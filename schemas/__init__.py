@@ -1,0 +1,1 @@
+"""MarketSwarm's message contracts: typed events, models, OCC symbols and the one codec."""

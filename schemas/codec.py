@@ -1,0 +1,134 @@
+"""The one codec: how each stream payload is laid out in Redis entry fields, and back.
+
+Every entry has ``kind``, ``v`` and ``data`` (the payload's JSON, or the provider's raw bytes);
+routing fields (``src``, ``rx_ns``, ``epoch``) stay beside the payload, never inside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+import orjson
+
+from marketswarm.schemas.events import ChangeBatch, EventBatch
+from marketswarm.schemas.events import Change as _Change
+from marketswarm.schemas.events import Event as _Event
+from marketswarm.schemas.models import Diff, Reject, TileBatch
+from marketswarm.topology.streams import Payload
+
+
+class DecodeError(ValueError):
+    """Raised when a stream entry cannot be decoded into its stream's payload type."""
+
+
+class RawFrame(msgspec.Struct, frozen=True, kw_only=True):
+    """Provider bytes exactly as received, plus the receive time and what produced them."""
+
+    src: str  # ws | rest.chain | rest.spot | sim | cboe.csv | capture
+    rx_ns: int
+    data: bytes
+
+
+_enc = msgspec.json.Encoder()
+_events_dec = msgspec.json.Decoder(tuple[_Event, ...])
+_changes_dec = msgspec.json.Decoder(tuple[_Change, ...])
+_tiles_dec = msgspec.json.Decoder(TileBatch)
+_diff_dec = msgspec.json.Decoder(Diff)
+_reject_dec = msgspec.json.Decoder(Reject)
+
+
+def encode_json(value: Any) -> bytes:
+    """Encode a Struct, or a list of Structs, to JSON."""
+    return _enc.encode(value)
+
+
+def encode_raw(frame: RawFrame) -> dict[str, Any]:
+    return {"kind": "raw", "v": 1, "src": frame.src, "rx_ns": frame.rx_ns, "data": frame.data}
+
+
+def encode_events(batch: EventBatch) -> dict[str, Any]:
+    return {"kind": "events", "v": 1, "src": batch.src, "rx_ns": batch.rx_ns, "data": _enc.encode(batch.events)}
+
+
+def encode_changes(batch: ChangeBatch) -> dict[str, Any]:
+    return {
+        "kind": "changes",
+        "v": 1,
+        "src": batch.src,
+        "rx_ns": batch.rx_ns,
+        "epoch": batch.epoch,
+        "data": _enc.encode(batch.changes),
+    }
+
+
+def encode_tiles(batch: TileBatch) -> dict[str, Any]:
+    return {"kind": "tiles", "v": 1, "data": _enc.encode(batch)}
+
+
+def encode_diff(diff: Diff) -> dict[str, Any]:
+    return {"kind": "diff", "v": 1, "version": diff.version, "data": _enc.encode(diff)}
+
+
+def encode_reject(reject: Reject) -> dict[str, Any]:
+    return {"kind": "reject", "v": 1, "reason": reject.reason, "data": _enc.encode(reject)}
+
+
+def encode_test(value: Any) -> dict[str, Any]:
+    return {"kind": "test", "v": 1, "data": orjson.dumps(value)}
+
+
+def _field(fields: Mapping[bytes, bytes], name: bytes) -> bytes:
+    try:
+        return fields[name]
+    except KeyError:
+        raise DecodeError(f"entry has no {name.decode()!r} field") from None
+
+
+def decode(payload: Payload, fields: Mapping[bytes, bytes]) -> Any:
+    """Decode an entry's fields into the payload type of its stream; raise DecodeError if impossible."""
+    try:
+        kind = _field(fields, b"kind").decode()
+        if kind != payload.value:
+            raise DecodeError(f"entry kind {kind!r} on a {payload.value!r} stream")
+        if _field(fields, b"v") != b"1":
+            raise DecodeError(f"unsupported version {fields[b'v']!r} of {kind}")
+        data = _field(fields, b"data")
+        if payload is Payload.RAW:
+            return RawFrame(src=_field(fields, b"src").decode(), rx_ns=int(_field(fields, b"rx_ns")), data=data)
+        if payload is Payload.EVENTS:
+            return EventBatch(
+                src=_field(fields, b"src").decode(), rx_ns=int(_field(fields, b"rx_ns")), events=_events_dec.decode(data)
+            )
+        if payload is Payload.CHANGES:
+            return ChangeBatch(
+                src=_field(fields, b"src").decode(),
+                rx_ns=int(_field(fields, b"rx_ns")),
+                epoch=_field(fields, b"epoch").decode(),
+                changes=_changes_dec.decode(data),
+            )
+        if payload is Payload.TILES:
+            return _tiles_dec.decode(data)
+        if payload is Payload.DIFF:
+            return _diff_dec.decode(data)
+        if payload is Payload.REJECT:
+            return _reject_dec.decode(data)
+        if payload is Payload.TEST:
+            return orjson.loads(data)
+    except DecodeError:
+        raise
+    except (msgspec.DecodeError, msgspec.ValidationError, orjson.JSONDecodeError, ValueError, UnicodeDecodeError) as exc:
+        raise DecodeError(f"{payload.value}: {exc}") from exc
+    raise DecodeError(f"no decoder for {payload}")
+
+
+def event_count(value: Any) -> int:
+    """How many events a decoded entry carries (for throughput metrics)."""
+    if isinstance(value, EventBatch):
+        return len(value.events)
+    if isinstance(value, ChangeBatch):
+        return len(value.changes)
+    if isinstance(value, TileBatch):
+        return len(value.upserts) + len(value.removes)
+    return 1

@@ -1,0 +1,158 @@
+"""Typed events: what enters MarketSwarm (after normalize) and what hydrate emits as changes.
+
+Events travel at tens of thousands per second, so the contract is held by msgspec Structs (frozen,
+unknown fields forbidden, a ``kind`` tag and a version ``v``); schemas/models.py holds the published
+models in pydantic for the HTTP API. Times are event times in epoch nanoseconds UTC (``ts_ns``);
+``seq`` is the provider's sequence number, which orders events that share a timestamp.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+Side = Literal["call", "put"]
+
+
+class _Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, tag_field="kind"):
+    v: Literal[1] = 1
+
+
+class ChainContract(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """One contract of a chain snapshot. Absent values are None (not zero)."""
+
+    symbol: str  # OCC, no O: prefix
+    underlying: str
+    root: str
+    expiry: str  # YYYY-MM-DD
+    side: Side
+    strike_x1000: int
+    bid: float | None = None
+    ask: float | None = None
+    last: float | None = None
+    iv: float | None = None  # decimal, 0.15 = 15 %
+    delta: float | None = None
+    gamma: float | None = None  # per 1.00 of the underlying
+    oi: int | None = None
+    volume: int | None = None  # the provider's day volume
+    quote_ts_ns: int | None = None  # time of bid/ask when the provider gives it
+    trade_ts_ns: int | None = None  # time of last when the provider gives it
+
+
+class ChainSnapshot(_Event, tag="chain", kw_only=True):
+    """A chain snapshot declares topology: which contracts exist (see DESIGN.md)."""
+
+    underlying: str
+    ts_ns: int
+    spot: float | None = None
+    source: str
+    contracts: tuple[ChainContract, ...]
+
+
+class Quote(_Event, tag="quote", kw_only=True):
+    symbol: str
+    underlying: str
+    bid: float  # 0 = no bid
+    ask: float  # 0 = no offer
+    bid_size: int = 0
+    ask_size: int = 0
+    ts_ns: int
+    seq: int = 0
+
+
+class Trade(_Event, tag="trade", kw_only=True):
+    symbol: str
+    underlying: str
+    px: float
+    size: int
+    ts_ns: int
+    seq: int = 0
+    exchange: int = 0
+    conditions: tuple[int, ...] = ()
+
+
+class Spot(_Event, tag="spot", kw_only=True):
+    underlying: str
+    value: float
+    ts_ns: int
+
+
+class ProviderStatus(_Event, tag="status", kw_only=True):
+    status: str
+    message: str = ""
+    ts_ns: int
+
+
+Event = ChainSnapshot | Quote | Trade | Spot | ProviderStatus
+
+
+class EventBatch(msgspec.Struct, frozen=True, kw_only=True):
+    """The decoded value of an events-stream entry: events from one raw frame."""
+
+    src: str  # the raw entry id they came from (consumers dedupe on it)
+    rx_ns: int  # when the source received the frame (latency is measured from here)
+    events: tuple[Event, ...]
+
+
+# --- hydrate's changes (one record per admitted change) -------------------------------------
+
+
+class _Change(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, tag_field="c", omit_defaults=True):
+    pass
+
+
+class QuoteChange(_Change, tag="q", kw_only=True):
+    """Bid/ask of a contract changed (from a quote or a chain snapshot)."""
+
+    sym: str
+    ts_ns: int
+    seq: int = 0
+    bid: float | None = None
+    ask: float | None = None
+
+
+class TradeChange(_Change, tag="t", kw_only=True):
+    """The last trade of a contract changed."""
+
+    sym: str
+    ts_ns: int
+    seq: int = 0
+    px: float
+    size: int | None = None
+
+
+class GreeksChange(_Change, tag="g", kw_only=True):
+    """Chain analytics of a contract changed (IV, greeks, open interest)."""
+
+    sym: str
+    ts_ns: int
+    iv: float | None = None
+    delta: float | None = None
+    gamma: float | None = None
+    oi: int | None = None
+    volume: int | None = None
+
+
+class SpotChange(_Change, tag="s", kw_only=True):
+    ts_ns: int
+    value: float
+
+
+class EpochChange(_Change, tag="e", kw_only=True):
+    """A new epoch was promoted: calc agents reload the grid from its state."""
+
+    epoch: str
+    ts_ns: int
+
+
+Change = QuoteChange | TradeChange | GreeksChange | SpotChange | EpochChange
+
+
+class ChangeBatch(msgspec.Struct, frozen=True, kw_only=True):
+    """The decoded value of a changes-stream entry: admitted changes from one events entry."""
+
+    src: str
+    rx_ns: int
+    epoch: str
+    changes: tuple[Change, ...]

@@ -1,0 +1,94 @@
+"""Test fixtures: a real Redis/Valkey server for the session, flushed between tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from marketswarm.topology.embedded import EmbeddedServer, find_binary
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data" / "real"
+
+
+def _docker_reachable() -> bool:
+    sock = "/var/run/docker.sock"
+    if os.environ.get("DOCKER_HOST"):
+        return True
+    if not os.path.exists(sock):
+        return False
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(0.5)
+            s.connect(sock)
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    """The server the suite talks to, in order of preference:
+
+    1. ``MARKETSWARM_TEST_REDIS_URL`` (an existing server; it is flushed!);
+    2. a container through testcontainers when a Docker engine is reachable;
+    3. a local binary on a free loopback port: ``MARKETSWARM_TEST_REDIS_SERVER`` if set (CI points it at
+       Debian's Redis 7.0), else the embedded valkey-server, else redis-server on PATH.
+    """
+    url = os.environ.get("MARKETSWARM_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    binary = os.environ.get("MARKETSWARM_TEST_REDIS_SERVER")
+    if not binary and _docker_reachable() and os.environ.get("MARKETSWARM_TEST_DOCKER", "1") == "1":
+        try:
+            from testcontainers.redis import RedisContainer
+
+            with RedisContainer("redis:7") as container:
+                host = container.get_container_host_ip()
+                port = container.get_exposed_port(6379)
+                yield f"redis://{host}:{port}/0"
+                return
+        except Exception:  # no usable engine after all: fall through to a local binary
+            pass
+    tmp = Path(tempfile.mkdtemp(prefix="ms-test-redis-"))
+    server = EmbeddedServer(tmp, binary=binary or find_binary(), appendonly=False, record=False)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> Iterator[str]:
+    """A flushed server for one test."""
+    client = redis.Redis.from_url(redis_server)
+    client.flushall()
+    client.close()
+    yield redis_server
+
+
+@pytest.fixture
+async def aredis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.exists():
+        pytest.skip(f"{SHARED_DATA} is not present")
+    return SHARED_DATA

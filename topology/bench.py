@@ -1,0 +1,180 @@
+"""`make bench`: throughput and latency figures, each beside a ceiling measured in the same run.
+
+These machines are shared and noisy, so no figure stands alone: each row carries the ceiling it is
+compared to (a bare loop of the same Redis commands, or the same computation's baseline) and the
+ratio. The table is printed and written to ``.bench/results.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+from rich.console import Console
+from rich.table import Table
+
+from marketswarm.schemas import codec
+from marketswarm.topology import streams
+from marketswarm.topology.counting import COUNT
+from marketswarm.topology.embedded import EmbeddedServer
+from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.runtime import Runtime, create_redis
+from marketswarm.topology.settings import Settings
+
+
+@dataclass
+class Row:
+    suite: str
+    name: str
+    value: float
+    unit: str
+    ceiling: float | None = None
+    ceiling_name: str = ""
+    target: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if not self.ceiling:
+            return None
+        return self.value / self.ceiling
+
+
+Suite = Callable[[str], list[Row]]
+
+
+async def _fill(r: aioredis.Redis, key: str, n: int) -> None:
+    payload = codec.encode_test({"key": "k", "n": 1})
+    for start in range(0, n, 5000):
+        async with r.pipeline(transaction=False) as pipe:
+            for _ in range(min(5000, n - start)):
+                pipe.xadd(key, payload)
+            await pipe.execute()
+
+
+async def _ceiling(url: str, key: str, n: int, batch: int) -> float:
+    """Bare pipelined XREADGROUP + XACK over pre-filled entries: the most a hop can do here."""
+    r = create_redis(url)
+    await r.delete(key)
+    await _fill(r, key, n)
+    await r.xgroup_create(key, "bare", id="0")
+    t0 = time.perf_counter()
+    done = 0
+    while done < n:
+        resp = await r.xreadgroup("bare", "b", {key: ">"}, count=batch)
+        entries = resp[0][1]
+        await r.xack(key, "bare", *[e[0] for e in entries])
+        done += len(entries)
+    rate = n / (time.perf_counter() - t0)
+    await r.aclose()
+    return rate
+
+
+async def _hop(url: str, u: str, n: int, batch: int) -> float:
+    key = streams.TEST_IN.key(u)
+    r = create_redis(url)
+    await r.delete(key, streams.test_sums_key(u))
+    await _fill(r, key, n)
+    await r.xgroup_create(key, COUNT.name, id="0")
+    st = Settings(underlyings=[u], consumer="bench", batch_size=batch, block_ms=100, redis_url=url)
+    runtime = Runtime(COUNT, st, r, Metrics(CollectorRegistry()))
+    t0 = time.perf_counter()
+    await runtime.run(max_entries=n)
+    rate = n / (time.perf_counter() - t0)
+    got = int(await r.hget(streams.test_sums_key(u), "k") or 0)
+    await r.aclose()
+    if got != n:
+        raise AssertionError(f"benchmark hop counted {got} of {n}")
+    return rate
+
+
+def runtime_suite(url: str) -> list[Row]:
+    rows = []
+    for batch, n in ((1, 5_000), (100, 50_000), (1000, 200_000)):
+        ceiling = asyncio.run(_ceiling(url, f"bench:bare:{batch}", n, batch))
+        rate = asyncio.run(_hop(url, f"B{batch}", n, batch))
+        rows.append(
+            Row(
+                "runtime",
+                f"one agent hop, batch {batch}",
+                rate,
+                "events/s",
+                ceiling,
+                f"bare XREADGROUP+XACK, batch {batch}",
+                target=">= 50% of ceiling" if batch == 1000 else "",
+            )
+        )
+    return rows
+
+
+def suites() -> dict[str, Suite]:
+    """Every benchmark suite, in report order. Later suites live beside the code they measure."""
+    out: dict[str, Suite] = {"runtime": runtime_suite}
+    return out
+
+
+def main(out: Path, only: list[str] | None = None) -> list[Row]:
+    console = Console()
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="ms-bench-") as tmp:
+        # AOF on, as `make run` has it: durability is the default, so the figures include its cost.
+        server = EmbeddedServer(Path(tmp), appendonly=True, record=False)
+        url = server.start()
+        try:
+            for name, suite in suites().items():
+                if only and name not in only:
+                    continue
+                console.print(f"[bold]{name}[/bold] ...")
+                rows.extend(suite(url))
+        finally:
+            server.stop()
+    table = Table(title=f"MarketSwarm benchmarks ({platform.node()}, {_cpu()})")
+    for col in ("suite", "measure", "value", "ceiling (same run)", "ratio", "target"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r.suite,
+            r.name,
+            _fmt(r.value, r.unit),
+            f"{_fmt(r.ceiling, r.unit)}  {r.ceiling_name}" if r.ceiling else "-",
+            f"{r.ratio:.2f}" if r.ratio is not None else "-",
+            r.target,
+        )
+    console.print(table)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "machine": {"node": platform.node(), "cpu": _cpu(), "python": platform.python_version()},
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "rows": [{**asdict(r), "ratio": r.ratio} for r in rows],
+    }
+    out.write_text(json.dumps(report, indent=2))
+    console.print(f"written to {out}")
+    return rows
+
+
+def _fmt(v: float | None, unit: str) -> str:
+    if v is None:
+        return "-"
+    if abs(v) >= 1000:
+        return f"{v:,.0f} {unit}"
+    return f"{v:.3g} {unit}"
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                import os
+
+                return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
+    except OSError:
+        pass
+    return platform.processor() or "unknown cpu"

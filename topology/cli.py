@@ -1,0 +1,208 @@
+"""The `marketswarm` command line: run the topology, one agent, a source, the gateway, and tools."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from marketswarm.topology.settings import Settings, env_help
+
+_ENV_LINES = "\n".join(f"  {var:<34} {desc} [default: {default or '-'}]" for var, default, desc in env_help())
+
+app = typer.Typer(
+    help="MarketSwarm: real-time options analytics on Redis Streams.\n\nEnvironment:\n\n" + _ENV_LINES,
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+console = Console(stderr=True)
+log = logging.getLogger("marketswarm")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except Exception as exc:  # pydantic ValidationError: a bad MARKETSWARM_* value fails at start-up
+        console.print(f"[red]invalid settings:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return settings
+
+
+def redis_url_of(settings: Settings) -> str:
+    from marketswarm.topology.embedded import NoServerError, resolve_url
+
+    try:
+        return resolve_url(settings.redis_url, settings.data_dir)
+    except NoServerError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
+def run_until_signal(main: Callable[[asyncio.Event], Awaitable[Any]]) -> Any:
+    """Run ``main(stop)`` with SIGINT/SIGTERM setting ``stop``; the loop and clients live inside."""
+
+    async def runner() -> Any:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await main(stop)
+
+    return asyncio.run(runner())
+
+
+@app.command()
+def run(
+    source: Annotated[str | None, typer.Option(help="sim | massive | none (default: MARKETSWARM_SOURCE)")] = None,
+) -> None:
+    """Start everything: the embedded server (unless MARKETSWARM_REDIS_URL is set), every agent, the
+    market source and the gateway. Ctrl-C stops it; the next run resumes from the same data."""
+    from marketswarm.topology import graph
+    from marketswarm.topology.embedded import EmbeddedServer
+    from marketswarm.topology.supervisor import Supervisor, child_env
+
+    settings = load_settings(source=source)
+    log.info("settings: %s", settings.masked())
+    server = None
+    if settings.redis_url:
+        url = settings.redis_url
+    else:
+        server = EmbeddedServer(settings.data_dir)
+        url = server.start()
+    metrics_dir = settings.data_dir / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    sup = Supervisor(child_env(url, metrics_dir), grace_s=settings.shutdown_grace_s)
+    for spec in graph.agents():
+        sup.add(spec.name, "agent", spec.name)
+    if settings.source != "none":
+        sup.add(f"source.{settings.source}", "source", settings.source)
+    sup.add("gateway", "gateway")
+    host = "localhost" if settings.gateway_host in ("127.0.0.1", "0.0.0.0") else settings.gateway_host
+    banner = Table.grid(padding=(0, 2))
+    banner.add_row("Dashboard", f"http://{host}:{settings.gateway_port}/")
+    banner.add_row("API", f"http://{host}:{settings.gateway_port}/api/models/SPX/butterfly")
+    banner.add_row("Metrics", f"http://{host}:{settings.gateway_port}/metrics")
+    banner.add_row("Redis", url + ("  (embedded, data in " + str(settings.data_dir) + ")" if server else ""))
+    banner.add_row("Source", settings.source + "  underlyings " + ",".join(settings.underlyings))
+    banner.add_row("Inspect", "marketswarm inspect   (Ctrl-C here stops everything)")
+    Console().print(banner)
+    try:
+        sup.run()
+    finally:
+        sup.stop()
+        if server is not None:
+            server.stop()
+    log.info("stopped")
+
+
+@app.command()
+def agent(
+    name: Annotated[str, typer.Argument(help="Agent kind, e.g. normalize, hydrate, calc.butterfly")],
+    max_entries: Annotated[int | None, typer.Option(help="Stop after this many entries.")] = None,
+    idle_timeout_s: Annotated[float | None, typer.Option(help="Stop after this long with no input.")] = None,
+) -> None:
+    """Run one agent kind (the unit Kubernetes scales) for every configured underlying."""
+    from marketswarm.topology import graph
+    from marketswarm.topology.metrics import Metrics
+    from marketswarm.topology.runtime import Runtime, create_redis
+
+    settings = load_settings()
+    try:
+        spec = graph.by_name(name)
+    except KeyError as exc:
+        console.print(f"[red]{exc.args[0]}[/red]")
+        raise typer.Exit(2) from exc
+    url = redis_url_of(settings)
+    log.info("agent %s starting on %s as %s; settings: %s", name, url, settings.consumer, settings.masked())
+
+    async def main(stop: asyncio.Event) -> None:
+        from prometheus_client import REGISTRY, start_http_server
+
+        metrics = Metrics(REGISTRY)
+        if settings.metrics_port:
+            start_http_server(settings.metrics_port, registry=REGISTRY)
+        redis = create_redis(url, settings.block_ms)
+        try:
+            await Runtime(spec, settings, redis, metrics, stop=stop).run(
+                max_entries=max_entries, idle_timeout_s=idle_timeout_s
+            )
+        finally:
+            await redis.aclose()
+
+    run_until_signal(main)
+
+
+@app.command()
+def topology(mermaid: Annotated[bool, typer.Option("--mermaid", help="Print a Mermaid diagram.")] = False) -> None:
+    """Print the agent graph: who reads and writes which stream."""
+    from marketswarm.topology import graph
+
+    specs = graph.agents()
+    graph.validate(specs)
+    if mermaid:
+        typer.echo(graph.mermaid(specs), nl=False)
+        return
+    table = Table(title="MarketSwarm topology ({U} = underlying hash tag)")
+    table.add_column("agent (group)")
+    table.add_column("reads")
+    table.add_column("writes")
+    table.add_column("owner")
+    for s in specs:
+        table.add_row(
+            s.name,
+            s.reads.template.format(u="U"),
+            "\n".join(w.template.format(u="U") for w in s.writes),
+            "lease per underlying" if s.stateful else "group (replicas share)",
+        )
+    Console().print(table)
+
+
+@app.command()
+def check(name: Annotated[str, typer.Argument(help="Agent kind")]) -> None:
+    """Liveness: exit 0 if this consumer's heartbeat for AGENT is fresh, else 1."""
+    import redis as syncredis
+
+    from marketswarm.topology import streams
+
+    settings = load_settings()
+    url = redis_url_of(settings)
+    try:
+        client = syncredis.Redis.from_url(url, socket_timeout=5)
+        alive = client.exists(streams.heartbeat_key(name, settings.consumer))
+        client.close()
+    except Exception as exc:
+        console.print(f"[red]check failed: {exc}[/red]")
+        raise typer.Exit(1) from exc
+    if not alive:
+        console.print(f"no heartbeat from {name} as {settings.consumer}")
+        raise typer.Exit(1)
+    typer.echo(f"{name} alive as {settings.consumer}")
+
+
+@app.command()
+def bench(out: Annotated[Path, typer.Option(help="Where to write the JSON report.")] = Path(".bench/results.json")) -> None:
+    """Run the benchmarks on an embedded server and print ratios against same-run ceilings."""
+    from marketswarm.topology.bench import main as bench_main
+
+    load_settings()
+    bench_main(out)
+
+
+def main() -> None:
+    app()

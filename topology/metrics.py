@@ -1,0 +1,193 @@
+"""Every Prometheus metric of MarketSwarm, defined once on an injectable registry.
+
+Names follow ``marketswarm_<noun>_<unit>``: counters end in ``_total``, durations in ``_seconds``,
+sizes in ``_bytes``; gauges that count stream entries end in ``_entries`` (the unit is an entry).
+Labels: ``agent`` (the group name) and ``stream`` (the Redis key) wherever they apply.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+BATCH_BUCKETS_S = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0)
+
+AS = ("agent", "stream")
+
+
+def _multiprocess() -> bool:
+    # Under `marketswarm run` every agent process writes to one directory and the gateway's /metrics
+    # aggregates them; gauges then need a merge mode.
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+class Metrics:
+    """All metrics, registered on ``registry`` (a fresh one per test, the default one in processes)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = registry if registry is not None else CollectorRegistry()
+        self.registry = r
+        mp = {"multiprocess_mode": "livesum"} if _multiprocess() else {}
+        mpmax = {"multiprocess_mode": "livemax"} if _multiprocess() else {}
+
+        # runtime (topology/runtime.py)
+        self.entries_in = Counter(
+            "marketswarm_entries_in_total", "Stream entries read by an agent.", AS, registry=r
+        )
+        self.events_in = Counter(
+            "marketswarm_events_in_total", "Events inside the entries an agent read.", AS, registry=r
+        )
+        self.entries_acked = Counter(
+            "marketswarm_entries_acked_total", "Entries committed and acknowledged.", AS, registry=r
+        )
+        self.entries_out = Counter(
+            "marketswarm_entries_out_total", "Entries appended to an output stream.", AS, registry=r
+        )
+        self.events_out = Counter(
+            "marketswarm_events_out_total", "Events an agent emitted (per input stream).", AS, registry=r
+        )
+        self.batch_duration = Histogram(
+            "marketswarm_batch_duration_seconds",
+            "Time to decode, step and commit one batch.",
+            AS,
+            buckets=BATCH_BUCKETS_S,
+            registry=r,
+        )
+        self.step_failures = Counter(
+            "marketswarm_step_failures_total", "Batches whose step raised (entries isolated).", AS, registry=r
+        )
+        self.dead_letters = Counter(
+            "marketswarm_dead_letters_total", "Entries moved to <stream>.dlq.", AS, registry=r
+        )
+        self.reclaimed = Counter(
+            "marketswarm_reclaimed_total", "Pending entries claimed from idle consumers.", AS, registry=r
+        )
+        self.trimmed_pending = Counter(
+            "marketswarm_trimmed_pending_total",
+            "Pending entries trimmed from their stream before being processed.",
+            AS,
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "marketswarm_redis_errors_total", "Redis errors an agent recovered from.", AS, registry=r
+        )
+
+        # ingestion (agents/normalize.py, agents/sources/)
+        self.rejects = Counter(
+            "marketswarm_rejects_total", "Bad input sent to a rejects stream, by reason.", (*AS, "reason"), registry=r
+        )
+        self.dropped = Counter(
+            "marketswarm_dropped_total",
+            "Input dropped on purpose, by reason (unconfigured underlying, duplicate print, ...).",
+            (*AS, "reason"),
+            registry=r,
+        )
+        self.source_frames = Counter(
+            "marketswarm_source_frames_total", "Raw frames a source wrote.", ("source", "stream"), registry=r
+        )
+        self.source_bytes = Counter(
+            "marketswarm_source_bytes_total", "Raw bytes a source wrote.", ("source", "stream"), registry=r
+        )
+        self.chain_poll_duration = Histogram(
+            "marketswarm_chain_poll_duration_seconds",
+            "Latency of one full chain snapshot poll (all pages).",
+            ("underlying",),
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.chain_poll_interval = Gauge(
+            "marketswarm_chain_poll_interval_seconds",
+            "The cadence the chain poller chose from its measured latency.",
+            ("underlying",),
+            registry=r,
+            **mpmax,
+        )
+        self.chain_poll_failures = Counter(
+            "marketswarm_chain_poll_failures_total", "Failed chain polls, by status.", ("underlying", "status"), registry=r
+        )
+        self.ws_reconnects = Counter(
+            "marketswarm_ws_reconnects_total", "WebSocket reconnections.", ("feed",), registry=r
+        )
+        self.ws_statuses = Counter(
+            "marketswarm_ws_status_total", "Provider status frames, by status.", ("feed", "status"), registry=r
+        )
+        self.ws_buffer_depth = Gauge(
+            "marketswarm_ws_buffer_entries",
+            "Frames waiting in the WebSocket buffer for the Redis writer.",
+            ("feed",),
+            registry=r,
+            **mpmax,
+        )
+        self.ws_connected = Gauge(
+            "marketswarm_ws_connected_entries",
+            "1 while the WebSocket feed is connected and authenticated.",
+            ("feed",),
+            registry=r,
+            **mpmax,
+        )
+
+        # state (agents/hydrate.py)
+        self.admissions = Counter(
+            "marketswarm_admissions_total",
+            "Admission outcomes: A new slot, B newer, C older/equal (discarded), X outside the epoch.",
+            (*AS, "outcome"),
+            registry=r,
+        )
+        self.epoch_promotions = Counter(
+            "marketswarm_epoch_promotions_total", "Epochs promoted to active.", ("underlying",), registry=r
+        )
+
+        # models (agents/calc/, agents/publish/)
+        self.tiles_recomputed = Counter(
+            "marketswarm_tiles_recomputed_total", "Tiles a calc agent recomputed.", ("agent", "underlying"), registry=r
+        )
+        self.tile_coverage = Gauge(
+            "marketswarm_tile_coverage_ratio",
+            "Staged tiles over grid slots, per strategy.",
+            ("underlying", "strategy"),
+            registry=r,
+            **mpmax,
+        )
+        self.versions = Counter(
+            "marketswarm_versions_published_total",
+            "Versions published, by the condition that triggered them.",
+            ("underlying", "strategy", "reason"),
+            registry=r,
+        )
+        self.tiles_changed = Counter(
+            "marketswarm_tiles_changed_total",
+            "Tiles changed, added or removed by published versions (divide by versions for per version).",
+            ("underlying", "strategy"),
+            registry=r,
+        )
+        self.publish_latency = Histogram(
+            "marketswarm_event_to_publish_seconds",
+            "From the source's receive time of the newest input to the diff's append.",
+            ("underlying", "strategy"),
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+
+        # operations (topology/inspect.py, agents/publish/gateway.py)
+        self.group_lag = Gauge(
+            "marketswarm_group_lag_entries",
+            "Entries not yet delivered to a group (XINFO GROUPS lag).",
+            AS,
+            registry=r,
+            **mpmax,
+        )
+        self.group_pending = Gauge(
+            "marketswarm_group_pending_entries",
+            "Entries delivered but not acknowledged (XINFO GROUPS pending).",
+            AS,
+            registry=r,
+            **mpmax,
+        )
+        self.stream_length = Gauge(
+            "marketswarm_stream_length_entries", "Entries in a stream.", ("stream",), registry=r, **mpmax
+        )
+        self.sse_clients = Gauge(
+            "marketswarm_sse_clients_entries", "Connected SSE clients.", ("stream",), registry=r, **mp
+        )

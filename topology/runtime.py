@@ -1,0 +1,554 @@
+"""The agent runtime: the one consumer loop every MarketSwarm agent runs on.
+
+An agent is data (an ``AgentSpec`` in topology/graph.py): a name, the stream it reads, the streams it
+writes and a factory for its processor. The processor holds the agent's logic as a step over a batch
+of typed entries that returns ``Effects``: entries to append to output streams, state writes and
+server-side scripts. The step does no I/O. Everything else is here, written once:
+
+* the consumer group is created with MKSTREAM (BUSYGROUP tolerated);
+* a consumer first drains its own pending entries, then reads new ones in batches
+  (XREADGROUP COUNT n BLOCK ms);
+* a batch's effects and its XACK are committed in ONE MULTI/EXEC on keys that share the
+  underlying's hash slot, so no input is acked without its effects and a crash before EXEC leaves
+  the entries pending, to be read again with the same result;
+* a batch whose step raises is split: the failing entries stay pending (their error recorded in
+  ``<stream>.errors``) and the others commit;
+* a reclaimer takes entries idle past ``min_idle_ms`` (XAUTOCLAIM, cursor followed to ``0-0``) and
+  any entry delivered more than ``max_deliveries`` times is moved to ``<stream>.dlq`` with its error;
+* stateful agents own each underlying through a lease with a fencing token; every commit WATCHes
+  the lease, so a replica that lost it cannot write;
+* SIGTERM/SIGINT set an event: the loop finishes the in-flight batch and returns.
+
+Delivery is at-least-once; steps are deterministic and state writes idempotent, which makes the
+whole exactly-once-ish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, NamedTuple, Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError, TimeoutError, WatchError
+
+from marketswarm.schemas import codec
+from marketswarm.topology import streams
+from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# After a Redis error other than NOGROUP the loop sleeps this long before reading again: long
+# enough not to spin on a server that is restarting, short enough to resume within a second.
+CONSUME_ERROR_BACKOFF_S = 0.5
+# Heartbeats are written this often relative to their TTL, so two can be missed before "dead".
+HEARTBEAT_FRACTION = 3
+# Error texts kept for pending entries expire after this long (they only matter until the entry
+# is acked or dead-lettered, which happens within max_deliveries * min_idle_ms).
+ERROR_TTL_S = 24 * 3600
+# Dead-letter entries keep at most this much of the error text.
+MAX_ERROR_CHARS = 2000
+
+
+class GroupMissingError(RuntimeError):
+    """Raised when the group disappears under a running agent (NOGROUP): the agent must restart."""
+
+
+class LeaseLostError(RuntimeError):
+    """Raised when a stateful agent commits after another replica took its lease: it stops writing."""
+
+
+class Delivery(Enum):
+    """What happens to an entry after its step; the runtime's acknowledgement policy."""
+
+    COMMIT = "commit"  # effects and XACK in one MULTI/EXEC
+    RETRY = "retry"  # no ack: stays pending, reclaimed after min_idle_ms, delivery count grows
+    DEAD_LETTER = "dead_letter"  # delivered more than max_deliveries times: to <stream>.dlq, acked
+
+
+class Entry(NamedTuple):
+    """A decoded stream entry: its id and its typed value."""
+
+    id: str
+    value: Any
+
+
+@dataclass(frozen=True)
+class Output:
+    """An entry to append to an output stream (trimmed by the stream's retention)."""
+
+    spec: streams.StreamSpec
+    key: str
+    fields: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ScriptCall:
+    """A server-side script run inside the commit (EVAL with its body, so it can never be missing)."""
+
+    body: str
+    keys: Sequence[str]
+    args: Sequence[Any]
+
+
+@dataclass
+class Effects:
+    """What a step wants committed together with the XACK of its batch."""
+
+    outputs: list[Output] = field(default_factory=list)
+    commands: list[tuple[Any, ...]] = field(default_factory=list)  # raw commands, e.g. ("HSET", k, f, v)
+    scripts: list[ScriptCall] = field(default_factory=list)
+    # Called with the results of ``commands`` then ``scripts`` once EXEC succeeded (metrics, state).
+    on_commit: Callable[[list[Any]], None] | None = None
+    events_out: int = 0  # events carried by the outputs, for metrics
+
+
+class Processor(Protocol):
+    """An agent's logic. ``process`` is the step: no I/O, deterministic given its inputs and state."""
+
+    stateful: bool
+
+    async def restore(self, redis: aioredis.Redis) -> None:
+        """Load in-memory state from Redis: at start, on taking a lease, and after a failed commit."""
+
+    def process(self, batch: Sequence[Entry]) -> Effects:
+        """Compute the effects of a batch."""
+        ...
+
+
+ProcessorFactory = Callable[[Settings, str], Processor]
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """An agent kind: the unit that `marketswarm agent NAME` runs and Kubernetes scales."""
+
+    name: str  # also the consumer-group name
+    reads: streams.StreamSpec
+    writes: tuple[streams.StreamSpec, ...]
+    make: ProcessorFactory
+    stateful: bool = False  # one owner per underlying, through a lease
+    doc: str = ""
+
+
+def xadd_args(spec: streams.StreamSpec, key: str) -> dict[str, Any]:
+    """XADD trimming arguments for a stream: ``MAXLEN ~ n`` or ``MINID ~ <now - retention>``."""
+    if spec.retention_s is not None:
+        return {"minid": f"{int((time.time() - spec.retention_s) * 1000)}-0", "approximate": True}
+    if spec.maxlen is not None:
+        return {"maxlen": spec.maxlen, "approximate": True}
+    return {}
+
+
+def create_redis(url: str, block_ms: int = 0, **kwargs: Any) -> aioredis.Redis:
+    """A client whose socket timeout always exceeds the longest BLOCK it will issue."""
+    timeout_s = block_ms / 1000 + 10.0
+    return aioredis.Redis.from_url(
+        url,
+        decode_responses=False,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=5.0,
+        health_check_interval=30,
+        **kwargs,
+    )
+
+
+class Runtime:
+    """Runs one agent kind for a set of underlyings until stopped or a bound is reached."""
+
+    def __init__(
+        self,
+        spec: AgentSpec,
+        settings: Settings,
+        redis: aioredis.Redis,
+        metrics: Metrics,
+        *,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.redis = redis
+        self.metrics = metrics
+        self.stop = stop or asyncio.Event()
+        self.group = spec.name
+        self.consumer = settings.consumer
+        self.processed = 0  # entries acked or dead-lettered by this runtime
+        self._last_activity = time.monotonic()
+        self._errors: dict[str, str] = {}
+        self._tokens: dict[str, str] = {}  # underlying -> our lease value
+
+    # ------------------------------------------------------------------ public entry points
+
+    async def run(
+        self,
+        underlyings: Sequence[str] | None = None,
+        *,
+        max_entries: int | None = None,
+        idle_timeout_s: float | None = None,
+    ) -> int:
+        """Consume until stopped; or, for tests and debugging, until ``max_entries`` entries were
+        handled or nothing arrived for ``idle_timeout_s`` seconds. Returns entries handled."""
+        us = list(underlyings or self.settings.underlyings)
+        self._last_activity = time.monotonic()
+        tasks = [asyncio.create_task(self._partition(u), name=f"{self.spec.name}:{u}") for u in us]
+        tasks.append(asyncio.create_task(self._heartbeat(), name=f"{self.spec.name}:heartbeat"))
+        watcher = asyncio.create_task(self._watch_bounds(max_entries, idle_timeout_s))
+        try:
+            await asyncio.wait([*tasks, watcher], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.stop.set()
+            # Let every partition finish (and commit) its in-flight batch, within the grace period.
+            _, late = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_s)
+            for t in (*late, watcher):
+                t.cancel()
+            await asyncio.gather(watcher, *tasks, return_exceptions=True)
+            for u in us:
+                await self._release_lease(u)
+        for t in tasks:
+            if not t.cancelled() and t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
+        return self.processed
+
+    async def _watch_bounds(self, max_entries: int | None, idle_timeout_s: float | None) -> None:
+        while not self.stop.is_set():
+            if max_entries is not None and self.processed >= max_entries:
+                break
+            if idle_timeout_s is not None and time.monotonic() - self._last_activity > idle_timeout_s:
+                break
+            await self._sleep(0.05)
+
+    # ------------------------------------------------------------------ the loop
+
+    async def _partition(self, u: str) -> None:
+        key = self.spec.reads.key(u)
+        processor = self.spec.make(self.settings, u)
+        await self.ensure_group(self.redis, key, self.group)
+        await self.redis.sadd(streams.underlyings_key(), u)
+        backoff = False
+        while not self.stop.is_set():
+            try:
+                if backoff:
+                    await self._sleep(CONSUME_ERROR_BACKOFF_S)
+                    backoff = False
+                if self.spec.stateful:
+                    if not await self._acquire_lease(u):
+                        await self._sleep(self.settings.lease_ttl_ms / 3000)
+                        continue
+                    await processor.restore(self.redis)
+                    # Whoever held the lease before us is gone: its pending entries are ours now.
+                    await self._reclaim(u, key, processor, min_idle_ms=0)
+                else:
+                    await processor.restore(self.redis)
+                await self._drain_own_pending(u, key, processor)
+                await self._consume(u, key, processor)
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    raise GroupMissingError(f"group {self.group} on {key} vanished: {exc}") from exc
+                log.exception("redis error in %s on %s; retrying", self.group, key)
+                self.metrics.redis_errors.labels(self.group, key).inc()
+                backoff = True
+            except LeaseLostError:
+                log.warning("%s lost the lease for %s; standing by", self.group, u)
+                self._tokens.pop(u, None)
+            except (RedisConnectionError, TimeoutError, OSError):
+                if self.stop.is_set():
+                    return
+                log.exception("connection error in %s on %s; retrying", self.group, key)
+                self.metrics.redis_errors.labels(self.group, key).inc()
+                backoff = True
+
+    async def _consume(self, u: str, key: str, processor: Processor) -> None:
+        next_claim = time.monotonic() + self.settings.claim_interval_ms / 1000
+        while not self.stop.is_set():
+            if time.monotonic() >= next_claim:
+                await self._reclaim(u, key, processor, min_idle_ms=self.settings.min_idle_ms)
+                next_claim = time.monotonic() + self.settings.claim_interval_ms / 1000
+            read = asyncio.ensure_future(
+                self.redis.xreadgroup(
+                    self.group,
+                    self.consumer,
+                    {key: ">"},
+                    count=self.settings.batch_size,
+                    block=self.settings.block_ms,
+                )
+            )
+            stopped = asyncio.ensure_future(self.stop.wait())
+            await asyncio.wait([read, stopped], return_when=asyncio.FIRST_COMPLETED)
+            if not read.done():
+                # Cancelling a blocked read is safe: anything it was handed stays pending for this
+                # consumer and is drained first on the next start.
+                read.cancel()
+                with contextlib.suppress(asyncio.CancelledError, RedisError):
+                    await read
+                return
+            stopped.cancel()
+            response = read.result()
+            if not response:
+                continue
+            raw_entries = response[0][1]
+            await self._handle(u, key, processor, raw_entries, redelivered=False)
+
+    async def _drain_own_pending(self, u: str, key: str, processor: Processor) -> None:
+        """Re-read this consumer's own pending entries (from a previous life) before new ones."""
+        last = "0"
+        while not self.stop.is_set():
+            response = await self.redis.xreadgroup(
+                self.group, self.consumer, {key: last}, count=self.settings.batch_size
+            )
+            if not response or not response[0][1]:
+                return
+            raw_entries = response[0][1]
+            last = _s(raw_entries[-1][0])
+            await self._handle(u, key, processor, raw_entries, redelivered=True)
+
+    async def _reclaim(self, u: str, key: str, processor: Processor, *, min_idle_ms: int) -> None:
+        """XAUTOCLAIM entries idle past ``min_idle_ms`` from any consumer, following the cursor."""
+        cursor: Any = "0-0"
+        while not self.stop.is_set():
+            result = await self.redis.xautoclaim(
+                key, self.group, self.consumer, min_idle_ms, start_id=cursor, count=self.settings.batch_size
+            )
+            cursor, claimed = result[0], result[1]
+            deleted = result[2] if len(result) > 2 else []
+            if deleted:
+                # Trimmed before anyone acked them (Redis 7 drops them from the PEL itself).
+                log.error("%d pending entries of %s were trimmed before being processed", len(deleted), key)
+                self.metrics.trimmed_pending.labels(self.group, key).inc(len(deleted))
+            if claimed:
+                self.metrics.reclaimed.labels(self.group, key).inc(len(claimed))
+                await self._handle(u, key, processor, claimed, redelivered=True)
+            if _s(cursor) == "0-0":
+                return
+
+    # ------------------------------------------------------------------ one batch
+
+    async def _handle(
+        self,
+        u: str,
+        key: str,
+        processor: Processor,
+        raw_entries: list[tuple[bytes, dict[bytes, bytes] | None]],
+        *,
+        redelivered: bool,
+    ) -> None:
+        self._last_activity = time.monotonic()
+        started = time.perf_counter()
+        labels = (self.group, key)
+        dead: list[tuple[str, dict[bytes, bytes], int]] = []
+        gone: list[str] = []
+        counts: dict[str, int] = {}
+        if redelivered:
+            counts = await self._delivery_counts(key, raw_entries)
+        good: list[Entry] = []
+        originals: dict[str, dict[bytes, bytes]] = {}
+        for raw_id, fields in raw_entries:
+            entry_id = _s(raw_id)
+            if fields is None:
+                gone.append(entry_id)
+                continue
+            originals[entry_id] = fields
+            deliveries = counts.get(entry_id, 1)
+            if deliveries > self.settings.max_deliveries:
+                dead.append((entry_id, fields, deliveries))
+                continue
+            try:
+                value = codec.decode(self.spec.reads.payload, fields)
+            except codec.DecodeError as exc:
+                await self._record_failure(key, entry_id, f"undecodable entry: {exc}")
+                continue
+            good.append(Entry(entry_id, value))
+        self.metrics.entries_in.labels(*labels).inc(len(raw_entries))
+        self.metrics.events_in.labels(*labels).inc(sum(codec.event_count(e.value) for e in good))
+        if gone:
+            await self.redis.xack(key, self.group, *gone)
+            self.metrics.trimmed_pending.labels(*labels).inc(len(gone))
+        if dead:
+            await self._dead_letter(key, dead)
+        if good:
+            await self._process(u, key, processor, good)
+        self.metrics.batch_duration.labels(*labels).observe(time.perf_counter() - started)
+
+    async def _process(self, u: str, key: str, processor: Processor, good: list[Entry]) -> None:
+        try:
+            effects = processor.process(good)
+        except Exception as exc:  # the step failed: isolate the poison entries, commit the rest
+            self.metrics.step_failures.labels(self.group, key).inc()
+            if len(good) == 1:
+                log.warning("%s: entry %s of %s failed: %r", self.group, good[0].id, key, exc)
+                await self._record_failure(key, good[0].id, _describe(exc))
+                await processor.restore(self.redis)
+                return
+            await processor.restore(self.redis)
+            for entry in good:
+                await self._process(u, key, processor, [entry])
+            return
+        try:
+            await self._commit(u, key, effects, [e.id for e in good])
+        except (WatchError, LeaseLostError):
+            await processor.restore(self.redis)
+            raise LeaseLostError(key) from None
+        except ResponseError:
+            await processor.restore(self.redis)
+            raise
+        except BaseException:
+            # Connection dropped mid-commit: the entries stay pending; in-memory state is reloaded.
+            with contextlib.suppress(Exception):
+                await processor.restore(self.redis)
+            raise
+
+    async def _commit(self, u: str, key: str, effects: Effects, ack_ids: list[str]) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if self.spec.stateful:
+                lease = streams.lease_key(u, self.spec.name)
+                await pipe.watch(lease)
+                holder = await pipe.get(lease)
+                if holder is None or _s(holder) != self._tokens.get(u):
+                    raise LeaseLostError(lease)
+                pipe.multi()
+            for cmd in effects.commands:
+                pipe.execute_command(*cmd)
+            for script in effects.scripts:
+                pipe.eval(script.body, len(script.keys), *script.keys, *script.args)
+            for out in effects.outputs:
+                pipe.xadd(out.key, dict(out.fields), **xadd_args(out.spec, out.key))
+            pipe.xack(key, self.group, *ack_ids)
+            if self._errors and any(i in self._errors for i in ack_ids):
+                pipe.hdel(streams.errors_key(key), *ack_ids)
+            results = await pipe.execute()
+        for i in ack_ids:
+            self._errors.pop(i, None)
+        if effects.on_commit is not None:
+            n = len(effects.commands) + len(effects.scripts)
+            effects.on_commit(results[:n])
+        self.processed += len(ack_ids)
+        labels = (self.group, key)
+        self.metrics.entries_acked.labels(*labels).inc(len(ack_ids))
+        for out in effects.outputs:
+            self.metrics.entries_out.labels(self.group, out.key).inc()
+        if effects.events_out:
+            self.metrics.events_out.labels(*labels).inc(effects.events_out)
+
+    async def _record_failure(self, key: str, entry_id: str, error: str) -> None:
+        """Leave the entry pending (Delivery.RETRY) and keep its error for the dead letter."""
+        self._errors[entry_id] = error
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(streams.errors_key(key), entry_id, error[:MAX_ERROR_CHARS])
+            pipe.expire(streams.errors_key(key), ERROR_TTL_S)
+            await pipe.execute()
+
+    async def _delivery_counts(
+        self, key: str, raw_entries: list[tuple[bytes, dict[bytes, bytes] | None]]
+    ) -> dict[str, int]:
+        ids = [_s(i) for i, _ in raw_entries]
+        rows = await self.redis.xpending_range(
+            key, self.group, min=ids[0], max=ids[-1], count=len(ids), consumername=self.consumer
+        )
+        return {_s(r["message_id"]): int(r["times_delivered"]) for r in rows}
+
+    async def _dead_letter(self, key: str, dead: list[tuple[str, dict[bytes, bytes], int]]) -> None:
+        """Delivery.DEAD_LETTER: move entries to ``<stream>.dlq`` with their error, and ack them."""
+        dlq = streams.dlq_key(key)
+        errors = await self.redis.hmget(streams.errors_key(key), [d[0] for d in dead])
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for (entry_id, fields, deliveries), err in zip(dead, errors, strict=True):
+                error = _s(err) if err is not None else self._errors.get(entry_id, "no error recorded (consumer died)")
+                record = {f"orig.{_s(k)}": v for k, v in fields.items()}
+                record.update(
+                    {"id": entry_id, "group": self.group, "deliveries": deliveries, "error": error[:MAX_ERROR_CHARS]}
+                )
+                pipe.xadd(dlq, record, maxlen=streams.DLQ_MAXLEN, approximate=True)
+                log.error(
+                    "%s: dead-lettered %s of %s after %d deliveries: %s", self.group, entry_id, key, deliveries, error
+                )
+            pipe.xack(key, self.group, *[d[0] for d in dead])
+            pipe.hdel(streams.errors_key(key), *[d[0] for d in dead])
+            await pipe.execute()
+        for entry_id, _, _ in dead:
+            self._errors.pop(entry_id, None)
+        self.processed += len(dead)
+        self.metrics.dead_letters.labels(self.group, key).inc(len(dead))
+
+    # ------------------------------------------------------------------ liveness and leases
+
+    async def _heartbeat(self) -> None:
+        hb = streams.heartbeat_key(self.spec.name, self.consumer)
+        interval = self.settings.heartbeat_ttl_s / HEARTBEAT_FRACTION
+        while not self.stop.is_set():
+            try:
+                await self.redis.set(hb, str(time.time()), ex=self.settings.heartbeat_ttl_s)
+                for u in list(self._tokens):
+                    if not await self._renew_lease(u):
+                        log.warning("%s: lease on %s expired before renewal", self.group, u)
+                        self._tokens.pop(u, None)
+            except (RedisError, OSError):
+                log.warning("heartbeat of %s failed", self.spec.name, exc_info=True)
+            await self._sleep(interval)
+
+    async def _acquire_lease(self, u: str) -> bool:
+        if u in self._tokens:
+            return True
+        lease = streams.lease_key(u, self.spec.name)
+        token = await self.redis.incr(streams.lease_token_key(u, self.spec.name))
+        value = f"{self.consumer}:{token}"
+        if await self.redis.set(lease, value, nx=True, px=self.settings.lease_ttl_ms):
+            self._tokens[u] = value
+            log.info("%s: took the lease on %s (token %s)", self.group, u, token)
+            return True
+        return False
+
+    async def _renew_lease(self, u: str) -> bool:
+        lease = streams.lease_key(u, self.spec.name)
+        ok = await self.redis.eval(_RENEW_LEASE, 1, lease, self._tokens[u], self.settings.lease_ttl_ms)
+        return bool(ok)
+
+    async def _release_lease(self, u: str) -> None:
+        value = self._tokens.pop(u, None)
+        if value is None:
+            return
+        with contextlib.suppress(RedisError, OSError):
+            await self.redis.eval(_RELEASE_LEASE, 1, streams.lease_key(u, self.spec.name), value)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), seconds)
+
+    # ------------------------------------------------------------------ helpers for callers
+
+    @staticmethod
+    async def ensure_group(redis: aioredis.Redis, key: str, group: str) -> None:
+        """XGROUP CREATE key group $ MKSTREAM, ignoring only BUSYGROUP."""
+        try:
+            await redis.xgroup_create(key, group, id="$", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+
+_RENEW_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

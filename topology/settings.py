@@ -1,0 +1,107 @@
+"""Process settings: one frozen object built from ``MARKETSWARM_*`` environment variables in ``main()``."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CsvList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Deployment settings. Stream keys and group names are code (topology/streams.py), never settings.
+
+    Every field is read from ``MARKETSWARM_<FIELD>`` (upper case); lists are comma-separated.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MARKETSWARM_", frozen=True, extra="forbid")
+
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis/Valkey DSN, e.g. redis://host:6379/0. Unset: `marketswarm run` starts an "
+        "embedded Valkey under data_dir and other commands use the one it recorded there.",
+    )
+    data_dir: Path = Field(default=Path(".data"), description="Embedded server data (AOF) and run files.")
+    consumer: str = Field(
+        default_factory=socket.gethostname,
+        description="Consumer name in every group; the pod name under Kubernetes. Default: host name.",
+    )
+    underlyings: CsvList = Field(default=["SPX", "NDX"], description="Underlyings to run, comma-separated.")
+    batch_size: int = Field(default=500, ge=1, description="Entries per XREADGROUP (COUNT).")
+    block_ms: int = Field(default=1000, ge=1, description="XREADGROUP BLOCK, milliseconds.")
+    min_idle_ms: int = Field(
+        default=30_000, ge=1, description="Pending entries idle this long are reclaimed (XAUTOCLAIM)."
+    )
+    claim_interval_ms: int = Field(default=5_000, ge=1, description="How often the reclaimer runs.")
+    max_deliveries: int = Field(
+        default=5, ge=1, description="Deliveries before an entry is moved to <stream>.dlq."
+    )
+    shutdown_grace_s: float = Field(
+        default=10.0, gt=0, description="Time to drain the in-flight batch on SIGTERM/SIGINT."
+    )
+    heartbeat_ttl_s: int = Field(default=15, ge=2, description="TTL of an agent's liveness key.")
+    lease_ttl_ms: int = Field(default=10_000, ge=100, description="Lease of stateful per-underlying work.")
+    metrics_port: int = Field(default=0, ge=0, description="Agent /metrics port; 0 disables it.")
+    log_level: str = Field(default="INFO", description="Python logging level.")
+
+    # sources
+    source: Literal["sim", "massive", "none"] = Field(
+        default="sim", description="Market source that `marketswarm run` starts."
+    )
+    sim_rate: float = Field(
+        default=2000.0, ge=0, description="Simulated option events per second, per underlying."
+    )
+    sim_seed: int = Field(default=7, description="Seed of the simulated market (deterministic).")
+    massive_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MASSIVE_API_KEY", "MARKETSWARM_MASSIVE_API_KEY"),
+        description="Massive API key (env MASSIVE_API_KEY).",
+    )
+
+    # gateway
+    gateway_host: str = Field(default="127.0.0.1", description="Gateway bind address.")
+    gateway_port: int = Field(default=8000, ge=0, description="Gateway port.")
+    api_token: SecretStr | None = Field(
+        default=None, description="Optional bearer token for the gateway (header or cookie)."
+    )
+    cors_origins: CsvList = Field(default=[], description="Explicit CORS allowlist, comma-separated.")
+
+    @field_validator("underlyings", "cors_origins", mode="before")
+    @classmethod
+    def _split_csv(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [part.strip() for part in v.split(",") if part.strip()]
+        return v
+
+    @field_validator("underlyings")
+    @classmethod
+    def _upper(cls, v: list[str]) -> list[str]:
+        return [u.upper() for u in v]
+
+    def masked(self) -> dict[str, Any]:
+        """The settings for the start-up log line, secrets masked."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            out[name] = "**********" if isinstance(value, SecretStr) else value
+        return out
+
+
+def env_help() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting: README and ``--help`` list these."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        if name == "massive_api_key":
+            var = "MASSIVE_API_KEY"
+        else:
+            var = "MARKETSWARM_" + name.upper()
+        if field.default_factory is not None:
+            default = "(host name)" if name == "consumer" else "(computed)"
+        else:
+            default = "" if field.default is None else str(field.default)
+        rows.append((var, default, field.description or ""))
+    return rows

@@ -1,0 +1,171 @@
+"""Every stream key, group name and key prefix of MarketSwarm: the one source of truth for names.
+
+Per-underlying keys carry the Redis Cluster hash tag of their underlying (``ms:{SPX}:...``), so one
+underlying's streams and state share a slot and one MULTI/EXEC can touch all of them.
+The ``.v1`` suffix is the major version of the schema the stream carries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+PREFIX = "ms"
+
+# Retention. Streams are trimmed approximately (``MAXLEN ~`` / ``MINID ~``) at every XADD.
+# The bounds are sized so that, in normal operation, nothing a group has not read is trimmed:
+# at the simulated market's busiest setting (50k events/s in ~100-event frames, 500 entries/s)
+# the derived streams hold several minutes of entries, far beyond the lag alert threshold.
+RAW_RETENTION_S = 6 * 3600  # raw provider bytes are kept six hours for replay / re-normalization
+EVENTS_MAXLEN = 200_000
+CHANGES_MAXLEN = 200_000
+STAGED_MAXLEN = 100_000
+DIFFS_MAXLEN = 10_000  # diffs double as SSE history: ~10k versions, hours at the default cadence
+REJECTS_MAXLEN = 100_000
+DLQ_MAXLEN = 100_000
+
+
+class Payload(StrEnum):
+    """What a stream's entries carry; schemas/codec.py owns how each is encoded."""
+
+    RAW = "raw"  # provider bytes + receive time
+    EVENTS = "events"  # typed market events (schemas/events.py)
+    CHANGES = "changes"  # admitted state changes from hydrate
+    TILES = "tiles"  # staged tile updates from a calc agent
+    DIFF = "diff"  # a published version's diff
+    REJECT = "reject"  # bad input with its reason
+    TEST = "test"  # used by the runtime's own tests and benchmarks
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """One logical stream; per-underlying streams have one Redis key per underlying."""
+
+    name: str
+    template: str  # formatted with u=<underlying>
+    payload: Payload
+    maxlen: int | None = None
+    retention_s: int | None = None
+    ingress: bool = False  # written by sources outside the agent graph
+
+    def key(self, underlying: str) -> str:
+        return self.template.format(u=underlying)
+
+
+def _k(suffix: str) -> str:
+    return PREFIX + ":{{{u}}}:" + suffix
+
+
+RAW = StreamSpec("raw", _k("raw.v1"), Payload.RAW, retention_s=RAW_RETENTION_S, ingress=True)
+EVENTS = StreamSpec("events", _k("events.v1"), Payload.EVENTS, maxlen=EVENTS_MAXLEN)
+REJECTS = StreamSpec("rejects", _k("rejects.v1"), Payload.REJECT, maxlen=REJECTS_MAXLEN)
+CHANGES = StreamSpec("changes", _k("changes.v1"), Payload.CHANGES, maxlen=CHANGES_MAXLEN)
+
+
+class Strategy(StrEnum):
+    SINGLE = "single"
+    VERTICAL = "vertical"
+    BUTTERFLY = "butterfly"
+    GEX = "gex"
+
+
+HEATMAP_STRATEGIES = (Strategy.SINGLE, Strategy.VERTICAL, Strategy.BUTTERFLY)
+STRATEGIES = (*HEATMAP_STRATEGIES, Strategy.GEX)
+
+STAGED = {
+    s: StreamSpec(f"staged.{s}", _k(f"staged:{s}.v1"), Payload.TILES, maxlen=STAGED_MAXLEN) for s in STRATEGIES
+}
+DIFFS = {s: StreamSpec(f"diffs.{s}", _k(f"diffs:{s}.v1"), Payload.DIFF, maxlen=DIFFS_MAXLEN) for s in STRATEGIES}
+
+# Sources that cannot attribute a frame to an underlying (a WebSocket frame that is not JSON) write
+# its reject here; "edge" is a pseudo-underlying so the key keeps the same shape.
+EDGE = "edge"
+
+# Test stream used by the runtime's tests and benchmark (the counting agent).
+TEST_IN = StreamSpec("test.in", _k("test.in.v1"), Payload.TEST, maxlen=1_000_000, ingress=True)
+
+
+def dlq_key(stream_key: str) -> str:
+    """Dead letters of a stream: ``<key>.dlq``."""
+    return stream_key + ".dlq"
+
+
+def errors_key(stream_key: str) -> str:
+    """Hash of the last error text per pending entry id of a stream (read when dead-lettering)."""
+    return stream_key + ".errors"
+
+
+# --- state keys (per underlying) -------------------------------------------------------------
+
+
+def epoch_pointer_key(u: str) -> str:
+    """String: the active epoch id of an underlying (switched atomically on promotion)."""
+    return f"{PREFIX}:{{{u}}}:epoch"
+
+
+def epoch_meta_key(u: str, epoch: str) -> str:
+    """Hash: an epoch's geometry, status and times."""
+    return f"{PREFIX}:{{{u}}}:epoch:{epoch}"
+
+
+def epochs_index_key(u: str) -> str:
+    """Sorted set of epoch ids by creation event time (active, warming and retired)."""
+    return f"{PREFIX}:{{{u}}}:epochs"
+
+
+def state_key(u: str, epoch: str) -> str:
+    """Hash: the hydrated market state of one epoch, fields ``<symbol>`` and ``<symbol>|<slot>``."""
+    return f"{PREFIX}:{{{u}}}:state:{epoch}"
+
+
+def spot_key(u: str) -> str:
+    """String: the latest admitted spot, ``<newness>|<value>``."""
+    return f"{PREFIX}:{{{u}}}:spot"
+
+
+def fills_key(u: str) -> str:
+    """Sorted set of recently counted fill ids (score: event time ms), so a fill counts once."""
+    return f"{PREFIX}:{{{u}}}:fills"
+
+
+def staging_key(u: str, strategy: str) -> str:
+    """Hash: a calc agent's staged tiles (tile key -> tile JSON), the publisher's input."""
+    return f"{PREFIX}:{{{u}}}:staging:{strategy}"
+
+
+def model_key(u: str, strategy: str) -> str:
+    """String: the canonical published model (JSON) of (underlying, strategy)."""
+    return f"{PREFIX}:{{{u}}}:model:{strategy}.v1"
+
+
+def publish_state_key(u: str, strategy: str) -> str:
+    """Hash: the publisher's bookkeeping (version, last asof, changed-since-version)."""
+    return f"{PREFIX}:{{{u}}}:publish:{strategy}"
+
+
+def lease_key(u: str, agent: str) -> str:
+    """String: the owner of stateful per-(underlying, agent) work, ``<consumer>:<token>``."""
+    return f"{PREFIX}:{{{u}}}:lease:{agent}"
+
+
+def lease_token_key(u: str, agent: str) -> str:
+    """Counter: fencing tokens handed out for a lease."""
+    return f"{PREFIX}:{{{u}}}:lease:{agent}:token"
+
+
+def heartbeat_key(agent: str, consumer: str) -> str:
+    """String with TTL: an agent process is alive (``marketswarm check AGENT``)."""
+    return f"{PREFIX}:hb:{agent}:{consumer}"
+
+
+HEARTBEAT_PATTERN = f"{PREFIX}:hb:*"
+
+
+def underlyings_key() -> str:
+    """Set: every underlying that has ever had a stream, for the inspector and the gateway."""
+    return f"{PREFIX}:underlyings"
+
+
+def test_sums_key(u: str) -> str:
+    """Hash: per-key sums kept by the counting agent (runtime tests and benchmark)."""
+    return f"{PREFIX}:{{{u}}}:test.sums"
