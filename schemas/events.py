@@ -140,10 +140,12 @@ class SpotChange(_Change, tag="s", kw_only=True):
 
 
 class EpochChange(_Change, tag="e", kw_only=True):
-    """A new epoch was promoted: calc agents reload the grid from its state."""
+    """A new epoch was promoted. It lists the epoch's contracts, so calc agents rebuild their grid
+    without reading Redis; the values follow as the changes after it."""
 
     epoch: str
     ts_ns: int
+    symbols: tuple[str, ...]
 
 
 Change = QuoteChange | TradeChange | GreeksChange | SpotChange | EpochChange

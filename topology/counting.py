@@ -37,7 +37,7 @@ class PoisonError(ValueError):
 class Counter:
     stateful = False
 
-    def __init__(self, settings: Settings, underlying: str) -> None:
+    def __init__(self, settings: Settings, underlying: str, metrics: Metrics) -> None:
         self.sums_key = streams.test_sums_key(underlying)
 
     async def restore(self, redis: aioredis.Redis) -> None:

@@ -123,7 +123,7 @@ class Processor(Protocol):
         ...
 
 
-ProcessorFactory = Callable[[Settings, str], Processor]
+ProcessorFactory = Callable[[Settings, str, Metrics], Processor]  # (settings, underlying, metrics)
 
 
 @dataclass(frozen=True)
@@ -228,7 +228,7 @@ class Runtime:
 
     async def _partition(self, u: str) -> None:
         key = self.spec.reads.key(u)
-        processor = self.spec.make(self.settings, u)
+        processor = self.spec.make(self.settings, u, self.metrics)
         await self.ensure_group(self.redis, key, self.group)
         await self.redis.sadd(streams.underlyings_key(), u)
         backoff = False

@@ -48,6 +48,23 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=0, ge=0, description="Agent /metrics port; 0 disables it.")
     log_level: str = Field(default="INFO", description="Python logging level.")
 
+    # normalize
+    max_frame_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="Raw frames larger than this are rejected (oversized)."
+    )
+    max_event_future_s: float = Field(
+        default=60.0, gt=0, description="Events timed this far after their receive time are rejected."
+    )
+    max_event_age_s: float = Field(
+        default=18 * 3600.0, gt=0, description="Quotes/trades older than this at receipt are rejected (stale)."
+    )
+
+    # hydrate
+    epoch_retire_ttl_s: int = Field(default=300, ge=1, description="A retired epoch's state lives this long.")
+    fill_window_s: float = Field(
+        default=900.0, gt=0, description="Event-time window of the fill ledger that counts each fill once."
+    )
+
     # sources
     source: Literal["sim", "massive", "none"] = Field(
         default="sim", description="Market source that `marketswarm run` starts."

@@ -1,0 +1,172 @@
+"""The hydrate agent: owns epochs and admits values into the live market state, atomically in Redis.
+
+A chain snapshot declares topology: its geometry (the set of listed contracts: expiries x strikes x
+sides) hashes to an epoch id. A new geometry creates a warming epoch, carries the newer values of
+the active epoch over, applies the snapshot's values and is promoted by one pointer switch; the old
+epoch is retired with a TTL. Quotes and trades never create structure: an event for a contract
+outside the active epoch is counted (outcome X) and dropped.
+
+Admission, per contract slot (``q`` bid/ask, ``t`` last trade, ``g`` chain analytics) and for spot:
+A a new slot is admitted; B an existing slot takes only a strictly newer (event time, sequence);
+C older or equal is discarded. Each distinct fill adds its size to the volume once (a fill ledger
+keyed by symbol, time, sequence, price and size, kept for ``fill_window_s`` of event time).
+
+All of it runs in one server-side script per batch, inside the runtime's MULTI with the XACK, so
+replicas and redelivery cannot regress state. The step itself only builds the script's arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from marketswarm.schemas import codec
+from marketswarm.schemas.events import (
+    ChainSnapshot,
+    EpochChange,
+    EventBatch,
+    GreeksChange,
+    ProviderStatus,
+    Quote,
+    QuoteChange,
+    Spot,
+    SpotChange,
+    Trade,
+    TradeChange,
+)
+from marketswarm.topology import streams
+from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.runtime import AgentSpec, Effects, Entry, ScriptCall
+from marketswarm.topology.settings import Settings
+
+SCRIPT = resources.files("marketswarm.agents").joinpath("hydrate.lua").read_text()
+OUTCOMES = ("A", "B", "C", "X")
+
+
+def newness(ts_ns: int, seq: int = 0) -> str:
+    """Fixed width, so that string order is (event time, sequence) order inside the script."""
+    return f"{ts_ns:020d}{seq:012d}"
+
+
+def epoch_id(underlying: str, symbols: Sequence[str]) -> str:
+    """The geometry's hash: the same listed contracts always give the same epoch id."""
+    h = hashlib.sha1(underlying.encode())
+    for s in symbols:
+        h.update(b"\n" + s.encode())
+    return h.hexdigest()[:12]
+
+
+def geometry_summary(snap: ChainSnapshot) -> bytes:
+    expiries: dict[str, set[int]] = {}
+    for c in snap.contracts:
+        expiries.setdefault(c.expiry, set()).add(c.strike_x1000)
+    return orjson.dumps(
+        {
+            "underlying": snap.underlying,
+            "contracts": len(snap.contracts),
+            "expiries": {e: {"strikes": len(k), "min": min(k) / 1000, "max": max(k) / 1000} for e, k in sorted(expiries.items())},
+        }
+    )
+
+
+def chain_args(snap: ChainSnapshot, args: list[Any]) -> str:
+    """Append the C / S... / W / P records of a chain snapshot; return its epoch id."""
+    symbols = [c.symbol for c in snap.contracts]
+    epoch = epoch_id(snap.underlying, symbols)
+    args += ["C", epoch, geometry_summary(snap), snap.ts_ns, len(symbols)]
+    for c in snap.contracts:
+        args += [c.symbol, f"{c.expiry}|{c.side}|{c.strike_x1000}|{c.root}"]
+    args.append(codec.encode_json(EpochChange(epoch=epoch, ts_ns=snap.ts_ns, symbols=tuple(symbols))))
+    for c in snap.contracts:
+        qts = c.quote_ts_ns or snap.ts_ns
+        args += ["S", c.symbol, "q", newness(qts), codec.encode_json(QuoteChange(sym=c.symbol, ts_ns=qts, bid=c.bid, ask=c.ask))]
+        g = GreeksChange(sym=c.symbol, ts_ns=snap.ts_ns, iv=c.iv, delta=c.delta, gamma=c.gamma, oi=c.oi, volume=c.volume)
+        args += ["S", c.symbol, "g", newness(snap.ts_ns), codec.encode_json(g)]
+        if c.last is not None:
+            tts = c.trade_ts_ns or snap.ts_ns
+            args += ["S", c.symbol, "t", newness(tts), codec.encode_json(TradeChange(sym=c.symbol, ts_ns=tts, px=c.last))]
+    args += ["W", epoch, snap.ts_ns]
+    if snap.spot is not None:
+        args += ["P", newness(snap.ts_ns), codec.encode_json(SpotChange(ts_ns=snap.ts_ns, value=snap.spot))]
+    return epoch
+
+
+def batch_args(batch: Sequence[Entry]) -> tuple[list[Any], int]:
+    """The script's records for a batch of events entries, and how many events they carry."""
+    args: list[Any] = []
+    n = 0
+    for entry in batch:
+        eb: EventBatch = entry.value
+        args += ["G", entry.id, eb.rx_ns]
+        for ev in eb.events:
+            n += 1
+            if isinstance(ev, Quote):
+                change = QuoteChange(sym=ev.symbol, ts_ns=ev.ts_ns, seq=ev.seq, bid=ev.bid, ask=ev.ask)
+                args += ["S", ev.symbol, "q", newness(ev.ts_ns, ev.seq), codec.encode_json(change)]
+            elif isinstance(ev, Trade):
+                fill = f"{ev.symbol}|{ev.ts_ns}|{ev.seq}|{ev.px!r}|{ev.size}"
+                args += ["F", ev.symbol, fill, ev.size, ev.ts_ns // 1_000_000]
+                change_t = TradeChange(sym=ev.symbol, ts_ns=ev.ts_ns, seq=ev.seq, px=ev.px, size=ev.size)
+                args += ["S", ev.symbol, "t", newness(ev.ts_ns, ev.seq), codec.encode_json(change_t)]
+            elif isinstance(ev, Spot):
+                args += ["P", newness(ev.ts_ns), codec.encode_json(SpotChange(ts_ns=ev.ts_ns, value=ev.value))]
+            elif isinstance(ev, ChainSnapshot):
+                chain_args(ev, args)
+            elif isinstance(ev, ProviderStatus):
+                pass  # statuses are for operators (metrics at the source), not for the market state
+    return args, n
+
+
+class Hydrator:
+    stateful = False
+
+    def __init__(self, settings: Settings, underlying: str, metrics: Metrics) -> None:
+        self.u = underlying
+        self.metrics = metrics
+        self.keys = [
+            streams.epoch_pointer_key(underlying),
+            streams.CHANGES.key(underlying),
+            streams.fills_key(underlying),
+            streams.spot_key(underlying),
+        ]
+        self.header = [
+            streams.state_key(underlying, "")[: -len("state:")],
+            streams.CHANGES_MAXLEN,
+            settings.epoch_retire_ttl_s,
+            int(settings.fill_window_s * 1000),
+        ]
+        self.events_key = streams.EVENTS.key(underlying)
+
+    async def restore(self, redis: aioredis.Redis) -> None:
+        return None  # no in-memory state: the state lives in Redis
+
+    def process(self, batch: Sequence[Entry]) -> Effects:
+        records, n = batch_args(batch)
+
+        def committed(results: list[Any]) -> None:
+            counts = [int(x) for x in results[0]]
+            for outcome, c in zip(OUTCOMES, counts[:4], strict=True):
+                if c:
+                    self.metrics.admissions.labels("hydrate", self.events_key, outcome).inc(c)
+            if counts[4]:
+                self.metrics.epoch_promotions.labels(self.u).inc(counts[4])
+            if counts[6]:
+                self.metrics.dropped.labels("hydrate", self.events_key, "duplicate_fill").inc(counts[6])
+            if counts[7]:
+                self.metrics.dropped.labels("hydrate", self.events_key, "fill_beyond_window").inc(counts[7])
+
+        return Effects(scripts=[ScriptCall(SCRIPT, self.keys, [*self.header, *records])], on_commit=committed, events_out=n)
+
+
+HYDRATE = AgentSpec(
+    name="hydrate",
+    reads=streams.EVENTS,
+    writes=(streams.CHANGES,),
+    make=Hydrator,
+    doc="Epochs and admission (A/B/C) into the market state; admitted changes to the changes stream.",
+)

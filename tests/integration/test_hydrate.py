@@ -1,0 +1,166 @@
+"""Hydrate against a real server: admission A/B/C, fills counted once, epochs created and promoted."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import pytest
+import redis.asyncio as aioredis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+
+from marketswarm.agents.hydrate import Hydrator
+from marketswarm.schemas import codec
+from marketswarm.schemas.events import ChainContract, ChainSnapshot, EventBatch, Quote, Spot, Trade
+from marketswarm.topology import streams
+from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.runtime import Entry
+from marketswarm.topology.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+U = "SPX"
+T0 = 1_700_000_000_000_000_000
+STRIKES = (4700, 4705, 4710)
+
+
+def contract(k: int, side: str = "call", expiry: str = "2023-11-15", bid: float | None = 1.0) -> ChainContract:
+    sym = f"SPXW231115{'C' if side == 'call' else 'P'}{k * 1000:08d}"
+    return ChainContract(
+        symbol=sym, underlying=U, root="SPXW", expiry=expiry, side=side, strike_x1000=k * 1000,  # type: ignore[arg-type]
+        bid=bid, ask=None if bid is None else bid + 0.2, iv=0.2, gamma=0.01, oi=100,
+    )  # fmt: skip
+
+
+def chain(strikes: Sequence[int] = STRIKES, ts: int = T0, spot: float = 4700.0) -> ChainSnapshot:
+    cs = tuple(contract(k, side) for k in strikes for side in ("call", "put"))
+    return ChainSnapshot(underlying=U, ts_ns=ts, spot=spot, source="test", contracts=cs)
+
+
+async def apply(r: aioredis.Redis, batches: Sequence[Sequence[object]], start: int = 0) -> list[int]:
+    """Run hydrate's script for each batch of events (one entry per batch), as the runtime would."""
+    h = Hydrator(Settings(underlyings=[U]), U, Metrics(CollectorRegistry()))
+    totals = [0] * 8
+    for i, events in enumerate(batches):
+        entry = Entry(f"{start + i + 1}-0", EventBatch(src=f"{start + i + 1}-0", rx_ns=T0, events=tuple(events)))  # type: ignore[arg-type]
+        call = h.process([entry]).scripts[0]
+        counts = await r.eval(call.body, len(call.keys), *call.keys, *call.args)
+        totals = [a + int(b) for a, b in zip(totals, counts, strict=True)]
+    return totals
+
+
+async def state(r: aioredis.Redis) -> dict[bytes, bytes]:
+    epoch = await r.get(streams.epoch_pointer_key(U))
+    assert epoch is not None
+    return dict(await r.hgetall(streams.state_key(U, epoch.decode())))
+
+
+async def test_admission_rules_and_outside_epoch(aredis: aioredis.Redis) -> None:
+    sym = "SPXW231115C04700000"
+    q = lambda ts, seq, bid: Quote(symbol=sym, underlying=U, bid=bid, ask=bid + 0.1, ts_ns=ts, seq=seq)  # noqa: E731
+    counts = await apply(aredis, [[chain()]])
+    assert counts[0] > 0 and counts[4] == 1  # new slots admitted (A), one promotion
+    counts = await apply(aredis, [[q(T0 + 10, 1, 2.0)]], start=1)
+    assert counts[:4] == [0, 1, 0, 0]  # B: newer
+    counts = await apply(aredis, [[q(T0 + 10, 1, 3.0), q(T0 + 5, 9, 3.0)]], start=2)
+    assert counts[:4] == [0, 0, 2, 0]  # C: equal and older
+    counts = await apply(aredis, [[q(T0 + 10, 2, 4.0)]], start=3)
+    assert counts[:4] == [0, 1, 0, 0]  # same time, higher sequence: newer
+    other = Quote(symbol="SPXW231115C09000000", underlying=U, bid=1, ask=2, ts_ns=T0 + 20)
+    counts = await apply(aredis, [[other]], start=4)
+    assert counts[:4] == [0, 0, 0, 1]  # X: never creates structure
+    st_ = await state(aredis)
+    assert codec.decode  # noqa: B018
+    assert st_[f"{sym}|q".encode()].endswith(b'"bid":4.0,"ask":4.1}')
+    assert f"SPXW231115C09000000".encode() not in st_
+
+
+async def test_fills_count_once_including_same_timestamp_bursts(aredis: aioredis.Redis) -> None:
+    sym = "SPXW231115P04705000"
+    await apply(aredis, [[chain()]])
+    burst = [Trade(symbol=sym, underlying=U, px=1.5, size=3, ts_ns=T0 + 100, seq=s) for s in (1, 2, 3)]
+    counts = await apply(aredis, [burst, burst, burst[::-1]], start=1)
+    assert counts[5] == 3 and counts[6] == 6  # three distinct fills, six redeliveries
+    st_ = await state(aredis)
+    assert st_[f"{sym}|v".encode()] == b"9"
+    assert b'"seq":3' in st_[f"{sym}|t".encode()]
+
+
+async def test_new_geometry_makes_and_promotes_a_new_epoch(aredis: aioredis.Redis) -> None:
+    await apply(aredis, [[chain()]])
+    first = await aredis.get(streams.epoch_pointer_key(U))
+    newer_quote = Quote(symbol="SPXW231115C04705000", underlying=U, bid=7.0, ask=7.2, ts_ns=T0 + 50)
+    await apply(aredis, [[newer_quote]], start=1)
+    await apply(aredis, [[chain(ts=T0 + 10)]], start=2)  # same grid: same epoch
+    assert await aredis.get(streams.epoch_pointer_key(U)) == first
+    await apply(aredis, [[chain((*STRIKES, 4715), ts=T0 + 20)]], start=3)  # a strike added
+    second = await aredis.get(streams.epoch_pointer_key(U))
+    assert second != first
+    assert first is not None and second is not None
+    meta_old = await aredis.hgetall(streams.epoch_meta_key(U, first.decode()))
+    meta_new = await aredis.hgetall(streams.epoch_meta_key(U, second.decode()))
+    assert meta_old[b"status"] == b"retired" and meta_new[b"status"] == b"active"
+    assert 0 < await aredis.ttl(streams.state_key(U, first.decode())) <= 300
+    st_ = await state(aredis)
+    # The quote newer than the snapshot was carried over, not overwritten by the older chain value.
+    assert b'"bid":7.0' in st_[b"SPXW231115C04705000|q"]
+    assert b"SPXW231115C04715000" in st_
+    # The changes stream announced the epoch before its values.
+    last = (await aredis.xrevrange(streams.CHANGES.key(U), count=1))[0][1]
+    batch = codec.decode(streams.Payload.CHANGES, last)
+    assert batch.epoch == second.decode() and batch.changes[0].epoch == second.decode()
+
+
+def _events(draw_seed: int) -> list[object]:
+    rng = random.Random(draw_seed)
+    syms = [f"SPXW231115{s}{k * 1000:08d}" for k in STRIKES for s in "CP"]
+    out: list[object] = []
+    for i in range(40):
+        sym = rng.choice(syms)
+        ts = T0 + rng.randrange(1, 30) * 1000
+        kind = rng.random()
+        if kind < 0.5:
+            bid = rng.randrange(1, 50) / 10
+            out.append(Quote(symbol=sym, underlying=U, bid=bid, ask=bid + 0.1, ts_ns=ts, seq=rng.randrange(5)))
+        elif kind < 0.9:
+            out.append(Trade(symbol=sym, underlying=U, px=rng.randrange(1, 50) / 10, size=rng.randrange(1, 9), ts_ns=ts, seq=i))
+        else:
+            out.append(Spot(underlying=U, value=4700 + rng.randrange(100), ts_ns=ts + i))
+    return out
+
+
+def _key(e: object) -> tuple[int, int, str]:
+    return (e.ts_ns, getattr(e, "seq", 0), repr(e))  # type: ignore[attr-defined]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10**6), shuffle_seed=st.integers(0, 10**6), dup=st.floats(0, 1))
+async def test_shuffled_and_duplicated_equals_in_order_once(redis_url: str, seed: int, shuffle_seed: int, dup: float) -> None:
+    events = _events(seed)
+    # Distinct (time, sequence) per slot so "in event-time order" has one meaning.
+    seen: set[tuple[str, str, int, int]] = set()
+    unique = []
+    for e in events:
+        slot = (getattr(e, "symbol", "spot"), type(e).__name__, e.ts_ns, getattr(e, "seq", 0))  # type: ignore[attr-defined]
+        if slot not in seen:
+            seen.add(slot)
+            unique.append(e)
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        await r.flushall()
+        await apply(r, [[chain()]])
+        await apply(r, [[e] for e in sorted(unique, key=_key)], start=1)
+        expected = (await state(r), await r.get(streams.spot_key(U)))
+        await r.flushall()
+        rng = random.Random(shuffle_seed)
+        stream = unique + [e for e in unique if rng.random() < dup]
+        rng.shuffle(stream)
+        cuts = sorted(rng.sample(range(1, len(stream)), k=min(5, len(stream) - 1)))
+        batches = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+        await apply(r, [[chain()]])
+        await apply(r, batches, start=1)
+        assert (await state(r), await r.get(streams.spot_key(U))) == expected
+    finally:
+        await r.aclose()
