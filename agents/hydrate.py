@@ -81,7 +81,7 @@ def chain_args(snap: ChainSnapshot, args: list[Any]) -> str:
     args += ["C", epoch, geometry_summary(snap), snap.ts_ns, len(symbols)]
     for c in snap.contracts:
         args += [c.symbol, f"{c.expiry}|{c.side}|{c.strike_x1000}|{c.root}"]
-    args.append(codec.encode_json(EpochChange(epoch=epoch, ts_ns=snap.ts_ns, symbols=tuple(symbols))))
+    args.append(codec.encode_json(EpochChange(epoch=epoch, ts_ns=snap.ts_ns, symbols=tuple(symbols), spot=snap.spot)))
     for c in snap.contracts:
         qts = c.quote_ts_ns or snap.ts_ns
         args += ["S", c.symbol, "q", newness(qts), codec.encode_json(QuoteChange(sym=c.symbol, ts_ns=qts, bid=c.bid, ask=c.ask))]

@@ -146,6 +146,7 @@ class EpochChange(_Change, tag="e", kw_only=True):
     epoch: str
     ts_ns: int
     symbols: tuple[str, ...]
+    spot: float | None = None  # the chain's spot: fixes the epoch's heatmap strike window
 
 
 Change = QuoteChange | TradeChange | GreeksChange | SpotChange | EpochChange

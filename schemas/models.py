@@ -13,6 +13,13 @@ from typing import Literal
 import msgspec
 from pydantic import BaseModel, ConfigDict
 
+# JSON null as a raw value: msgspec cannot decode ``Raw | None``, so "absent" is a raw null.
+NULL = msgspec.Raw(b"null")
+
+
+def is_null(raw: msgspec.Raw) -> bool:
+    return bytes(raw) == b"null"
+
 
 class TileBatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A calc agent's staged update for one input entry."""
@@ -28,7 +35,7 @@ class TileBatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     reset: bool = False  # a new epoch: the staged set is replaced by ``upserts``
     upserts: dict[str, msgspec.Raw] = {}
     removes: tuple[str, ...] = ()
-    header: msgspec.Raw | None = None  # model-level fields (spot, GEX totals); None = unchanged
+    header: msgspec.Raw = NULL  # model-level fields (spot, GEX totals); null = unchanged
 
 
 class Diff(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -44,7 +51,7 @@ class Diff(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     reset: bool = False  # the tile set was replaced (new epoch): clients drop tiles not in upserts
     upserts: dict[str, msgspec.Raw] = {}
     removes: tuple[str, ...] = ()
-    header: msgspec.Raw | None = None
+    header: msgspec.Raw = NULL  # the version's model header (version, epoch, asof, spot, ...)
 
 
 class Reject(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

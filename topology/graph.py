@@ -16,7 +16,13 @@ def agents() -> tuple[AgentSpec, ...]:
     """Every agent kind of the production topology, in data-flow order."""
     # Imported here, not at module level, so that `marketswarm topology` and tests of the runtime do
     # not pay for numpy/scipy imports they do not use.
-    return ()
+    from marketswarm.agents.calc.gex import GEX_AGENT
+    from marketswarm.agents.calc.strategies import CALC_AGENTS
+    from marketswarm.agents.hydrate import HYDRATE
+    from marketswarm.agents.normalize import NORMALIZE
+    from marketswarm.agents.publish.publisher import PUBLISH_AGENTS
+
+    return (NORMALIZE, HYDRATE, *CALC_AGENTS, GEX_AGENT, *PUBLISH_AGENTS)
 
 
 def by_name(name: str) -> AgentSpec:

@@ -5,7 +5,7 @@ writes and a factory for its processor. The processor holds the agent's logic as
 of typed entries that returns ``Effects``: entries to append to output streams, state writes and
 server-side scripts. The step does no I/O. Everything else is here, written once:
 
-* the consumer group is created with MKSTREAM (BUSYGROUP tolerated);
+* the consumer group is created from the stream's start with MKSTREAM (BUSYGROUP tolerated);
 * a consumer first drains its own pending entries, then reads new ones in batches
   (XREADGROUP COUNT n BLOCK ms);
 * a batch's effects and its XACK are committed in ONE MULTI/EXEC on keys that share the
@@ -87,6 +87,7 @@ class Output:
     spec: streams.StreamSpec
     key: str
     fields: Mapping[str, Any]
+    id: str = "*"  # an explicit id, e.g. "<version>-0" on the diffs streams
 
 
 @dataclass(frozen=True)
@@ -361,6 +362,8 @@ class Runtime:
             try:
                 value = codec.decode(self.spec.reads.payload, fields)
             except codec.DecodeError as exc:
+                log.warning("%s: entry %s of %s is undecodable: %s", self.group, entry_id, key, exc)
+                self.metrics.step_failures.labels(*labels).inc()
                 await self._record_failure(key, entry_id, f"undecodable entry: {exc}")
                 continue
             good.append(Entry(entry_id, value))
@@ -417,7 +420,7 @@ class Runtime:
             for script in effects.scripts:
                 pipe.eval(script.body, len(script.keys), *script.keys, *script.args)
             for out in effects.outputs:
-                pipe.xadd(out.key, dict(out.fields), **xadd_args(out.spec, out.key))
+                pipe.xadd(out.key, dict(out.fields), id=out.id, **xadd_args(out.spec, out.key))
             pipe.xack(key, self.group, *ack_ids)
             if self._errors and any(i in self._errors for i in ack_ids):
                 pipe.hdel(streams.errors_key(key), *ack_ids)
@@ -523,9 +526,13 @@ class Runtime:
 
     @staticmethod
     async def ensure_group(redis: aioredis.Redis, key: str, group: str) -> None:
-        """XGROUP CREATE key group $ MKSTREAM, ignoring only BUSYGROUP."""
+        """XGROUP CREATE key group 0 MKSTREAM, ignoring only BUSYGROUP.
+
+        A new group starts at the beginning of the retained stream, not at ``$``: an agent that starts
+        after its source (or a strategy added later) must still see the epoch's chain snapshot and
+        everything after it, or it could never build its state."""
         try:
-            await redis.xgroup_create(key, group, id="$", mkstream=True)
+            await redis.xgroup_create(key, group, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise

@@ -65,6 +65,27 @@ class Settings(BaseSettings):
         default=900.0, gt=0, description="Event-time window of the fill ledger that counts each fill once."
     )
 
+    # calc
+    heatmap_expiries: int = Field(default=5, ge=1, description="Nearest expiries in the heatmaps.")
+    heatmap_range_pct: float = Field(
+        default=4.0, gt=0, description="Heatmap strikes within this % of the epoch's spot."
+    )
+    max_width_steps: int = Field(
+        default=20, ge=1, description="Vertical/butterfly widths: 1..N times the expiry's strike step."
+    )
+    gex_stale_s: float = Field(
+        default=300.0, gt=0, description="GEX is flagged stale when its chain data is this much older than spot."
+    )
+
+    # publish
+    publish_min_tiles: int = Field(default=50, ge=1, description="Publish when this many tiles changed.")
+    publish_min_changed_pct: float = Field(
+        default=5.0, gt=0, description="... or when this % of the model's tiles changed."
+    )
+    publish_interval_ms: int = Field(
+        default=1000, ge=1, description="... or when this much event time passed since the last version."
+    )
+
     # sources
     source: Literal["sim", "massive", "none"] = Field(
         default="sim", description="Market source that `marketswarm run` starts."

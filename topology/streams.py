@@ -129,18 +129,15 @@ def fills_key(u: str) -> str:
 
 
 def staging_key(u: str, strategy: str) -> str:
-    """Hash: a calc agent's staged tiles (tile key -> tile JSON), the publisher's input."""
+    """Hash: the staged tiles of (underlying, strategy) (tile key -> tile JSON) and ``_meta``, kept by
+    the publisher from its calc's staged stream; published versions are copies of it."""
     return f"{PREFIX}:{{{u}}}:staging:{strategy}"
 
 
 def model_key(u: str, strategy: str) -> str:
-    """String: the canonical published model (JSON) of (underlying, strategy)."""
+    """Hash: the canonical published model of (underlying, strategy): tile key -> tile JSON, plus
+    ``_header`` (version, epoch, asof, spot, strategy fields). Written only by its publisher."""
     return f"{PREFIX}:{{{u}}}:model:{strategy}.v1"
-
-
-def publish_state_key(u: str, strategy: str) -> str:
-    """Hash: the publisher's bookkeeping (version, last asof, changed-since-version)."""
-    return f"{PREFIX}:{{{u}}}:publish:{strategy}"
 
 
 def lease_key(u: str, agent: str) -> str:
@@ -169,3 +166,9 @@ def underlyings_key() -> str:
 def test_sums_key(u: str) -> str:
     """Hash: per-key sums kept by the counting agent (runtime tests and benchmark)."""
     return f"{PREFIX}:{{{u}}}:test.sums"
+
+
+def calc_checkpoint_key(u: str, strategy: str) -> str:
+    """Hash: a calc agent's inputs as of its last commit (epoch, grid symbols, quotes, spot), written
+    atomically with its XACK, so a restarted calc resumes exactly where its acked position left it."""
+    return f"{PREFIX}:{{{u}}}:calc:{strategy}"

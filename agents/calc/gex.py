@@ -1,0 +1,357 @@
+"""The GEX agent: dealer gamma exposure per strike and expiry, the zero-gamma (flip) level and the walls.
+
+Convention (Perfiliev, "How to Calculate Gamma Exposure (GEX) and Zero Gamma Level", 2022): dealers
+are assumed long the calls and short the puts their customers trade, so call GEX is positive and put
+GEX negative. Per contract, in USD per 1% move of the underlying:
+
+    GEX = gamma x open interest x 100 x S^2 x 0.01
+
+with gamma per 1.00 of the underlying: the provider's when present, otherwise Black-Scholes from the
+contract's IV (r = 0, q = 0) with our time-to-expiry convention (agents/calc/blackscholes.py:
+calendar time to the expiry's 16:00 ET close, ACT/365, floored at one minute).
+
+The flip is where the GEX profile changes sign: the profile re-prices every contract's gamma with
+Black-Scholes from its IV at ``PROFILE_POINTS`` spots across +/- ``PROFILE_RANGE`` around S; the root
+is found by linear interpolation between the two profile points that straddle zero (the crossing
+nearest S when there are several), and is null when the profile never changes sign. The call wall
+and put wall are the strikes with the largest call GEX and the largest put GEX (in magnitude).
+The 0DTE view repeats totals, flip, walls and by-strike for the contracts expiring on the as-of date
+(America/New_York). ``stale`` is true when the chain data (gamma, OI) is more than ``gex_stale_s``
+older than the as-of time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import numpy as np
+import orjson
+import redis.asyncio as aioredis
+
+from marketswarm.agents.calc import blackscholes as bs
+from marketswarm.schemas import codec
+from marketswarm.schemas.events import ChangeBatch, EpochChange, GreeksChange, SpotChange
+from marketswarm.schemas.models import TileBatch
+from marketswarm.schemas.occ import SymbolError, parse_occ
+from marketswarm.topology import streams
+from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.runtime import AgentSpec, Effects, Entry, Output
+from marketswarm.topology.settings import Settings
+
+CONTRACT_SIZE = 100
+PROFILE_POINTS = 81
+PROFILE_RANGE = 0.10  # +/- 10 % of spot
+# The profile is re-priced when the chain data changes or spot moved this far since it was built.
+PROFILE_REUSE_MOVE = 0.005
+UNITS = "USD per 1% move of the underlying"
+CONVENTION = (
+    "dealers long calls, short puts: call GEX positive, put GEX negative; "
+    "per contract gamma x open interest x 100 x S^2 x 0.01"
+)
+
+_greeks_dec = msgspec.json.Decoder(GreeksChange)
+_spot_dec = msgspec.json.Decoder(SpotChange)
+
+
+@dataclass
+class Book:
+    """Every contract of the epoch (no heatmap window: GEX sums the whole chain)."""
+
+    epoch: str
+    symbols: list[str]
+    strike: np.ndarray
+    is_call: np.ndarray
+    expiry: list[str]
+    close_ns: np.ndarray
+    gamma: np.ndarray
+    iv: np.ndarray
+    oi: np.ndarray
+    ts: np.ndarray
+    pos: dict[str, int]
+    gen: int = 0  # bumped whenever chain data changes: the profile cache's key
+
+    @classmethod
+    def of(cls, epoch: str, symbols: Sequence[str]) -> Book:
+        parsed = []
+        for s in symbols:
+            try:
+                parsed.append((s, parse_occ(s)))
+            except SymbolError:
+                continue
+        n = len(parsed)
+        expiries = [o.expiry.isoformat() for _, o in parsed]
+        return cls(
+            epoch=epoch,
+            symbols=[s for s, _ in parsed],
+            strike=np.array([o.strike_x1000 / 1000 for _, o in parsed], dtype=np.float64),
+            is_call=np.array([o.side == "call" for _, o in parsed], dtype=bool),
+            expiry=expiries,
+            close_ns=np.array([bs.expiry_close_ns(e) for e in expiries], dtype=np.float64),
+            gamma=np.full(n, np.nan),
+            iv=np.full(n, np.nan),
+            oi=np.zeros(n),
+            ts=np.zeros(n, dtype=np.int64),
+            pos={s: i for i, (s, _) in enumerate(parsed)},
+        )
+
+    def apply(self, g: GreeksChange) -> bool:
+        p = self.pos.get(g.sym)
+        if p is None or g.ts_ns < self.ts[p]:
+            return False
+        self.gamma[p] = np.nan if g.gamma is None else g.gamma
+        self.iv[p] = np.nan if g.iv is None else g.iv
+        self.oi[p] = 0 if g.oi is None else g.oi
+        self.ts[p] = g.ts_ns
+        self.gen += 1
+        return True
+
+    def carry_from(self, other: Book) -> None:
+        for s, p in self.pos.items():
+            q = other.pos.get(s)
+            if q is not None:
+                self.gamma[p], self.iv[p], self.oi[p], self.ts[p] = other.gamma[q], other.iv[q], other.oi[q], other.ts[q]
+        self.gen += 1
+
+
+def spot_gamma(book: Book, s: float, now_ns: int) -> np.ndarray:
+    """Gamma per contract: the provider's, else Black-Scholes from IV (0 without either)."""
+    t = bs.years_to_expiry(book.close_ns, now_ns)
+    fallback = np.where(np.isfinite(book.iv), bs.gamma(s, book.strike, t, 0.0, np.nan_to_num(book.iv)), 0.0)
+    return np.where(np.isfinite(book.gamma), book.gamma, fallback)  # type: ignore[no-any-return]
+
+
+def live(book: Book, now_ns: int) -> np.ndarray:
+    """Contracts not yet past their expiry close: an expired contract has no gamma left."""
+    return book.close_ns > now_ns  # type: ignore[no-any-return]
+
+
+def gex_per_contract(book: Book, s: float, now_ns: int) -> np.ndarray:
+    sign = np.where(book.is_call, 1.0, -1.0)
+    g = sign * spot_gamma(book, s, now_ns) * book.oi * CONTRACT_SIZE * s * s * 0.01
+    return np.where(live(book, now_ns), g, 0.0)  # type: ignore[no-any-return]
+
+
+def profile(book: Book, mask: np.ndarray, s: float, now_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    """(spots, net GEX at each spot) with gamma re-priced from IV."""
+    spots = s * np.linspace(1 - PROFILE_RANGE, 1 + PROFILE_RANGE, PROFILE_POINTS)
+    use = mask & np.isfinite(book.iv) & (book.oi > 0) & live(book, now_ns)
+    k, iv, oi = book.strike[use], book.iv[use], book.oi[use]
+    sign = np.where(book.is_call[use], 1.0, -1.0)
+    t = bs.years_to_expiry(book.close_ns[use], now_ns)
+    g = bs.gamma(spots[:, None], k[None, :], t[None, :], 0.0, iv[None, :])
+    net = (g * (sign * oi)[None, :]).sum(axis=1) * CONTRACT_SIZE * spots * spots * 0.01
+    return spots, net
+
+
+def flip_level(spots: np.ndarray, net: np.ndarray, s: float) -> float | None:
+    """The zero crossing of the profile nearest ``s``, by linear interpolation; None if none."""
+    roots = []
+    for i in range(len(spots) - 1):
+        a, b = net[i], net[i + 1]
+        if a == 0:
+            roots.append(float(spots[i]))
+        elif a * b < 0:
+            roots.append(float(spots[i] - a * (spots[i + 1] - spots[i]) / (b - a)))
+    if not roots:
+        return None
+    return round(min(roots, key=lambda r: abs(r - s)), 2)
+
+
+ProfileCache = dict[str, tuple[tuple[int, float, int], np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class ProfileInputs:
+    """What a profile was priced at: re-priced only when chain data changed or spot moved
+    PROFILE_REUSE_MOVE from the anchor, so the flip is a function of the input sequence alone."""
+
+    anchor: float
+    asof_ns: int
+
+
+def cached_profile(
+    book: Book, name: str, mask: np.ndarray, inputs: ProfileInputs, cache: ProfileCache | None
+) -> tuple[np.ndarray, np.ndarray]:
+    key = (book.gen, inputs.anchor, inputs.asof_ns)
+    if cache is not None and name in cache and cache[name][0] == key:
+        return cache[name][1], cache[name][2]
+    spots, net = profile(book, mask, inputs.anchor, inputs.asof_ns)
+    if cache is not None:
+        cache[name] = (key, spots, net)
+    return spots, net
+
+
+def summarize(
+    book: Book, mask: np.ndarray, gex: np.ndarray, s: float, now_ns: int, profile_net: tuple[np.ndarray, np.ndarray]
+) -> dict[str, Any]:
+    """Totals, by strike, walls and flip over the contracts in ``mask``."""
+    g = np.where(mask, gex, 0.0)
+    calls = float(g[book.is_call].sum())
+    puts = float(g[~book.is_call].sum())
+    strikes, inv = np.unique(book.strike[mask], return_inverse=True)
+    call_by = np.bincount(inv, weights=g[mask] * book.is_call[mask], minlength=len(strikes))
+    put_by = np.bincount(inv, weights=g[mask] * ~book.is_call[mask], minlength=len(strikes))
+    rows = [
+        {"strike": float(k), "call": round(float(c), 2), "put": round(float(p), 2), "net": round(float(c + p), 2)}
+        for k, c, p in zip(strikes, call_by, put_by, strict=True)
+    ]
+    call_wall = float(strikes[np.argmax(call_by)]) if len(strikes) and call_by.max() > 0 else None
+    put_wall = float(strikes[np.argmin(put_by)]) if len(strikes) and put_by.min() < 0 else None
+    spots, net = profile_net
+    return {
+        "total": round(calls + puts, 2),
+        "calls": round(calls, 2),
+        "puts": round(puts, 2),
+        "flip": flip_level(spots, net, s),
+        "call_wall": call_wall,
+        "put_wall": put_wall,
+        "by_strike": rows,
+    }
+
+
+def compute(
+    book: Book, s: float, now_ns: int, stale: bool, inputs: ProfileInputs | None = None, cache: ProfileCache | None = None
+) -> dict[str, Any]:
+    """The whole GEX model except the publisher's fields (version, asof)."""
+    inputs = inputs or ProfileInputs(s, now_ns)
+    gex = gex_per_contract(book, s, now_ns)
+    everything = live(book, now_ns)
+    out = summarize(book, everything, gex, s, now_ns, cached_profile(book, "all", everything, inputs, cache))
+    exp = np.array(book.expiry)
+    by_expiry = [
+        {"expiry": e, "net": round(float(gex[exp == e].sum()), 2)}
+        for e in sorted({e for e, ok in zip(book.expiry, everything, strict=True) if ok})
+    ]
+    today = dt.datetime.fromtimestamp(now_ns / 1e9, bs.ET).date().isoformat()
+    zero = (exp == today) & everything
+    out["by_expiry"] = by_expiry
+    out["zero_dte"] = (
+        summarize(book, zero, gex, s, now_ns, cached_profile(book, "0dte", zero, inputs, cache)) if zero.any() else None
+    )
+    out["stale"] = stale
+    return out
+
+
+class GexCalc:
+    stateful = True
+
+    def __init__(self, settings: Settings, underlying: str, metrics: Metrics) -> None:
+        self.u = underlying
+        self.metrics = metrics
+        self.stale_ns = int(settings.gex_stale_s * 1e9)
+        self.checkpoint = streams.calc_checkpoint_key(underlying, streams.Strategy.GEX)
+        self.out_spec = streams.STAGED[streams.Strategy.GEX]
+        self.out_key = self.out_spec.key(underlying)
+        self.book: Book | None = None
+        self.spot: SpotChange | None = None
+        self.rows: dict[str, bytes] = {}
+        self.profiles: ProfileCache = {}
+        self.inputs: ProfileInputs | None = None
+
+    async def restore(self, redis: aioredis.Redis) -> None:
+        raw = await redis.hgetall(self.checkpoint)
+        self.book, self.spot, self.rows = None, None, {}
+        fields = {k.decode(): v for k, v in raw.items()}
+        if "_spot" in fields:
+            self.spot = _spot_dec.decode(fields["_spot"])
+        if "_epoch" in fields:
+            symbols = orjson.loads(fields["_symbols"])
+            self.book = Book.of(fields["_epoch"].decode(), symbols)
+            for s in symbols:
+                if s in fields:
+                    self.book.apply(_greeks_dec.decode(fields[s]))
+        self.inputs = ProfileInputs(**orjson.loads(fields["_prof"])) if "_prof" in fields else None
+        if "_rows" in fields:
+            self.rows = {k: v.encode() for k, v in orjson.loads(fields["_rows"]).items()}
+
+    def process(self, batch: Sequence[Entry]) -> Effects:
+        outputs: list[Output] = []
+        ckpt: dict[str, bytes] = {}
+        commands: list[tuple[Any, ...]] = []
+        for entry in batch:
+            cb: ChangeBatch = entry.value
+            touched = reset = chain_changed = False
+            ts_ns = 0
+            for ch in cb.changes:
+                if isinstance(ch, GreeksChange):
+                    ts_ns = max(ts_ns, ch.ts_ns)
+                    if self.book is not None and self.book.apply(ch):
+                        touched = chain_changed = True
+                        ckpt[ch.sym] = codec.encode_json(ch)
+                elif isinstance(ch, SpotChange):
+                    ts_ns = max(ts_ns, ch.ts_ns)
+                    if self.spot is None or ch.ts_ns > self.spot.ts_ns:
+                        self.spot = ch
+                        ckpt["_spot"] = codec.encode_json(ch)
+                        touched = True
+                elif isinstance(ch, EpochChange):
+                    ts_ns = max(ts_ns, ch.ts_ns)
+                    if self.book is None or self.book.epoch != ch.epoch:
+                        book = Book.of(ch.epoch, ch.symbols)
+                        if self.book is not None:
+                            book.carry_from(self.book)
+                        self.book = book
+                        reset = touched = chain_changed = True
+                        commands.append(("DEL", self.checkpoint))
+                        keep = {k: v for k, v in ckpt.items() if k == "_spot"}
+                        ckpt = {"_epoch": ch.epoch.encode(), "_symbols": orjson.dumps(book.symbols), **keep}
+                        ckpt.update(
+                            {
+                                s: codec.encode_json(
+                                    GreeksChange(
+                                        sym=s, ts_ns=int(book.ts[p]), oi=int(book.oi[p]),
+                                        gamma=None if np.isnan(book.gamma[p]) else float(book.gamma[p]),
+                                        iv=None if np.isnan(book.iv[p]) else float(book.iv[p]),
+                                    )  # fmt: skip
+                                )
+                                for s, p in book.pos.items()
+                                if book.ts[p] > 0
+                            }
+                        )
+            if not touched or self.book is None or self.spot is None:
+                continue
+            outputs.append(self._emit(entry.id, cb, ts_ns, reset, chain_changed))
+            ckpt["_rows"] = orjson.dumps({k: v.decode() for k, v in self.rows.items()})
+            assert self.inputs is not None
+            ckpt["_prof"] = orjson.dumps({"anchor": self.inputs.anchor, "asof_ns": self.inputs.asof_ns})
+        if ckpt:
+            args: list[Any] = []
+            for k, v in ckpt.items():
+                args += [k, v]
+            commands.append(("HSET", self.checkpoint, *args))
+        return Effects(outputs=outputs, commands=commands, events_out=len(outputs))
+
+    def _emit(self, src: str, cb: ChangeBatch, ts_ns: int, reset: bool, chain_changed: bool) -> Output:
+        assert self.book is not None and self.spot is not None
+        s = self.spot.value
+        asof = max(int(self.book.ts.max()) if len(self.book.ts) else 0, self.spot.ts_ns)
+        chain_ts = int(self.book.ts.max()) if len(self.book.ts) else 0
+        if chain_changed or self.inputs is None or abs(s / self.inputs.anchor - 1) >= PROFILE_REUSE_MOVE:
+            self.inputs = ProfileInputs(s, asof)
+        model = compute(self.book, s, asof, asof - chain_ts > self.stale_ns, self.inputs, self.profiles)
+        rows = {f"s|{int(round(r['strike'] * 1000)):012d}": orjson.dumps(r) for r in model.pop("by_strike")}
+        header = orjson.dumps({"spot": s, "spot_ts_ns": self.spot.ts_ns, "units": UNITS, "convention": CONVENTION, **model})
+        upserts = {k: msgspec.Raw(v) for k, v in rows.items() if reset or self.rows.get(k) != v}
+        removes = tuple(k for k in self.rows if k not in rows)
+        self.rows = rows
+        pending = int((self.book.ts == 0).sum())
+        tb = TileBatch(
+            strategy=streams.Strategy.GEX, underlying=self.u, epoch=self.book.epoch, src=src, rx_ns=cb.rx_ns,
+            ts_ns=ts_ns, slots=len(rows), pending=pending, reset=reset, upserts=upserts, removes=removes,
+            header=msgspec.Raw(header),
+        )  # fmt: skip
+        return Output(self.out_spec, self.out_key, codec.encode_tiles(tb))
+
+
+GEX_AGENT = AgentSpec(
+    name="calc.gex",
+    reads=streams.CHANGES,
+    writes=(streams.STAGED[streams.Strategy.GEX],),
+    make=GexCalc,
+    stateful=True,
+    doc="Dealer gamma exposure by strike and expiry, flip level and walls.",
+)

@@ -1,0 +1,1 @@
+"""Publishing: the publisher agents, model assembly, and the gateway (REST, SSE, dashboard)."""

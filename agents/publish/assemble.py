@@ -1,0 +1,66 @@
+"""Published models as JSON: assembled from the canonical model hash (header + tiles), byte-stable.
+
+The same bytes serve REST, the SSE snapshot event and ``export``, so a replay's export can be compared
+byte for byte. Tiles are ordered by (expiry, side, strike, width); GEX rows by strike.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+HEADER_FIELD = "_header"
+
+
+def iso(ts_ns: int) -> str:
+    return dt.datetime.fromtimestamp(ts_ns / 1e9, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def tile_order(key: str) -> tuple[str, str, int, int]:
+    expiry, side, strike, width = key.split("|")
+    return expiry, side, int(strike), int(width)
+
+
+def header_json(
+    underlying: str, strategy: str, version: int, epoch: str, asof_ns: int, fields: Mapping[str, Any]
+) -> bytes:
+    """The model's own fields, in a fixed order, then the strategy's header fields (spot, GEX totals)."""
+    head: dict[str, Any] = {
+        "underlying": underlying,
+        "strategy": strategy,
+        "version": version,
+        "epoch": epoch,
+        "asof": iso(asof_ns) if asof_ns else None,
+        "asof_ns": asof_ns,
+        "spot": fields.get("spot"),
+    }
+    for k, v in fields.items():
+        if k not in head and k != "spot_ts_ns":
+            head[k] = v
+    return orjson.dumps(head)
+
+
+def assemble(strategy: str, header: bytes, tiles: Mapping[str, bytes]) -> bytes:
+    """The full model JSON of a header and its tiles (heatmaps: ``tiles``; GEX: ``by_strike``)."""
+    if strategy == "gex":
+        body = b",".join(tiles[k] for k in sorted(tiles))
+        return header[:-1] + b',"by_strike":[' + body + b"]}"
+    body = b",".join(tiles[k] for k in sorted(tiles, key=tile_order))
+    return header[:-1] + b',"tiles":[' + body + b"]}"
+
+
+def split_model_hash(raw: Mapping[bytes, bytes]) -> tuple[bytes | None, dict[str, bytes]]:
+    """(header, tiles) from an HGETALL of a model or staging hash."""
+    header = None
+    tiles: dict[str, bytes] = {}
+    for k, v in raw.items():
+        key = k.decode()
+        if key.startswith("_"):
+            if key == HEADER_FIELD:
+                header = v
+            continue
+        tiles[key] = v
+    return header, tiles

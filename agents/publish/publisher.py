@@ -1,0 +1,254 @@
+"""The publisher: the single authority that declares reality for one (underlying, strategy).
+
+It keeps the staged tiles its calc agent emits (``ms:{U}:staging:{S}``) and publishes a version when
+one of these holds, checked after every staged entry, in stream order:
+
+* structural completeness: the epoch's grid has no slot left waiting for a first quote (a new epoch
+  is published only then, so the old model stays canonical until the new one is whole: no gap;
+  a new epoch that never completes is published after ``NEW_EPOCH_PATIENCE`` time boundaries);
+* value completeness: at least ``publish_min_tiles`` tiles, or ``publish_min_changed_pct`` % of them,
+  changed since the last version;
+* the time boundary: ``publish_interval_ms`` of event time passed since the last version, with
+  something changed.
+
+Publishing assigns the next version, makes the staged tiles canonical (the model hash), and appends
+the diff (changed, added, removed tiles) to ``ms:{U}:diffs:{S}.v1`` with entry id ``<version>-0``, so
+the stream is the SSE history and ``Last-Event-ID`` is a version. All conditions use event time, so
+a replay publishes the same versions as the live run. A market that stops changing publishes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import orjson
+import redis.asyncio as aioredis
+
+from marketswarm.agents.publish.assemble import HEADER_FIELD, header_json, split_model_hash
+from marketswarm.schemas import codec
+from marketswarm.schemas.models import Diff, TileBatch, is_null
+from marketswarm.topology import streams
+from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.runtime import AgentSpec, Effects, Entry, Output
+from marketswarm.topology.settings import Settings
+
+META_FIELD = "_meta"
+NEW_EPOCH_PATIENCE = 10  # time boundaries a new epoch may stay incomplete before it is published anyway
+
+
+class Publisher:
+    stateful = True
+
+    def __init__(self, settings: Settings, underlying: str, metrics: Metrics, strategy: str) -> None:
+        self.u = underlying
+        self.strategy = strategy
+        self.metrics = metrics
+        self.min_tiles = settings.publish_min_tiles
+        self.min_pct = settings.publish_min_changed_pct
+        self.interval_ns = settings.publish_interval_ms * 1_000_000
+        self.staging = streams.staging_key(underlying, strategy)
+        self.model = streams.model_key(underlying, strategy)
+        self.diffs_spec = streams.DIFFS[strategy]
+        self.diffs = self.diffs_spec.key(underlying)
+        self._clear()
+
+    def _clear(self) -> None:
+        self.staged: dict[str, bytes] = {}
+        self.published: dict[str, bytes] = {}
+        self.fields: dict[str, Any] = {}  # header fields (spot, GEX totals)
+        self.epoch = ""  # staged epoch
+        self.epoch_started_ns = 0
+        self.pending = 0
+        self.max_ts_ns = 0
+        self.version = 0
+        self.pub_epoch = ""
+        self.pub_asof_ns = 0
+        self.changed: set[str] = set()
+        self.header_dirty = False
+
+    # --- state -------------------------------------------------------------------------------
+
+    async def restore(self, redis: aioredis.Redis) -> None:
+        self._clear()
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self.staging)
+            pipe.hgetall(self.model)
+            pipe.xrevrange(self.diffs, count=1)
+            staging, model, last = await pipe.execute()
+        _, self.staged = split_model_hash(staging)
+        if META_FIELD.encode() in staging:
+            meta = orjson.loads(staging[META_FIELD.encode()])
+            self.epoch, self.epoch_started_ns = meta["epoch"], meta["epoch_started_ns"]
+            self.pending, self.max_ts_ns, self.fields = meta["pending"], meta["max_ts_ns"], meta["fields"]
+        header, self.published = split_model_hash(model)
+        if header is not None:
+            h = orjson.loads(header)
+            self.version, self.pub_epoch, self.pub_asof_ns = h["version"], h["epoch"], h["asof_ns"]
+        if last:
+            # Never reuse a diff id, even if the model hash was lost.
+            self.version = max(self.version, int(last[0][0].split(b"-")[0]))
+        self.changed = {k for k in self.staged.keys() | self.published.keys() if self.staged.get(k) != self.published.get(k)}
+        self.header_dirty = bool(self.fields) and header is not None and self._fields_differ(header)
+
+    def _fields_differ(self, header: bytes) -> bool:
+        h = orjson.loads(header)
+        return any(h.get(k) != v for k, v in self.fields.items() if k != "spot_ts_ns")
+
+    # --- the step ----------------------------------------------------------------------------
+
+    def process(self, batch: Sequence[Entry]) -> Effects:
+        outputs: list[Output] = []
+        commands: list[tuple[Any, ...]] = []
+        upserted: set[str] = set()
+        removed: set[str] = set()
+        staging_reset = False
+        published: list[tuple[str, int, int, int]] = []  # (reason, version, tiles changed, rx_ns)
+        for entry in batch:
+            tb: TileBatch = entry.value
+            if tb.reset or tb.epoch != self.epoch:
+                if tb.epoch != self.epoch:
+                    self.epoch_started_ns = tb.ts_ns
+                self.epoch = tb.epoch
+            if tb.reset:
+                self.changed |= self.staged.keys()
+                self.staged = {}
+                staging_reset = True
+                upserted.clear()
+                removed.clear()
+            for k, v in tb.upserts.items():
+                self.staged[k] = bytes(v)
+                self.changed.add(k)
+                upserted.add(k)
+                removed.discard(k)
+            for k in tb.removes:
+                if self.staged.pop(k, None) is not None:
+                    self.changed.add(k)
+                    removed.add(k)
+                    upserted.discard(k)
+            if not is_null(tb.header):
+                self.fields.update(orjson.loads(bytes(tb.header)))
+                self.header_dirty = True
+            self.pending = tb.pending
+            self.max_ts_ns = max(self.max_ts_ns, tb.ts_ns)
+            reason = self._reason(tb)
+            if reason is not None:
+                n = self._publish(reason, commands, outputs)
+                if n is not None:
+                    published.append((reason, self.version, n, tb.rx_ns))
+        if staging_reset:
+            commands.insert(0, ("DEL", self.staging))
+            upserted = set(self.staged)
+        if upserted:
+            args: list[Any] = []
+            for k in upserted:
+                if k in self.staged:
+                    args += [k, self.staged[k]]
+            if args:
+                commands.insert(1 if staging_reset else 0, ("HSET", self.staging, *args))
+        if removed and not staging_reset:
+            commands.insert(0, ("HDEL", self.staging, *removed))
+        meta = {
+            "epoch": self.epoch,
+            "epoch_started_ns": self.epoch_started_ns,
+            "pending": self.pending,
+            "max_ts_ns": self.max_ts_ns,
+            "fields": self.fields,
+            "slots": len(self.staged),
+        }
+        commands.append(("HSET", self.staging, META_FIELD, orjson.dumps(meta)))
+
+        def committed(_: list[Any]) -> None:
+            now = time.time_ns()
+            for reason, _version, n, rx_ns in published:
+                self.metrics.versions.labels(self.u, self.strategy, reason).inc()
+                self.metrics.tiles_changed.labels(self.u, self.strategy).inc(n)
+                self.metrics.publish_latency.labels(self.u, self.strategy).observe(max(0, now - rx_ns) / 1e9)
+
+        return Effects(outputs=outputs, commands=commands, on_commit=committed, events_out=len(outputs))
+
+    def _reason(self, tb: TileBatch) -> str | None:
+        if self.epoch != self.pub_epoch:
+            if self.pending == 0 and self.staged:
+                return "structural"
+            if tb.ts_ns - self.epoch_started_ns >= NEW_EPOCH_PATIENCE * self.interval_ns and self.staged:
+                return "time"
+            return None
+        n = len(self.changed)
+        if n == 0 and not self.header_dirty:
+            return None
+        if n >= self.min_tiles or n * 100 >= self.min_pct * max(1, len(self.staged)):
+            return "value"
+        if self.max_ts_ns - self.pub_asof_ns >= self.interval_ns:
+            return "time"
+        return None
+
+    def _publish(self, reason: str, commands: list[tuple[Any, ...]], outputs: list[Output]) -> int | None:
+        reset = self.epoch != self.pub_epoch
+        if reset:
+            upserts = dict(self.staged)
+            removes: tuple[str, ...] = ()
+        else:
+            upserts = {k: self.staged[k] for k in self.changed if k in self.staged and self.published.get(k) != self.staged[k]}
+            removes = tuple(sorted(k for k in self.changed if k not in self.staged and k in self.published))
+            if not upserts and not removes and not self.header_dirty:
+                self.changed.clear()
+                return None
+        self.version += 1
+        header = header_json(self.u, self.strategy, self.version, self.epoch, self.max_ts_ns, self.fields)
+        diff = Diff(
+            underlying=self.u,
+            strategy=self.strategy,
+            version=self.version,
+            prev_version=self.version - 1,
+            epoch=self.epoch,
+            asof_ns=self.max_ts_ns,
+            reason=reason,
+            reset=reset,
+            upserts={k: msgspec.Raw(v) for k, v in sorted(upserts.items())},
+            removes=removes,
+            header=msgspec.Raw(header),
+        )
+        if reset:
+            commands.append(("DEL", self.model))
+        args: list[Any] = [HEADER_FIELD, header]
+        for k, v in upserts.items():
+            args += [k, v]
+        commands.append(("HSET", self.model, *args))
+        if removes:
+            commands.append(("HDEL", self.model, *removes))
+        outputs.append(Output(self.diffs_spec, self.diffs, codec.encode_diff(diff), id=f"{self.version}-0"))
+        if reset:
+            self.published = dict(self.staged)
+        else:
+            for k, v in upserts.items():
+                self.published[k] = v
+            for k in removes:
+                self.published.pop(k, None)
+        self.pub_epoch = self.epoch
+        self.pub_asof_ns = self.max_ts_ns
+        self.changed.clear()
+        self.header_dirty = False
+        return len(upserts) + len(removes)
+
+
+def _factory(strategy: str):  # type: ignore[no-untyped-def]
+    def make(settings: Settings, underlying: str, metrics: Metrics) -> Publisher:
+        return Publisher(settings, underlying, metrics, strategy)
+
+    return make
+
+
+PUBLISH_AGENTS = tuple(
+    AgentSpec(
+        name=f"publish.{s}",
+        reads=streams.STAGED[s],
+        writes=(streams.DIFFS[s],),
+        make=_factory(s),
+        stateful=True,
+        doc=f"Declares versions of the {s} model; diffs double as SSE history.",
+    )
+    for s in streams.STRATEGIES
+)

@@ -1,0 +1,189 @@
+"""Real Cboe chains through the whole topology: every published tile and the GEX equal an independent
+computation from the CSV, done here without the project's parsers or calculators."""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from scipy.stats import norm
+
+from marketswarm.agents.publish.assemble import assemble, split_model_hash
+from marketswarm.schemas.models import GexModel, HeatmapModel
+from marketswarm.topology import streams
+from marketswarm.topology.pipeline import run_until_idle
+from marketswarm.topology.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+FILES = {"SPX": "spx_2024-01-07_1052ET.csv", "NDX": "ndx_2024-03-22_2140ET.csv"}
+WEEKLY = {"SPXW", "NDXP"}
+
+
+def read_chain(path: Path) -> dict[str, Any]:
+    lines = path.read_text().splitlines()
+    spot = float(lines[1].split("Last:")[1].split(",")[0])
+    legs = []
+    for row in csv.reader(lines[4:]):
+        for sym, bid, ask, gamma, oi in ((row[1], row[4], row[5], row[9], row[10]), (row[12], row[15], row[16], row[20], row[21])):
+            if sym:
+                legs.append(
+                    {
+                        "sym": sym, "root": sym[:-15], "expiry": f"20{sym[-15:-13]}-{sym[-13:-11]}-{sym[-11:-9]}",
+                        "side": "call" if sym[-9] == "C" else "put", "k": int(sym[-8:]),
+                        "bid": float(bid), "ask": float(ask), "gamma": float(gamma), "oi": float(oi),
+                    }  # fmt: skip
+                )
+    return {"spot": spot, "legs": legs}
+
+
+def expected_tiles(chain: dict[str, Any], st: Settings) -> dict[str, dict[str, dict[str, Any]]]:
+    spot = chain["spot"]
+    expiries = sorted({leg["expiry"] for leg in chain["legs"]})[: st.heatmap_expiries]
+    lo, hi = spot * (1 - st.heatmap_range_pct / 100) * 1000, spot * (1 + st.heatmap_range_pct / 100) * 1000
+    out: dict[str, dict[str, dict[str, Any]]] = {"single": {}, "vertical": {}, "butterfly": {}}
+    for e in expiries:
+        roots = {leg["root"] for leg in chain["legs"] if leg["expiry"] == e}
+        root = next((r for r in roots if r in WEEKLY), None) or sorted(roots)[0]
+        for side in ("call", "put"):
+            legs = {leg["k"]: leg for leg in chain["legs"] if leg["expiry"] == e and leg["root"] == root and leg["side"] == side and lo <= leg["k"] <= hi}
+            ks = sorted(legs)
+            step = statistics.mode(b - a for a, b in zip(ks, ks[1:], strict=False)) if len(ks) > 1 else 1000
+
+            def mid(k: int) -> float | None:
+                leg = legs.get(k)
+                if leg is None or not (leg["bid"] > 0 and leg["ask"] > 0 and leg["bid"] <= leg["ask"]):
+                    return None
+                return (leg["bid"] + leg["ask"]) / 2
+
+            for k in ks:
+                if (m := mid(k)) is not None:
+                    out["single"][f"{e}|{side[0]}|{k}|0"] = {"value": m, "score": None}
+                for w in (step * i for i in range(1, st.max_width_steps + 1)):
+                    other = mid(k + w if side == "call" else k - w)
+                    if m is not None and other is not None:
+                        v = round(m - other, 6)  # published values are rounded to 1e-6
+                        out["vertical"][f"{e}|{side[0]}|{k}|{w}"] = {"value": v, "score": (w / 1000 - v) / v if v > 0 else None}
+                    a, c = mid(k - w), mid(k + w)
+                    if a is not None and m is not None and c is not None:
+                        v = round(a - 2 * m + c, 6)
+                        out["butterfly"][f"{e}|{side[0]}|{k}|{w}"] = {"value": v, "score": (w / 1000 - v) / v if v > 0 else None}
+    return out
+
+
+async def load(r: aioredis.Redis, u: str, strategy: str) -> dict[str, Any]:
+    header, tiles = split_model_hash(await r.hgetall(streams.model_key(u, strategy)))
+    assert header is not None, f"no {strategy} model for {u}"
+    return orjson.loads(assemble(strategy, header, tiles))  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def published(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    import asyncio
+
+    from marketswarm.agents.sources.files import load_paths
+
+    shared = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real" / "cboe"
+    if not shared.exists():
+        pytest.skip("shared data missing")
+    st = Settings(underlyings=list(FILES), block_ms=50)
+
+    async def go() -> dict[str, Any]:
+        r = aioredis.Redis.from_url(redis_server)
+        await r.flushall()
+        await load_paths(r, [shared / f for f in FILES.values()], st)
+        await run_until_idle(redis_server, st, list(FILES), timeout_s=240)
+        out = {u: {s: await load(r, u, s) for s in streams.STRATEGIES} for u in FILES}
+        await r.aclose()
+        return out
+
+    return {"settings": st, "models": asyncio.run(go()), "shared": shared}
+
+
+@pytest.mark.parametrize("u", list(FILES))
+@pytest.mark.parametrize("strategy", ["single", "vertical", "butterfly"])
+def test_every_tile_equals_the_formula_on_csv_mids(published: dict[str, Any], u: str, strategy: str) -> None:
+    model = published["models"][u][strategy]
+    HeatmapModel.model_validate(model)
+    assert model["version"] == 1 and model["spot"] == pytest.approx(read_chain(published["shared"] / FILES[u])["spot"])
+    expected = expected_tiles(read_chain(published["shared"] / FILES[u]), published["settings"])[strategy]
+    got = {t["k"]: t for t in model["tiles"]}
+    assert len(expected) > 100
+    assert set(got) == set(expected), (len(set(got) - set(expected)), len(set(expected) - set(got)))
+    for k, tile in got.items():
+        assert tile["value"] == pytest.approx(expected[k]["value"], abs=1e-6), k
+        if expected[k]["score"] is None:
+            assert tile["score"] is None, k
+        else:
+            assert tile["score"] == pytest.approx(expected[k]["score"], rel=1e-3, abs=1e-3), k
+
+
+def test_tiles_with_a_missing_leg_are_absent(published: dict[str, Any]) -> None:
+    chain = read_chain(published["shared"] / FILES["SPX"])
+    quoted = {leg["sym"] for leg in chain["legs"] if leg["bid"] > 0 and leg["ask"] > 0}
+    flies = published["models"]["SPX"]["butterfly"]["tiles"]
+    assert all(set(t["legs"]) <= quoted for t in flies)
+    assert any(leg["bid"] == 0 for leg in chain["legs"])  # the file does have one-sided legs
+
+
+@pytest.mark.parametrize("u", list(FILES))
+def test_gex_equals_an_independent_computation(published: dict[str, Any], u: str) -> None:
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    model = published["models"][u]["gex"]
+    GexModel.model_validate(model)
+    chain = read_chain(published["shared"] / FILES[u])
+    s = chain["spot"]
+    asof = dt.datetime.fromtimestamp(model["asof_ns"] / 1e9, ZoneInfo("America/New_York"))
+    live = [leg for leg in chain["legs"] if dt.datetime.fromisoformat(leg["expiry"] + "T16:00").replace(tzinfo=asof.tzinfo) > asof]
+    calls: Counter[int] = Counter()
+    puts: Counter[int] = Counter()
+    for leg in live:
+        g = leg["gamma"] * leg["oi"] * 100 * s * s * 0.01
+        (calls if leg["side"] == "call" else puts)[leg["k"]] += g if leg["side"] == "call" else -g
+    assert model["calls"] == pytest.approx(sum(calls.values()), rel=1e-9)
+    assert model["puts"] == pytest.approx(sum(puts.values()), rel=1e-9)
+    assert model["total"] == pytest.approx(sum(calls.values()) + sum(puts.values()), rel=1e-9, abs=1.0)
+    rows = {round(r["strike"] * 1000): r for r in model["by_strike"]}
+    assert set(rows) == set(calls) | set(puts)
+    for k, r in rows.items():
+        assert r["call"] == pytest.approx(calls[k], rel=1e-9, abs=0.01)
+        assert r["put"] == pytest.approx(puts[k], rel=1e-9, abs=0.01)
+    assert model["call_wall"] * 1000 == max(calls, key=lambda k: calls[k])
+    assert model["put_wall"] * 1000 == min(puts, key=lambda k: puts[k])
+    assert model["units"].startswith("USD per 1%") and "short puts" in model["convention"]
+    # The flip lies between the two points of an independently priced profile where the sign changes.
+    spots = s * np.linspace(0.9, 1.1, 81)
+    net = np.zeros_like(spots)
+    by_leg: dict[str, float] = {}
+    ivs = {}
+    for row in csv.reader((published["shared"] / FILES[u]).read_text().splitlines()[4:]):
+        ivs[row[1]], ivs[row[12]] = float(row[7] or 0), float(row[18] or 0)
+    for leg in live:
+        iv = ivs[leg["sym"]]
+        if iv <= 0 or leg["oi"] <= 0:
+            continue
+        close = dt.datetime.fromisoformat(leg["expiry"] + "T16:00").replace(tzinfo=asof.tzinfo)
+        t = max((close - asof).total_seconds() / (365 * 86400), 60 / (365 * 86400))
+        d1 = (np.log(spots / (leg["k"] / 1000)) + 0.5 * iv * iv * t) / (iv * math.sqrt(t))
+        gamma = norm.pdf(d1) / (spots * iv * math.sqrt(t))
+        net += (1 if leg["side"] == "call" else -1) * gamma * leg["oi"] * 100 * spots**2 * 0.01
+        by_leg[leg["sym"]] = 1
+    brackets = [(spots[i], spots[i + 1]) for i in range(80) if net[i] * net[i + 1] < 0 or net[i] == 0]
+    if model["flip"] is None:
+        assert not brackets
+    else:
+        assert any(a <= model["flip"] <= b for a, b in brackets), (model["flip"], brackets)
+    expiries = defaultdict(float)
+    for leg in live:
+        expiries[leg["expiry"]] += (1 if leg["side"] == "call" else -1) * leg["gamma"] * leg["oi"] * 100 * s * s * 0.01
+    assert {e["expiry"]: pytest.approx(e["net"], rel=1e-9, abs=0.01) for e in model["by_expiry"]} == dict(expiries)

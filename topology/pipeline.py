@@ -1,0 +1,91 @@
+"""The whole topology in one process: every agent's runtime as a task on one event loop.
+
+Used by replay/export and by tests: it runs the same runtimes `marketswarm run` starts as processes,
+and knows when everything is done (every group has read everything and acknowledged it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from marketswarm.topology import graph
+from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.runtime import AgentSpec, Runtime, create_redis
+from marketswarm.topology.settings import Settings
+
+IDLE_POLL_S = 0.05
+# Idle must hold for this many consecutive polls: a group can look drained between a commit upstream
+# and the downstream read.
+IDLE_CONFIRMATIONS = 3
+
+
+async def group_backlog(redis: aioredis.Redis, specs: Sequence[AgentSpec], underlyings: Sequence[str]) -> int:
+    """Entries not yet read or not yet acked, over every group of ``specs`` (missing groups count 1)."""
+    total = 0
+    async with redis.pipeline(transaction=False) as pipe:
+        pairs = []
+        for spec in specs:
+            for u in underlyings:
+                key = spec.reads.key(u)
+                pipe.xinfo_groups(key)
+                pairs.append((spec.name, key))
+        results = await pipe.execute(raise_on_error=False)
+    for (group, key), info in zip(pairs, results, strict=True):
+        if isinstance(info, ResponseError):
+            total += 1  # stream or group not there yet
+            continue
+        row = next((g for g in info if (g["name"].decode() if isinstance(g["name"], bytes) else g["name"]) == group), None)
+        if row is None:
+            total += 1
+            continue
+        lag = row.get("lag")
+        if lag is None:  # Redis < 7 has no lag field; compare with the stream's last id instead
+            last = (await redis.xinfo_stream(key))["last-generated-id"]
+            lag = 0 if row["last-delivered-id"] == last else 1
+        total += int(lag) + int(row["pending"])
+    return total
+
+
+async def run_until_idle(
+    url: str,
+    settings: Settings,
+    underlyings: Sequence[str],
+    *,
+    metrics: Metrics | None = None,
+    timeout_s: float = 600.0,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Run every agent until the whole topology has drained its input, then stop them all."""
+    specs = graph.agents()
+    metrics = metrics or Metrics()
+    stop = asyncio.Event()
+    clients = [create_redis(url, settings.block_ms) for _ in specs]
+    runtimes = [Runtime(spec, settings, c, metrics, stop=stop) for spec, c in zip(specs, clients, strict=True)]
+    tasks = [asyncio.create_task(rt.run(underlyings)) for rt in runtimes]
+    probe = create_redis(url)
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        calm = 0
+        while calm < IDLE_CONFIRMATIONS:
+            for t in tasks:
+                if t.done() and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+            backlog = await group_backlog(probe, specs, underlyings)
+            if progress is not None:
+                progress(backlog)
+            calm = calm + 1 if backlog == 0 else 0
+            if loop.time() > deadline:
+                raise TimeoutError(f"topology still has {backlog} entries to process after {timeout_s}s")
+            await asyncio.sleep(IDLE_POLL_S)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for c in (*clients, probe):
+            with contextlib.suppress(Exception):
+                await c.aclose()
