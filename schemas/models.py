@@ -47,7 +47,7 @@ class Diff(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     prev_version: int
     epoch: str
     asof_ns: int
-    reason: str  # structural | value | time | flush
+    reason: str  # structural | value | time | idle
     reset: bool = False  # the tile set was replaced (new epoch): clients drop tiles not in upserts
     upserts: dict[str, msgspec.Raw] = {}
     removes: tuple[str, ...] = ()

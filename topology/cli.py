@@ -149,6 +149,106 @@ def agent(
 
 
 @app.command()
+def source(
+    kind: Annotated[str, typer.Argument(help="sim | massive")],
+) -> None:
+    """Run a market source, writing provider frames into the raw streams."""
+    from prometheus_client import REGISTRY, start_http_server
+
+    from marketswarm.topology.metrics import Metrics
+    from marketswarm.topology.runtime import create_redis
+
+    settings = load_settings()
+    url = redis_url_of(settings)
+    if kind not in ("sim", "massive"):
+        console.print(f"[red]unknown source {kind!r}: sim or massive[/red]")
+        raise typer.Exit(2)
+    if kind == "massive" and settings.massive_api_key is None:
+        console.print("[red]MASSIVE_API_KEY is required for the live source[/red]")
+        raise typer.Exit(2)
+    log.info("source %s starting on %s; settings: %s", kind, url, settings.masked())
+
+    async def main(stop: asyncio.Event) -> None:
+        metrics = Metrics(REGISTRY)
+        if settings.metrics_port:
+            start_http_server(settings.metrics_port, registry=REGISTRY)
+        redis = create_redis(url)
+        try:
+            if kind == "sim":
+                from marketswarm.agents.sources.simulated import run_simulated
+
+                await run_simulated(settings, redis, metrics, stop)
+            else:
+                from marketswarm.agents.sources.live import run_live
+
+                await run_live(settings, redis, metrics, stop)
+        finally:
+            await redis.aclose()
+
+    run_until_signal(main)
+
+
+@app.command()
+def gateway() -> None:
+    """Serve REST, SSE and the dashboard (MARKETSWARM_GATEWAY_HOST/PORT)."""
+    from marketswarm.agents.publish.gateway import serve
+
+    settings = load_settings()
+    url = redis_url_of(settings)
+    log.info("gateway on http://%s:%s over %s", settings.gateway_host, settings.gateway_port, url)
+    run_until_signal(lambda stop: serve(settings, url, stop))
+
+
+@app.command()
+def replay(
+    paths: Annotated[list[Path], typer.Argument(help="Cboe CSV chains and/or .jsonl captures (or folders).")],
+    export: Annotated[Path | None, typer.Option("--export", help="Write the final models here.")] = None,
+    redis_url: Annotated[str | None, typer.Option(help="Replay into this server instead of a temporary one.")] = None,
+    paced: Annotated[bool, typer.Option(help="Replay at the recorded pace instead of as fast as possible.")] = False,
+) -> None:
+    """Run the whole topology over recorded input, in event-time order, until every agent is idle."""
+    from marketswarm.topology.replay import replay as do_replay
+
+    settings = load_settings()
+    do_replay(settings, paths, export, redis_url, paced, console)
+
+
+@app.command("export")
+def export_cmd(out: Annotated[Path, typer.Argument(help="Directory for {underlying}/{strategy}.json")]) -> None:
+    """Write the current published models of a running system."""
+    from marketswarm.topology.replay import export_models
+    from marketswarm.topology.runtime import create_redis
+
+    settings = load_settings()
+    url = redis_url_of(settings)
+
+    async def main() -> list[Path]:
+        redis = create_redis(url)
+        try:
+            return await export_models(redis, out, settings.underlyings)
+        finally:
+            await redis.aclose()
+
+    for p in asyncio.run(main()):
+        typer.echo(str(p))
+
+
+@app.command()
+def record(
+    out: Annotated[Path, typer.Argument(help="Capture file (JSON lines) to write.")],
+    from_start: Annotated[bool, typer.Option(help="Include the retained raw history, not only new frames.")] = False,
+    max_frames: Annotated[int | None, typer.Option(help="Stop after this many frames.")] = None,
+) -> None:
+    """Capture the raw frames of every configured underlying to a replayable JSON-lines file."""
+    from marketswarm.topology.replay import record as do_record
+
+    settings = load_settings()
+    url = redis_url_of(settings)
+    n = run_until_signal(lambda stop: do_record(url, settings.underlyings, out, from_start, max_frames, stop))
+    console.print(f"recorded {n} frames to {out}")
+
+
+@app.command()
 def topology(mermaid: Annotated[bool, typer.Option("--mermaid", help="Print a Mermaid diagram.")] = False) -> None:
     """Print the agent graph: who reads and writes which stream."""
     from marketswarm.topology import graph

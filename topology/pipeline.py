@@ -51,26 +51,23 @@ async def group_backlog(redis: aioredis.Redis, specs: Sequence[AgentSpec], under
     return total
 
 
-async def run_until_idle(
+async def _drain(
     url: str,
     settings: Settings,
+    specs: Sequence[AgentSpec],
     underlyings: Sequence[str],
-    *,
-    metrics: Metrics | None = None,
-    timeout_s: float = 600.0,
-    progress: Callable[[int], None] | None = None,
+    metrics: Metrics,
+    deadline: float,
+    progress: Callable[[int], None] | None,
 ) -> None:
-    """Run every agent until the whole topology has drained its input, then stop them all."""
-    specs = graph.agents()
-    metrics = metrics or Metrics()
+    """Run ``specs`` until every one of their groups has read and acked everything, then stop them."""
     stop = asyncio.Event()
     clients = [create_redis(url, settings.block_ms) for _ in specs]
     runtimes = [Runtime(spec, settings, c, metrics, stop=stop) for spec, c in zip(specs, clients, strict=True)]
     tasks = [asyncio.create_task(rt.run(underlyings)) for rt in runtimes]
     probe = create_redis(url)
+    loop = asyncio.get_running_loop()
     try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
         calm = 0
         while calm < IDLE_CONFIRMATIONS:
             for t in tasks:
@@ -81,7 +78,7 @@ async def run_until_idle(
                 progress(backlog)
             calm = calm + 1 if backlog == 0 else 0
             if loop.time() > deadline:
-                raise TimeoutError(f"topology still has {backlog} entries to process after {timeout_s}s")
+                raise TimeoutError(f"topology still has {backlog} entries to process")
             await asyncio.sleep(IDLE_POLL_S)
     finally:
         stop.set()
@@ -89,3 +86,41 @@ async def run_until_idle(
         for c in (*clients, probe):
             with contextlib.suppress(Exception):
                 await c.aclose()
+
+
+async def _flush(url: str, settings: Settings, specs: Sequence[AgentSpec], underlyings: Sequence[str], metrics: Metrics) -> int:
+    n = 0
+    for spec in specs:
+        client = create_redis(url)
+        try:
+            n += await Runtime(spec, settings, client, metrics).flush_all(underlyings)
+        finally:
+            await client.aclose()
+    return n
+
+
+async def run_until_idle(
+    url: str,
+    settings: Settings,
+    underlyings: Sequence[str],
+    *,
+    metrics: Metrics | None = None,
+    timeout_s: float = 600.0,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Run every agent until the whole topology has drained its input, then stop them all.
+
+    With ``settings.idle_flush`` off (replays), what the calc agents and publishers hold back is
+    flushed at the end, stage by stage, at a point that depends only on the input: every agent has
+    consumed everything. That keeps the published versions a function of the input alone."""
+    specs = graph.agents()
+    metrics = metrics or Metrics()
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    await _drain(url, settings, specs, underlyings, metrics, deadline, progress)
+    if settings.idle_flush:
+        return
+    calcs = [s for s in specs if s.name.startswith("calc.")]
+    publishers = [s for s in specs if s.name.startswith("publish.")]
+    if await _flush(url, settings, calcs, underlyings, metrics):
+        await _drain(url, settings, publishers, underlyings, metrics, deadline, progress)
+    await _flush(url, settings, publishers, underlyings, metrics)

@@ -53,6 +53,8 @@ HEARTBEAT_FRACTION = 3
 # Error texts kept for pending entries expire after this long (they only matter until the entry
 # is acked or dead-lettered, which happens within max_deliveries * min_idle_ms).
 ERROR_TTL_S = 24 * 3600
+# A commit whose WATCH on the lease fired is retried this often before the lease counts as lost.
+COMMIT_WATCH_RETRIES = 5
 # Dead-letter entries keep at most this much of the error text.
 MAX_ERROR_CHARS = 2000
 
@@ -121,6 +123,10 @@ class Processor(Protocol):
 
     def process(self, batch: Sequence[Entry]) -> Effects:
         """Compute the effects of a batch."""
+        ...
+
+    def flush(self) -> Effects | None:
+        """Emit what the step holds back (coalescing), when its input went quiet. Optional."""
         ...
 
 
@@ -292,6 +298,8 @@ class Runtime:
             stopped.cancel()
             response = read.result()
             if not response:
+                if self.settings.idle_flush:
+                    await self.flush(u, key, processor)
                 continue
             raw_entries = response[0][1]
             await self._handle(u, key, processor, raw_entries, redelivered=False)
@@ -394,7 +402,7 @@ class Runtime:
             return
         try:
             await self._commit(u, key, effects, [e.id for e in good])
-        except (WatchError, LeaseLostError):
+        except LeaseLostError:
             await processor.restore(self.redis)
             raise LeaseLostError(key) from None
         except ResponseError:
@@ -406,7 +414,46 @@ class Runtime:
                 await processor.restore(self.redis)
             raise
 
+    async def flush(self, u: str, key: str, processor: Processor) -> bool:
+        """Commit what the processor held back, without an input to ack; True if there was any."""
+        flush = getattr(processor, "flush", None)
+        effects = flush() if flush is not None else None
+        if effects is None or not (effects.outputs or effects.commands or effects.scripts):
+            return False
+        try:
+            await self._commit(u, key, effects, [])
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await processor.restore(self.redis)
+            raise
+        return True
+
+    async def flush_all(self, underlyings: Sequence[str]) -> int:
+        """One flush per underlying, for the end of a replay (taking leases as needed)."""
+        n = 0
+        for u in underlyings:
+            if self.spec.stateful and not await self._acquire_lease(u):
+                raise LeaseLostError(streams.lease_key(u, self.spec.name))
+            processor = self.spec.make(self.settings, u, self.metrics)
+            await processor.restore(self.redis)
+            n += await self.flush(u, self.spec.reads.key(u), processor)
+            await self._release_lease(u)
+        return n
+
     async def _commit(self, u: str, key: str, effects: Effects, ack_ids: list[str]) -> None:
+        for _attempt in range(COMMIT_WATCH_RETRIES):
+            try:
+                results = await self._exec(u, key, effects, ack_ids)
+                break
+            except WatchError:
+                # The lease key was touched between WATCH and EXEC. Our own renewal (PEXPIRE) does
+                # that too, so it only means "lost" if someone else holds it now.
+                continue
+        else:
+            raise LeaseLostError(streams.lease_key(u, self.spec.name))
+        self._committed(key, effects, ack_ids, results)
+
+    async def _exec(self, u: str, key: str, effects: Effects, ack_ids: list[str]) -> list[Any]:
         async with self.redis.pipeline(transaction=True) as pipe:
             if self.spec.stateful:
                 lease = streams.lease_key(u, self.spec.name)
@@ -421,10 +468,13 @@ class Runtime:
                 pipe.eval(script.body, len(script.keys), *script.keys, *script.args)
             for out in effects.outputs:
                 pipe.xadd(out.key, dict(out.fields), id=out.id, **xadd_args(out.spec, out.key))
-            pipe.xack(key, self.group, *ack_ids)
+            if ack_ids:
+                pipe.xack(key, self.group, *ack_ids)
             if self._errors and any(i in self._errors for i in ack_ids):
                 pipe.hdel(streams.errors_key(key), *ack_ids)
-            results = await pipe.execute()
+            return await pipe.execute()  # type: ignore[no-any-return]
+
+    def _committed(self, key: str, effects: Effects, ack_ids: list[str], results: list[Any]) -> None:
         for i in ack_ids:
             self._errors.pop(i, None)
         if effects.on_commit is not None:
@@ -482,7 +532,7 @@ class Runtime:
 
     async def _heartbeat(self) -> None:
         hb = streams.heartbeat_key(self.spec.name, self.consumer)
-        interval = self.settings.heartbeat_ttl_s / HEARTBEAT_FRACTION
+        interval = min(self.settings.heartbeat_ttl_s, self.settings.lease_ttl_ms / 1000) / HEARTBEAT_FRACTION
         while not self.stop.is_set():
             try:
                 await self.redis.set(hb, str(time.time()), ex=self.settings.heartbeat_ttl_s)

@@ -65,7 +65,15 @@ class Settings(BaseSettings):
         default=900.0, gt=0, description="Event-time window of the fill ledger that counts each fill once."
     )
 
+    idle_flush: bool = Field(
+        default=True,
+        description="Emit coalesced work when input goes quiet for block_ms (off in replays, which flush at the end).",
+    )
+
     # calc
+    calc_bucket_ms: int = Field(
+        default=50, ge=1, description="Calc agents coalesce changes per bucket of this much event time."
+    )
     heatmap_expiries: int = Field(default=5, ge=1, description="Nearest expiries in the heatmaps.")
     heatmap_range_pct: float = Field(
         default=4.0, gt=0, description="Heatmap strikes within this % of the epoch's spot."
@@ -78,12 +86,12 @@ class Settings(BaseSettings):
     )
 
     # publish
-    publish_min_tiles: int = Field(default=50, ge=1, description="Publish when this many tiles changed.")
+    publish_min_tiles: int = Field(default=5000, ge=1, description="Publish when this many tiles changed.")
     publish_min_changed_pct: float = Field(
-        default=5.0, gt=0, description="... or when this % of the model's tiles changed."
+        default=30.0, gt=0, description="... or when this % of the model's tiles changed."
     )
     publish_interval_ms: int = Field(
-        default=1000, ge=1, description="... or when this much event time passed since the last version."
+        default=250, ge=1, description="... or when this much event time passed since the last version."
     )
 
     # sources
@@ -120,12 +128,16 @@ class Settings(BaseSettings):
     def _upper(cls, v: list[str]) -> list[str]:
         return [u.upper() for u in v]
 
-    def masked(self) -> dict[str, Any]:
-        """The settings for the start-up log line, secrets masked."""
+    def masked(self, changed_only: bool = True) -> dict[str, Any]:
+        """The settings for the start-up log line, secrets masked; by default only those not at their
+        default (plus the Redis URL and consumer, which every log reader needs)."""
         out: dict[str, Any] = {}
-        for name in type(self).model_fields:
+        for name, field in type(self).model_fields.items():
             value = getattr(self, name)
-            out[name] = "**********" if isinstance(value, SecretStr) else value
+            if changed_only and name not in ("redis_url", "consumer") and field.default_factory is None:
+                if value == field.default:
+                    continue
+            out[name] = "**********" if isinstance(value, SecretStr) else str(value) if isinstance(value, Path) else value
         return out
 
 

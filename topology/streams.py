@@ -129,8 +129,8 @@ def fills_key(u: str) -> str:
 
 
 def staging_key(u: str, strategy: str) -> str:
-    """Hash: the staged tiles of (underlying, strategy) (tile key -> tile JSON) and ``_meta``, kept by
-    the publisher from its calc's staged stream; published versions are copies of it."""
+    """Hash: the publisher's staging summary of (underlying, strategy) in ``_meta`` (epoch, staged
+    tiles, slots pending, changed since the last version), for the inspector."""
     return f"{PREFIX}:{{{u}}}:staging:{strategy}"
 
 

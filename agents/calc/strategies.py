@@ -10,11 +10,13 @@ A tile exists only when every leg has a mid. Its score is reward/risk for the de
 (w - debit) / debit, and null for singles and for non-positive debits (no risk, or an arbitrage
 quote). ``legs_ts_ns`` are the quote times of the legs behind the tile's current value.
 
-Each input entry (one changes batch) gives at most one TileBatch: only tiles touching changed
-contracts are recomputed, vectorized over the tile arrays, and only tiles whose value changed, or that
-appeared or vanished, are emitted. The calc's inputs are checkpointed in Redis with every commit, so
-a restart or a standby taking over resumes exactly at the acked position: the staged stream is a
-function of the changes stream alone, which makes replays reproducible.
+Changes are coalesced per bucket of ``calc_bucket_ms`` event time: the first entry of another bucket
+closes the open one, which emits one TileBatch of the tiles touching the contracts changed in it
+(recomputed vectorized over the tile arrays; only tiles whose value changed, appeared or vanished).
+A new epoch emits a reset at once; when input goes quiet the open bucket is flushed. The calc's
+inputs and its open bucket are checkpointed in Redis with every commit, so a restart or a standby
+taking over resumes exactly at the acked position: the staged stream is a function of the changes
+stream alone (bucket boundaries are event times, not read batches), which makes replays reproducible.
 """
 
 from __future__ import annotations
@@ -68,12 +70,23 @@ class TileCalc:
         self.metrics = metrics
         self.agent = f"calc.{strategy}"
         self.window = Window(settings.heatmap_expiries, settings.heatmap_range_pct, settings.max_width_steps)
+        self.bucket_ns = settings.calc_bucket_ms * 1_000_000
         self.checkpoint = streams.calc_checkpoint_key(underlying, strategy)
-        self.out_key = streams.STAGED[strategy].key(underlying)
+        self.out_spec = streams.STAGED[strategy]
+        self.out_key = self.out_spec.key(underlying)
+        self.n_legs = {"single": 1, "vertical": 2, "butterfly": 3}[strategy]
+        self._clear()
+
+    def _clear(self) -> None:
         self.grid: Grid | None = None
         self.tiles: Tiles | None = None
         self.values = np.zeros(0)  # value per tile as last emitted; nan = absent
         self.spot: SpotChange | None = None
+        # Coalescing: changes since the last emitted TileBatch, and the event-time bucket they are in.
+        self.dirty: set[int] = set()
+        self.header: bytes | None = None
+        self.open_bucket: int | None = None
+        self.last = {"src": "", "rx_ns": 0, "ts_ns": 0}
 
     # --- state ---------------------------------------------------------------------------
 
@@ -84,7 +97,7 @@ class TileCalc:
 
     async def restore(self, redis: aioredis.Redis) -> None:
         raw = await redis.hgetall(self.checkpoint)
-        self.grid, self.tiles, self.values, self.spot = None, None, np.zeros(0), None
+        self._clear()
         if not raw:
             return
         fields = {k.decode(): v for k, v in raw.items()}
@@ -98,9 +111,29 @@ class TileCalc:
         for sym in symbols:
             if sym in fields:
                 self.grid.apply(_quote_dec.decode(fields[sym]))
+        if "_pending" in fields:
+            pend = orjson.loads(fields["_pending"])
+            self.dirty = {self.grid.pos[s] for s in pend["dirty"] if s in self.grid.pos}
+            self.header = pend["header"].encode() if pend["header"] is not None else None
+            self.open_bucket = pend["open"]
+            self.last = pend["last"]
+        # What was emitted: everything but the pending positions' tiles, which still hold older values.
         mid, ok = self.grid.mids()
         values, valid = tile_values(self.tiles, mid, ok, slice(None))
         self.values = np.where(valid, values, np.nan)
+        if self.dirty:
+            self.values[self.tiles.touching(sorted(self.dirty))] = np.inf  # forces them out at the next emit
+
+    def _pending_field(self) -> bytes:
+        assert self.grid is not None
+        return orjson.dumps(
+            {
+                "dirty": sorted(self.grid.symbols[p] for p in self.dirty),
+                "header": self.header.decode() if self.header is not None else None,
+                "open": self.open_bucket,
+                "last": self.last,
+            }
+        )
 
     # --- the step ------------------------------------------------------------------------
 
@@ -108,79 +141,94 @@ class TileCalc:
         outputs: list[Output] = []
         ckpt: dict[str, bytes] = {}
         commands: list[tuple[Any, ...]] = []
-        recomputed = 0
         for entry in batch:
             cb: ChangeBatch = entry.value
-            positions: list[int] = []
-            reset = False
-            header = None
-            ts_ns = 0
+            ts_max = max((ch.ts_ns for ch in cb.changes), default=0)
+            bucket = ts_max // self.bucket_ns
+            # Any other bucket closes the open one: a late or early timestamp must never hold output back.
+            if bucket != self.open_bucket and (self.dirty or self.header is not None):
+                outputs.extend(self._emit(reset=False))
+            self.open_bucket = bucket
+            reset_now = False
             for ch in cb.changes:
                 if isinstance(ch, QuoteChange):
-                    ts_ns = max(ts_ns, ch.ts_ns)
                     if self.grid is not None:
                         p = self.grid.apply(ch)
                         if p is not None:
-                            positions.append(p)
+                            self.dirty.add(p)
                             ckpt[ch.sym] = codec.encode_json(ch)
                 elif isinstance(ch, SpotChange):
-                    ts_ns = max(ts_ns, ch.ts_ns)
                     if self.spot is None or ch.ts_ns > self.spot.ts_ns:
                         self.spot = ch
                         ckpt["_spot"] = codec.encode_json(ch)
-                        header = orjson.dumps({"spot": ch.value, "spot_ts_ns": ch.ts_ns})
-                elif isinstance(ch, EpochChange):
-                    ts_ns = max(ts_ns, ch.ts_ns)
-                    if self.grid is None or ch.epoch != self.grid.epoch:
-                        spot = ch.spot if ch.spot is not None else (self.spot.value if self.spot else None)
-                        grid = Grid(ch.epoch, ch.symbols, spot, self.window)
-                        if self.grid is not None:
-                            grid.carry_from(self.grid)
-                        self._set_grid(grid)
-                        reset = True
-                        positions = []
-                        commands.append(("DEL", self.checkpoint))
-                        keep = {k: v for k, v in ckpt.items() if k == "_spot"}
-                        ckpt = {"_epoch": ch.epoch.encode(), "_symbols": orjson.dumps(grid.symbols), **keep}
-                        ckpt.update({grid.symbols[p]: codec.encode_json(grid.quote(p)) for p in np.flatnonzero(grid.seen)})
-            if self.grid is None or self.tiles is None:
-                continue
-            upserts, removes, n = self._recompute(positions, reset)
-            recomputed += n
-            if not (reset or upserts or removes or header is not None):
-                continue
-            mid_ok = self.grid.seen
-            seen_ext = np.append(mid_ok, True)
-            pending = int((~seen_ext[self.tiles.legs].all(axis=1)).sum()) if len(self.tiles.keys) else 0
-            tb = TileBatch(
-                strategy=self.strategy,
-                underlying=self.u,
-                epoch=self.grid.epoch,
-                src=entry.id,
-                rx_ns=cb.rx_ns,
-                ts_ns=ts_ns,
-                slots=len(self.tiles.keys),
-                pending=pending,
-                reset=reset,
-                upserts=upserts,
-                removes=tuple(removes),
-                header=msgspec.Raw(header) if header is not None else NULL,
-            )
-            outputs.append(Output(streams.STAGED[self.strategy], self.out_key, codec.encode_tiles(tb)))
+                        self.header = orjson.dumps({"spot": ch.value, "spot_ts_ns": ch.ts_ns})
+                elif isinstance(ch, EpochChange) and (self.grid is None or ch.epoch != self.grid.epoch):
+                    if self.dirty or self.header is not None:
+                        outputs.extend(self._emit(reset=False))  # the old epoch's last values first
+                    spot = ch.spot if ch.spot is not None else (self.spot.value if self.spot else None)
+                    grid = Grid(ch.epoch, ch.symbols, spot, self.window)
+                    if self.grid is not None:
+                        grid.carry_from(self.grid)
+                    self._set_grid(grid)
+                    self.dirty = set()
+                    commands.append(("DEL", self.checkpoint))
+                    keep = {k: v for k, v in ckpt.items() if k == "_spot"}
+                    ckpt = {"_epoch": ch.epoch.encode(), "_symbols": orjson.dumps(grid.symbols), **keep}
+                    ckpt.update({grid.symbols[p]: codec.encode_json(grid.quote(p)) for p in np.flatnonzero(grid.seen)})
+                    reset_now = True
+            self.last = {"src": entry.id, "rx_ns": cb.rx_ns, "ts_ns": max(self.last["ts_ns"], ts_max)}
+            if reset_now:
+                outputs.extend(self._emit(reset=True))
+        if self.grid is not None:
+            ckpt["_pending"] = self._pending_field()
         if ckpt:
             args: list[Any] = []
             for k, v in ckpt.items():
                 args += [k, v]
             commands.append(("HSET", self.checkpoint, *args))
+        return Effects(outputs=outputs, commands=commands, on_commit=self._metrics, events_out=len(outputs))
 
-        def committed(_: list[Any]) -> None:
-            if recomputed:
-                self.metrics.tiles_recomputed.labels(self.agent, self.u).inc(recomputed)
-            if self.tiles is not None and len(self.tiles.keys):
-                coverage = float(np.isfinite(self.values).sum()) / len(self.tiles.keys)
-                self.metrics.tile_coverage.labels(self.u, self.strategy).set(coverage)
+    def flush(self) -> Effects | None:
+        if self.grid is None or not (self.dirty or self.header is not None):
+            return None
+        outputs = self._emit(reset=False)
+        commands: list[tuple[Any, ...]] = [("HSET", self.checkpoint, "_pending", self._pending_field())]
+        return Effects(outputs=outputs, commands=commands, on_commit=self._metrics, events_out=len(outputs))
 
-        return Effects(outputs=outputs, commands=commands, on_commit=committed, events_out=len(outputs))
+    def _metrics(self, _: list[Any]) -> None:
+        if self.tiles is not None and len(self.tiles.keys):
+            coverage = float(np.isfinite(self.values).sum()) / len(self.tiles.keys)
+            self.metrics.tile_coverage.labels(self.u, self.strategy).set(coverage)
+
+    def _emit(self, *, reset: bool) -> list[Output]:
+        """The TileBatch of everything changed since the last one (all valid tiles on a reset)."""
+        header, self.header = self.header, None
+        if self.grid is None or self.tiles is None:
+            return []
+        positions = sorted(self.dirty)
+        self.dirty = set()
+        upserts, removes, n = self._recompute(positions, reset)
+        if n:
+            self.metrics.tiles_recomputed.labels(self.agent, self.u).inc(n)
+        if not (reset or upserts or removes or header is not None):
+            return []
+        seen_ext = np.append(self.grid.seen, True)
+        pending = int((~seen_ext[self.tiles.legs].all(axis=1)).sum()) if len(self.tiles.keys) else 0
+        tb = TileBatch(
+            strategy=self.strategy,
+            underlying=self.u,
+            epoch=self.grid.epoch,
+            src=str(self.last["src"]),
+            rx_ns=int(self.last["rx_ns"]),
+            ts_ns=int(self.last["ts_ns"]),
+            slots=len(self.tiles.keys),
+            pending=pending,
+            reset=reset,
+            upserts=upserts,
+            removes=tuple(removes),
+            header=msgspec.Raw(header) if header is not None else NULL,
+        )
+        return [Output(self.out_spec, self.out_key, codec.encode_tiles(tb))]
 
     def _recompute(self, positions: list[int], reset: bool) -> tuple[dict[str, msgspec.Raw], list[str], int]:
         assert self.grid is not None and self.tiles is not None
@@ -196,30 +244,27 @@ class TileCalc:
         values, valid = tile_values(self.tiles, mid, ok, sel)
         old = self.values[sel]
         new = np.where(valid, values, np.nan)
-        changed = ~((old == new) | (np.isnan(old) & np.isnan(new)))
-        if reset:
-            changed = valid  # a reset batch carries the whole valid set
-        upserts: dict[str, msgspec.Raw] = {}
-        removes: list[str] = []
+        changed = valid if reset else ~((old == new) | (np.isnan(old) & np.isnan(new)))
         idx = sel[changed]
-        sc = scores(new[changed], self.tiles.width_x1000[idx])
-        legs = self.tiles.legs[idx]
-        n = len(self.grid)
-        for j, t in enumerate(idx):
-            v = new[changed][j]
-            key = self.tiles.keys[t]
-            if np.isnan(v):
-                removes.append(key)
-                continue
-            s = sc[j]
-            leg_ts = ",".join(str(int(self.grid.ts[x])) for x in legs[j] if x != n)
-            upserts[key] = msgspec.Raw(
-                (
-                    f'{self.tiles.prefix[t]}"value":{float(v)!r},"score":{"null" if np.isnan(s) else repr(float(s))},'
-                    f'"legs_ts_ns":[{leg_ts}]}}'
-                ).encode()
-            )
+        vals = new[changed]
         self.values[sel] = new
+        gone = np.isnan(vals)
+        removes = [self.tiles.keys[t] for t in idx[gone]]
+        idx, vals = idx[~gone], vals[~gone]
+        if not len(idx):
+            return {}, removes, len(sel)
+        # Numbers are formatted by orjson in one call per column, not one Python call per tile.
+        sc = scores(vals, self.tiles.width_x1000[idx])
+        v_txt = orjson.dumps(vals.tolist()).decode()[1:-1].split(",")
+        s_txt = orjson.dumps([None if np.isnan(x) else x for x in sc.tolist()]).decode()[1:-1].split(",")
+        ts_ext = np.append(self.grid.ts, 0)
+        leg_ts = ts_ext[self.tiles.legs[idx, : self.n_legs]]
+        l_txt = orjson.dumps(leg_ts.tolist()).decode()[2:-2].split("],[")
+        prefix, keys = self.tiles.prefix, self.tiles.keys
+        upserts = {
+            keys[t]: msgspec.Raw(f'{prefix[t]}"value":{v},"score":{sv},"legs_ts_ns":[{lt}]}}'.encode())
+            for t, v, sv, lt in zip(idx.tolist(), v_txt, s_txt, l_txt, strict=True)
+        }
         return upserts, removes, len(sel)
 
 

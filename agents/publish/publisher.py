@@ -1,7 +1,8 @@
 """The publisher: the single authority that declares reality for one (underlying, strategy).
 
-It keeps the staged tiles its calc agent emits (``ms:{U}:staging:{S}``) and publishes a version when
-one of these holds, checked after every staged entry, in stream order:
+It keeps the staged tiles its calc agent emits (in memory; re-derived on restart from the last
+version and the staged entries acked since) and publishes a version when one of these holds,
+checked after every staged entry, in stream order:
 
 * structural completeness: the epoch's grid has no slot left waiting for a first quote (a new epoch
   is published only then, so the old model stays canonical until the new one is whole: no gap;
@@ -35,7 +36,9 @@ from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.runtime import AgentSpec, Effects, Entry, Output
 from marketswarm.topology.settings import Settings
 
-META_FIELD = "_meta"
+META_FIELD = "_meta"  # the staging hash holds only this: counts for the inspector
+PUB_FIELD = "_pub"  # in the model hash: the staged entry the version went through, for restore
+_OWN_HEADER_FIELDS = ("underlying", "strategy", "version", "epoch", "asof", "asof_ns")
 NEW_EPOCH_PATIENCE = 10  # time boundaries a new epoch may stay incomplete before it is published anyway
 
 
@@ -53,6 +56,8 @@ class Publisher:
         self.model = streams.model_key(underlying, strategy)
         self.diffs_spec = streams.DIFFS[strategy]
         self.diffs = self.diffs_spec.key(underlying)
+        self.staged_key = streams.STAGED[strategy].key(underlying)
+        self.group = f"publish.{strategy}"
         self._clear()
 
     def _clear(self) -> None:
@@ -68,95 +73,68 @@ class Publisher:
         self.pub_asof_ns = 0
         self.changed: set[str] = set()
         self.header_dirty = False
+        self.last_entry = "0-0"
 
     # --- state -------------------------------------------------------------------------------
 
     async def restore(self, redis: aioredis.Redis) -> None:
+        """The last version from the model hash, then the staged entries acked since it, re-applied:
+        staging is never written tile by tile, it is re-derived from the stream."""
         self._clear()
         async with redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(self.staging)
             pipe.hgetall(self.model)
             pipe.xrevrange(self.diffs, count=1)
-            staging, model, last = await pipe.execute()
-        _, self.staged = split_model_hash(staging)
-        if META_FIELD.encode() in staging:
-            meta = orjson.loads(staging[META_FIELD.encode()])
-            self.epoch, self.epoch_started_ns = meta["epoch"], meta["epoch_started_ns"]
-            self.pending, self.max_ts_ns, self.fields = meta["pending"], meta["max_ts_ns"], meta["fields"]
+            pipe.xinfo_groups(self.staged_key)
+            model, last, groups = await pipe.execute()
         header, self.published = split_model_hash(model)
+        through = "0-0"
         if header is not None:
             h = orjson.loads(header)
             self.version, self.pub_epoch, self.pub_asof_ns = h["version"], h["epoch"], h["asof_ns"]
+            self.epoch, self.max_ts_ns = self.pub_epoch, self.pub_asof_ns
+            self.fields = {k: v for k, v in h.items() if k not in _OWN_HEADER_FIELDS}
+        if PUB_FIELD.encode() in model:
+            pub = orjson.loads(model[PUB_FIELD.encode()])
+            through, self.epoch_started_ns, self.pending = pub["through"], pub["epoch_started_ns"], pub["pending"]
         if last:
             # Never reuse a diff id, even if the model hash was lost.
             self.version = max(self.version, int(last[0][0].split(b"-")[0]))
-        self.changed = {k for k in self.staged.keys() | self.published.keys() if self.staged.get(k) != self.published.get(k)}
-        self.header_dirty = bool(self.fields) and header is not None and self._fields_differ(header)
-
-    def _fields_differ(self, header: bytes) -> bool:
-        h = orjson.loads(header)
-        return any(h.get(k) != v for k, v in self.fields.items() if k != "spot_ts_ns")
+        self.staged = dict(self.published)
+        self.last_entry = through
+        group = next((g for g in groups if g["name"] in (self.group, self.group.encode())), None)
+        if group is None:
+            return
+        delivered = group["last-delivered-id"]
+        pending = {r["message_id"] for r in await redis.xpending_range(self.staged_key, self.group, "-", "+", 100_000)}
+        for entry_id, fields in await redis.xrange(self.staged_key, min=b"(" + through.encode(), max=delivered):
+            if entry_id in pending:
+                continue  # it will be delivered again and processed then
+            try:
+                tb = codec.decode(streams.Payload.TILES, fields)
+            except codec.DecodeError:
+                continue
+            self._apply(tb, entry_id.decode())
 
     # --- the step ----------------------------------------------------------------------------
 
     def process(self, batch: Sequence[Entry]) -> Effects:
         outputs: list[Output] = []
         commands: list[tuple[Any, ...]] = []
-        upserted: set[str] = set()
-        removed: set[str] = set()
-        staging_reset = False
         published: list[tuple[str, int, int, int]] = []  # (reason, version, tiles changed, rx_ns)
         for entry in batch:
             tb: TileBatch = entry.value
-            if tb.reset or tb.epoch != self.epoch:
-                if tb.epoch != self.epoch:
-                    self.epoch_started_ns = tb.ts_ns
-                self.epoch = tb.epoch
-            if tb.reset:
-                self.changed |= self.staged.keys()
-                self.staged = {}
-                staging_reset = True
-                upserted.clear()
-                removed.clear()
-            for k, v in tb.upserts.items():
-                self.staged[k] = bytes(v)
-                self.changed.add(k)
-                upserted.add(k)
-                removed.discard(k)
-            for k in tb.removes:
-                if self.staged.pop(k, None) is not None:
-                    self.changed.add(k)
-                    removed.add(k)
-                    upserted.discard(k)
-            if not is_null(tb.header):
-                self.fields.update(orjson.loads(bytes(tb.header)))
-                self.header_dirty = True
-            self.pending = tb.pending
-            self.max_ts_ns = max(self.max_ts_ns, tb.ts_ns)
+            self._apply(tb, entry.id)
             reason = self._reason(tb)
             if reason is not None:
                 n = self._publish(reason, commands, outputs)
                 if n is not None:
                     published.append((reason, self.version, n, tb.rx_ns))
-        if staging_reset:
-            commands.insert(0, ("DEL", self.staging))
-            upserted = set(self.staged)
-        if upserted:
-            args: list[Any] = []
-            for k in upserted:
-                if k in self.staged:
-                    args += [k, self.staged[k]]
-            if args:
-                commands.insert(1 if staging_reset else 0, ("HSET", self.staging, *args))
-        if removed and not staging_reset:
-            commands.insert(0, ("HDEL", self.staging, *removed))
         meta = {
             "epoch": self.epoch,
-            "epoch_started_ns": self.epoch_started_ns,
             "pending": self.pending,
             "max_ts_ns": self.max_ts_ns,
-            "fields": self.fields,
-            "slots": len(self.staged),
+            "staged_tiles": len(self.staged),
+            "changed_since_version": len(self.changed),
         }
         commands.append(("HSET", self.staging, META_FIELD, orjson.dumps(meta)))
 
@@ -168,6 +146,44 @@ class Publisher:
                 self.metrics.publish_latency.labels(self.u, self.strategy).observe(max(0, now - rx_ns) / 1e9)
 
         return Effects(outputs=outputs, commands=commands, on_commit=committed, events_out=len(outputs))
+
+    def flush(self) -> Effects | None:
+        """Input went quiet: publish what changed since the last version (not an incomplete new epoch)."""
+        if not self.staged or (self.epoch == self.pub_epoch and not self.changed and not self.header_dirty):
+            return None
+        if self.epoch != self.pub_epoch and self.pending:
+            return None
+        commands: list[tuple[Any, ...]] = []
+        outputs: list[Output] = []
+        n = self._publish("idle", commands, outputs)
+        if n is None:
+            return None
+
+        def committed(_: list[Any]) -> None:
+            self.metrics.versions.labels(self.u, self.strategy, "idle").inc()
+            self.metrics.tiles_changed.labels(self.u, self.strategy).inc(n)
+
+        return Effects(outputs=outputs, commands=commands, on_commit=committed, events_out=1)
+
+    def _apply(self, tb: TileBatch, entry_id: str) -> None:
+        if tb.epoch != self.epoch:
+            self.epoch_started_ns = tb.ts_ns
+            self.epoch = tb.epoch
+        if tb.reset:
+            self.changed |= self.staged.keys()
+            self.staged = {}
+        for k, v in tb.upserts.items():
+            self.staged[k] = bytes(v)
+            self.changed.add(k)
+        for k in tb.removes:
+            if self.staged.pop(k, None) is not None:
+                self.changed.add(k)
+        if not is_null(tb.header):
+            self.fields.update(orjson.loads(bytes(tb.header)))
+            self.header_dirty = True
+        self.pending = tb.pending
+        self.max_ts_ns = max(self.max_ts_ns, tb.ts_ns)
+        self.last_entry = entry_id
 
     def _reason(self, tb: TileBatch) -> str | None:
         if self.epoch != self.pub_epoch:
@@ -213,7 +229,8 @@ class Publisher:
         )
         if reset:
             commands.append(("DEL", self.model))
-        args: list[Any] = [HEADER_FIELD, header]
+        pub = {"through": self.last_entry, "epoch_started_ns": self.epoch_started_ns, "pending": self.pending}
+        args: list[Any] = [HEADER_FIELD, header, PUB_FIELD, orjson.dumps(pub)]
         for k, v in upserts.items():
             args += [k, v]
         commands.append(("HSET", self.model, *args))

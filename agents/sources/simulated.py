@@ -14,17 +14,24 @@ Given the seed and the sequence of ``advance`` times, the frames are byte-identi
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import math
+import time
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import orjson
+import redis.asyncio as aioredis
 
 from marketswarm.agents.calc import blackscholes as bs
 from marketswarm.agents.calc.blackscholes import ET
+from marketswarm.agents.sources.writer import RawWriter
 from marketswarm.schemas.occ import format_occ, provider_index_ticker
+from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.settings import Settings
 
 NS = 1_000_000_000
 RATE = 0.045  # risk-free rate used for fair values
@@ -122,7 +129,7 @@ class SimMarket:
         self.exp_index = np.array([day[e] for e in exps])
         moneyness = np.abs(np.log(self.k / self.spot))
         round_bonus = np.where(np.isclose(np.mod(self.k, 25 * p.near_step), 0), 3.0, 1.0)
-        base_oi = 20_000 * np.exp(-moneyness / 0.03) * round_bonus / (1 + self.exp_index)
+        base_oi = 1_500 * np.exp(-moneyness / 0.03) * round_bonus / (1 + self.exp_index)
         self.oi = (base_oi * self.rng.uniform(0.5, 1.5, len(ks))).astype(np.int64) + self.rng.integers(0, 50, len(ks))
         # Arrival weights: near the money and the front expiry trade most.
         w = np.exp(-moneyness / 0.01) / (1 + 2 * self.exp_index) + 1e-4
@@ -243,3 +250,20 @@ class SimMarket:
                     }  # fmt: skip
                 )
         return events
+
+
+# Wall-clock cadence of the simulated source: frames for the elapsed time are written every tick.
+TICK_S = 0.05
+
+
+async def run_simulated(settings: Settings, redis: aioredis.Redis, metrics: Metrics, stop: asyncio.Event) -> None:
+    """The live simulated source: event time follows the wall clock."""
+    writer = RawWriter(redis, metrics, "sim")
+    now = time.time_ns()
+    markets = {u: SimMarket(u, settings.sim_seed, settings.sim_rate, now) for u in settings.underlyings}
+    while not stop.is_set():
+        now = time.time_ns()
+        for u, market in markets.items():
+            await writer.write(u, market.advance(now), now)
+        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), TICK_S)

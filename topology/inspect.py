@@ -1,0 +1,186 @@
+"""What the system looks like from Redis: servers, streams, groups, epochs, models. Read-only.
+
+The inspector (`marketswarm inspect`), `marketswarm top` and the gateway's /metrics all read through
+here, so every view names the same things the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from marketswarm.topology import graph, streams
+from marketswarm.topology.metrics import Metrics
+
+
+def _s(v: Any) -> Any:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def id_ms(entry_id: Any) -> int | None:
+    try:
+        return int(_s(entry_id).split("-")[0])
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
+async def server_info(redis: aioredis.Redis, url: str) -> dict[str, Any]:
+    """Which server this is: URL (password masked), name and version, role."""
+    info = await redis.info("server")
+    repl = await redis.info("replication")
+    name = "valkey" if "valkey_version" in info else "redis"
+    masked = url
+    if "@" in url:
+        scheme, rest = url.split("://", 1)
+        masked = f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return {
+        "url": masked,
+        "server": name,
+        "version": info.get("valkey_version") or info.get("redis_version"),
+        "role": repl.get("role"),
+        "uptime_s": info.get("uptime_in_seconds"),
+    }
+
+
+async def known_underlyings(redis: aioredis.Redis, configured: Sequence[str] = ()) -> list[str]:
+    members = {_s(m) for m in await redis.smembers(streams.underlyings_key())}
+    return sorted(members | set(configured))
+
+
+def stream_specs() -> list[streams.StreamSpec]:
+    specs = [streams.RAW, streams.EVENTS, streams.REJECTS, streams.CHANGES]
+    specs += [streams.STAGED[s] for s in streams.STRATEGIES]
+    specs += [streams.DIFFS[s] for s in streams.STRATEGIES]
+    return specs
+
+
+async def stream_rows(redis: aioredis.Redis, underlyings: Sequence[str]) -> list[dict[str, Any]]:
+    """Every stream (and its dead letters): length, first and last entry times, groups."""
+    rows = []
+    keys = [(u, spec, spec.key(u)) for u in underlyings for spec in stream_specs()]
+    keys += [(u, spec, streams.dlq_key(spec.key(u))) for u in underlyings for spec in stream_specs()]
+    async with redis.pipeline(transaction=False) as pipe:
+        for _, _, key in keys:
+            pipe.xlen(key)
+            pipe.xrange(key, count=1)
+            pipe.xrevrange(key, count=1)
+        results = await pipe.execute()
+    for i, (u, spec, key) in enumerate(keys):
+        length, first, last = results[3 * i : 3 * i + 3]
+        if not length and key.endswith(".dlq"):
+            continue
+        rows.append(
+            {
+                "underlying": u,
+                "stream": key,
+                "kind": spec.name + (".dlq" if key.endswith(".dlq") else ""),
+                "length": int(length),
+                "first_id": _s(first[0][0]) if first else None,
+                "last_id": _s(last[0][0]) if last else None,
+                "last_ms": id_ms(last[0][0]) if last else None,
+                "retention": f"MINID ~ {spec.retention_s}s" if spec.retention_s else f"MAXLEN ~ {spec.maxlen}",
+            }
+        )
+    return rows
+
+
+async def group_rows(redis: aioredis.Redis, underlyings: Sequence[str]) -> list[dict[str, Any]]:
+    """Every agent's group on every underlying: consumers, lag, pending, oldest pending idle."""
+    rows = []
+    for spec in graph.agents():
+        for u in underlyings:
+            key = spec.reads.key(u)
+            try:
+                groups = await redis.xinfo_groups(key)
+            except ResponseError:
+                groups = []
+            g = next((g for g in groups if _s(g["name"]) == spec.name), None)
+            if g is None:
+                rows.append({"agent": spec.name, "underlying": u, "stream": key, "exists": False})
+                continue
+            oldest_idle_ms = None
+            if int(g["pending"]):
+                pend = await redis.xpending_range(key, spec.name, min="-", max="+", count=1)
+                if pend:
+                    oldest_idle_ms = int(pend[0]["time_since_delivered"])
+            rows.append(
+                {
+                    "agent": spec.name,
+                    "underlying": u,
+                    "stream": key,
+                    "exists": True,
+                    "consumers": int(g["consumers"]),
+                    "lag": None if g.get("lag") is None else int(g["lag"]),
+                    "pending": int(g["pending"]),
+                    "entries_read": None if g.get("entries-read") is None else int(g["entries-read"]),
+                    "last_delivered": _s(g["last-delivered-id"]),
+                    "oldest_pending_idle_ms": oldest_idle_ms,
+                }
+            )
+    return rows
+
+
+async def refresh_group_metrics(redis: aioredis.Redis, metrics: Metrics, underlyings: Sequence[str]) -> None:
+    """Set the lag/pending/length gauges from XINFO (scrape time)."""
+    us = await known_underlyings(redis, underlyings)
+    for row in await group_rows(redis, us):
+        if row["exists"]:
+            if row["lag"] is not None:
+                metrics.group_lag.labels(row["agent"], row["stream"]).set(row["lag"])
+            metrics.group_pending.labels(row["agent"], row["stream"]).set(row["pending"])
+    for row in await stream_rows(redis, us):
+        metrics.stream_length.labels(row["stream"]).set(row["length"])
+
+
+async def epochs(redis: aioredis.Redis, u: str) -> list[dict[str, Any]]:
+    active = _s(await redis.get(streams.epoch_pointer_key(u)))
+    out = []
+    for epoch, score in await redis.zrange(streams.epochs_index_key(u), 0, -1, withscores=True):
+        e = _s(epoch)
+        meta = {_s(k): _s(v) for k, v in (await redis.hgetall(streams.epoch_meta_key(u, e))).items()}
+        ttl = await redis.ttl(streams.state_key(u, e))
+        out.append(
+            {
+                "epoch": e,
+                "active": e == active,
+                "status": meta.get("status", "expired"),
+                "created_ns": int(score),
+                "contracts": int(meta.get("contracts", 0) or 0),
+                "geometry": orjson.loads(meta["geometry"]) if "geometry" in meta else None,
+                "ttl_s": ttl if ttl and ttl > 0 else None,
+            }
+        )
+    return out
+
+
+async def model_rows(redis: aioredis.Redis, u: str) -> list[dict[str, Any]]:
+    """Per strategy: staged vs published tiles, coverage, last version and its age."""
+    rows = []
+    now_ms = int(time.time() * 1000)
+    for s in streams.STRATEGIES:
+        meta_raw = await redis.hget(streams.staging_key(u, s), "_meta")
+        meta = orjson.loads(meta_raw) if meta_raw else {}
+        header_raw = await redis.hget(streams.model_key(u, s), "_header")
+        header = orjson.loads(header_raw) if header_raw else {}
+        published_n = max(0, await redis.hlen(streams.model_key(u, s)) - (2 if header_raw else 0))
+        last = await redis.xrevrange(streams.DIFFS[s].key(u), count=1)
+        rows.append(
+            {
+                "strategy": s,
+                "staged_tiles": meta.get("staged_tiles"),
+                "published_tiles": published_n,
+                "pending_slots": meta.get("pending"),
+                "changed_since_version": meta.get("changed_since_version"),
+                "epoch": header.get("epoch"),
+                "version": header.get("version"),
+                "asof": header.get("asof"),
+                "version_age_s": round((now_ms - header["asof_ns"] / 1e6) / 1000, 1) if header.get("asof_ns") else None,
+                "last_diff_id": _s(last[0][0]) if last else None,
+            }
+        )
+    return rows
