@@ -102,6 +102,20 @@ class Settings(BaseSettings):
         default=2000.0, ge=0, description="Simulated option events per second, per underlying."
     )
     sim_seed: int = Field(default=7, description="Seed of the simulated market (deterministic).")
+    massive_rest_base: str = Field(default="https://api.massive.com", description="Massive REST base URL.")
+    massive_ws_feed: str = Field(
+        default="socket.massive.com", description="Massive WebSocket host (delayed.massive.com for delayed data)."
+    )
+    massive_ws_secure: bool = Field(default=True, description="wss:// (false only for a loopback fake).")
+    ws_mode: Literal["targeted", "firehose"] = Field(
+        default="targeted", description="targeted: T+Q for the poller's contracts; firehose: T.* plus targeted Q."
+    )
+    ws_connections: int = Field(default=1, ge=1, description="Option WebSocket connections (1,000 quotes each).")
+    ws_buffer_frames: int = Field(default=20_000, ge=100, description="Frames buffered between socket and Redis.")
+    chain_poll_min_s: float = Field(default=2.0, gt=0, description="Fastest chain poll cadence, seconds.")
+    chain_poll_max_s: float = Field(default=60.0, gt=0, description="Slowest chain poll cadence (and backoff cap).")
+    chain_range_pct: float = Field(default=5.0, gt=0, description="Chain poll: strikes within this % of spot.")
+    chain_expiry_days: int = Field(default=7, ge=0, description="Chain poll: expiries up to this many days ahead.")
     massive_api_key: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("MASSIVE_API_KEY", "MARKETSWARM_MASSIVE_API_KEY"),
