@@ -35,7 +35,7 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-integration: $(STAMP)
-	$(BIN)/python -m pytest -m "integration and not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "integration and not slow and not browser" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -104,7 +104,10 @@ def parse_cboe_csv(data: bytes, underlying: str, configured: Collection[str]) ->
     if contracts:
         out.events.append(
             ChainSnapshot(
-                underlying=underlying, ts_ns=ts_ns, spot=spot, source="cboe.csv",
+                underlying=underlying,
+                ts_ns=ts_ns,
+                spot=spot,
+                source="cboe.csv",
                 contracts=tuple(sorted(contracts, key=lambda c: c.symbol)),
             )  # fmt: skip
         )

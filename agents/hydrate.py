@@ -40,8 +40,8 @@ from marketswarm.schemas.events import (
     TradeChange,
 )
 from marketswarm.topology import streams
+from marketswarm.topology.agent import AgentSpec, Effects, Entry, ScriptCall
 from marketswarm.topology.metrics import Metrics
-from marketswarm.topology.runtime import AgentSpec, Effects, Entry, ScriptCall
 from marketswarm.topology.settings import Settings
 
 SCRIPT = resources.files("marketswarm.agents").joinpath("hydrate.lua").read_text()
@@ -69,7 +69,9 @@ def geometry_summary(snap: ChainSnapshot) -> bytes:
         {
             "underlying": snap.underlying,
             "contracts": len(snap.contracts),
-            "expiries": {e: {"strikes": len(k), "min": min(k) / 1000, "max": max(k) / 1000} for e, k in sorted(expiries.items())},
+            "expiries": {
+                e: {"strikes": len(k), "min": min(k) / 1000, "max": max(k) / 1000} for e, k in sorted(expiries.items())
+            },
         }
     )
 
@@ -84,12 +86,26 @@ def chain_args(snap: ChainSnapshot, args: list[Any]) -> str:
     args.append(codec.encode_json(EpochChange(epoch=epoch, ts_ns=snap.ts_ns, symbols=tuple(symbols), spot=snap.spot)))
     for c in snap.contracts:
         qts = c.quote_ts_ns or snap.ts_ns
-        args += ["S", c.symbol, "q", newness(qts), codec.encode_json(QuoteChange(sym=c.symbol, ts_ns=qts, bid=c.bid, ask=c.ask))]
-        g = GreeksChange(sym=c.symbol, ts_ns=snap.ts_ns, iv=c.iv, delta=c.delta, gamma=c.gamma, oi=c.oi, volume=c.volume)
+        args += [
+            "S",
+            c.symbol,
+            "q",
+            newness(qts),
+            codec.encode_json(QuoteChange(sym=c.symbol, ts_ns=qts, bid=c.bid, ask=c.ask)),
+        ]
+        g = GreeksChange(
+            sym=c.symbol, ts_ns=snap.ts_ns, iv=c.iv, delta=c.delta, gamma=c.gamma, oi=c.oi, volume=c.volume
+        )
         args += ["S", c.symbol, "g", newness(snap.ts_ns), codec.encode_json(g)]
         if c.last is not None:
             tts = c.trade_ts_ns or snap.ts_ns
-            args += ["S", c.symbol, "t", newness(tts), codec.encode_json(TradeChange(sym=c.symbol, ts_ns=tts, px=c.last))]
+            args += [
+                "S",
+                c.symbol,
+                "t",
+                newness(tts),
+                codec.encode_json(TradeChange(sym=c.symbol, ts_ns=tts, px=c.last)),
+            ]
     args += ["W", epoch, snap.ts_ns]
     if snap.spot is not None:
         args += ["P", newness(snap.ts_ns), codec.encode_json(SpotChange(ts_ns=snap.ts_ns, value=snap.spot))]
@@ -160,7 +176,9 @@ class Hydrator:
             if counts[7]:
                 self.metrics.dropped.labels("hydrate", self.events_key, "fill_beyond_window").inc(counts[7])
 
-        return Effects(scripts=[ScriptCall(SCRIPT, self.keys, [*self.header, *records])], on_commit=committed, events_out=n)
+        return Effects(
+            scripts=[ScriptCall(SCRIPT, self.keys, [*self.header, *records])], on_commit=committed, events_out=n
+        )
 
 
 HYDRATE = AgentSpec(

@@ -99,9 +99,7 @@ def _route(out: Parsed, sym: Any, underlying: str, configured: Collection[str], 
     return osym.occ
 
 
-def _ws_element(
-    out: Parsed, el: Any, rx_ns: int, underlying: str, configured: Collection[str], limits: Limits
-) -> None:
+def _ws_element(out: Parsed, el: Any, rx_ns: int, underlying: str, configured: Collection[str], limits: Limits) -> None:
     if not isinstance(el, dict):
         out.reject(RejectReason.MALFORMED_ELEMENT, f"element is a {type(el).__name__}, not an object", el)
         return
@@ -123,8 +121,14 @@ def _ws_element(
         _check_time(out, ts_ns, rx_ns, limits, el)
         out.events.append(
             Quote(
-                symbol=sym, underlying=underlying, bid=bid, ask=ask, bid_size=bs, ask_size=asz,
-                ts_ns=ts_ns, seq=int(el.get("q", 0)),
+                symbol=sym,
+                underlying=underlying,
+                bid=bid,
+                ask=ask,
+                bid_size=bs,
+                ask_size=asz,
+                ts_ns=ts_ns,
+                seq=int(el.get("q", 0)),
             )  # fmt: skip
         )
     elif ev == "T":
@@ -141,8 +145,14 @@ def _ws_element(
         _check_time(out, ts_ns, rx_ns, limits, el)
         out.events.append(
             Trade(
-                symbol=sym, underlying=underlying, px=px, size=size, ts_ns=ts_ns, seq=int(el.get("q", 0)),
-                exchange=int(el.get("x", 0)), conditions=tuple(int(c) for c in el.get("c") or ()),
+                symbol=sym,
+                underlying=underlying,
+                px=px,
+                size=size,
+                ts_ns=ts_ns,
+                seq=int(el.get("q", 0)),
+                exchange=int(el.get("x", 0)),
+                conditions=tuple(int(c) for c in el.get("c") or ()),
             )  # fmt: skip
         )
     elif ev == "V":
@@ -208,7 +218,10 @@ def parse_rest_chain(data: bytes, rx_ns: int, underlying: str, configured: Colle
     if contracts:
         out.events.append(
             ChainSnapshot(
-                underlying=underlying, ts_ns=rx_ns, spot=spot, source="massive.rest",
+                underlying=underlying,
+                ts_ns=rx_ns,
+                spot=spot,
+                source="massive.rest",
                 contracts=tuple(sorted(contracts.values(), key=lambda c: c.symbol)),
             )  # fmt: skip
         )

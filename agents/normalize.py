@@ -19,8 +19,8 @@ from marketswarm.schemas.codec import RawFrame
 from marketswarm.schemas.events import EventBatch, Trade
 from marketswarm.schemas.models import Reject
 from marketswarm.topology import streams
+from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output
 from marketswarm.topology.metrics import Metrics
-from marketswarm.topology.runtime import AgentSpec, Effects, Entry, Output
 from marketswarm.topology.settings import Settings
 
 # Raw frame formats (RawFrame.src); sources name the format they wrote.

@@ -12,8 +12,8 @@ from typing import Any
 import msgspec
 import orjson
 
-from marketswarm.schemas.events import ChangeBatch, EventBatch
 from marketswarm.schemas.events import Change as _Change
+from marketswarm.schemas.events import ChangeBatch, EventBatch
 from marketswarm.schemas.events import Event as _Event
 from marketswarm.schemas.models import Diff, Reject, TileBatch
 from marketswarm.topology.streams import Payload
@@ -99,7 +99,9 @@ def decode(payload: Payload, fields: Mapping[bytes, bytes]) -> Any:
             return RawFrame(src=_field(fields, b"src").decode(), rx_ns=int(_field(fields, b"rx_ns")), data=data)
         if payload is Payload.EVENTS:
             return EventBatch(
-                src=_field(fields, b"src").decode(), rx_ns=int(_field(fields, b"rx_ns")), events=_events_dec.decode(data)
+                src=_field(fields, b"src").decode(),
+                rx_ns=int(_field(fields, b"rx_ns")),
+                events=_events_dec.decode(data),
             )
         if payload is Payload.CHANGES:
             return ChangeBatch(
@@ -118,7 +120,13 @@ def decode(payload: Payload, fields: Mapping[bytes, bytes]) -> Any:
             return orjson.loads(data)
     except DecodeError:
         raise
-    except (msgspec.DecodeError, msgspec.ValidationError, orjson.JSONDecodeError, ValueError, UnicodeDecodeError) as exc:
+    except (
+        msgspec.DecodeError,
+        msgspec.ValidationError,
+        orjson.JSONDecodeError,
+        ValueError,
+        UnicodeDecodeError,
+    ) as exc:
         raise DecodeError(f"{payload.value}: {exc}") from exc
     raise DecodeError(f"no decoder for {payload}")
 

@@ -40,7 +40,7 @@ class ChainContract(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     trade_ts_ns: int | None = None  # time of last when the provider gives it
 
 
-class ChainSnapshot(_Event, tag="chain", kw_only=True):
+class ChainSnapshot(_Event, tag="chain", frozen=True, kw_only=True):
     """A chain snapshot declares topology: which contracts exist (see DESIGN.md)."""
 
     underlying: str
@@ -50,7 +50,7 @@ class ChainSnapshot(_Event, tag="chain", kw_only=True):
     contracts: tuple[ChainContract, ...]
 
 
-class Quote(_Event, tag="quote", kw_only=True):
+class Quote(_Event, tag="quote", frozen=True, kw_only=True):
     symbol: str
     underlying: str
     bid: float  # 0 = no bid
@@ -61,7 +61,7 @@ class Quote(_Event, tag="quote", kw_only=True):
     seq: int = 0
 
 
-class Trade(_Event, tag="trade", kw_only=True):
+class Trade(_Event, tag="trade", frozen=True, kw_only=True):
     symbol: str
     underlying: str
     px: float
@@ -72,13 +72,13 @@ class Trade(_Event, tag="trade", kw_only=True):
     conditions: tuple[int, ...] = ()
 
 
-class Spot(_Event, tag="spot", kw_only=True):
+class Spot(_Event, tag="spot", frozen=True, kw_only=True):
     underlying: str
     value: float
     ts_ns: int
 
 
-class ProviderStatus(_Event, tag="status", kw_only=True):
+class ProviderStatus(_Event, tag="status", frozen=True, kw_only=True):
     status: str
     message: str = ""
     ts_ns: int
@@ -102,7 +102,7 @@ class _Change(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     pass
 
 
-class QuoteChange(_Change, tag="q", kw_only=True):
+class QuoteChange(_Change, tag="q", frozen=True, kw_only=True):
     """Bid/ask of a contract changed (from a quote or a chain snapshot)."""
 
     sym: str
@@ -112,7 +112,7 @@ class QuoteChange(_Change, tag="q", kw_only=True):
     ask: float | None = None
 
 
-class TradeChange(_Change, tag="t", kw_only=True):
+class TradeChange(_Change, tag="t", frozen=True, kw_only=True):
     """The last trade of a contract changed."""
 
     sym: str
@@ -122,7 +122,7 @@ class TradeChange(_Change, tag="t", kw_only=True):
     size: int | None = None
 
 
-class GreeksChange(_Change, tag="g", kw_only=True):
+class GreeksChange(_Change, tag="g", frozen=True, kw_only=True):
     """Chain analytics of a contract changed (IV, greeks, open interest)."""
 
     sym: str
@@ -134,12 +134,12 @@ class GreeksChange(_Change, tag="g", kw_only=True):
     volume: int | None = None
 
 
-class SpotChange(_Change, tag="s", kw_only=True):
+class SpotChange(_Change, tag="s", frozen=True, kw_only=True):
     ts_ns: int
     value: float
 
 
-class EpochChange(_Change, tag="e", kw_only=True):
+class EpochChange(_Change, tag="e", frozen=True, kw_only=True):
     """A new epoch was promoted. It lists the epoch's contracts, so calc agents rebuild their grid
     without reading Redis; the values follow as the changes after it."""
 

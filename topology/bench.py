@@ -24,10 +24,11 @@ from rich.table import Table
 
 from marketswarm.schemas import codec
 from marketswarm.topology import streams
+from marketswarm.topology.connections import create_redis
 from marketswarm.topology.counting import COUNT
 from marketswarm.topology.embedded import EmbeddedServer
 from marketswarm.topology.metrics import Metrics
-from marketswarm.topology.runtime import Runtime, create_redis
+from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
 
 

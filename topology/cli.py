@@ -119,8 +119,9 @@ def agent(
 ) -> None:
     """Run one agent kind (the unit Kubernetes scales) for every configured underlying."""
     from marketswarm.topology import graph
+    from marketswarm.topology.connections import create_redis
     from marketswarm.topology.metrics import Metrics
-    from marketswarm.topology.runtime import Runtime, create_redis
+    from marketswarm.topology.runtime import Runtime
 
     settings = load_settings()
     try:
@@ -155,8 +156,8 @@ def source(
     """Run a market source, writing provider frames into the raw streams."""
     from prometheus_client import REGISTRY, start_http_server
 
+    from marketswarm.topology.connections import create_redis
     from marketswarm.topology.metrics import Metrics
-    from marketswarm.topology.runtime import create_redis
 
     settings = load_settings()
     url = redis_url_of(settings)
@@ -216,8 +217,8 @@ def replay(
 @app.command("export")
 def export_cmd(out: Annotated[Path, typer.Argument(help="Directory for {underlying}/{strategy}.json")]) -> None:
     """Write the current published models of a running system."""
+    from marketswarm.topology.connections import create_redis
     from marketswarm.topology.replay import export_models
-    from marketswarm.topology.runtime import create_redis
 
     settings = load_settings()
     url = redis_url_of(settings)
@@ -296,7 +297,9 @@ def check(name: Annotated[str, typer.Argument(help="Agent kind")]) -> None:
 
 
 @app.command()
-def bench(out: Annotated[Path, typer.Option(help="Where to write the JSON report.")] = Path(".bench/results.json")) -> None:
+def bench(
+    out: Annotated[Path, typer.Option(help="Where to write the JSON report.")] = Path(".bench/results.json"),
+) -> None:
     """Run the benchmarks on an embedded server and print ratios against same-run ceilings."""
     from marketswarm.topology.bench import main as bench_main
 

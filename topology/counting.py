@@ -17,8 +17,10 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from marketswarm.topology import streams
+from marketswarm.topology.agent import AgentSpec, Effects, Entry, ScriptCall
+from marketswarm.topology.connections import create_redis
 from marketswarm.topology.metrics import Metrics
-from marketswarm.topology.runtime import AgentSpec, Effects, Entry, Runtime, ScriptCall, create_redis
+from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
 
 # One HINCRBY per distinct key, in one script call per batch (one command carries the batch).

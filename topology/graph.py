@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from marketswarm.topology import streams
-from marketswarm.topology.runtime import AgentSpec
+from marketswarm.topology.agent import AgentSpec
 
 
 class GraphError(ValueError):

@@ -8,6 +8,7 @@ Labels: ``agent`` (the group name) and ``stream`` (the Redis key) wherever they 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -29,13 +30,11 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = registry if registry is not None else CollectorRegistry()
         self.registry = r
-        mp = {"multiprocess_mode": "livesum"} if _multiprocess() else {}
-        mpmax = {"multiprocess_mode": "livemax"} if _multiprocess() else {}
+        mp: dict[str, Any] = {"multiprocess_mode": "livesum"} if _multiprocess() else {}
+        mpmax: dict[str, Any] = {"multiprocess_mode": "livemax"} if _multiprocess() else {}
 
         # runtime (topology/runtime.py)
-        self.entries_in = Counter(
-            "marketswarm_entries_in_total", "Stream entries read by an agent.", AS, registry=r
-        )
+        self.entries_in = Counter("marketswarm_entries_in_total", "Stream entries read by an agent.", AS, registry=r)
         self.events_in = Counter(
             "marketswarm_events_in_total", "Events inside the entries an agent read.", AS, registry=r
         )
@@ -58,9 +57,7 @@ class Metrics:
         self.step_failures = Counter(
             "marketswarm_step_failures_total", "Batches whose step raised (entries isolated).", AS, registry=r
         )
-        self.dead_letters = Counter(
-            "marketswarm_dead_letters_total", "Entries moved to <stream>.dlq.", AS, registry=r
-        )
+        self.dead_letters = Counter("marketswarm_dead_letters_total", "Entries moved to <stream>.dlq.", AS, registry=r)
         self.reclaimed = Counter(
             "marketswarm_reclaimed_total", "Pending entries claimed from idle consumers.", AS, registry=r
         )
@@ -105,7 +102,10 @@ class Metrics:
             **mpmax,
         )
         self.chain_poll_failures = Counter(
-            "marketswarm_chain_poll_failures_total", "Failed chain polls, by status.", ("underlying", "status"), registry=r
+            "marketswarm_chain_poll_failures_total",
+            "Failed chain polls, by status.",
+            ("underlying", "status"),
+            registry=r,
         )
         self.ws_reconnects = Counter(
             "marketswarm_ws_reconnects_total", "WebSocket reconnections.", ("feed",), registry=r

@@ -14,8 +14,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from marketswarm.topology import graph
+from marketswarm.topology.agent import AgentSpec
+from marketswarm.topology.connections import create_redis
 from marketswarm.topology.metrics import Metrics
-from marketswarm.topology.runtime import AgentSpec, Runtime, create_redis
+from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
 
 IDLE_POLL_S = 0.05
@@ -39,7 +41,9 @@ async def group_backlog(redis: aioredis.Redis, specs: Sequence[AgentSpec], under
         if isinstance(info, ResponseError):
             total += 1  # stream or group not there yet
             continue
-        row = next((g for g in info if (g["name"].decode() if isinstance(g["name"], bytes) else g["name"]) == group), None)
+        row = next(
+            (g for g in info if (g["name"].decode() if isinstance(g["name"], bytes) else g["name"]) == group), None
+        )
         if row is None:
             total += 1
             continue
@@ -88,7 +92,9 @@ async def _drain(
                 await c.aclose()
 
 
-async def _flush(url: str, settings: Settings, specs: Sequence[AgentSpec], underlyings: Sequence[str], metrics: Metrics) -> int:
+async def _flush(
+    url: str, settings: Settings, specs: Sequence[AgentSpec], underlyings: Sequence[str], metrics: Metrics
+) -> int:
     n = 0
     for spec in specs:
         client = create_redis(url)

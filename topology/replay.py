@@ -23,10 +23,11 @@ from marketswarm.agents.publish.gateway import read_model
 from marketswarm.agents.sources.files import capture_line, read_inputs, write_recorded
 from marketswarm.schemas import codec
 from marketswarm.topology import streams
+from marketswarm.topology.connections import create_redis
 from marketswarm.topology.embedded import EmbeddedServer
 from marketswarm.topology.inspect import known_underlyings
 from marketswarm.topology.pipeline import run_until_idle
-from marketswarm.topology.runtime import Runtime, create_redis
+from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
 
 

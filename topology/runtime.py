@@ -29,10 +29,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -40,6 +38,8 @@ from redis.exceptions import RedisError, ResponseError, TimeoutError, WatchError
 
 from marketswarm.schemas import codec
 from marketswarm.topology import streams
+from marketswarm.topology.agent import AgentSpec, Effects, Entry, Processor
+from marketswarm.topology.connections import xadd_args
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
 
@@ -65,106 +65,6 @@ class GroupMissingError(RuntimeError):
 
 class LeaseLostError(RuntimeError):
     """Raised when a stateful agent commits after another replica took its lease: it stops writing."""
-
-
-class Delivery(Enum):
-    """What happens to an entry after its step; the runtime's acknowledgement policy."""
-
-    COMMIT = "commit"  # effects and XACK in one MULTI/EXEC
-    RETRY = "retry"  # no ack: stays pending, reclaimed after min_idle_ms, delivery count grows
-    DEAD_LETTER = "dead_letter"  # delivered more than max_deliveries times: to <stream>.dlq, acked
-
-
-class Entry(NamedTuple):
-    """A decoded stream entry: its id and its typed value."""
-
-    id: str
-    value: Any
-
-
-@dataclass(frozen=True)
-class Output:
-    """An entry to append to an output stream (trimmed by the stream's retention)."""
-
-    spec: streams.StreamSpec
-    key: str
-    fields: Mapping[str, Any]
-    id: str = "*"  # an explicit id, e.g. "<version>-0" on the diffs streams
-
-
-@dataclass(frozen=True)
-class ScriptCall:
-    """A server-side script run inside the commit (EVAL with its body, so it can never be missing)."""
-
-    body: str
-    keys: Sequence[str]
-    args: Sequence[Any]
-
-
-@dataclass
-class Effects:
-    """What a step wants committed together with the XACK of its batch."""
-
-    outputs: list[Output] = field(default_factory=list)
-    commands: list[tuple[Any, ...]] = field(default_factory=list)  # raw commands, e.g. ("HSET", k, f, v)
-    scripts: list[ScriptCall] = field(default_factory=list)
-    # Called with the results of ``commands`` then ``scripts`` once EXEC succeeded (metrics, state).
-    on_commit: Callable[[list[Any]], None] | None = None
-    events_out: int = 0  # events carried by the outputs, for metrics
-
-
-class Processor(Protocol):
-    """An agent's logic. ``process`` is the step: no I/O, deterministic given its inputs and state."""
-
-    stateful: bool
-
-    async def restore(self, redis: aioredis.Redis) -> None:
-        """Load in-memory state from Redis: at start, on taking a lease, and after a failed commit."""
-
-    def process(self, batch: Sequence[Entry]) -> Effects:
-        """Compute the effects of a batch."""
-        ...
-
-    def flush(self) -> Effects | None:
-        """Emit what the step holds back (coalescing), when its input went quiet. Optional."""
-        ...
-
-
-ProcessorFactory = Callable[[Settings, str, Metrics], Processor]  # (settings, underlying, metrics)
-
-
-@dataclass(frozen=True)
-class AgentSpec:
-    """An agent kind: the unit that `marketswarm agent NAME` runs and Kubernetes scales."""
-
-    name: str  # also the consumer-group name
-    reads: streams.StreamSpec
-    writes: tuple[streams.StreamSpec, ...]
-    make: ProcessorFactory
-    stateful: bool = False  # one owner per underlying, through a lease
-    doc: str = ""
-
-
-def xadd_args(spec: streams.StreamSpec, key: str) -> dict[str, Any]:
-    """XADD trimming arguments for a stream: ``MAXLEN ~ n`` or ``MINID ~ <now - retention>``."""
-    if spec.retention_s is not None:
-        return {"minid": f"{int((time.time() - spec.retention_s) * 1000)}-0", "approximate": True}
-    if spec.maxlen is not None:
-        return {"maxlen": spec.maxlen, "approximate": True}
-    return {}
-
-
-def create_redis(url: str, block_ms: int = 0, **kwargs: Any) -> aioredis.Redis:
-    """A client whose socket timeout always exceeds the longest BLOCK it will issue."""
-    timeout_s = block_ms / 1000 + 10.0
-    return aioredis.Redis.from_url(
-        url,
-        decode_responses=False,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=5.0,
-        health_check_interval=30,
-        **kwargs,
-    )
 
 
 class Runtime:
@@ -290,10 +190,11 @@ class Runtime:
             await asyncio.wait([read, stopped], return_when=asyncio.FIRST_COMPLETED)
             if not read.done():
                 # Cancelling a blocked read is safe: anything it was handed stays pending for this
-                # consumer and is drained first on the next start.
+                # consumer and is drained first on the next start. It is not awaited: redis-py may
+                # finish a cancelled BLOCK before it gives the connection back, and a stop must not
+                # wait block_ms for it; closing the client ends it.
                 read.cancel()
-                with contextlib.suppress(asyncio.CancelledError, RedisError):
-                    await read
+                read.add_done_callback(_retrieve)
                 return
             stopped.cancel()
             response = read.result()
@@ -512,7 +413,7 @@ class Runtime:
         async with self.redis.pipeline(transaction=True) as pipe:
             for (entry_id, fields, deliveries), err in zip(dead, errors, strict=True):
                 error = _s(err) if err is not None else self._errors.get(entry_id, "no error recorded (consumer died)")
-                record = {f"orig.{_s(k)}": v for k, v in fields.items()}
+                record: dict[str, Any] = {f"orig.{_s(k)}": v for k, v in fields.items()}
                 record.update(
                     {"id": entry_id, "group": self.group, "deliveries": deliveries, "error": error[:MAX_ERROR_CHARS]}
                 )
@@ -601,6 +502,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Collect an abandoned task's outcome so it is never reported as unretrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _s(value: Any) -> str:

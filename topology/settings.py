@@ -37,9 +37,7 @@ class Settings(BaseSettings):
         default=30_000, ge=1, description="Pending entries idle this long are reclaimed (XAUTOCLAIM)."
     )
     claim_interval_ms: int = Field(default=5_000, ge=1, description="How often the reclaimer runs.")
-    max_deliveries: int = Field(
-        default=5, ge=1, description="Deliveries before an entry is moved to <stream>.dlq."
-    )
+    max_deliveries: int = Field(default=5, ge=1, description="Deliveries before an entry is moved to <stream>.dlq.")
     shutdown_grace_s: float = Field(
         default=10.0, gt=0, description="Time to drain the in-flight batch on SIGTERM/SIGINT."
     )
@@ -98,9 +96,7 @@ class Settings(BaseSettings):
     source: Literal["sim", "massive", "none"] = Field(
         default="sim", description="Market source that `marketswarm run` starts."
     )
-    sim_rate: float = Field(
-        default=2000.0, ge=0, description="Simulated option events per second, per underlying."
-    )
+    sim_rate: float = Field(default=2000.0, ge=0, description="Simulated option events per second, per underlying.")
     sim_seed: int = Field(default=7, description="Seed of the simulated market (deterministic).")
     massive_rest_base: str = Field(default="https://api.massive.com", description="Massive REST base URL.")
     massive_ws_feed: str = Field(
@@ -151,7 +147,9 @@ class Settings(BaseSettings):
             if changed_only and name not in ("redis_url", "consumer") and field.default_factory is None:
                 if value == field.default:
                     continue
-            out[name] = "**********" if isinstance(value, SecretStr) else str(value) if isinstance(value, Path) else value
+            out[name] = (
+                "**********" if isinstance(value, SecretStr) else str(value) if isinstance(value, Path) else value
+            )
         return out
 
 

@@ -72,10 +72,12 @@ class Strategy(StrEnum):
 HEATMAP_STRATEGIES = (Strategy.SINGLE, Strategy.VERTICAL, Strategy.BUTTERFLY)
 STRATEGIES = (*HEATMAP_STRATEGIES, Strategy.GEX)
 
-STAGED = {
+STAGED: dict[str, StreamSpec] = {
     s: StreamSpec(f"staged.{s}", _k(f"staged:{s}.v1"), Payload.TILES, maxlen=STAGED_MAXLEN) for s in STRATEGIES
 }
-DIFFS = {s: StreamSpec(f"diffs.{s}", _k(f"diffs:{s}.v1"), Payload.DIFF, maxlen=DIFFS_MAXLEN) for s in STRATEGIES}
+DIFFS: dict[str, StreamSpec] = {
+    s: StreamSpec(f"diffs.{s}", _k(f"diffs:{s}.v1"), Payload.DIFF, maxlen=DIFFS_MAXLEN) for s in STRATEGIES
+}
 
 # Sources that cannot attribute a frame to an underlying (a WebSocket frame that is not JSON) write
 # its reject here; "edge" is a pseudo-underlying so the key keeps the same shape.

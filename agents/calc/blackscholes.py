@@ -66,13 +66,13 @@ def gamma(s: ArrayLike, k: ArrayLike, t: ArrayLike, r: ArrayLike, sigma: ArrayLi
     s_, t_, v_, q_ = (np.asarray(x, dtype=np.float64) for x in (s, t, sigma, q))
     with np.errstate(divide="ignore", invalid="ignore"):
         g = np.exp(-q_ * t_) * _pdf(d1) / (s_ * v_ * np.sqrt(t_))
-    return np.where((v_ > 0) & (t_ > 0) & np.isfinite(g), g, 0.0)  # type: ignore[no-any-return]
+    return np.where((v_ > 0) & (t_ > 0) & np.isfinite(g), g, 0.0)
 
 
 def vega(s: ArrayLike, k: ArrayLike, t: ArrayLike, r: ArrayLike, sigma: ArrayLike, q: ArrayLike = 0.0) -> F:
     d1, _ = d1_d2(s, k, t, r, sigma, q)
     s_, t_, q_ = (np.asarray(x, dtype=np.float64) for x in (s, t, q))
-    return s_ * np.exp(-q_ * t_) * _pdf(d1) * np.sqrt(t_)  # type: ignore[no-any-return]
+    return s_ * np.exp(-q_ * t_) * _pdf(d1) * np.sqrt(t_)
 
 
 def theta(

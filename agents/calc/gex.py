@@ -38,8 +38,8 @@ from marketswarm.schemas.events import ChangeBatch, EpochChange, GreeksChange, S
 from marketswarm.schemas.models import TileBatch
 from marketswarm.schemas.occ import SymbolError, parse_occ
 from marketswarm.topology import streams
+from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output
 from marketswarm.topology.metrics import Metrics
-from marketswarm.topology.runtime import AgentSpec, Effects, Entry, Output
 from marketswarm.topology.settings import Settings
 
 CONTRACT_SIZE = 100
@@ -113,7 +113,12 @@ class Book:
         for s, p in self.pos.items():
             q = other.pos.get(s)
             if q is not None:
-                self.gamma[p], self.iv[p], self.oi[p], self.ts[p] = other.gamma[q], other.iv[q], other.oi[q], other.ts[q]
+                self.gamma[p], self.iv[p], self.oi[p], self.ts[p] = (
+                    other.gamma[q],
+                    other.iv[q],
+                    other.oi[q],
+                    other.ts[q],
+                )
         self.gen += 1
 
 
@@ -121,18 +126,18 @@ def spot_gamma(book: Book, s: float, now_ns: int) -> np.ndarray:
     """Gamma per contract: the provider's, else Black-Scholes from IV (0 without either)."""
     t = bs.years_to_expiry(book.close_ns, now_ns)
     fallback = np.where(np.isfinite(book.iv), bs.gamma(s, book.strike, t, 0.0, np.nan_to_num(book.iv)), 0.0)
-    return np.where(np.isfinite(book.gamma), book.gamma, fallback)  # type: ignore[no-any-return]
+    return np.where(np.isfinite(book.gamma), book.gamma, fallback)
 
 
 def live(book: Book, now_ns: int) -> np.ndarray:
     """Contracts not yet past their expiry close: an expired contract has no gamma left."""
-    return book.close_ns > now_ns  # type: ignore[no-any-return]
+    return book.close_ns > now_ns
 
 
 def gex_per_contract(book: Book, s: float, now_ns: int) -> np.ndarray:
     sign = np.where(book.is_call, 1.0, -1.0)
     g = sign * spot_gamma(book, s, now_ns) * book.oi * CONTRACT_SIZE * s * s * 0.01
-    return np.where(live(book, now_ns), g, 0.0)  # type: ignore[no-any-return]
+    return np.where(live(book, now_ns), g, 0.0)
 
 
 def profile(book: Book, mask: np.ndarray, s: float, now_ns: int) -> tuple[np.ndarray, np.ndarray]:
@@ -149,7 +154,7 @@ def profile(book: Book, mask: np.ndarray, s: float, now_ns: int) -> tuple[np.nda
 
 def flip_level(spots: np.ndarray, net: np.ndarray, s: float) -> float | None:
     """The zero crossing of the profile nearest ``s``, by linear interpolation; None if none."""
-    roots = []
+    roots: list[float] = []
     for i in range(len(spots) - 1):
         a, b = net[i], net[i + 1]
         if a == 0:
@@ -158,7 +163,8 @@ def flip_level(spots: np.ndarray, net: np.ndarray, s: float) -> float | None:
             roots.append(float(spots[i] - a * (spots[i + 1] - spots[i]) / (b - a)))
     if not roots:
         return None
-    return round(min(roots, key=lambda r: abs(r - s)), 2)
+    nearest = min(roots, key=lambda r: abs(r - s))
+    return round(nearest, 2)
 
 
 ProfileCache = dict[str, tuple[tuple[int, float, int], np.ndarray, np.ndarray]]
@@ -214,7 +220,12 @@ def summarize(
 
 
 def compute(
-    book: Book, s: float, now_ns: int, stale: bool, inputs: ProfileInputs | None = None, cache: ProfileCache | None = None
+    book: Book,
+    s: float,
+    now_ns: int,
+    stale: bool,
+    inputs: ProfileInputs | None = None,
+    cache: ProfileCache | None = None,
 ) -> dict[str, Any]:
     """The whole GEX model except the publisher's fields (version, asof)."""
     inputs = inputs or ProfileInputs(s, now_ns)
@@ -303,7 +314,9 @@ class GexCalc:
                             {
                                 s: codec.encode_json(
                                     GreeksChange(
-                                        sym=s, ts_ns=int(book.ts[p]), oi=int(book.oi[p]),
+                                        sym=s,
+                                        ts_ns=int(book.ts[p]),
+                                        oi=int(book.oi[p]),
                                         gamma=None if np.isnan(book.gamma[p]) else float(book.gamma[p]),
                                         iv=None if np.isnan(book.iv[p]) else float(book.iv[p]),
                                     )  # fmt: skip
@@ -334,7 +347,9 @@ class GexCalc:
             self.inputs = ProfileInputs(s, asof)
         model = compute(self.book, s, asof, asof - chain_ts > self.stale_ns, self.inputs, self.profiles)
         rows = {f"s|{int(round(r['strike'] * 1000)):012d}": orjson.dumps(r) for r in model.pop("by_strike")}
-        header = orjson.dumps({"spot": s, "spot_ts_ns": self.spot.ts_ns, "units": UNITS, "convention": CONVENTION, **model})
+        header = orjson.dumps(
+            {"spot": s, "spot_ts_ns": self.spot.ts_ns, "units": UNITS, "convention": CONVENTION, **model}
+        )
         upserts = {k: msgspec.Raw(v) for k, v in rows.items() if reset or self.rows.get(k) != v}
         removes = tuple(k for k in self.rows if k not in rows)
         self.rows = rows

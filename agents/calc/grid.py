@@ -160,7 +160,9 @@ def build_tiles(grid: Grid, strategy: str) -> Tiles:
     prefix: list[str] = []
     for s in grid.series:
         index = {int(k): s.start + i for i, k in enumerate(s.strikes)}
-        widths_x1000 = [0] if strategy == "single" else [s.step_x1000 * m for m in range(1, grid.window.max_width_steps + 1)]
+        widths_x1000 = (
+            [0] if strategy == "single" else [s.step_x1000 * m for m in range(1, grid.window.max_width_steps + 1)]
+        )
         for w in widths_x1000:
             for i, k in enumerate(s.strikes):
                 k = int(k)
@@ -189,7 +191,7 @@ def build_tiles(grid: Grid, strategy: str) -> Tiles:
                 )
     legs_a = np.array(legs, dtype=np.int64).reshape(-1, 3)
     counts = np.zeros(n + 2, dtype=np.int64)
-    for t, leg in enumerate(legs):
+    for leg in legs:
         for x in set(leg):
             if x != n:
                 counts[x + 1] += 1

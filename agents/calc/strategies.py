@@ -34,15 +34,17 @@ from marketswarm.schemas import codec
 from marketswarm.schemas.events import ChangeBatch, EpochChange, QuoteChange, SpotChange
 from marketswarm.schemas.models import NULL, TileBatch
 from marketswarm.topology import streams
+from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output
 from marketswarm.topology.metrics import Metrics
-from marketswarm.topology.runtime import AgentSpec, Effects, Entry, Output
 from marketswarm.topology.settings import Settings
 
 _quote_dec = msgspec.json.Decoder(QuoteChange)
 _spot_dec = msgspec.json.Decoder(SpotChange)
 
 
-def tile_values(tiles: Tiles, mid: np.ndarray, ok: np.ndarray, sel: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray]:
+def tile_values(
+    tiles: Tiles, mid: np.ndarray, ok: np.ndarray, sel: np.ndarray | slice
+) -> tuple[np.ndarray, np.ndarray]:
     """Values and validity of the selected tiles: the one vectorized kernel of every strategy."""
     mid_ext = np.append(np.nan_to_num(mid), 0.0)
     ok_ext = np.append(ok, True)
@@ -86,7 +88,7 @@ class TileCalc:
         self.dirty: set[int] = set()
         self.header: bytes | None = None
         self.open_bucket: int | None = None
-        self.last = {"src": "", "rx_ns": 0, "ts_ns": 0}
+        self.last: dict[str, Any] = {"src": "", "rx_ns": 0, "ts_ns": 0}
 
     # --- state ---------------------------------------------------------------------------
 
@@ -174,7 +176,9 @@ class TileCalc:
                     commands.append(("DEL", self.checkpoint))
                     keep = {k: v for k, v in ckpt.items() if k == "_spot"}
                     ckpt = {"_epoch": ch.epoch.encode(), "_symbols": orjson.dumps(grid.symbols), **keep}
-                    ckpt.update({grid.symbols[p]: codec.encode_json(grid.quote(p)) for p in np.flatnonzero(grid.seen)})
+                    ckpt.update(
+                        {grid.symbols[p]: codec.encode_json(grid.quote(int(p))) for p in np.flatnonzero(grid.seen)}
+                    )
                     reset_now = True
             self.last = {"src": entry.id, "rx_ns": cb.rx_ns, "ts_ns": max(self.last["ts_ns"], ts_max)}
             if reset_now:

@@ -35,8 +35,8 @@ from marketswarm.agents.publish.assemble import assemble, split_model_hash
 from marketswarm.agents.publish.hub import Hub
 from marketswarm.schemas.models import GexModel, HeatmapModel
 from marketswarm.topology import streams
+from marketswarm.topology.connections import create_redis
 from marketswarm.topology.metrics import Metrics
-from marketswarm.topology.runtime import create_redis
 from marketswarm.topology.settings import Settings
 
 TOKEN_COOKIE = "ms_token"
@@ -97,7 +97,7 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
         return JSONResponse({"detail": "missing or wrong bearer token"}, status_code=401)
 
     def redis_of(request: Request) -> aioredis.Redis:
-        return request.app.state.redis  # type: ignore[no-any-return]
+        return request.app.state.redis
 
     def check_underlying(u: str) -> str:
         u = u.upper()
@@ -247,9 +247,11 @@ async def serve(settings: Settings, redis_url: str, stop: asyncio.Event) -> None
     import uvicorn
 
     app = create_app(settings, redis_url)
-    config = uvicorn.Config(app, host=settings.gateway_host, port=settings.gateway_port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app, host=settings.gateway_host, port=settings.gateway_port, log_level="warning", lifespan="on"
+    )
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    server.install_signal_handlers = lambda: None
     task = asyncio.create_task(server.serve())
     await stop.wait()
     server.should_exit = True

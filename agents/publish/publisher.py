@@ -32,8 +32,8 @@ from marketswarm.agents.publish.assemble import HEADER_FIELD, header_json, split
 from marketswarm.schemas import codec
 from marketswarm.schemas.models import Diff, TileBatch, is_null
 from marketswarm.topology import streams
+from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output
 from marketswarm.topology.metrics import Metrics
-from marketswarm.topology.runtime import AgentSpec, Effects, Entry, Output
 from marketswarm.topology.settings import Settings
 
 META_FIELD = "_meta"  # the staging hash holds only this: counts for the inspector
@@ -207,7 +207,9 @@ class Publisher:
             upserts = dict(self.staged)
             removes: tuple[str, ...] = ()
         else:
-            upserts = {k: self.staged[k] for k in self.changed if k in self.staged and self.published.get(k) != self.staged[k]}
+            upserts = {
+                k: self.staged[k] for k in self.changed if k in self.staged and self.published.get(k) != self.staged[k]
+            }
             removes = tuple(sorted(k for k in self.changed if k not in self.staged and k in self.published))
             if not upserts and not removes and not self.header_dirty:
                 self.changed.clear()

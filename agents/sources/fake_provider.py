@@ -107,18 +107,30 @@ class FakeProvider:
 
     async def _ws(self, conn: ServerConnection) -> None:
         market = (conn.request.path if conn.request else "/").strip("/")
-        await conn.send(orjson.dumps([{"ev": "status", "status": "connected", "message": "Connected Successfully"}]).decode())
+        await conn.send(
+            orjson.dumps([{"ev": "status", "status": "connected", "message": "Connected Successfully"}]).decode()
+        )
         try:
             auth = orjson.loads(await asyncio.wait_for(conn.recv(), 10))
         except (TimeoutError, websockets.ConnectionClosed):
             return
         if auth.get("action") != "auth" or auth.get("params") != self.api_key:
-            await conn.send(orjson.dumps([{"ev": "status", "status": "auth_failed", "message": "authentication failed"}]).decode())
+            await conn.send(
+                orjson.dumps([{"ev": "status", "status": "auth_failed", "message": "authentication failed"}]).decode()
+            )
             await conn.close()
             return
         if len(self._authed) >= self.max_connections:
             await conn.send(
-                orjson.dumps([{"ev": "status", "status": "max_connections", "message": "Maximum number of connections exceeded."}]).decode()
+                orjson.dumps(
+                    [
+                        {
+                            "ev": "status",
+                            "status": "max_connections",
+                            "message": "Maximum number of connections exceeded.",
+                        }
+                    ]
+                ).decode()
             )
             await conn.close(1008)
             return
@@ -133,7 +145,9 @@ class FakeProvider:
                     if self.on_subscribe:
                         self.on_subscribe(market, params)
                     verb = "subscribed to" if msg["action"] == "subscribe" else "unsubscribed to"
-                    statuses = [{"ev": "status", "status": "success", "message": f"{verb}: {p}"} for p in params.split(",")]
+                    statuses = [
+                        {"ev": "status", "status": "success", "message": f"{verb}: {p}"} for p in params.split(",")
+                    ]
                     await conn.send(orjson.dumps(statuses).decode())
         except websockets.ConnectionClosed:
             pass
@@ -172,12 +186,12 @@ class FakeProvider:
         )
         config = uvicorn.Config(app, host="127.0.0.1", port=self.rest_port, log_level="warning", lifespan="off")
         server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        server.install_signal_handlers = lambda: None
         self._servers.append(server)
         self._tasks.append(asyncio.create_task(server.serve()))
         ws = await serve(self._ws, "127.0.0.1", self.ws_port)
         self._servers.append(ws)
-        while not server.started:
+        while not server.started:  # noqa: ASYNC110 -- uvicorn exposes no event for "listening"
             await asyncio.sleep(0.01)
 
     async def stop(self) -> None:

@@ -61,7 +61,10 @@ def read_capture(path: Path) -> Iterator[Recorded]:
                 rec = orjson.loads(line)
                 data = rec["data"]
                 yield Recorded(
-                    str(rec["u"]), str(rec["src"]), int(rec["rx_ns"]), data.encode() if isinstance(data, str) else bytes(data)
+                    str(rec["u"]),
+                    str(rec["src"]),
+                    int(rec["rx_ns"]),
+                    data.encode() if isinstance(data, str) else bytes(data),
                 )
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 raise InputFileError(f"{path}:{n}: not a capture line: {exc}") from exc
@@ -96,7 +99,9 @@ async def write_recorded(
     i = 0
     while i < len(frames):
         group = [frames[i]]
-        while i + len(group) < len(frames) and len(group) < WRITE_BATCH and frames[i + len(group)].rx_ns == group[0].rx_ns:
+        while (
+            i + len(group) < len(frames) and len(group) < WRITE_BATCH and frames[i + len(group)].rx_ns == group[0].rx_ns
+        ):
             group.append(frames[i + len(group)])
         if paced:
             due = (group[0].rx_ns - start_rx) / 1e9 - (time.monotonic() - start_wall)
@@ -118,4 +123,3 @@ async def load_paths(redis: aioredis.Redis, paths: Sequence[Path], settings: Set
 
 def capture_line(u: str, frame: RawFrame) -> bytes:
     return orjson.dumps({"u": u, "src": frame.src, "rx_ns": frame.rx_ns, "data": frame.data.decode("utf-8", "replace")})
-

@@ -82,7 +82,9 @@ def subscription_set(pages: Sequence[bytes], spot: float | None, limit: int) -> 
         for r in orjson.loads(body).get("results", []):
             d = r.get("details") or {}
             if "ticker" in d:
-                contracts.append((d.get("expiration_date", ""), abs(float(d.get("strike_price", 0)) - (spot or 0)), d["ticker"]))
+                contracts.append(
+                    (d.get("expiration_date", ""), abs(float(d.get("strike_price", 0)) - (spot or 0)), d["ticker"])
+                )
     contracts.sort()
     return [t for _, _, t in contracts[:limit]]
 
@@ -113,7 +115,7 @@ class LiveSource:
         pages = []
         while True:
             resp = self.rest.list_snapshot_options_chain(ticker, params=params, raw=True)
-            body = resp.data  # type: ignore[union-attr]
+            body = resp.data
             pages.append(body)
             nxt = orjson.loads(body).get("next_url")
             if not nxt:
@@ -122,7 +124,7 @@ class LiveSource:
 
     def _fetch_indices(self, tickers: list[str]) -> bytes:
         resp = self.rest.get_snapshot_indices(ticker_any_of=tickers, raw=True)
-        return resp.data  # type: ignore[union-attr,no-any-return]
+        return resp.data  # type: ignore[no-any-return]
 
     async def poll_chain(self, u: str) -> None:
         interval = self.settings.chain_poll_min_s
@@ -134,14 +136,22 @@ class LiveSource:
                 rx = time.time_ns()
                 await self.writer.write(u, [(REST_CHAIN, b"[" + b",".join(pages) + b"]")], rx)
                 self._learn_spot(u, pages)
-                targets = subscription_set(pages, self.spot.get(u), self.settings.ws_connections * MAX_QUOTES_PER_CONNECTION)
+                targets = subscription_set(
+                    pages, self.spot.get(u), self.settings.ws_connections * MAX_QUOTES_PER_CONNECTION
+                )
                 if targets != self.targets.get(u):
                     self.targets[u] = targets
                     self.targets_changed.set()
                 self.metrics.chain_poll_duration.labels(u).observe(time.monotonic() - t0)
             except (BadResponse, AuthError, OSError, ValueError) as exc:
                 failed = True
-                status = "auth" if isinstance(exc, AuthError) else "bad_response" if isinstance(exc, BadResponse) else "error"
+                status = (
+                    "auth"
+                    if isinstance(exc, AuthError)
+                    else "bad_response"
+                    if isinstance(exc, BadResponse)
+                    else "error"
+                )
                 self.metrics.chain_poll_failures.labels(u, status).inc()
                 log.error("chain poll of %s failed (%s): %s", u, status, str(exc)[:300])
             except Exception as exc:  # urllib3 MaxRetryError and friends: keep polling
@@ -164,7 +174,11 @@ class LiveSource:
 
     async def seed_spots(self) -> None:
         """Index spots from the indices snapshot, so the first chain poll can filter strikes."""
-        tickers = [provider_index_ticker(u) for u in self.settings.underlyings if provider_index_ticker(u).startswith(INDEX_PREFIX)]
+        tickers = [
+            provider_index_ticker(u)
+            for u in self.settings.underlyings
+            if provider_index_ticker(u).startswith(INDEX_PREFIX)
+        ]
         if not tickers:
             return
         try:
@@ -186,7 +200,9 @@ class LiveSource:
     async def on_frame(self, frame: str | bytes) -> None:
         """The socket's read path: stamp and buffer, nothing else (never parse, never wait on Redis)."""
         try:
-            self.buffer.put_nowait((time.time_ns(), frame if isinstance(frame, str) else frame.decode("utf-8", "replace")))
+            self.buffer.put_nowait(
+                (time.time_ns(), frame if isinstance(frame, str) else frame.decode("utf-8", "replace"))
+            )
         except asyncio.QueueFull:
             self.metrics.dropped.labels("source.massive", "ws", "buffer_full").inc()
         self.metrics.ws_buffer_depth.labels("massive").set(self.buffer.qsize())
@@ -232,7 +248,7 @@ class LiveSource:
         while not self.stop.is_set():
             try:
                 first = await asyncio.wait_for(self.buffer.get(), 0.5)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 continue
             batch = [first]
             while len(batch) < WRITE_BATCH_FRAMES and not self.buffer.empty():
@@ -245,8 +261,16 @@ class LiveSource:
                 try:
                     routed, statuses = self.route(data)
                 except (orjson.JSONDecodeError, ValueError) as exc:
-                    reject = Reject(reason=RejectReason.MALFORMED_JSON, detail=str(exc), source="massive.ws", rx_ns=rx_i, excerpt=excerpt(data))
-                    await self.redis.xadd(edge, codec.encode_reject(reject), maxlen=streams.REJECTS_MAXLEN, approximate=True)
+                    reject = Reject(
+                        reason=RejectReason.MALFORMED_JSON,
+                        detail=str(exc),
+                        source="massive.ws",
+                        rx_ns=rx_i,
+                        excerpt=excerpt(data),
+                    )
+                    await self.redis.xadd(
+                        edge, codec.encode_reject(reject), maxlen=streams.REJECTS_MAXLEN, approximate=True
+                    )
                     self.metrics.rejects.labels("source.massive", edge, RejectReason.MALFORMED_JSON).inc()
                     continue
                 for s in statuses:
@@ -305,7 +329,11 @@ class LiveSource:
         await self.seed_spots()
         tasks = [asyncio.create_task(self.poll_chain(u)) for u in self.settings.underlyings]
         tasks.append(asyncio.create_task(self.write_frames()))
-        indices = [f"V.{provider_index_ticker(u)}" for u in self.settings.underlyings if provider_index_ticker(u).startswith(INDEX_PREFIX)]
+        indices = [
+            f"V.{provider_index_ticker(u)}"
+            for u in self.settings.underlyings
+            if provider_index_ticker(u).startswith(INDEX_PREFIX)
+        ]
         if indices:
             tasks.append(asyncio.create_task(self.run_ws("indices", indices)))
         tasks.append(asyncio.create_task(self._options_feeds()))
@@ -351,7 +379,9 @@ class LiveSource:
             return False
         for client, chunk in zip(options, chunks, strict=True):
             subs = {f"Q.{c}" for c in chunk}
-            subs |= {"T.*"} if self.settings.ws_mode == "firehose" and client is options[0] else {f"T.{c}" for c in chunk}
+            subs |= (
+                {"T.*"} if self.settings.ws_mode == "firehose" and client is options[0] else {f"T.{c}" for c in chunk}
+            )
             client.unsubscribe(*(client.scheduled_subs - subs))
             client.subscribe(*(subs - client.scheduled_subs))
         return True

@@ -68,7 +68,8 @@ def profile_for(underlying: str) -> Profile:
 
 
 def trading_days(start: dt.date, n: int) -> list[dt.date]:
-    days, d = [], start
+    days: list[dt.date] = []
+    d = start
     while len(days) < n:
         if d.weekday() < 5:
             days.append(d)
@@ -117,9 +118,7 @@ class SimMarket:
                     ks.append(k)
                     calls.append(is_call)
                     exps.append(e.isoformat())
-                    syms.append(
-                        format_occ(p.root, e, "call" if is_call else "put", int(round(k * 1000)), prefix=True)
-                    )
+                    syms.append(format_occ(p.root, e, "call" if is_call else "put", int(round(k * 1000)), prefix=True))
         self.k = np.array(ks)
         self.is_call = np.array(calls)
         self.expiry = exps
@@ -239,14 +238,31 @@ class SimMarket:
                 for _ in range(fills):
                     self.seq += 1
                     events.append(
-                        {"ev": "T", "sym": sym, "x": 302, "p": px, "s": int(sizes[j]), "c": [209], "t": ms, "q": self.seq}
+                        {
+                            "ev": "T",
+                            "sym": sym,
+                            "x": 302,
+                            "p": px,
+                            "s": int(sizes[j]),
+                            "c": [209],
+                            "t": ms,
+                            "q": self.seq,
+                        }
                     )
             else:
                 self.seq += 1
                 events.append(
                     {
-                        "ev": "Q", "sym": sym, "bx": 302, "ax": 302, "bp": float(bid[j]), "ap": float(ask[j]),
-                        "bs": int(sizes[j]) * 10, "as": int(sizes[j]) * 10, "t": ms, "q": self.seq,
+                        "ev": "Q",
+                        "sym": sym,
+                        "bx": 302,
+                        "ax": 302,
+                        "bp": float(bid[j]),
+                        "ap": float(ask[j]),
+                        "bs": int(sizes[j]) * 10,
+                        "as": int(sizes[j]) * 10,
+                        "t": ms,
+                        "q": self.seq,
                     }  # fmt: skip
                 )
         return events

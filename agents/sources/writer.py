@@ -9,8 +9,8 @@ import redis.asyncio as aioredis
 from marketswarm.schemas import codec
 from marketswarm.schemas.codec import RawFrame
 from marketswarm.topology import streams
+from marketswarm.topology.connections import xadd_args
 from marketswarm.topology.metrics import Metrics
-from marketswarm.topology.runtime import xadd_args
 
 
 class RawWriter:

@@ -15,8 +15,8 @@ from marketswarm.agents.hydrate import Hydrator
 from marketswarm.schemas import codec
 from marketswarm.schemas.events import ChainContract, ChainSnapshot, EventBatch, Quote, Spot, Trade
 from marketswarm.topology import streams
+from marketswarm.topology.agent import Entry
 from marketswarm.topology.metrics import Metrics
-from marketswarm.topology.runtime import Entry
 from marketswarm.topology.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -74,7 +74,7 @@ async def test_admission_rules_and_outside_epoch(aredis: aioredis.Redis) -> None
     st_ = await state(aredis)
     assert codec.decode  # noqa: B018
     assert st_[f"{sym}|q".encode()].endswith(b'"bid":4.0,"ask":4.1}')
-    assert f"SPXW231115C09000000".encode() not in st_
+    assert b"SPXW231115C09000000" not in st_
 
 
 async def test_fills_count_once_including_same_timestamp_bursts(aredis: aioredis.Redis) -> None:
@@ -125,7 +125,9 @@ def _events(draw_seed: int) -> list[object]:
             bid = rng.randrange(1, 50) / 10
             out.append(Quote(symbol=sym, underlying=U, bid=bid, ask=bid + 0.1, ts_ns=ts, seq=rng.randrange(5)))
         elif kind < 0.9:
-            out.append(Trade(symbol=sym, underlying=U, px=rng.randrange(1, 50) / 10, size=rng.randrange(1, 9), ts_ns=ts, seq=i))
+            out.append(
+                Trade(symbol=sym, underlying=U, px=rng.randrange(1, 50) / 10, size=rng.randrange(1, 9), ts_ns=ts, seq=i)
+            )
         else:
             out.append(Spot(underlying=U, value=4700 + rng.randrange(100), ts_ns=ts + i))
     return out
@@ -137,7 +139,9 @@ def _key(e: object) -> tuple[int, int, str]:
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10**6), shuffle_seed=st.integers(0, 10**6), dup=st.floats(0, 1))
-async def test_shuffled_and_duplicated_equals_in_order_once(redis_url: str, seed: int, shuffle_seed: int, dup: float) -> None:
+async def test_shuffled_and_duplicated_equals_in_order_once(
+    redis_url: str, seed: int, shuffle_seed: int, dup: float
+) -> None:
     events = _events(seed)
     # Distinct (time, sequence) per slot so "in event-time order" has one meaning.
     seen: set[tuple[str, str, int, int]] = set()

@@ -21,8 +21,9 @@ from marketswarm.agents.sources.simulated import SimMarket
 from marketswarm.schemas import codec
 from marketswarm.schemas.events import ChainSnapshot, Quote, Spot, Trade
 from marketswarm.topology import streams
+from marketswarm.topology.connections import create_redis
 from marketswarm.topology.metrics import Metrics
-from marketswarm.topology.runtime import Runtime, create_redis
+from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -60,7 +61,7 @@ def live_settings(fake: FakeProvider, url: str, **kw: Any) -> Settings:
     return Settings(**base)
 
 
-async def wait_for(cond: Any, timeout: float = 15.0) -> None:
+async def wait_for(cond: Any, timeout: float = 15.0) -> None:  # noqa: ASYNC109
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
@@ -78,7 +79,9 @@ async def events_of(url: str, st: Settings) -> list[Any]:
     return out
 
 
-async def test_live_source_end_to_end_with_a_dropped_connection(provider: FakeProvider, redis_url: str, aredis: aioredis.Redis) -> None:
+async def test_live_source_end_to_end_with_a_dropped_connection(
+    provider: FakeProvider, redis_url: str, aredis: aioredis.Redis
+) -> None:
     st = live_settings(provider, redis_url)
     stop = asyncio.Event()
     metrics = Metrics(CollectorRegistry())
@@ -99,7 +102,9 @@ async def test_live_source_end_to_end_with_a_dropped_connection(provider: FakePr
         await provider.drop_all()  # the network fails mid-stream
         await wait_for(lambda: provider.connected("options") >= 1, timeout=20)
         await asyncio.sleep(1.5)  # resubscribed
-        await provider.broadcast("options", [{"ev": "Q", "sym": sym, "bp": 11.0, "ap": 11.5, "bs": 1, "as": 1, "t": now_ms + 5, "q": 4}])
+        await provider.broadcast(
+            "options", [{"ev": "Q", "sym": sym, "bp": 11.0, "ap": 11.5, "bs": 1, "as": 1, "t": now_ms + 5, "q": 4}]
+        )
         await asyncio.sleep(0.5)
     finally:
         stop.set()
@@ -121,7 +126,9 @@ async def test_live_source_end_to_end_with_a_dropped_connection(provider: FakePr
     assert all(sum(1 for s in p.split(",") if s.startswith("Q.")) <= 1000 for s in [subs] for p in s)
 
 
-async def test_auth_failure_and_max_connections_surface(provider: FakeProvider, redis_url: str, aredis: aioredis.Redis) -> None:
+async def test_auth_failure_and_max_connections_surface(
+    provider: FakeProvider, redis_url: str, aredis: aioredis.Redis
+) -> None:
     provider.max_connections = 0
     st = live_settings(provider, redis_url)
     stop = asyncio.Event()

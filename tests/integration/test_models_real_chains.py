@@ -33,13 +33,22 @@ def read_chain(path: Path) -> dict[str, Any]:
     spot = float(lines[1].split("Last:")[1].split(",")[0])
     legs = []
     for row in csv.reader(lines[4:]):
-        for sym, bid, ask, gamma, oi in ((row[1], row[4], row[5], row[9], row[10]), (row[12], row[15], row[16], row[20], row[21])):
+        for sym, bid, ask, gamma, oi in (
+            (row[1], row[4], row[5], row[9], row[10]),
+            (row[12], row[15], row[16], row[20], row[21]),
+        ):
             if sym:
                 legs.append(
                     {
-                        "sym": sym, "root": sym[:-15], "expiry": f"20{sym[-15:-13]}-{sym[-13:-11]}-{sym[-11:-9]}",
-                        "side": "call" if sym[-9] == "C" else "put", "k": int(sym[-8:]),
-                        "bid": float(bid), "ask": float(ask), "gamma": float(gamma), "oi": float(oi),
+                        "sym": sym,
+                        "root": sym[:-15],
+                        "expiry": f"20{sym[-15:-13]}-{sym[-13:-11]}-{sym[-11:-9]}",
+                        "side": "call" if sym[-9] == "C" else "put",
+                        "k": int(sym[-8:]),
+                        "bid": float(bid),
+                        "ask": float(ask),
+                        "gamma": float(gamma),
+                        "oi": float(oi),
                     }  # fmt: skip
                 )
     return {"spot": spot, "legs": legs}
@@ -54,11 +63,15 @@ def expected_tiles(chain: dict[str, Any], st: Settings) -> dict[str, dict[str, d
         roots = {leg["root"] for leg in chain["legs"] if leg["expiry"] == e}
         root = next((r for r in roots if r in WEEKLY), None) or sorted(roots)[0]
         for side in ("call", "put"):
-            legs = {leg["k"]: leg for leg in chain["legs"] if leg["expiry"] == e and leg["root"] == root and leg["side"] == side and lo <= leg["k"] <= hi}
+            legs = {
+                leg["k"]: leg
+                for leg in chain["legs"]
+                if leg["expiry"] == e and leg["root"] == root and leg["side"] == side and lo <= leg["k"] <= hi
+            }
             ks = sorted(legs)
             step = statistics.mode(b - a for a, b in zip(ks, ks[1:], strict=False)) if len(ks) > 1 else 1000
 
-            def mid(k: int) -> float | None:
+            def mid(k: int, legs: dict[int, dict[str, Any]] = legs) -> float | None:
                 leg = legs.get(k)
                 if leg is None or not (leg["bid"] > 0 and leg["ask"] > 0 and leg["bid"] <= leg["ask"]):
                     return None
@@ -71,11 +84,17 @@ def expected_tiles(chain: dict[str, Any], st: Settings) -> dict[str, dict[str, d
                     other = mid(k + w if side == "call" else k - w)
                     if m is not None and other is not None:
                         v = round(m - other, 6)  # published values are rounded to 1e-6
-                        out["vertical"][f"{e}|{side[0]}|{k}|{w}"] = {"value": v, "score": (w / 1000 - v) / v if v > 0 else None}
+                        out["vertical"][f"{e}|{side[0]}|{k}|{w}"] = {
+                            "value": v,
+                            "score": (w / 1000 - v) / v if v > 0 else None,
+                        }
                     a, c = mid(k - w), mid(k + w)
                     if a is not None and m is not None and c is not None:
                         v = round(a - 2 * m + c, 6)
-                        out["butterfly"][f"{e}|{side[0]}|{k}|{w}"] = {"value": v, "score": (w / 1000 - v) / v if v > 0 else None}
+                        out["butterfly"][f"{e}|{side[0]}|{k}|{w}"] = {
+                            "value": v,
+                            "score": (w / 1000 - v) / v if v > 0 else None,
+                        }
     return out
 
 
@@ -144,7 +163,11 @@ def test_gex_equals_an_independent_computation(published: dict[str, Any], u: str
     chain = read_chain(published["shared"] / FILES[u])
     s = chain["spot"]
     asof = dt.datetime.fromtimestamp(model["asof_ns"] / 1e9, ZoneInfo("America/New_York"))
-    live = [leg for leg in chain["legs"] if dt.datetime.fromisoformat(leg["expiry"] + "T16:00").replace(tzinfo=asof.tzinfo) > asof]
+    live = [
+        leg
+        for leg in chain["legs"]
+        if dt.datetime.fromisoformat(leg["expiry"] + "T16:00").replace(tzinfo=asof.tzinfo) > asof
+    ]
     calls: Counter[int] = Counter()
     puts: Counter[int] = Counter()
     for leg in live:

@@ -92,10 +92,13 @@ def test_bad_rows_lose_only_themselves() -> None:
         "Expiration Date,Calls,Last Sale,Net,Bid,Ask,Volume,IV,Delta,Gamma,Open Interest,Strike,"
         "Puts,Last Sale,Net,Bid,Ask,Volume,IV,Delta,Gamma,Open Interest\n"
     )
-    good = "Fri Jan 05 2024,SPXW240105C04700000,1,0,1.0,1.2,1,0.1,0.5,0.01,10,4700.00,SPXW240105P04700000,1,0,1.1,1.3,1,0.1,-0.5,0.01,10\n"
-    crossed = "Fri Jan 05 2024,SPXW240105C04705000,1,0,2.0,1.2,1,0.1,0.5,0.01,10,4705.00,SPXW240105P04705000,1,0,1.1,1.3,1,0.1,-0.5,0.01,10\n"
+    tail = ",1,0,1.1,1.3,1,0.1,-0.5,0.01,10\n"
+    good = "Fri Jan 05 2024,SPXW240105C04700000,1,0,1.0,1.2,1,0.1,0.5,0.01,10,4700.00,SPXW240105P04700000" + tail
+    crossed = "Fri Jan 05 2024,SPXW240105C04705000,1,0,2.0,1.2,1,0.1,0.5,0.01,10,4705.00,SPXW240105P04705000" + tail
     short = "Fri Jan 05 2024,SPXW240105C04710000,1\n"
-    badsym = "Fri Jan 05 2024,SPXW24010XC04715000,1,0,1.0,1.2,1,0.1,0.5,0.01,10,4715.00,,1,0,1.1,1.3,1,0.1,-0.5,0.01,10\n"
+    badsym = (
+        "Fri Jan 05 2024,SPXW24010XC04715000,1,0,1.0,1.2,1,0.1,0.5,0.01,10,4715.00,,1,0,1.1,1.3,1,0.1,-0.5,0.01,10\n"
+    )
     parsed = parse_cboe_csv((head + good + crossed + short + badsym).encode(), "SPX", ["SPX"])
     reasons = sorted(r[0].value for r in parsed.rejects)
     assert reasons == ["bad_csv", "bad_symbol", "crossed_quote"]

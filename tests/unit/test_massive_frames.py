@@ -44,7 +44,10 @@ def test_status_frames_and_stock_prints(shared_data: Path) -> None:
         parsed = parse_ws_frame(f["frame"].encode(), 1651684192462 * MS, "SPX", ["SPX"])
         for el in orjson.loads(f["frame"]):
             if el["ev"] == "status":
-                assert ProviderStatus(status=el["status"], message=el["message"], ts_ns=1651684192462 * MS) in parsed.events
+                assert (
+                    ProviderStatus(status=el["status"], message=el["message"], ts_ns=1651684192462 * MS)
+                    in parsed.events
+                )
         if '"ev":"T"' in f["frame"]:  # stock trades carry no option symbol
             assert {r[0].value for r in parsed.rejects} == {"bad_symbol"}
 
@@ -101,7 +104,14 @@ def test_rest_chain_fixtures(shared_data: Path) -> None:
     assert isinstance(snap, ChainSnapshot) and snap.spot == 159.9606
     [c] = snap.contracts
     assert (c.symbol, c.expiry, c.side, c.strike_x1000) == ("AAPL230616C00150000", "2023-06-16", "call", 150_000)
-    assert (c.bid, c.ask, c.oi, c.iv, c.gamma, c.last) == (28.9, 29.25, 8133, 0.3570277203465058, 0.0061735291012820675, 29.25)
+    assert (c.bid, c.ask, c.oi, c.iv, c.gamma, c.last) == (
+        28.9,
+        29.25,
+        8133,
+        0.3570277203465058,
+        0.0061735291012820675,
+        29.25,
+    )
     assert c.quote_ts_ns == 1651254260800059648 and c.volume == 8
     spx = (shared_data / "massive/snapshot_options_I_SPX_kb_example.json").read_bytes()
     [snap] = parse_rest_chain(spx, 1689174023516476700, "SPX", ["SPX"]).events

@@ -1,0 +1,74 @@
+"""The project's layout promises: folders at the root, one import root, pure schemas and steps."""
+
+from __future__ import annotations
+
+import ast
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_pyproject_packages_match_the_folders() -> None:
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    declared = set(cfg["packages"])
+    found = set()
+    for top in ("topology", "agents", "schemas"):
+        for init in (ROOT / top).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT)
+            found.add("marketswarm." + ".".join(rel.parts))
+    assert declared == found
+    assert cfg["package-dir"] == {f"marketswarm.{t}": t for t in ("topology", "agents", "schemas")}
+    for top in ("topology", "agents", "schemas"):
+        assert (ROOT / top / "py.typed").exists()
+    for d in ("topology", "agents", "schemas", "ops", "tests"):
+        assert (ROOT / d).is_dir()
+    assert not (ROOT / "tests" / "__init__.py").exists()
+
+
+def imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+PURE = [
+    "schemas/events.py", "schemas/models.py", "schemas/occ.py", "schemas/codec.py",
+    "agents/parsing.py", "agents/massive_frames.py", "agents/cboe_csv.py", "agents/calc/blackscholes.py",
+    "agents/calc/grid.py", "agents/publish/assemble.py",
+]  # fmt: skip
+
+
+def test_schemas_and_pure_steps_import_neither_redis_nor_fastapi() -> None:
+    for rel in PURE:
+        bad = imports_of(ROOT / rel) & {"redis", "fastapi", "starlette", "uvicorn"}
+        assert not bad, f"{rel} imports {bad}"
+
+
+def test_no_module_imports_our_folders_by_bare_name() -> None:
+    for top in ("topology", "agents", "schemas"):
+        for path in (ROOT / top).rglob("*.py"):
+            bare = imports_of(path) & {"agents", "schemas", "topology", "ops"}
+            assert not bare, f"{path} imports {bare}"
+
+
+def test_every_module_has_a_docstring_and_stays_small() -> None:
+    for top in ("topology", "agents", "schemas"):
+        for path in (ROOT / top).rglob("*.py"):
+            tree = ast.parse(path.read_text())
+            assert ast.get_docstring(tree), f"{path} has no module docstring"
+            assert len(path.read_text().splitlines()) < 600, f"{path} is too long: split it"
+
+
+def test_stream_key_literals_live_only_in_streams_py() -> None:
+    for top in ("topology", "agents", "schemas"):
+        for path in (ROOT / top).rglob("*.py"):
+            if path.name == "streams.py":
+                continue
+            text = path.read_text()
+            assert '"ms:' not in text and "'ms:" not in text, f"{path} spells a key literal"

@@ -1,0 +1,48 @@
+"""The agent graph is consistent: readers have writers, group names are unique, no cycles."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from marketswarm.topology import graph, streams
+from marketswarm.topology.agent import AgentSpec
+
+
+def test_production_graph_is_valid() -> None:
+    specs = graph.agents()
+    graph.validate(specs)
+    names = [s.name for s in specs]
+    assert names[:2] == ["normalize", "hydrate"]
+    assert {"calc.single", "calc.vertical", "calc.butterfly", "calc.gex"} <= set(names)
+    assert {f"publish.{s}" for s in streams.STRATEGIES} <= set(names)
+    # Strategies are peers on the changes stream: each its own group.
+    assert sum(1 for s in specs if s.reads is streams.CHANGES) == 4
+
+
+def test_keys_carry_the_underlying_hash_tag() -> None:
+    for spec in graph.agents():
+        for st in (spec.reads, *spec.writes):
+            assert st.key("SPX").startswith("ms:{SPX}:")
+    assert streams.dlq_key(streams.RAW.key("SPX")) == "ms:{SPX}:raw.v1.dlq"
+
+
+def test_validation_catches_errors() -> None:
+    normalize = graph.by_name("normalize")
+    orphan = dataclasses.replace(graph.by_name("hydrate"), name="orphan", reads=streams.CHANGES, writes=())
+    with pytest.raises(graph.GraphError, match="no agent writes"):
+        graph.validate([orphan])
+    with pytest.raises(graph.GraphError, match="used twice"):
+        graph.validate([normalize, normalize])
+    loop = AgentSpec(name="loop", reads=streams.EVENTS, writes=(streams.RAW,), make=normalize.make)
+    with pytest.raises(graph.GraphError, match="cycle"):
+        graph.validate([normalize, loop])
+
+
+def test_mermaid_names_every_agent_and_stream() -> None:
+    text = graph.mermaid(graph.agents())
+    assert text.startswith("flowchart LR")
+    for spec in graph.agents():
+        assert f'["{spec.name}"]' in text
+    assert "ms:{U}:changes.v1" in text
