@@ -31,7 +31,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from sse_starlette.sse import EventSourceResponse
 
-from marketswarm.agents.publish.assemble import assemble, split_model_hash
+from marketswarm.agents.publish.assemble import HEADER_FIELD, assemble, split_model_hash
 from marketswarm.agents.publish.hub import Hub
 from marketswarm.schemas.models import GexModel, HeatmapModel
 from marketswarm.topology import streams
@@ -51,10 +51,40 @@ def _static() -> Any:
 
 async def read_model(redis: aioredis.Redis, u: str, strategy: str) -> bytes | None:
     """The canonical model's JSON (one HGETALL: header and tiles are one consistent version)."""
+    versioned = await read_versioned(redis, u, strategy)
+    return versioned[1] if versioned else None
+
+
+async def read_versioned(redis: aioredis.Redis, u: str, strategy: str) -> tuple[int, bytes] | None:
     header, tiles = split_model_hash(await redis.hgetall(streams.model_key(u, strategy)))
     if header is None:
         return None
-    return assemble(strategy, header, tiles)
+    return int(orjson.loads(header)["version"]), assemble(strategy, header, tiles)
+
+
+def sse_event(event: str, version: int, data: bytes) -> bytes:
+    """One SSE event, preformatted: the JSON goes out as stored, without a str round trip."""
+    return b"event: " + event.encode() + b"\r\nid: " + str(version).encode() + b"\r\ndata: " + data + b"\r\n\r\n"
+
+
+class SnapshotCache:
+    """The last assembled model per (underlying, strategy): concurrent clients share one assembly."""
+
+    def __init__(self) -> None:
+        self.models: dict[tuple[str, str], tuple[int, bytes]] = {}
+
+    async def get(self, redis: aioredis.Redis, u: str, strategy: str) -> tuple[int, bytes] | None:
+        header = await redis.hget(streams.model_key(u, strategy), HEADER_FIELD)
+        if header is None:
+            return None
+        version = int(orjson.loads(header)["version"])
+        cached = self.models.get((u, strategy))
+        if cached is not None and cached[0] == version:
+            return cached
+        fresh = await read_versioned(redis, u, strategy)
+        if fresh is not None:
+            self.models[(u, strategy)] = fresh
+        return fresh
 
 
 def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = None) -> FastAPI:
@@ -66,6 +96,7 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
         redis = create_redis(redis_url, block_ms=5000, max_connections=64)
         app.state.redis = redis
         app.state.hub = Hub(redis)
+        app.state.snapshots = SnapshotCache()
         try:
             yield
         finally:
@@ -73,14 +104,6 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
             await redis.aclose()
 
     app = FastAPI(title="MarketSwarm gateway", lifespan=lifespan, docs_url="/api/docs", openapi_url="/api/openapi.json")
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET"],
-            allow_headers=["Authorization", "Last-Event-ID"],
-            allow_credentials=True,
-        )
 
     @app.middleware("http")
     async def auth(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -165,14 +188,14 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
             raise HTTPException(404, f"no published GEX for {underlying} yet")
         return Response(body, media_type="application/json")
 
-    async def events(request: Request, u: str, strategy: str) -> AsyncIterator[dict[str, Any]]:
+    async def events(request: Request, u: str, strategy: str) -> AsyncIterator[bytes]:
         redis = redis_of(request)
         hub: Hub = request.app.state.hub
+        snapshots: SnapshotCache = request.app.state.snapshots
         key = streams.DIFFS[strategy].key(u)
         last = request.headers.get("last-event-id", "")
         version = int(last) if last.isdigit() else -1
-        cursor = f"{max(version, 0)}-0".encode()
-        q = hub.subscribe(key, cursor)
+        q = hub.subscribe(key, f"{max(version, 0)}-0".encode())
         try:
             resume = False
             if version >= 0:
@@ -183,15 +206,14 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
                 # Resumable when the diffs after `version` are all still in the stream.
                 resume = first_v is not None and first_v <= version + 1 and version <= top_v
             if not resume:
-                body = await read_model(redis, u, strategy)
-                if body is not None:
-                    version = orjson.loads(body)["version"]
-                    yield {"event": "snapshot", "id": str(version), "data": body.decode()}
-                else:
-                    version = 0
+                snap = await snapshots.get(redis, u, strategy)
+                version = 0
+                if snap is not None:
+                    version = snap[0]
+                    yield sse_event("snapshot", version, snap[1])
             for entry_id, fields in await redis.xrange(key, min=b"(" + f"{version}-0".encode()):
                 version = int(entry_id.split(b"-")[0])
-                yield {"event": "diff", "id": str(version), "data": fields[b"data"].decode()}
+                yield sse_event("diff", version, fields[b"data"])
             while True:
                 item = await q.get()
                 if item is None:
@@ -202,14 +224,13 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
                     continue
                 if v != version + 1:
                     # A gap (the model was rebuilt): start over from a snapshot.
-                    body = await read_model(redis, u, strategy)
-                    if body is None:
-                        continue
-                    version = orjson.loads(body)["version"]
-                    yield {"event": "snapshot", "id": str(version), "data": body.decode()}
+                    snap = await snapshots.get(redis, u, strategy)
+                    if snap is not None:
+                        version = snap[0]
+                        yield sse_event("snapshot", version, snap[1])
                     continue
                 version = v
-                yield {"event": "diff", "id": str(v), "data": fields[b"data"].decode()}
+                yield sse_event("diff", v, fields[b"data"])
         finally:
             hub.unsubscribe(key, q)
 
@@ -239,7 +260,17 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
     async def dashboard() -> str:
         return _static().joinpath("index.html").read_text()  # type: ignore[no-any-return]
 
-    app.mount("/static", StaticFiles(directory=str(_static())), name="static")
+    # follow_symlink: an editable install links the package files into its build tree.
+    app.mount("/static", StaticFiles(directory=str(_static()), follow_symlink=True), name="static")
+    if settings.cors_origins:
+        # Added last, so it wraps the token check: a preflight carries no credentials.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET"],
+            allow_headers=["Authorization", "Last-Event-ID"],
+            allow_credentials=True,
+        )
     return app
 
 

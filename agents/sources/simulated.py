@@ -128,7 +128,9 @@ class SimMarket:
         self.exp_index = np.array([day[e] for e in exps])
         moneyness = np.abs(np.log(self.k / self.spot))
         round_bonus = np.where(np.isclose(np.mod(self.k, 25 * p.near_step), 0), 3.0, 1.0)
-        base_oi = 1_500 * np.exp(-moneyness / 0.03) * round_bonus / (1 + self.exp_index)
+        otm = np.where(self.is_call, self.k > self.spot, self.k < self.spot)
+        # Open interest sits out of the money: call walls above spot, put walls below it.
+        base_oi = 1_500 * np.exp(-moneyness / 0.03) * round_bonus * np.where(otm, 1.6, 0.5) / (1 + self.exp_index)
         self.oi = (base_oi * self.rng.uniform(0.5, 1.5, len(ks))).astype(np.int64) + self.rng.integers(0, 50, len(ks))
         # Arrival weights: near the money and the front expiry trade most.
         w = np.exp(-moneyness / 0.01) / (1 + 2 * self.exp_index) + 1e-4

@@ -199,15 +199,15 @@ function drawGex(rows, h) {
   }
   const step = Math.max(1, Math.ceil(rows.length / 30));
   rows.forEach((r, i) => { if (i % step === 0) out += `<text x="${padL - 6}" y="${y(r.strike) + 3}" text-anchor="end">${strikeLabel(r.strike)}</text>`; });
-  const mark = (k, col, label, dash) => {
+  const mark = (k, col, label, dash, below) => {
     if (k === null || k === undefined || k < kmin || k > kmax) return "";
     return `<line x1="${padL}" x2="${W - padR}" y1="${y(k)}" y2="${y(k)}" stroke="${col}" stroke-dasharray="${dash}"/>` +
-      `<text x="${W - padR}" y="${y(k) - 3}" text-anchor="end" style="fill:${col}">${label} ${fmt(k, 0)}</text>`;
+      `<text x="${W - padR}" y="${y(k) + (below ? 11 : -3)}" text-anchor="end" style="fill:${col}">${label} ${fmt(k, 0)}</text>`;
   };
-  out += mark(h.spot, "#4cc2ff", "spot", "0");
-  out += mark(h.flip, "#ffb547", "flip", "6 4");
-  out += mark(h.call_wall, "#3ddc97", "call wall", "2 3");
-  out += mark(h.put_wall, "#ff5d6c", "put wall", "2 3");
+  out += mark(h.spot, "#4cc2ff", "spot", "0", false);
+  out += mark(h.flip, "#ffb547", "flip", "6 4", false);
+  out += mark(h.call_wall, "#3ddc97", "call wall", "2 3", false);
+  out += mark(h.put_wall, "#ff5d6c", "put wall", "2 3", true);
   svg.innerHTML = out;
 }
 

@@ -1,0 +1,114 @@
+"""The dashboard in a real headless Chromium (Debian's, driven by Playwright) over the whole topology
+started with `marketswarm run`: heatmap cells appear, a diff changes a cell, screenshots are saved."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from marketswarm.topology.embedded import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts"
+CHROMIUM_ARGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+def chromium() -> str:
+    """Debian's chromium, installed by the suite itself when it is missing and we may install."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"],
+            check=True,
+            env=env,
+            capture_output=True,
+        )
+        found = shutil.which("chromium")
+        if found:
+            return found
+    pytest.fail("Chromium is not installed and cannot be installed here (needs root and apt-get)")
+
+
+@pytest.fixture
+def topology(redis_url: str, tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    env = dict(
+        os.environ,
+        MARKETSWARM_REDIS_URL=redis_url,
+        MARKETSWARM_GATEWAY_PORT=str(port),
+        MARKETSWARM_DATA_DIR=str(tmp_path / "data"),
+        MARKETSWARM_UNDERLYINGS="SPX",
+        MARKETSWARM_SIM_RATE="1500",
+        MARKETSWARM_LOG_LEVEL="WARNING",
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "marketswarm.topology", "run"], env=env, stdout=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(base + "/api/models/SPX/butterfly", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, "marketswarm run exited"
+            assert time.monotonic() < deadline, "no butterfly model within 90 s"
+            time.sleep(0.5)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            assert proc.wait(40) == 0, "Ctrl-C must stop the topology cleanly"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+async def test_dashboard_shows_a_live_heatmap(topology: str) -> None:
+    from playwright.async_api import async_playwright
+
+    exe = chromium()
+    ARTIFACTS.mkdir(exist_ok=True)
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
+        page = await browser.new_page(viewport={"width": 1500, "height": 950})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        await page.goto(topology + "/")
+        await page.wait_for_function("document.querySelectorAll('td.cell').length > 100", timeout=30_000)
+        assert await page.text_content("#conn") == "live"
+        before = await page.eval_on_selector_all("td[data-k]", "tds => tds.map(td => td.textContent)")
+        version0 = int(await page.text_content("#version") or 0)
+        await page.wait_for_function(
+            "([v, cells]) => Number(document.getElementById('version').textContent) > v && "
+            "[...document.querySelectorAll('td[data-k]')].some((td, i) => td.textContent !== cells[i])",
+            arg=[version0, before],
+            timeout=30_000,
+        )
+        spot_row = await page.query_selector("tr.spot")
+        assert spot_row is not None, "spot is marked"
+        await page.screenshot(path=str(ARTIFACTS / "dashboard-butterfly.png"))
+        await page.click("button[data-strategy=gex]")
+        await page.wait_for_selector("#gex-chart rect", timeout=30_000)
+        assert "Flip" in (await page.text_content("#gex-cards") or "")
+        await page.screenshot(path=str(ARTIFACTS / "dashboard-gex.png"))
+        await browser.close()
+    assert not errors, errors
+    assert (ARTIFACTS / "dashboard-butterfly.png").stat().st_size > 10_000
