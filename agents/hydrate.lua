@@ -1,12 +1,13 @@
 -- Hydrate: admission of a batch of events into an underlying's market state, atomically.
 --
 -- KEYS[1] epoch pointer   KEYS[2] changes stream   KEYS[3] fills ledger (zset)   KEYS[4] spot
--- ARGV[1] key prefix "ms:{U}:"   ARGV[2] changes MAXLEN   ARGV[3] retire TTL (s)   ARGV[4] fill window (ms)
+-- ARGV[1] key prefix "ms:{U}:"   ARGV[2] changes retention (ms)   ARGV[3] retire TTL (s)   ARGV[4] fill window (ms)
 -- then records, each starting with an opcode:
 --   G src rx_ns                       start the output group of one input entry
 --   C epoch geometry ts_ns n [sym meta]*n epoch_change_json
 --                                     a chain snapshot's geometry: create the epoch as warming (or reuse
---                                     it), carry the newer slot values over from the active epoch
+--                                     it), carry the newer slot values over from the active epoch; the
+--                                     epoch is announced on the changes stream either way
 --   W epoch ts_ns                     promote: one pointer switch; the old epoch is retired with a TTL
 --   S sym slot newness change_json    admission of one slot value: A new, B strictly newer, C discarded
 --   F sym fill_id size score_ms       count a fill's size into the volume once
@@ -16,7 +17,8 @@
 -- Returns {A, B, C, X (outside the epoch), promotions, fills counted, fills seen before, stale fills}.
 
 local prefix = ARGV[1]
-local maxlen = ARGV[2]
+local now = redis.call('TIME')
+local minid = tostring(tonumber(now[1]) * 1000 - tonumber(ARGV[2])) .. '-0'  -- trim by time, as every stream
 local retire_ttl = tonumber(ARGV[3])
 local fill_window = tonumber(ARGV[4])
 local active = redis.call('GET', KEYS[1])
@@ -34,7 +36,7 @@ local out = {}
 
 local function flush()
   if group_src ~= nil and #out > 0 then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*',
+    redis.call('XADD', KEYS[2], 'MINID', '~', minid, '*',
       'kind', 'changes', 'v', '1', 'src', group_src, 'rx_ns', group_rx,
       'epoch', target or '', 'data', '[' .. table.concat(out, ',') .. ']')
   end
@@ -79,8 +81,10 @@ while i <= n do
         end
       end
       target = epoch
-      table.insert(out, change_json)
     end
+    -- Announced with every snapshot, new or not: a calc agent that starts late (or after its input
+    -- was trimmed) learns the grid at the next snapshot.
+    table.insert(out, change_json)
     i = first + 2 * count + 1
   elseif op == 'W' then
     local epoch, ts = ARGV[i + 1], ARGV[i + 2]

@@ -152,7 +152,7 @@ class Hydrator:
         ]
         self.header = [
             streams.state_key(underlying, "")[: -len("state:")],
-            streams.CHANGES_MAXLEN,
+            int((streams.CHANGES.retention_s or 0) * 1000),
             settings.epoch_retire_ttl_s,
             int(settings.fill_window_s * 1000),
         ]

@@ -140,8 +140,9 @@ class SpotChange(_Change, tag="s", frozen=True, kw_only=True):
 
 
 class EpochChange(_Change, tag="e", frozen=True, kw_only=True):
-    """A new epoch was promoted. It lists the epoch's contracts, so calc agents rebuild their grid
-    without reading Redis; the values follow as the changes after it."""
+    """The epoch of a chain snapshot (new and promoted, or the active one again). It lists the epoch's
+    contracts, so calc agents build their grid without reading Redis; the values follow as the
+    changes after it."""
 
     epoch: str
     ts_ns: int

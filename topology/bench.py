@@ -44,12 +44,15 @@ class Row:
 
     @property
     def ratio(self) -> float | None:
-        if not self.ceiling:
+        """Our figure as a fraction of the same-run ceiling (for times: ceiling time over ours)."""
+        if not self.ceiling or not self.value:
             return None
+        if self.unit in ("s", "ms", "us"):
+            return self.ceiling / self.value
         return self.value / self.ceiling
 
 
-Suite = Callable[[str], list[Row]]
+Suite = Callable[[str, dict[str, float]], list[Row]]  # (server URL, figures shared between suites)
 
 
 async def _fill(r: aioredis.Redis, key: str, n: int) -> None:
@@ -97,11 +100,12 @@ async def _hop(url: str, u: str, n: int, batch: int) -> float:
     return rate
 
 
-def runtime_suite(url: str) -> list[Row]:
+def runtime_suite(url: str, shared: dict[str, float]) -> list[Row]:
     rows = []
     for batch, n in ((1, 5_000), (100, 50_000), (1000, 200_000)):
         ceiling = asyncio.run(_ceiling(url, f"bench:bare:{batch}", n, batch))
         rate = asyncio.run(_hop(url, f"B{batch}", n, batch))
+        shared[f"runtime_ceiling_{batch}"] = ceiling
         rows.append(
             Row(
                 "runtime",
@@ -117,14 +121,16 @@ def runtime_suite(url: str) -> list[Row]:
 
 
 def suites() -> dict[str, Suite]:
-    """Every benchmark suite, in report order. Later suites live beside the code they measure."""
-    out: dict[str, Suite] = {"runtime": runtime_suite}
-    return out
+    """Every benchmark suite, in report order."""
+    from marketswarm.topology.bench_models import calc_suite, e2e_suite, normalize_suite
+
+    return {"runtime": runtime_suite, "normalize": normalize_suite, "calc": calc_suite, "e2e": e2e_suite}
 
 
 def main(out: Path, only: list[str] | None = None) -> list[Row]:
-    console = Console()
+    console = Console(width=160)
     rows: list[Row] = []
+    shared: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="ms-bench-") as tmp:
         # AOF on, as `make run` has it: durability is the default, so the figures include its cost.
         server = EmbeddedServer(Path(tmp), appendonly=True, record=False)
@@ -134,7 +140,7 @@ def main(out: Path, only: list[str] | None = None) -> list[Row]:
                 if only and name not in only:
                     continue
                 console.print(f"[bold]{name}[/bold] ...")
-                rows.extend(suite(url))
+                rows.extend(suite(url, shared))
         finally:
             server.stop()
     table = Table(title=f"MarketSwarm benchmarks ({platform.node()}, {_cpu()})")

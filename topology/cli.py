@@ -299,12 +299,15 @@ def check(name: Annotated[str, typer.Argument(help="Agent kind")]) -> None:
 @app.command()
 def bench(
     out: Annotated[Path, typer.Option(help="Where to write the JSON report.")] = Path(".bench/results.json"),
+    suite: Annotated[
+        list[str] | None, typer.Option(help="Run only these suites (runtime, normalize, calc, e2e).")
+    ] = None,
 ) -> None:
     """Run the benchmarks on an embedded server and print ratios against same-run ceilings."""
     from marketswarm.topology.bench import main as bench_main
 
     load_settings()
-    bench_main(out)
+    bench_main(out, suite)
 
 
 def main() -> None:

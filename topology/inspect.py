@@ -14,6 +14,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from marketswarm.agents.publish.models import load_published
 from marketswarm.topology import graph, streams
 from marketswarm.topology.metrics import Metrics
 
@@ -163,11 +164,12 @@ async def model_rows(redis: aioredis.Redis, u: str) -> list[dict[str, Any]]:
     rows = []
     now_ms = int(time.time() * 1000)
     for s in streams.STRATEGIES:
-        meta_raw = await redis.hget(streams.staging_key(u, s), "_meta")
-        meta = orjson.loads(meta_raw) if meta_raw else {}
-        header_raw = await redis.hget(streams.model_key(u, s), "_header")
-        header = orjson.loads(header_raw) if header_raw else {}
-        published_n = max(0, await redis.hlen(streams.model_key(u, s)) - (2 if header_raw else 0))
+        staging_raw, state_raw = await redis.hmget(streams.publish_state_key(u, s), ["staging", "state"])
+        meta = orjson.loads(staging_raw) if staging_raw else {}
+        state = orjson.loads(state_raw) if state_raw else {}
+        published = await load_published(redis, u, s)
+        header = published.meta
+        published_n = len(published.tiles)
         last = await redis.xrevrange(streams.DIFFS[s].key(u), count=1)
         rows.append(
             {
@@ -179,8 +181,11 @@ async def model_rows(redis: aioredis.Redis, u: str) -> list[dict[str, Any]]:
                 "epoch": header.get("epoch"),
                 "version": header.get("version"),
                 "asof": header.get("asof"),
-                "version_age_s": round((now_ms - header["asof_ns"] / 1e6) / 1000, 1) if header.get("asof_ns") else None,
+                "version_age_s": round((now_ms - int(header["asof_ns"]) / 1e6) / 1000, 1)  # type: ignore[call-overload]
+                if header.get("asof_ns")
+                else None,
                 "last_diff_id": _s(last[0][0]) if last else None,
+                "checkpoint_version": state.get("checkpoint_version"),
             }
         )
     return rows

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from marketswarm.agents.publish.gateway import read_model
+from marketswarm.agents.publish.models import read_model
 from marketswarm.agents.sources.files import capture_line, read_inputs, write_recorded
 from marketswarm.schemas import codec
 from marketswarm.topology import streams

@@ -12,15 +12,16 @@ from enum import StrEnum
 
 PREFIX = "ms"
 
-# Retention. Streams are trimmed approximately (``MAXLEN ~`` / ``MINID ~``) at every XADD.
-# The bounds are sized so that, in normal operation, nothing a group has not read is trimmed:
-# at the simulated market's busiest setting (50k events/s in ~100-event frames, 500 entries/s)
-# the derived streams hold several minutes of entries, far beyond the lag alert threshold.
-RAW_RETENTION_S = 6 * 3600  # raw provider bytes are kept six hours for replay / re-normalization
-EVENTS_MAXLEN = 200_000
-CHANGES_MAXLEN = 200_000
-STAGED_MAXLEN = 100_000
-DIFFS_MAXLEN = 10_000  # diffs double as SSE history: ~10k versions, hours at the default cadence
+# Retention. Streams are trimmed approximately (``MAXLEN ~`` / ``MINID ~``) at every XADD. Time-based
+# bounds (MINID, from the entry ids' server time) keep memory proportional to throughput x time;
+# each is far beyond the consumer lag at which the alerts fire, so nothing a group has not read is
+# trimmed in normal operation (a group that falls further behind than this has its pending entries
+# counted as marketswarm_trimmed_pending_total).
+RAW_RETENTION_S = 2 * 3600  # raw provider bytes: two hours for replay / re-normalization
+EVENTS_RETENTION_S = 30 * 60
+CHANGES_RETENTION_S = 30 * 60
+STAGED_RETENTION_S = 10 * 60
+DIFFS_MAXLEN = 2_000  # diffs double as SSE history; ids are versions, so trimmed by count
 REJECTS_MAXLEN = 100_000
 DLQ_MAXLEN = 100_000
 
@@ -57,9 +58,9 @@ def _k(suffix: str) -> str:
 
 
 RAW = StreamSpec("raw", _k("raw.v1"), Payload.RAW, retention_s=RAW_RETENTION_S, ingress=True)
-EVENTS = StreamSpec("events", _k("events.v1"), Payload.EVENTS, maxlen=EVENTS_MAXLEN)
+EVENTS = StreamSpec("events", _k("events.v1"), Payload.EVENTS, retention_s=EVENTS_RETENTION_S)
 REJECTS = StreamSpec("rejects", _k("rejects.v1"), Payload.REJECT, maxlen=REJECTS_MAXLEN)
-CHANGES = StreamSpec("changes", _k("changes.v1"), Payload.CHANGES, maxlen=CHANGES_MAXLEN)
+CHANGES = StreamSpec("changes", _k("changes.v1"), Payload.CHANGES, retention_s=CHANGES_RETENTION_S)
 
 
 class Strategy(StrEnum):
@@ -73,7 +74,8 @@ HEATMAP_STRATEGIES = (Strategy.SINGLE, Strategy.VERTICAL, Strategy.BUTTERFLY)
 STRATEGIES = (*HEATMAP_STRATEGIES, Strategy.GEX)
 
 STAGED: dict[str, StreamSpec] = {
-    s: StreamSpec(f"staged.{s}", _k(f"staged:{s}.v1"), Payload.TILES, maxlen=STAGED_MAXLEN) for s in STRATEGIES
+    s: StreamSpec(f"staged.{s}", _k(f"staged:{s}.v1"), Payload.TILES, retention_s=STAGED_RETENTION_S)
+    for s in STRATEGIES
 }
 DIFFS: dict[str, StreamSpec] = {
     s: StreamSpec(f"diffs.{s}", _k(f"diffs:{s}.v1"), Payload.DIFF, maxlen=DIFFS_MAXLEN) for s in STRATEGIES
@@ -130,15 +132,16 @@ def fills_key(u: str) -> str:
     return f"{PREFIX}:{{{u}}}:fills"
 
 
-def staging_key(u: str, strategy: str) -> str:
-    """Hash: the publisher's staging summary of (underlying, strategy) in ``_meta`` (epoch, staged
-    tiles, slots pending, changed since the last version), for the inspector."""
-    return f"{PREFIX}:{{{u}}}:staging:{strategy}"
+def publish_state_key(u: str, strategy: str) -> str:
+    """Hash: the publisher's bookkeeping of (underlying, strategy): ``state`` (last version, the staged
+    entry it went through, last checkpoint; for restore) and ``staging`` (counts for the inspector)."""
+    return f"{PREFIX}:{{{u}}}:publish:{strategy}"
 
 
 def model_key(u: str, strategy: str) -> str:
-    """Hash: the canonical published model of (underlying, strategy): tile key -> tile JSON, plus
-    ``_header`` (version, epoch, asof, spot, strategy fields). Written only by its publisher."""
+    """Hash: the last checkpoint of the published model of (underlying, strategy): tile key -> tile
+    JSON, plus ``_header`` (version, epoch, asof, spot, strategy fields). The current model is this
+    plus the diffs after it (agents/publish/models.py). Written only by its publisher."""
     return f"{PREFIX}:{{{u}}}:model:{strategy}.v1"
 
 

@@ -22,7 +22,6 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Form, HTTPException, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
@@ -31,8 +30,8 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from sse_starlette.sse import EventSourceResponse
 
-from marketswarm.agents.publish.assemble import HEADER_FIELD, assemble, split_model_hash
 from marketswarm.agents.publish.hub import Hub
+from marketswarm.agents.publish.models import load_published, read_model, top_version
 from marketswarm.schemas.models import GexModel, HeatmapModel
 from marketswarm.topology import streams
 from marketswarm.topology.connections import create_redis
@@ -49,19 +48,6 @@ def _static() -> Any:
     return resources.files("marketswarm.agents.publish").joinpath("static")
 
 
-async def read_model(redis: aioredis.Redis, u: str, strategy: str) -> bytes | None:
-    """The canonical model's JSON (one HGETALL: header and tiles are one consistent version)."""
-    versioned = await read_versioned(redis, u, strategy)
-    return versioned[1] if versioned else None
-
-
-async def read_versioned(redis: aioredis.Redis, u: str, strategy: str) -> tuple[int, bytes] | None:
-    header, tiles = split_model_hash(await redis.hgetall(streams.model_key(u, strategy)))
-    if header is None:
-        return None
-    return int(orjson.loads(header)["version"]), assemble(strategy, header, tiles)
-
-
 def sse_event(event: str, version: int, data: bytes) -> bytes:
     """One SSE event, preformatted: the JSON goes out as stored, without a str round trip."""
     return b"event: " + event.encode() + b"\r\nid: " + str(version).encode() + b"\r\ndata: " + data + b"\r\n\r\n"
@@ -74,17 +60,16 @@ class SnapshotCache:
         self.models: dict[tuple[str, str], tuple[int, bytes]] = {}
 
     async def get(self, redis: aioredis.Redis, u: str, strategy: str) -> tuple[int, bytes] | None:
-        header = await redis.hget(streams.model_key(u, strategy), HEADER_FIELD)
-        if header is None:
-            return None
-        version = int(orjson.loads(header)["version"])
+        top = await top_version(redis, u, strategy)
         cached = self.models.get((u, strategy))
-        if cached is not None and cached[0] == version:
+        if top is not None and cached is not None and cached[0] == top:
             return cached
-        fresh = await read_versioned(redis, u, strategy)
-        if fresh is not None:
-            self.models[(u, strategy)] = fresh
-        return fresh
+        published = await load_published(redis, u, strategy)
+        body = published.body(strategy)
+        if body is None:
+            return None
+        self.models[(u, strategy)] = (published.version, body)
+        return published.version, body
 
 
 def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = None) -> FastAPI:

@@ -12,9 +12,11 @@ checked after every staged entry, in stream order:
 * the time boundary: ``publish_interval_ms`` of event time passed since the last version, with
   something changed.
 
-Publishing assigns the next version, makes the staged tiles canonical (the model hash), and appends
-the diff (changed, added, removed tiles) to ``ms:{U}:diffs:{S}.v1`` with entry id ``<version>-0``, so
-the stream is the SSE history and ``Last-Event-ID`` is a version. All conditions use event time, so
+Publishing assigns the next version, makes the staged tiles canonical and appends the diff (changed,
+added, removed tiles) to ``ms:{U}:diffs:{S}.v1`` with entry id ``<version>-0``, so the stream is the
+SSE history and ``Last-Event-ID`` is a version. The whole model is checkpointed to the model hash at
+a new epoch and every few seconds (agents/publish/models.py); between checkpoints a version costs one
+XADD and one small state write, whatever its size. All conditions use event time, so
 a replay publishes the same versions as the live run. A market that stops changing publishes nothing.
 """
 
@@ -28,7 +30,8 @@ import msgspec
 import orjson
 import redis.asyncio as aioredis
 
-from marketswarm.agents.publish.assemble import HEADER_FIELD, header_json, split_model_hash
+from marketswarm.agents.publish.assemble import HEADER_FIELD, header_json
+from marketswarm.agents.publish.models import CHECKPOINT_EVERY_S, CHECKPOINT_EVERY_VERSIONS, load_published
 from marketswarm.schemas import codec
 from marketswarm.schemas.models import Diff, TileBatch, is_null
 from marketswarm.topology import streams
@@ -36,8 +39,8 @@ from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
 
-META_FIELD = "_meta"  # the staging hash holds only this: counts for the inspector
-PUB_FIELD = "_pub"  # in the model hash: the staged entry the version went through, for restore
+STATE_FIELD = "state"  # publish-state hash: version, the staged entry it went through, checkpoint
+STAGING_FIELD = "staging"  # publish-state hash: staging counts for the inspector
 _OWN_HEADER_FIELDS = ("underlying", "strategy", "version", "epoch", "asof", "asof_ns")
 NEW_EPOCH_PATIENCE = 10  # time boundaries a new epoch may stay incomplete before it is published anyway
 
@@ -52,7 +55,7 @@ class Publisher:
         self.min_tiles = settings.publish_min_tiles
         self.min_pct = settings.publish_min_changed_pct
         self.interval_ns = settings.publish_interval_ms * 1_000_000
-        self.staging = streams.staging_key(underlying, strategy)
+        self.state_key = streams.publish_state_key(underlying, strategy)
         self.model = streams.model_key(underlying, strategy)
         self.diffs_spec = streams.DIFFS[strategy]
         self.diffs = self.diffs_spec.key(underlying)
@@ -74,31 +77,36 @@ class Publisher:
         self.changed: set[str] = set()
         self.header_dirty = False
         self.last_entry = "0-0"
+        self.checkpoint_version = 0
+        self.checkpoint_ns = 0
 
     # --- state -------------------------------------------------------------------------------
 
     async def restore(self, redis: aioredis.Redis) -> None:
-        """The last version from the model hash, then the staged entries acked since it, re-applied:
+        """The last version (checkpoint + diffs), then the staged entries acked since it, re-applied:
         staging is never written tile by tile, it is re-derived from the stream."""
         self._clear()
+        published = await load_published(redis, self.u, self.strategy)
         async with redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(self.model)
-            pipe.xrevrange(self.diffs, count=1)
+            pipe.hget(self.state_key, STATE_FIELD)
             pipe.xinfo_groups(self.staged_key)
-            model, last, groups = await pipe.execute()
-        header, self.published = split_model_hash(model)
+            state_raw, groups = await pipe.execute()
+        self.published = published.tiles
         through = "0-0"
-        if header is not None:
-            h = orjson.loads(header)
-            self.version, self.pub_epoch, self.pub_asof_ns = h["version"], h["epoch"], h["asof_ns"]
+        if published.header is not None:
+            h = orjson.loads(published.header)
+            self.version, self.pub_epoch, self.pub_asof_ns = published.version, h["epoch"], h["asof_ns"]
             self.epoch, self.max_ts_ns = self.pub_epoch, self.pub_asof_ns
             self.fields = {k: v for k, v in h.items() if k not in _OWN_HEADER_FIELDS}
-        if PUB_FIELD.encode() in model:
-            pub = orjson.loads(model[PUB_FIELD.encode()])
-            through, self.epoch_started_ns, self.pending = pub["through"], pub["epoch_started_ns"], pub["pending"]
-        if last:
-            # Never reuse a diff id, even if the model hash was lost.
-            self.version = max(self.version, int(last[0][0].split(b"-")[0]))
+        if state_raw is not None:
+            state = orjson.loads(state_raw)
+            if state["version"] == self.version:
+                through, self.epoch_started_ns, self.pending = (
+                    state["through"],
+                    state["epoch_started_ns"],
+                    state["pending"],
+                )
+                self.checkpoint_version, self.checkpoint_ns = state["checkpoint_version"], state["checkpoint_ns"]
         self.staged = dict(self.published)
         self.last_entry = through
         group = next((g for g in groups if g["name"] in (self.group, self.group.encode())), None)
@@ -136,7 +144,7 @@ class Publisher:
             "staged_tiles": len(self.staged),
             "changed_since_version": len(self.changed),
         }
-        commands.append(("HSET", self.staging, META_FIELD, orjson.dumps(meta)))
+        commands.append(("HSET", self.state_key, STAGING_FIELD, orjson.dumps(meta)))
 
         def committed(_: list[Any]) -> None:
             now = time.time_ns()
@@ -229,15 +237,6 @@ class Publisher:
             removes=removes,
             header=msgspec.Raw(header),
         )
-        if reset:
-            commands.append(("DEL", self.model))
-        pub = {"through": self.last_entry, "epoch_started_ns": self.epoch_started_ns, "pending": self.pending}
-        args: list[Any] = [HEADER_FIELD, header, PUB_FIELD, orjson.dumps(pub)]
-        for k, v in upserts.items():
-            args += [k, v]
-        commands.append(("HSET", self.model, *args))
-        if removes:
-            commands.append(("HDEL", self.model, *removes))
         outputs.append(Output(self.diffs_spec, self.diffs, codec.encode_diff(diff), id=f"{self.version}-0"))
         if reset:
             self.published = dict(self.staged)
@@ -246,6 +245,26 @@ class Publisher:
                 self.published[k] = v
             for k in removes:
                 self.published.pop(k, None)
+        if (
+            reset
+            or self.version - self.checkpoint_version >= CHECKPOINT_EVERY_VERSIONS
+            or self.max_ts_ns - self.checkpoint_ns >= CHECKPOINT_EVERY_S * 1e9
+        ):
+            # A checkpoint: the whole model, so readers replay at most a few seconds of diffs.
+            args: list[Any] = [HEADER_FIELD, header]
+            for k, v in self.published.items():
+                args += [k, v]
+            commands += [("DEL", self.model), ("HSET", self.model, *args)]
+            self.checkpoint_version, self.checkpoint_ns = self.version, self.max_ts_ns
+        state = {
+            "version": self.version,
+            "through": self.last_entry,
+            "epoch_started_ns": self.epoch_started_ns,
+            "pending": self.pending,
+            "checkpoint_version": self.checkpoint_version,
+            "checkpoint_ns": self.checkpoint_ns,
+        }
+        commands.append(("HSET", self.state_key, STATE_FIELD, orjson.dumps(state)))
         self.pub_epoch = self.epoch
         self.pub_asof_ns = self.max_ts_ns
         self.changed.clear()

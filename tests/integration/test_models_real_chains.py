@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 from scipy.stats import norm
 
-from marketswarm.agents.publish.assemble import assemble, split_model_hash
+from marketswarm.agents.publish.models import read_model
 from marketswarm.schemas.models import GexModel, HeatmapModel
 from marketswarm.topology import streams
 from marketswarm.topology.pipeline import run_until_idle
@@ -99,9 +99,9 @@ def expected_tiles(chain: dict[str, Any], st: Settings) -> dict[str, dict[str, d
 
 
 async def load(r: aioredis.Redis, u: str, strategy: str) -> dict[str, Any]:
-    header, tiles = split_model_hash(await r.hgetall(streams.model_key(u, strategy)))
-    assert header is not None, f"no {strategy} model for {u}"
-    return orjson.loads(assemble(strategy, header, tiles))  # type: ignore[no-any-return]
+    body = await read_model(r, u, strategy)
+    assert body is not None, f"no {strategy} model for {u}"
+    return orjson.loads(body)  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")
