@@ -190,6 +190,13 @@ E2E_DRAIN_S = 30.0
 E2E_UNDERLYINGS = ("SPX", "NDX")
 
 
+def process_groups() -> list[list[str]]:
+    """Agents per process, as `marketswarm run` starts them (MARKETSWARM_PROCESSES)."""
+    from marketswarm.topology.supervisor import group_agents
+
+    return group_agents([s.name for s in graph.agents()], int(os.environ.get("MARKETSWARM_BENCH_PROCESSES", "0") or 0))
+
+
 def e2e_suite(url: str, shared: dict[str, float]) -> list[Row]:
     """The simulated market at increasing rates through every agent (one process each, as `run`)."""
     env = dict(os.environ)
@@ -203,7 +210,7 @@ def e2e_suite(url: str, shared: dict[str, float]) -> list[Row]:
     )
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     exe = shutil.which("marketswarm", path=str(Path(sys.executable).parent)) or "marketswarm"
-    procs = [subprocess.Popen([exe, "agent", s.name], env=env) for s in graph.agents()]
+    procs = [subprocess.Popen([exe, "agent", *group], env=env) for group in process_groups()]
     try:
         return asyncio.run(_e2e(url, shared))
     finally:

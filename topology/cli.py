@@ -113,11 +113,12 @@ def run(
 
 @app.command()
 def agent(
-    name: Annotated[str, typer.Argument(help="Agent kind, e.g. normalize, hydrate, calc.butterfly")],
-    max_entries: Annotated[int | None, typer.Option(help="Stop after this many entries.")] = None,
+    names: Annotated[list[str], typer.Argument(help="Agent kind(s), e.g. normalize hydrate calc.butterfly")],
+    max_entries: Annotated[int | None, typer.Option(help="Stop after this many entries (per agent).")] = None,
     idle_timeout_s: Annotated[float | None, typer.Option(help="Stop after this long with no input.")] = None,
 ) -> None:
-    """Run one agent kind (the unit Kubernetes scales) for every configured underlying."""
+    """Run agent kinds for every configured underlying: one kind per process is the unit Kubernetes
+    scales; several kinds share one process (and its event loop) when cores are few."""
     from marketswarm.topology import graph
     from marketswarm.topology.connections import create_redis
     from marketswarm.topology.metrics import Metrics
@@ -125,12 +126,12 @@ def agent(
 
     settings = load_settings()
     try:
-        spec = graph.by_name(name)
+        specs = [graph.by_name(n) for n in names]
     except KeyError as exc:
         console.print(f"[red]{exc.args[0]}[/red]")
         raise typer.Exit(2) from exc
     url = redis_url_of(settings)
-    log.info("agent %s starting on %s as %s; settings: %s", name, url, settings.consumer, settings.masked())
+    log.info("agents %s starting on %s as %s; settings: %s", ",".join(names), url, settings.consumer, settings.masked())
 
     async def main(stop: asyncio.Event) -> None:
         from prometheus_client import REGISTRY, start_http_server
@@ -138,13 +139,18 @@ def agent(
         metrics = Metrics(REGISTRY)
         if settings.metrics_port:
             start_http_server(settings.metrics_port, registry=REGISTRY)
-        redis = create_redis(url, settings.block_ms)
+        clients = [create_redis(url, settings.block_ms) for _ in specs]
         try:
-            await Runtime(spec, settings, redis, metrics, stop=stop).run(
-                max_entries=max_entries, idle_timeout_s=idle_timeout_s
-            )
+            runs = [
+                Runtime(spec, settings, c, metrics, stop=stop).run(
+                    max_entries=max_entries, idle_timeout_s=idle_timeout_s
+                )
+                for spec, c in zip(specs, clients, strict=True)
+            ]
+            await asyncio.gather(*runs)
         finally:
-            await redis.aclose()
+            for c in clients:
+                await c.aclose()
 
     run_until_signal(main)
 

@@ -95,6 +95,17 @@ class Supervisor:
                 c.proc.wait()
 
 
+def group_agents(names: list[str], processes: int) -> list[list[str]]:
+    """Agent kinds per process: one each when ``processes`` is 0 (as under Kubernetes), else dealt
+    round-robin in data-flow order over that many processes."""
+    if processes <= 0 or processes >= len(names):
+        return [[n] for n in names]
+    groups: list[list[str]] = [[] for _ in range(processes)]
+    for i, n in enumerate(names):
+        groups[i % processes].append(n)
+    return groups
+
+
 def child_env(redis_url: str, metrics_dir: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["MARKETSWARM_REDIS_URL"] = redis_url

@@ -14,13 +14,16 @@ Changes are coalesced per bucket of ``calc_bucket_ms`` event time: the first ent
 closes the open one, which emits one TileBatch of the tiles touching the contracts changed in it
 (recomputed vectorized over the tile arrays; only tiles whose value changed, appeared or vanished).
 A new epoch emits a reset at once; when input goes quiet the open bucket is flushed. The calc's
-inputs and its open bucket are checkpointed in Redis with every commit, so a restart or a standby
-taking over resumes exactly at the acked position: the staged stream is a function of the changes
-stream alone (bucket boundaries are event times, not read batches), which makes replays reproducible.
+inputs and its open bucket are checkpointed in Redis at each new epoch and every few seconds, in the
+same commit as the XACK; a restart or a standby taking over loads the checkpoint and re-applies the
+changes acked since, so it resumes exactly at the acked position. The staged stream is therefore a
+function of the changes stream alone (bucket boundaries are event times, not read batches), which
+makes replays reproducible.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,10 +38,12 @@ from marketswarm.schemas.events import ChangeBatch, EpochChange, QuoteChange, Sp
 from marketswarm.schemas.models import NULL, TileBatch
 from marketswarm.topology import streams
 from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output
+from marketswarm.topology.connections import acked_since
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
 
 _quote_dec = msgspec.json.Decoder(QuoteChange)
+CHECKPOINT_EVERY_S = 5.0  # event time between full checkpoints of a calc's inputs
 _spot_dec = msgspec.json.Decoder(SpotChange)
 
 
@@ -89,6 +94,7 @@ class TileCalc:
         self.header: bytes | None = None
         self.open_bucket: int | None = None
         self.last: dict[str, Any] = {"src": "", "rx_ns": 0, "ts_ns": 0}
+        self.checkpoint_ns = 0
 
     # --- state ---------------------------------------------------------------------------
 
@@ -98,106 +104,114 @@ class TileCalc:
         self.values = np.full(len(self.tiles.keys), np.nan)
 
     async def restore(self, redis: aioredis.Redis) -> None:
+        """The last checkpoint, then the changes acked since it re-applied (their outputs were
+        committed then): the state is exactly that of the acked position."""
         raw = await redis.hgetall(self.checkpoint)
         self._clear()
-        if not raw:
-            return
         fields = {k.decode(): v for k, v in raw.items()}
+        through = "0-0"
         if "_spot" in fields:
             self.spot = _spot_dec.decode(fields["_spot"])
-        if "_epoch" not in fields:
-            return
-        symbols = orjson.loads(fields["_symbols"])
-        self._set_grid(Grid(fields["_epoch"].decode(), symbols, None, self.window))
-        assert self.grid is not None and self.tiles is not None
-        for sym in symbols:
-            if sym in fields:
-                self.grid.apply(_quote_dec.decode(fields[sym]))
-        if "_pending" in fields:
+        if "_epoch" in fields:
+            symbols = orjson.loads(fields["_symbols"])
+            self._set_grid(Grid(fields["_epoch"].decode(), symbols, None, self.window))
+            assert self.grid is not None and self.tiles is not None
+            for sym in symbols:
+                if sym in fields:
+                    self.grid.apply(_quote_dec.decode(fields[sym]))
             pend = orjson.loads(fields["_pending"])
             self.dirty = {self.grid.pos[s] for s in pend["dirty"] if s in self.grid.pos}
             self.header = pend["header"].encode() if pend["header"] is not None else None
-            self.open_bucket = pend["open"]
-            self.last = pend["last"]
-        # What was emitted: everything but the pending positions' tiles, which still hold older values.
-        mid, ok = self.grid.mids()
-        values, valid = tile_values(self.tiles, mid, ok, slice(None))
-        self.values = np.where(valid, values, np.nan)
-        if self.dirty:
-            self.values[self.tiles.touching(sorted(self.dirty))] = np.inf  # forces them out at the next emit
+            self.open_bucket, self.last, through = pend["open"], pend["last"], pend["through"]
+            self.checkpoint_ns = pend["checkpoint_ns"]
+            # What was emitted: everything but the pending positions' tiles, which still hold older values.
+            mid, ok = self.grid.mids()
+            values, valid = tile_values(self.tiles, mid, ok, slice(None))
+            self.values = np.where(valid, values, np.nan)
+            if self.dirty:
+                self.values[self.tiles.touching(sorted(self.dirty))] = np.inf  # forces them out at the next emit
+        elif "_pending" in fields:
+            through = orjson.loads(fields["_pending"])["through"]
+        key = streams.CHANGES.key(self.u)
+        for entry_id, entry_fields in await acked_since(redis, key, self.agent, through):
+            with contextlib.suppress(codec.DecodeError):
+                self._step(Entry(entry_id.decode(), codec.decode(streams.Payload.CHANGES, entry_fields)))
 
-    def _pending_field(self) -> bytes:
-        assert self.grid is not None
-        return orjson.dumps(
-            {
-                "dirty": sorted(self.grid.symbols[p] for p in self.dirty),
-                "header": self.header.decode() if self.header is not None else None,
-                "open": self.open_bucket,
-                "last": self.last,
-            }
-        )
+    def _checkpoint(self) -> list[tuple[Any, ...]]:
+        """The whole state as of the last entry: written at a new epoch and every CHECKPOINT_EVERY_S."""
+        fields: dict[str, bytes] = {}
+        if self.spot is not None:
+            fields["_spot"] = codec.encode_json(self.spot)
+        pend: dict[str, Any] = {"through": self.last["src"] or "0-0", "open": self.open_bucket, "last": self.last}
+        pend["checkpoint_ns"] = self.checkpoint_ns = int(self.last["ts_ns"])
+        if self.grid is not None:
+            grid = self.grid
+            fields["_epoch"] = grid.epoch.encode()
+            fields["_symbols"] = orjson.dumps(grid.symbols)
+            fields.update({grid.symbols[p]: codec.encode_json(grid.quote(int(p))) for p in np.flatnonzero(grid.seen)})
+            pend["dirty"] = sorted(grid.symbols[p] for p in self.dirty)
+            pend["header"] = self.header.decode() if self.header is not None else None
+        fields["_pending"] = orjson.dumps(pend)
+        args: list[Any] = []
+        for k, v in fields.items():
+            args += [k, v]
+        return [("DEL", self.checkpoint), ("HSET", self.checkpoint, *args)]
 
     # --- the step ------------------------------------------------------------------------
 
     def process(self, batch: Sequence[Entry]) -> Effects:
         outputs: list[Output] = []
-        ckpt: dict[str, bytes] = {}
-        commands: list[tuple[Any, ...]] = []
+        epoch = self.grid.epoch if self.grid is not None else None
         for entry in batch:
-            cb: ChangeBatch = entry.value
-            ts_max = max((ch.ts_ns for ch in cb.changes), default=0)
-            bucket = ts_max // self.bucket_ns
-            # Any other bucket closes the open one: a late or early timestamp must never hold output back.
-            if bucket != self.open_bucket and (self.dirty or self.header is not None):
-                outputs.extend(self._emit(reset=False))
-            self.open_bucket = bucket
-            reset_now = False
-            for ch in cb.changes:
-                if isinstance(ch, QuoteChange):
-                    if self.grid is not None:
-                        p = self.grid.apply(ch)
-                        if p is not None:
-                            self.dirty.add(p)
-                            ckpt[ch.sym] = codec.encode_json(ch)
-                elif isinstance(ch, SpotChange):
-                    if self.spot is None or ch.ts_ns > self.spot.ts_ns:
-                        self.spot = ch
-                        ckpt["_spot"] = codec.encode_json(ch)
-                        self.header = orjson.dumps({"spot": ch.value, "spot_ts_ns": ch.ts_ns})
-                elif isinstance(ch, EpochChange) and (self.grid is None or ch.epoch != self.grid.epoch):
-                    if self.dirty or self.header is not None:
-                        outputs.extend(self._emit(reset=False))  # the old epoch's last values first
-                    spot = ch.spot if ch.spot is not None else (self.spot.value if self.spot else None)
-                    grid = Grid(ch.epoch, ch.symbols, spot, self.window)
-                    if self.grid is not None:
-                        grid.carry_from(self.grid)
-                    self._set_grid(grid)
-                    self.dirty = set()
-                    commands.append(("DEL", self.checkpoint))
-                    keep = {k: v for k, v in ckpt.items() if k == "_spot"}
-                    ckpt = {"_epoch": ch.epoch.encode(), "_symbols": orjson.dumps(grid.symbols), **keep}
-                    ckpt.update(
-                        {grid.symbols[p]: codec.encode_json(grid.quote(int(p))) for p in np.flatnonzero(grid.seen)}
-                    )
-                    reset_now = True
-            self.last = {"src": entry.id, "rx_ns": cb.rx_ns, "ts_ns": max(self.last["ts_ns"], ts_max)}
-            if reset_now:
-                outputs.extend(self._emit(reset=True))
-        if self.grid is not None:
-            ckpt["_pending"] = self._pending_field()
-        if ckpt:
-            args: list[Any] = []
-            for k, v in ckpt.items():
-                args += [k, v]
-            commands.append(("HSET", self.checkpoint, *args))
+            outputs.extend(self._step(entry))
+        commands: list[tuple[Any, ...]] = []
+        new_epoch = self.grid is not None and self.grid.epoch != epoch
+        if new_epoch or int(self.last["ts_ns"]) - self.checkpoint_ns >= CHECKPOINT_EVERY_S * 1e9:
+            commands = self._checkpoint()
         return Effects(outputs=outputs, commands=commands, on_commit=self._metrics, events_out=len(outputs))
+
+    def _step(self, entry: Entry) -> list[Output]:
+        """One changes entry: close the open bucket if this one is in another, then apply it."""
+        outputs: list[Output] = []
+        cb: ChangeBatch = entry.value
+        ts_max = max((ch.ts_ns for ch in cb.changes), default=0)
+        bucket = ts_max // self.bucket_ns
+        # Any other bucket closes the open one: a late or early timestamp must never hold output back.
+        if bucket != self.open_bucket and (self.dirty or self.header is not None):
+            outputs.extend(self._emit(reset=False))
+        self.open_bucket = bucket
+        reset_now = False
+        for ch in cb.changes:
+            if isinstance(ch, QuoteChange):
+                if self.grid is not None:
+                    p = self.grid.apply(ch)
+                    if p is not None:
+                        self.dirty.add(p)
+            elif isinstance(ch, SpotChange):
+                if self.spot is None or ch.ts_ns > self.spot.ts_ns:
+                    self.spot = ch
+                    self.header = orjson.dumps({"spot": ch.value, "spot_ts_ns": ch.ts_ns})
+            elif isinstance(ch, EpochChange) and (self.grid is None or ch.epoch != self.grid.epoch):
+                if self.dirty or self.header is not None:
+                    outputs.extend(self._emit(reset=False))  # the old epoch's last values first
+                spot = ch.spot if ch.spot is not None else (self.spot.value if self.spot else None)
+                grid = Grid(ch.epoch, ch.symbols, spot, self.window)
+                if self.grid is not None:
+                    grid.carry_from(self.grid)
+                self._set_grid(grid)
+                self.dirty = set()
+                reset_now = True
+        self.last = {"src": entry.id, "rx_ns": cb.rx_ns, "ts_ns": max(self.last["ts_ns"], ts_max)}
+        if reset_now:
+            outputs.extend(self._emit(reset=True))
+        return outputs
 
     def flush(self) -> Effects | None:
         if self.grid is None or not (self.dirty or self.header is not None):
             return None
         outputs = self._emit(reset=False)
-        commands: list[tuple[Any, ...]] = [("HSET", self.checkpoint, "_pending", self._pending_field())]
-        return Effects(outputs=outputs, commands=commands, on_commit=self._metrics, events_out=len(outputs))
+        # A flush is not an entry a restore could re-apply: checkpoint right after it.
+        return Effects(outputs=outputs, commands=self._checkpoint(), on_commit=self._metrics, events_out=len(outputs))
 
     def _metrics(self, _: list[Any]) -> None:
         if self.tiles is not None and len(self.tiles.keys):
@@ -260,7 +274,7 @@ class TileCalc:
         # Numbers are formatted by orjson in one call per column, not one Python call per tile.
         sc = scores(vals, self.tiles.width_x1000[idx])
         v_txt = orjson.dumps(vals.tolist()).decode()[1:-1].split(",")
-        s_txt = orjson.dumps([None if np.isnan(x) else x for x in sc.tolist()]).decode()[1:-1].split(",")
+        s_txt = orjson.dumps(sc.tolist()).decode()[1:-1].split(",")  # orjson writes NaN as null
         ts_ext = np.append(self.grid.ts, 0)
         leg_ts = ts_ext[self.tiles.legs[idx, : self.n_legs]]
         l_txt = orjson.dumps(leg_ts.tolist()).decode()[2:-2].split("],[")
