@@ -69,11 +69,11 @@ async def test_calc_and_publisher_resume_exactly(redis_url: str, aredis: aioredi
     assert len(straight_staged) > 10 and len(straight_diffs) > 3
 
     await reset("calc.butterfly", "publish.butterfly")
-    for bound in (15, 20, 30):  # stop, restart, stop again...
-        await run(redis_url, "calc.butterfly", max_entries=bound)
+    for bound in (15, 20, 10):  # stop, restart, stop again...
+        await run(redis_url, "calc.butterfly", max_entries=bound, idle_timeout_s=0.5)
     await run(redis_url, "calc.butterfly", idle_timeout_s=0.5)
     for bound in (4, 6):
-        await run(redis_url, "publish.butterfly", max_entries=bound)
+        await run(redis_url, "publish.butterfly", max_entries=bound, idle_timeout_s=0.5)
     await run(redis_url, "publish.butterfly", idle_timeout_s=0.5)
     assert await payloads(aredis, staged_key) == straight_staged
     assert await payloads(aredis, diffs_key) == straight_diffs
