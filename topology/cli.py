@@ -281,18 +281,36 @@ def topology(mermaid: Annotated[bool, typer.Option("--mermaid", help="Print a Me
 
 
 @app.command()
-def check(name: Annotated[str, typer.Argument(help="Agent kind")]) -> None:
-    """Liveness: exit 0 if this consumer's heartbeat for AGENT is fresh, else 1."""
+def check(
+    name: Annotated[str, typer.Argument(help="Agent kind")],
+    ready: Annotated[bool, typer.Option("--ready", help="Readiness: Redis answers and the group exists.")] = False,
+) -> None:
+    """Liveness: exit 0 if this consumer's heartbeat for AGENT is fresh, else 1 (--ready: readiness)."""
     import redis as syncredis
 
-    from marketswarm.topology import streams
+    from marketswarm.topology import graph, streams
 
     settings = load_settings()
     url = redis_url_of(settings)
     try:
         client = syncredis.Redis.from_url(url, socket_timeout=5)
+        if ready:
+            spec = graph.by_name(name)
+            missing = []
+            for u in settings.underlyings:
+                groups = client.xinfo_groups(spec.reads.key(u)) if client.exists(spec.reads.key(u)) else []
+                if not any(g["name"] in (name, name.encode()) for g in groups):
+                    missing.append(spec.reads.key(u))
+            client.close()
+            if missing:
+                console.print(f"{name}: no group on {', '.join(missing)}")
+                raise typer.Exit(1)
+            typer.echo(f"{name} ready")
+            return
         alive = client.exists(streams.heartbeat_key(name, settings.consumer))
         client.close()
+    except typer.Exit:
+        raise
     except Exception as exc:
         console.print(f"[red]check failed: {exc}[/red]")
         raise typer.Exit(1) from exc
@@ -314,6 +332,18 @@ def bench(
 
     load_settings()
     bench_main(out, suite)
+
+
+def _register_operations() -> None:
+    from marketswarm.topology import ops_cli
+
+    app.add_typer(ops_cli.inspect_app, name="inspect")
+    app.add_typer(ops_cli.offsets_app, name="offsets")
+    app.command("top")(ops_cli.top)
+    app.command("rebuild")(ops_cli.rebuild)
+
+
+_register_operations()
 
 
 def main() -> None:

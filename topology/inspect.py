@@ -126,9 +126,22 @@ async def group_rows(redis: aioredis.Redis, underlyings: Sequence[str]) -> list[
     return rows
 
 
-async def refresh_group_metrics(redis: aioredis.Redis, metrics: Metrics, underlyings: Sequence[str]) -> None:
-    """Set the lag/pending/length gauges from XINFO (scrape time)."""
+async def refresh_group_metrics(
+    redis: aioredis.Redis, metrics: Metrics, underlyings: Sequence[str], publish_interval_s: float | None = None
+) -> None:
+    """Set the lag/pending/length gauges from XINFO, and model ages (scrape time)."""
     us = await known_underlyings(redis, underlyings)
+    now_ns = time.time_ns()
+    for u in us:
+        for s in streams.STRATEGIES:
+            raw = await redis.hget(streams.publish_state_key(u, s), "state")
+            if raw is None:
+                continue
+            asof = orjson.loads(raw).get("asof_ns")
+            if asof:
+                metrics.model_age.labels(u, s).set(max(0.0, (now_ns - asof) / 1e9))
+            if publish_interval_s is not None:
+                metrics.publish_interval.labels(u, s).set(publish_interval_s)
     for row in await group_rows(redis, us):
         if row["exists"]:
             if row["lag"] is not None:

@@ -1,7 +1,8 @@
 """Every Prometheus metric of MarketSwarm, defined once on an injectable registry.
 
 Names follow ``marketswarm_<noun>_<unit>``: counters end in ``_total``, durations in ``_seconds``,
-sizes in ``_bytes``; gauges that count stream entries end in ``_entries`` (the unit is an entry).
+sizes in ``_bytes``; gauges that count things end in ``_entries`` (the unit: stream entries, clients,
+a connected flag) and the one fraction in ``_ratio``.
 Labels: ``agent`` (the group name) and ``stream`` (the Redis key) wherever they apply.
 """
 
@@ -187,6 +188,20 @@ class Metrics:
         )
         self.stream_length = Gauge(
             "marketswarm_stream_length_entries", "Entries in a stream.", ("stream",), registry=r, **mpmax
+        )
+        self.model_age = Gauge(
+            "marketswarm_model_age_seconds",
+            "Wall time since the event time of the newest published version (set when scraped).",
+            ("underlying", "strategy"),
+            registry=r,
+            **mpmax,
+        )
+        self.publish_interval = Gauge(
+            "marketswarm_publish_interval_seconds",
+            "The publishers' time boundary (MARKETSWARM_PUBLISH_INTERVAL_MS), for the staleness alert.",
+            ("underlying", "strategy"),
+            registry=r,
+            **mpmax,
         )
         self.sse_clients = Gauge(
             "marketswarm_sse_clients_entries", "Connected SSE clients.", ("stream",), registry=r, **mp

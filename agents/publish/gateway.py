@@ -142,7 +142,9 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
     async def prometheus(request: Request) -> Response:
         from marketswarm.topology.inspect import refresh_group_metrics
 
-        await refresh_group_metrics(redis_of(request), metrics, settings.underlyings)
+        await refresh_group_metrics(
+            redis_of(request), metrics, settings.underlyings, settings.publish_interval_ms / 1000
+        )
         metrics.sse_clients.labels("all").set(request.app.state.hub.clients())
         registry: CollectorRegistry = metrics.registry
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

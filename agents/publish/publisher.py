@@ -258,6 +258,7 @@ class Publisher:
             self.checkpoint_version, self.checkpoint_ns = self.version, self.max_ts_ns
         state = {
             "version": self.version,
+            "asof_ns": self.max_ts_ns,
             "through": self.last_entry,
             "epoch_started_ns": self.epoch_started_ns,
             "pending": self.pending,
