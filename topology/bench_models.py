@@ -194,7 +194,7 @@ def process_groups() -> list[list[str]]:
     """Agents per process, as `marketswarm run` starts them (MARKETSWARM_PROCESSES)."""
     from marketswarm.topology.supervisor import group_agents
 
-    return group_agents([s.name for s in graph.agents()], int(os.environ.get("MARKETSWARM_BENCH_PROCESSES", "0") or 0))
+    return group_agents([s.name for s in graph.agents()], Settings().processes)
 
 
 def e2e_suite(url: str, shared: dict[str, float]) -> list[Row]:

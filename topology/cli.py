@@ -74,7 +74,7 @@ def run(
     market source and the gateway. Ctrl-C stops it; the next run resumes from the same data."""
     from marketswarm.topology import graph
     from marketswarm.topology.embedded import EmbeddedServer
-    from marketswarm.topology.supervisor import Supervisor, child_env
+    from marketswarm.topology.supervisor import Supervisor, child_env, group_agents
 
     settings = load_settings(source=source)
     log.info("settings: %s", settings.masked())
@@ -88,8 +88,8 @@ def run(
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     sup = Supervisor(child_env(url, metrics_dir), grace_s=settings.shutdown_grace_s)
-    for spec in graph.agents():
-        sup.add(spec.name, "agent", spec.name)
+    for group in group_agents([spec.name for spec in graph.agents()], settings.processes):
+        sup.add("+".join(group), "agent", *group)
     if settings.source != "none":
         sup.add(f"source.{settings.source}", "source", settings.source)
     sup.add("gateway", "gateway")

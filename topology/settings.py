@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     heartbeat_ttl_s: int = Field(default=15, ge=2, description="TTL of an agent's liveness key.")
     lease_ttl_ms: int = Field(default=10_000, ge=100, description="Lease of stateful per-underlying work.")
     metrics_port: int = Field(default=0, ge=0, description="Agent /metrics port; 0 disables it.")
+    processes: int = Field(
+        default=0, ge=0, description="Agent processes `marketswarm run` starts: 0 = one per agent kind."
+    )
     log_level: str = Field(default="INFO", description="Python logging level.")
 
     # normalize
@@ -163,6 +166,8 @@ def env_help() -> list[tuple[str, str, str]]:
             var = "MARKETSWARM_" + name.upper()
         if field.default_factory is not None:
             default = "(host name)" if name == "consumer" else "(computed)"
+        elif isinstance(field.default, list):
+            default = ",".join(field.default)
         else:
             default = "" if field.default is None else str(field.default)
         rows.append((var, default, field.description or ""))

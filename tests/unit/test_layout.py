@@ -72,3 +72,14 @@ def test_stream_key_literals_live_only_in_streams_py() -> None:
                 continue
             text = path.read_text()
             assert '"ms:' not in text and "'ms:" not in text, f"{path} spells a key literal"
+
+
+def test_readme_lists_every_setting_and_the_two_commands() -> None:
+    from marketswarm.topology.settings import env_help
+
+    readme = (ROOT / "README.md").read_text()
+    for var, _, _ in env_help():
+        assert f"`{var}`" in readme, f"README.md does not document {var}"
+    assert "make run" in readme and "make test" in readme
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in ci
