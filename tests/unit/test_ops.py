@@ -58,7 +58,10 @@ def promtool() -> str:
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
         subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"], check=True, env=env, capture_output=True
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"],
+            check=True,
+            env=env,
+            capture_output=True,
         )
         found = shutil.which("promtool")
         if found:
@@ -90,7 +93,7 @@ def test_manifests_validate_against_the_kubernetes_schemas() -> None:
     import kubernetes_validate
 
     checked = 0
-    for path, doc in manifests():
+    for _, doc in manifests():
         if doc["apiVersion"].startswith("keda.sh/"):
             continue  # a CRD: checked by test_keda_scales_every_stateless_agent
         kubernetes_validate.validate(doc, "1.30", strict=True)
