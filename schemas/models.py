@@ -33,9 +33,29 @@ class TileBatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     slots: int  # grid slots of the epoch for this strategy
     pending: int  # slots whose legs exist but have no quote yet (0 = structurally complete)
     reset: bool = False  # a new epoch: the staged set is replaced by ``upserts``
-    upserts: dict[str, msgspec.Raw] = {}
+    upserts: dict[str, msgspec.Raw] = {}  # whole tiles: new ones, or all of them on a reset
+    values: dict[str, msgspec.Raw] = {}  # tiles already staged: their new [value, score, legs_ts_ns]
     removes: tuple[str, ...] = ()
     header: msgspec.Raw = NULL  # model-level fields (spot, GEX totals); null = unchanged
+
+
+class TileBatchOut(msgspec.Struct, frozen=True, kw_only=True):
+    """How a calc agent writes a TileBatch: ``values`` already encoded as one JSON object (the same
+    JSON a TileBatch decodes), so a busy bucket costs one encoder call, not one per tile."""
+
+    strategy: str
+    underlying: str
+    epoch: str
+    src: str
+    rx_ns: int
+    ts_ns: int
+    slots: int
+    pending: int
+    reset: bool = False
+    upserts: dict[str, msgspec.Raw] = {}
+    values: msgspec.Raw = msgspec.Raw(b"{}")
+    removes: tuple[str, ...] = ()
+    header: msgspec.Raw = NULL
 
 
 class Diff(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -49,7 +69,8 @@ class Diff(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     asof_ns: int
     reason: str  # structural | value | time | idle
     reset: bool = False  # the tile set was replaced (new epoch): clients drop tiles not in upserts
-    upserts: dict[str, msgspec.Raw] = {}
+    upserts: dict[str, msgspec.Raw] = {}  # whole tiles: added, or changed beyond their values
+    values: dict[str, msgspec.Raw] = {}  # tiles the client has: their new [value, score, legs_ts_ns]
     removes: tuple[str, ...] = ()
     header: msgspec.Raw = NULL  # the version's model header (version, epoch, asof, spot, ...)
 

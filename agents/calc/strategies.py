@@ -35,7 +35,7 @@ import redis.asyncio as aioredis
 from marketswarm.agents.calc.grid import Grid, Tiles, Window, build_tiles
 from marketswarm.schemas import codec
 from marketswarm.schemas.events import ChangeBatch, EpochChange, QuoteChange, SpotChange
-from marketswarm.schemas.models import NULL, TileBatch
+from marketswarm.schemas.models import NULL, TileBatchOut
 from marketswarm.topology import streams
 from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output
 from marketswarm.topology.connections import acked_since
@@ -225,14 +225,14 @@ class TileCalc:
             return []
         positions = sorted(self.dirty)
         self.dirty = set()
-        upserts, removes, n = self._recompute(positions, reset)
+        upserts, values, n_values, removes, n = self._recompute(positions, reset)
         if n:
             self.metrics.tiles_recomputed.labels(self.agent, self.u).inc(n)
-        if not (reset or upserts or removes or header is not None):
+        if not (reset or upserts or n_values or removes or header is not None):
             return []
         seen_ext = np.append(self.grid.seen, True)
         pending = int((~seen_ext[self.tiles.legs].all(axis=1)).sum()) if len(self.tiles.keys) else 0
-        tb = TileBatch(
+        tb = TileBatchOut(
             strategy=self.strategy,
             underlying=self.u,
             epoch=self.grid.epoch,
@@ -243,47 +243,68 @@ class TileCalc:
             pending=pending,
             reset=reset,
             upserts=upserts,
+            values=msgspec.Raw(values),
             removes=tuple(removes),
             header=msgspec.Raw(header) if header is not None else NULL,
         )
         return [Output(self.out_spec, self.out_key, codec.encode_tiles(tb))]
 
-    def _recompute(self, positions: list[int], reset: bool) -> tuple[dict[str, msgspec.Raw], list[str], int]:
+    def _recompute(
+        self, positions: list[int], reset: bool
+    ) -> tuple[dict[str, msgspec.Raw], bytes, int, list[str], int]:
+        """(whole tiles that appeared, ``{key: [value, score, legs_ts_ns]}`` of tiles that changed,
+        how many those are, keys that vanished, tiles recomputed)."""
         assert self.grid is not None and self.tiles is not None
         if reset:
             sel = np.arange(len(self.tiles.keys))
         elif positions:
             sel = self.tiles.touching(positions)
         else:
-            return {}, [], 0
+            return {}, b"{}", 0, [], 0
         if not len(sel):
-            return {}, [], 0
+            return {}, b"{}", 0, [], 0
         mid, ok = self.grid.mids()
         values, valid = tile_values(self.tiles, mid, ok, sel)
         old = self.values[sel]
         new = np.where(valid, values, np.nan)
         changed = valid if reset else ~((old == new) | (np.isnan(old) & np.isnan(new)))
-        idx = sel[changed]
-        vals = new[changed]
+        idx, vals, before = sel[changed], new[changed], old[changed]
         self.values[sel] = new
         gone = np.isnan(vals)
         removes = [self.tiles.keys[t] for t in idx[gone]]
-        idx, vals = idx[~gone], vals[~gone]
+        idx, vals, before = idx[~gone], vals[~gone], before[~gone]
         if not len(idx):
-            return {}, removes, len(sel)
-        # Numbers are formatted by orjson in one call per column, not one Python call per tile.
+            return {}, b"{}", 0, removes, len(sel)
+        # Tiles the publisher already has get only their numbers; new ones (or all, on a reset, or
+        # any whose last emitted value is unknown after a restart) go whole.
+        whole = np.ones(len(idx), dtype=bool) if reset else ~np.isfinite(before)
         sc = scores(vals, self.tiles.width_x1000[idx])
-        v_txt = orjson.dumps(vals.tolist()).decode()[1:-1].split(",")
-        s_txt = orjson.dumps(sc.tolist()).decode()[1:-1].split(",")  # orjson writes NaN as null
         ts_ext = np.append(self.grid.ts, 0)
         leg_ts = ts_ext[self.tiles.legs[idx, : self.n_legs]]
-        l_txt = orjson.dumps(leg_ts.tolist()).decode()[2:-2].split("],[")
-        prefix, keys = self.tiles.prefix, self.tiles.keys
-        upserts = {
-            keys[t]: msgspec.Raw(f'{prefix[t]}"value":{v},"score":{sv},"legs_ts_ns":[{lt}]}}'.encode())
-            for t, v, sv, lt in zip(idx.tolist(), v_txt, s_txt, l_txt, strict=True)
-        }
-        return upserts, removes, len(sel)
+        keys = self.tiles.keys
+        upd = ~whole
+        # One orjson call encodes every update (orjson writes NaN scores as null).
+        updates = orjson.dumps(
+            dict(
+                zip(
+                    [keys[t] for t in idx[upd].tolist()],
+                    zip(vals[upd].tolist(), sc[upd].tolist(), leg_ts[upd].tolist(), strict=True),
+                    strict=True,
+                )
+            )
+        )
+        upserts: dict[str, msgspec.Raw] = {}
+        if whole.any():
+            iw = idx[whole]
+            v_txt = orjson.dumps(vals[whole].tolist()).decode()[1:-1].split(",")
+            s_txt = orjson.dumps(sc[whole].tolist()).decode()[1:-1].split(",")
+            l_txt = orjson.dumps(leg_ts[whole].tolist()).decode()[2:-2].split("],[")
+            prefix = self.tiles.prefix
+            upserts = {
+                keys[t]: msgspec.Raw(f'{prefix[t]}"value":{v},"score":{sv},"legs_ts_ns":[{lt}]}}'.encode())
+                for t, v, sv, lt in zip(iw.tolist(), v_txt, s_txt, l_txt, strict=True)
+            }
+        return upserts, updates, int(upd.sum()), removes, len(sel)
 
 
 def _factory(strategy: str):  # type: ignore[no-untyped-def]

@@ -52,6 +52,28 @@ def assemble(strategy: str, header: bytes, tiles: Mapping[str, bytes]) -> bytes:
     return header[:-1] + b',"tiles":[' + body + b"]}"
 
 
+_VALUE = b',"value":'
+
+
+def with_values(tile: bytes, values: bytes) -> bytes:
+    """A tile JSON with its ``value``, ``score`` and ``legs_ts_ns`` replaced by ``[v, s, [ts...]]``.
+
+    The calc agents write tiles as ``{...static...,"value":v,"score":s,"legs_ts_ns":[...]}`` with
+    numbers formatted by orjson, so this gives exactly the bytes a whole tile would have had."""
+    v, s, ts = orjson.loads(values)
+    head = tile[: tile.rindex(_VALUE) + 1]
+    return (
+        head
+        + b'"value":'
+        + orjson.dumps(v)
+        + b',"score":'
+        + orjson.dumps(s)
+        + b',"legs_ts_ns":'
+        + orjson.dumps(ts)
+        + b"}"
+    )
+
+
 def split_model_hash(raw: Mapping[bytes, bytes]) -> tuple[bytes | None, dict[str, bytes]]:
     """(header, tiles) from an HGETALL of a model or staging hash."""
     header = None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import orjson
 import redis.asyncio as aioredis
 
-from marketswarm.agents.publish.assemble import assemble, split_model_hash
+from marketswarm.agents.publish.assemble import assemble, split_model_hash, with_values
 from marketswarm.schemas import codec
 from marketswarm.schemas.models import Diff, is_null
 from marketswarm.topology import streams
@@ -40,6 +40,9 @@ class Published:
             self.tiles = {}
         for k, v in diff.upserts.items():
             self.tiles[k] = bytes(v)
+        for k, v in diff.values.items():
+            if k in self.tiles:
+                self.tiles[k] = with_values(self.tiles[k], bytes(v))
         for k in diff.removes:
             self.tiles.pop(k, None)
         if not is_null(diff.header):

@@ -30,7 +30,7 @@ import msgspec
 import orjson
 import redis.asyncio as aioredis
 
-from marketswarm.agents.publish.assemble import HEADER_FIELD, header_json
+from marketswarm.agents.publish.assemble import HEADER_FIELD, header_json, with_values
 from marketswarm.agents.publish.models import CHECKPOINT_EVERY_S, CHECKPOINT_EVERY_VERSIONS, load_published
 from marketswarm.schemas import codec
 from marketswarm.schemas.models import Diff, TileBatch, is_null
@@ -42,6 +42,9 @@ from marketswarm.topology.settings import Settings
 STATE_FIELD = "state"  # publish-state hash: version, the staged entry it went through, checkpoint
 STAGING_FIELD = "staging"  # publish-state hash: staging counts for the inspector
 _OWN_HEADER_FIELDS = ("underlying", "strategy", "version", "epoch", "asof", "asof_ns")
+# A staged or published tile: its whole JSON as last received, and the newer [value, score,
+# legs_ts_ns] received since (None when the whole JSON is current).
+Tile = tuple[bytes, bytes | None]
 NEW_EPOCH_PATIENCE = 10  # time boundaries a new epoch may stay incomplete before it is published anyway
 
 
@@ -64,8 +67,8 @@ class Publisher:
         self._clear()
 
     def _clear(self) -> None:
-        self.staged: dict[str, bytes] = {}
-        self.published: dict[str, bytes] = {}
+        self.staged: dict[str, Tile] = {}
+        self.published: dict[str, Tile] = {}
         self.fields: dict[str, Any] = {}  # header fields (spot, GEX totals)
         self.epoch = ""  # staged epoch
         self.epoch_started_ns = 0
@@ -74,7 +77,9 @@ class Publisher:
         self.version = 0
         self.pub_epoch = ""
         self.pub_asof_ns = 0
-        self.changed: set[str] = set()
+        # Keys touched since the last version, in the order the input touched them (a dict, not a
+        # set: its order is a function of the input, so diffs come out byte-identical on replay).
+        self.changed: dict[str, None] = {}
         self.header_dirty = False
         self.last_entry = "0-0"
         self.checkpoint_version = 0
@@ -91,7 +96,7 @@ class Publisher:
             pipe.hget(self.state_key, STATE_FIELD)
             pipe.xinfo_groups(self.staged_key)
             state_raw, groups = await pipe.execute()
-        self.published = published.tiles
+        self.published = {k: (v, None) for k, v in published.tiles.items()}
         through = "0-0"
         if published.header is not None:
             h = orjson.loads(published.header)
@@ -178,14 +183,19 @@ class Publisher:
             self.epoch_started_ns = tb.ts_ns
             self.epoch = tb.epoch
         if tb.reset:
-            self.changed |= self.staged.keys()
+            self.changed.update(dict.fromkeys(self.staged))
             self.staged = {}
         for k, v in tb.upserts.items():
-            self.staged[k] = bytes(v)
-            self.changed.add(k)
+            self.staged[k] = (bytes(v), None)
+            self.changed[k] = None
+        for k, v in tb.values.items():
+            tile = self.staged.get(k)
+            if tile is not None:
+                self.staged[k] = (tile[0], bytes(v))
+                self.changed[k] = None
         for k in tb.removes:
             if self.staged.pop(k, None) is not None:
-                self.changed.add(k)
+                self.changed[k] = None
         if not is_null(tb.header):
             self.fields.update(orjson.loads(bytes(tb.header)))
             self.header_dirty = True
@@ -211,15 +221,22 @@ class Publisher:
 
     def _publish(self, reason: str, commands: list[tuple[Any, ...]], outputs: list[Output]) -> int | None:
         reset = self.epoch != self.pub_epoch
+        upserts: dict[str, bytes] = {}
+        values: dict[str, bytes] = {}
+        removes: tuple[str, ...] = ()
         if reset:
-            upserts = dict(self.staged)
-            removes: tuple[str, ...] = ()
+            upserts = {k: _whole(t) for k, t in self.staged.items()}
         else:
-            upserts = {
-                k: self.staged[k] for k in self.changed if k in self.staged and self.published.get(k) != self.staged[k]
-            }
+            for k in self.changed:
+                tile, was = self.staged.get(k), self.published.get(k)
+                if tile is None or tile == was:
+                    continue
+                if was is not None and tile[0] == was[0] and tile[1] is not None:
+                    values[k] = tile[1]  # the client has this tile: its new numbers suffice
+                else:
+                    upserts[k] = _whole(tile)
             removes = tuple(sorted(k for k in self.changed if k not in self.staged and k in self.published))
-            if not upserts and not removes and not self.header_dirty:
+            if not upserts and not values and not removes and not self.header_dirty:
                 self.changed.clear()
                 return None
         self.version += 1
@@ -233,7 +250,8 @@ class Publisher:
             asof_ns=self.max_ts_ns,
             reason=reason,
             reset=reset,
-            upserts={k: msgspec.Raw(v) for k, v in sorted(upserts.items())},
+            upserts={k: msgspec.Raw(v) for k, v in upserts.items()},
+            values={k: msgspec.Raw(v) for k, v in values.items()},
             removes=removes,
             header=msgspec.Raw(header),
         )
@@ -241,21 +259,17 @@ class Publisher:
         if reset:
             self.published = dict(self.staged)
         else:
-            for k, v in upserts.items():
-                self.published[k] = v
-            for k in removes:
-                self.published.pop(k, None)
+            for k in self.changed:
+                if k in self.staged:
+                    self.published[k] = self.staged[k]
+                else:
+                    self.published.pop(k, None)
         if (
             reset
             or self.version - self.checkpoint_version >= CHECKPOINT_EVERY_VERSIONS
             or self.max_ts_ns - self.checkpoint_ns >= CHECKPOINT_EVERY_S * 1e9
         ):
-            # A checkpoint: the whole model, so readers replay at most a few seconds of diffs.
-            args: list[Any] = [HEADER_FIELD, header]
-            for k, v in self.published.items():
-                args += [k, v]
-            commands += [("DEL", self.model), ("HSET", self.model, *args)]
-            self.checkpoint_version, self.checkpoint_ns = self.version, self.max_ts_ns
+            commands += self._checkpoint(header)
         state = {
             "version": self.version,
             "asof_ns": self.max_ts_ns,
@@ -270,7 +284,26 @@ class Publisher:
         self.pub_asof_ns = self.max_ts_ns
         self.changed.clear()
         self.header_dirty = False
-        return len(upserts) + len(removes)
+        return len(upserts) + len(values) + len(removes)
+
+    def _checkpoint(self, header: bytes) -> list[tuple[Any, ...]]:
+        """The whole model, so readers replay at most a few seconds of diffs. Tiles carried as
+        values are folded into whole tiles here (in staging too, where it holds the same tile)."""
+        args: list[Any] = [HEADER_FIELD, header]
+        for k, tile in self.published.items():
+            if tile[1] is not None:
+                whole = (_whole(tile), None)
+                if self.staged.get(k) == tile:
+                    self.staged[k] = whole
+                self.published[k] = tile = whole
+            args += [k, tile[0]]
+        self.checkpoint_version, self.checkpoint_ns = self.version, self.max_ts_ns
+        return [("DEL", self.model), ("HSET", self.model, *args)]
+
+
+def _whole(tile: Tile) -> bytes:
+    base, values = tile
+    return base if values is None else with_values(base, values)
 
 
 def _factory(strategy: str):  # type: ignore[no-untyped-def]

@@ -108,6 +108,8 @@ class SseClient:
             if body["reset"]:
                 self.tiles = {}
             self.tiles.update(body["upserts"])
+            for k, (value, score, legs_ts) in body["values"].items():
+                self.tiles[k].update(value=value, score=score, legs_ts_ns=legs_ts)
             for k in body["removes"]:
                 self.tiles.pop(k, None)
             self.header = body["header"]

@@ -67,6 +67,10 @@ function connect() {
     const d = JSON.parse(e.data);
     if (d.reset) { state.tiles = new Map(); state.structure = ""; }
     for (const [k, t] of Object.entries(d.upserts || {})) { state.tiles.set(k, t); state.dirty.add(k); }
+    for (const [k, v] of Object.entries(d.values || {})) {
+      const t = state.tiles.get(k);  // a tile we have: only its numbers changed
+      if (t) { t.value = v[0]; t.score = v[1]; t.legs_ts_ns = v[2]; state.dirty.add(k); }
+    }
     for (const k of d.removes || []) { state.tiles.delete(k); state.dirty.add(k); }
     if (d.header) state.header = d.header;
     state.version = d.version;
