@@ -139,8 +139,6 @@ def batch_args(batch: Sequence[Entry]) -> tuple[list[Any], int]:
 
 
 class Hydrator:
-    stateful = False
-
     def __init__(self, settings: Settings, underlying: str, metrics: Metrics) -> None:
         self.u = underlying
         self.metrics = metrics

@@ -82,8 +82,6 @@ def parse_frame(frame: RawFrame, underlying: str, settings: Settings) -> Parsed:
 
 
 class Normalizer:
-    stateful = False
-
     def __init__(self, settings: Settings, underlying: str, metrics: Metrics) -> None:
         self.settings = settings
         self.u = underlying

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,29 @@ def _docker_reachable() -> bool:
         return True
     except OSError:
         return False
+
+
+def debian_tool(binary: str, package: str) -> str:
+    """A tool from Debian's packages: found on PATH, or installed by the suite when it may (root with
+    apt-get); the calling test is skipped, loudly, where neither is possible."""
+    found = shutil.which(binary)
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
+        install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package]
+        subprocess.run(install, check=True, env=env, capture_output=True)
+        found = shutil.which(binary)
+        if found:
+            return found
+    pytest.skip(f"{binary} (Debian's {package}) is not installed and cannot be installed here (needs root)")
+
+
+@pytest.fixture(scope="session")
+def debian_tools() -> Callable[[str, str], str]:
+    """``debian_tools(binary, package)``: the path of a Debian tool, installed when missing."""
+    return debian_tool
 
 
 @pytest.fixture(scope="session")

@@ -70,8 +70,6 @@ class Processor(Protocol):
     A processor that coalesces may also define ``flush() -> Effects | None``: the runtime calls it
     when its input went quiet (``idle_flush``) and at the end of a replay."""
 
-    stateful: bool
-
     async def restore(self, redis: aioredis.Redis) -> None:
         """Load in-memory state from Redis: at start, on taking a lease, and after a failed commit."""
 

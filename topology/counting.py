@@ -37,8 +37,6 @@ class PoisonError(ValueError):
 
 
 class Counter:
-    stateful = False
-
     def __init__(self, settings: Settings, underlying: str, metrics: Metrics) -> None:
         self.sums_key = streams.test_sums_key(underlying)
 

@@ -248,8 +248,6 @@ def compute(
 
 
 class GexCalc:
-    stateful = True
-
     def __init__(self, settings: Settings, underlying: str, metrics: Metrics) -> None:
         self.u = underlying
         self.metrics = metrics

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -68,8 +69,6 @@ def scores(values: np.ndarray, width_x1000: np.ndarray) -> np.ndarray:
 
 class TileCalc:
     """The step of one heatmap strategy for one underlying."""
-
-    stateful = True
 
     def __init__(self, settings: Settings, underlying: str, metrics: Metrics, strategy: str) -> None:
         self.u = underlying
@@ -307,19 +306,12 @@ class TileCalc:
         return upserts, updates, int(upd.sum()), removes, len(sel)
 
 
-def _factory(strategy: str):  # type: ignore[no-untyped-def]
-    def make(settings: Settings, underlying: str, metrics: Metrics) -> TileCalc:
-        return TileCalc(settings, underlying, metrics, strategy)
-
-    return make
-
-
 CALC_AGENTS = tuple(
     AgentSpec(
         name=f"calc.{s}",
         reads=streams.CHANGES,
         writes=(streams.STAGED[s],),
-        make=_factory(s),
+        make=partial(TileCalc, strategy=s),
         stateful=True,
         doc=f"{s} tiles of the heatmap grid, recomputed where contracts changed.",
     )

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -49,8 +50,6 @@ NEW_EPOCH_PATIENCE = 10  # time boundaries a new epoch may stay incomplete befor
 
 
 class Publisher:
-    stateful = True
-
     def __init__(self, settings: Settings, underlying: str, metrics: Metrics, strategy: str) -> None:
         self.u = underlying
         self.strategy = strategy
@@ -306,19 +305,12 @@ def _whole(tile: Tile) -> bytes:
     return base if values is None else with_values(base, values)
 
 
-def _factory(strategy: str):  # type: ignore[no-untyped-def]
-    def make(settings: Settings, underlying: str, metrics: Metrics) -> Publisher:
-        return Publisher(settings, underlying, metrics, strategy)
-
-    return make
-
-
 PUBLISH_AGENTS = tuple(
     AgentSpec(
         name=f"publish.{s}",
         reads=streams.STAGED[s],
         writes=(streams.DIFFS[s],),
-        make=_factory(s),
+        make=partial(Publisher, strategy=s),
         stateful=True,
         doc=f"Declares versions of the {s} model; diffs double as SSE history.",
     )

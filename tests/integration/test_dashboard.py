@@ -4,12 +4,11 @@ started with `marketswarm run`: heatmap cells appear, a diff changes a cell, scr
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -26,25 +25,10 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 
 
-def chromium() -> str:
-    """Debian's chromium, installed by the suite itself when it is missing and we may install."""
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"],
-            check=True,
-            env=env,
-            capture_output=True,
-        )
-        found = shutil.which("chromium")
-        if found:
-            return found
-    # Not a failure of ours: say so loudly in the summary (-ra) rather than fail the whole run.
-    pytest.skip("Chromium is not installed and cannot be installed here (needs root and apt-get)")
+@pytest.fixture
+def chromium(debian_tools: Callable[[str, str], str]) -> str:
+    """Debian's Chromium: Playwright drives it (its own browser download is not possible here)."""
+    return debian_tools("chromium", "chromium")
 
 
 @pytest.fixture
@@ -83,10 +67,10 @@ def topology(redis_url: str, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.mark.timeout(600)  # the first run may install Chromium
-async def test_dashboard_shows_a_live_heatmap(topology: str) -> None:
+async def test_dashboard_shows_a_live_heatmap(topology: str, chromium: str) -> None:
     from playwright.async_api import async_playwright
 
-    exe = chromium()
+    exe = chromium
     ARTIFACTS.mkdir(exist_ok=True)
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)

@@ -4,10 +4,10 @@ metric named in the rules and the dashboard defined in topology/metrics.py."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -50,29 +50,11 @@ def test_every_metric_in_rules_and_dashboards_exists() -> None:
     assert not missing, missing
 
 
-def promtool() -> str:
-    found = shutil.which("promtool")
-    if found:
-        return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"],
-            check=True,
-            env=env,
-            capture_output=True,
-        )
-        found = shutil.which("promtool")
-        if found:
-            return found
-    pytest.skip("promtool (Debian's prometheus package) is not installed and cannot be installed here (needs root)")
-
-
 @pytest.mark.timeout(600)  # the first run may install promtool
-def test_alert_rules_pass_promtool() -> None:
+def test_alert_rules_pass_promtool(debian_tools: Callable[[str, str], str]) -> None:
     rules = sorted(OPS.glob("alerts/*.yml"))
-    result = subprocess.run([promtool(), "check", "rules", *map(str, rules)], capture_output=True, text=True)
+    promtool = debian_tools("promtool", "prometheus")
+    result = subprocess.run([promtool, "check", "rules", *map(str, rules)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     names = {r["alert"] for g in yaml.safe_load(rules[0].read_text())["groups"] for r in g["rules"]}
     assert {"MarketSwarmLagGrowing", "MarketSwarmModelStale", "MarketSwarmDeadLetters"} <= names
