@@ -123,12 +123,16 @@ class TileCalc:
             self.header = pend["header"].encode() if pend["header"] is not None else None
             self.open_bucket, self.last, through = pend["open"], pend["last"], pend["through"]
             self.checkpoint_ns = pend["checkpoint_ns"]
-            # What was emitted: everything but the pending positions' tiles, which still hold older values.
-            mid, ok = self.grid.mids()
-            values, valid = tile_values(self.tiles, mid, ok, slice(None))
-            self.values = np.where(valid, values, np.nan)
-            if self.dirty:
-                self.values[self.tiles.touching(sorted(self.dirty))] = np.inf  # forces them out at the next emit
+            # The values last emitted, exactly: whether a tile goes out again depends on them.
+            emitted = np.frombuffer(fields.get("_values", b""), dtype=np.float64)
+            if len(emitted) == len(self.tiles.keys):
+                self.values = emitted.copy()
+            else:  # a checkpoint from before this field: recompute, and force the pending tiles out
+                mid, ok = self.grid.mids()
+                values, valid = tile_values(self.tiles, mid, ok, slice(None))
+                self.values = np.where(valid, values, np.nan)
+                if self.dirty:
+                    self.values[self.tiles.touching(sorted(self.dirty))] = np.inf
         elif "_pending" in fields:
             through = orjson.loads(fields["_pending"])["through"]
         key = streams.CHANGES.key(self.u)
@@ -149,6 +153,7 @@ class TileCalc:
             fields["_symbols"] = orjson.dumps(grid.symbols)
             fields.update({grid.symbols[p]: codec.encode_json(grid.quote(int(p))) for p in np.flatnonzero(grid.seen)})
             pend["dirty"] = sorted(grid.symbols[p] for p in self.dirty)
+            fields["_values"] = self.values.astype(np.float64).tobytes()
             pend["header"] = self.header.decode() if self.header is not None else None
         fields["_pending"] = orjson.dumps(pend)
         args: list[Any] = []
