@@ -42,7 +42,11 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="Time to drain the in-flight batch on SIGTERM/SIGINT."
     )
     heartbeat_ttl_s: int = Field(default=15, ge=2, description="TTL of an agent's liveness key.")
-    lease_ttl_ms: int = Field(default=10_000, ge=100, description="Lease of stateful per-underlying work.")
+    lease_ttl_ms: int = Field(
+        default=20_000,
+        ge=100,
+        description="Lease of stateful per-underlying work: a standby takes over within this long.",
+    )
     metrics_port: int = Field(default=0, ge=0, description="Agent /metrics port; 0 disables it.")
     processes: int = Field(
         default=0, ge=0, description="Agent processes `marketswarm run` starts: 0 = one per agent kind."

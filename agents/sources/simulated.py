@@ -135,6 +135,11 @@ class SimMarket:
         # Arrival weights: near the money and the front expiry trade most.
         w = np.exp(-moneyness / 0.01) / (1 + 2 * self.exp_index) + 1e-4
         self.weights = w / w.sum()
+        # The last quote sent per contract: a chain snapshot reports it, with its own time, as the
+        # provider's does (so a snapshot does not re-quote the whole chain at once).
+        self.last_bid = np.zeros(len(ks))
+        self.last_ask = np.zeros(len(ks))
+        self.last_ts = np.zeros(len(ks), dtype=np.int64)
 
     def _iv(self, idx: np.ndarray, spot: float, now_ns: int) -> np.ndarray:
         t = bs.years_to_expiry(self.close_ns[idx], now_ns)
@@ -160,6 +165,10 @@ class SimMarket:
         """A REST chain poll (a list of pages), like the live poller writes."""
         idx = np.arange(len(self.k))
         bid, ask, iv = self._quotes(idx, self.t_ns)
+        quoted = self.last_ts > 0
+        bid = np.where(quoted, self.last_bid, bid)
+        ask = np.where(quoted, self.last_ask, ask)
+        updated = np.where(quoted, self.last_ts, self.t_ns)
         t = bs.years_to_expiry(self.close_ns, self.t_ns)
         gam = bs.gamma(self.spot, self.k, t, RATE, iv)
         dlt = bs.delta(self.spot, self.k, t, RATE, iv, self.is_call)
@@ -184,7 +193,7 @@ class SimMarket:
                         "ask": float(ask[i]),
                         "bid_size": 10,
                         "ask_size": 10,
-                        "last_updated": self.t_ns,
+                        "last_updated": int(updated[i]),
                         "midpoint": float((bid[i] + ask[i]) / 2),
                     },
                     "open_interest": int(self.oi[i]),
@@ -229,6 +238,13 @@ class SimMarket:
         burst = self.rng.random(n) < 0.02
         is_trade = self.rng.random(n) < 0.12
         bid, ask, _ = self._quotes(idx, t0)
+        # The last quote of each contract in this step (times are sorted: the last occurrence).
+        rev = np.flatnonzero(~(is_trade & (ask > 0)))[::-1]
+        _, first = np.unique(idx[rev], return_index=True)
+        last = rev[first]
+        self.last_bid[idx[last]] = bid[last]
+        self.last_ask[idx[last]] = ask[last]
+        self.last_ts[idx[last]] = times[last] * 1_000_000
         sizes = self.rng.geometric(0.3, n)
         events: list[dict[str, object]] = []
         for j in range(n):
