@@ -15,7 +15,7 @@ import orjson
 from marketswarm.schemas.events import Change as _Change
 from marketswarm.schemas.events import ChangeBatch, EventBatch
 from marketswarm.schemas.events import Event as _Event
-from marketswarm.schemas.models import Diff, Reject, TileBatch, TileBatchOut
+from marketswarm.schemas.models import Diff, DiffOut, Reject, TileBatch
 from marketswarm.topology.streams import Payload
 
 
@@ -63,11 +63,11 @@ def encode_changes(batch: ChangeBatch) -> dict[str, Any]:
     }
 
 
-def encode_tiles(batch: TileBatch | TileBatchOut) -> dict[str, Any]:
+def encode_tiles(batch: TileBatch) -> dict[str, Any]:
     return {"kind": "tiles", "v": 1, "data": _enc.encode(batch)}
 
 
-def encode_diff(diff: Diff) -> dict[str, Any]:
+def encode_diff(diff: Diff | DiffOut) -> dict[str, Any]:
     return {"kind": "diff", "v": 1, "version": diff.version, "data": _enc.encode(diff)}
 
 
@@ -138,5 +138,5 @@ def event_count(value: Any) -> int:
     if isinstance(value, ChangeBatch):
         return len(value.changes)
     if isinstance(value, TileBatch):
-        return len(value.upserts) + len(value.values) + len(value.removes)
+        return len(value.upserts) + (len(value.cols.keys) if value.cols else 0) + len(value.removes)
     return 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Literal
 
 import msgspec
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 # JSON null as a raw value: msgspec cannot decode ``Raw | None``, so "absent" is a raw null.
@@ -19,6 +20,26 @@ NULL = msgspec.Raw(b"null")
 
 def is_null(raw: msgspec.Raw) -> bool:
     return bytes(raw) == b"null"
+
+
+class TileColumns(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """New numbers of tiles the publisher already has, as columns (bytes travel base64 in JSON)."""
+
+    keys: list[str]
+    value: bytes  # float64, native order
+    score: bytes  # float64, NaN = no score
+    legs_ts: bytes  # int64, n_legs per tile
+    n_legs: int
+
+
+def tile_columns(keys: list[str], value: np.ndarray, score: np.ndarray, legs_ts: np.ndarray) -> TileColumns:
+    return TileColumns(
+        keys=keys,
+        value=np.ascontiguousarray(value, dtype=np.float64).tobytes(),
+        score=np.ascontiguousarray(score, dtype=np.float64).tobytes(),
+        legs_ts=np.ascontiguousarray(legs_ts, dtype=np.int64).tobytes(),
+        n_legs=int(legs_ts.shape[1]),
+    )
 
 
 class TileBatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -34,28 +55,9 @@ class TileBatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     pending: int  # slots whose legs exist but have no quote yet (0 = structurally complete)
     reset: bool = False  # a new epoch: the staged set is replaced by ``upserts``
     upserts: dict[str, msgspec.Raw] = {}  # whole tiles: new ones, or all of them on a reset
-    values: dict[str, msgspec.Raw] = {}  # tiles already staged: their new [value, score, legs_ts_ns]
+    cols: TileColumns | None = None  # tiles already staged: their new value, score, legs_ts_ns
     removes: tuple[str, ...] = ()
     header: msgspec.Raw = NULL  # model-level fields (spot, GEX totals); null = unchanged
-
-
-class TileBatchOut(msgspec.Struct, frozen=True, kw_only=True):
-    """How a calc agent writes a TileBatch: ``values`` already encoded as one JSON object (the same
-    JSON a TileBatch decodes), so a busy bucket costs one encoder call, not one per tile."""
-
-    strategy: str
-    underlying: str
-    epoch: str
-    src: str
-    rx_ns: int
-    ts_ns: int
-    slots: int
-    pending: int
-    reset: bool = False
-    upserts: dict[str, msgspec.Raw] = {}
-    values: msgspec.Raw = msgspec.Raw(b"{}")
-    removes: tuple[str, ...] = ()
-    header: msgspec.Raw = NULL
 
 
 class Diff(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -73,6 +75,24 @@ class Diff(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     values: dict[str, msgspec.Raw] = {}  # tiles the client has: their new [value, score, legs_ts_ns]
     removes: tuple[str, ...] = ()
     header: msgspec.Raw = NULL  # the version's model header (version, epoch, asof, spot, ...)
+
+
+class DiffOut(msgspec.Struct, frozen=True, kw_only=True):
+    """How a publisher writes a Diff: ``values`` already encoded as one JSON object (the same JSON a
+    Diff decodes), so a version costs one encoder call for its numbers, not one per tile."""
+
+    underlying: str
+    strategy: str
+    version: int
+    prev_version: int
+    epoch: str
+    asof_ns: int
+    reason: str
+    reset: bool = False
+    upserts: dict[str, msgspec.Raw] = {}
+    values: msgspec.Raw = msgspec.Raw(b"{}")
+    removes: tuple[str, ...] = ()
+    header: msgspec.Raw = NULL
 
 
 class Reject(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -91,3 +91,6 @@ class AgentSpec:
     make: ProcessorFactory
     stateful: bool = False  # one owner per underlying, through a lease
     doc: str = ""
+    # Entries per read when each is heavy (a staged batch of thousands of tiles): a read must stay
+    # short next to the lease TTL, since the step holds the event loop while it runs.
+    max_batch: int | None = None

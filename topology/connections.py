@@ -21,7 +21,9 @@ def xadd_args(spec: streams.StreamSpec, key: str) -> dict[str, Any]:
 
 def create_redis(url: str, block_ms: int = 0, **kwargs: Any) -> aioredis.Redis:
     """A client whose socket timeout always exceeds the longest BLOCK it will issue."""
-    timeout_s = block_ms / 1000 + 10.0
+    # Generous: a CPU-bound step can hold the event loop for seconds, and a reply that arrived in
+    # the meantime must not count as a timeout.
+    timeout_s = block_ms / 1000 + 30.0
     return aioredis.Redis.from_url(
         url,
         decode_responses=False,

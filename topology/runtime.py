@@ -86,6 +86,7 @@ class Runtime:
         self.stop = stop or asyncio.Event()
         self.group = spec.name
         self.consumer = settings.consumer
+        self.batch_size = min(settings.batch_size, spec.max_batch or settings.batch_size)
         self.processed = 0  # entries acked or dead-lettered by this runtime
         self._last_activity = time.monotonic()
         self._errors: dict[str, str] = {}
@@ -182,7 +183,7 @@ class Runtime:
                     self.group,
                     self.consumer,
                     {key: ">"},
-                    count=self.settings.batch_size,
+                    count=self.batch_size,
                     block=self.settings.block_ms,
                 )
             )
@@ -209,9 +210,7 @@ class Runtime:
         """Re-read this consumer's own pending entries (from a previous life) before new ones."""
         last = "0"
         while not self.stop.is_set():
-            response = await self.redis.xreadgroup(
-                self.group, self.consumer, {key: last}, count=self.settings.batch_size
-            )
+            response = await self.redis.xreadgroup(self.group, self.consumer, {key: last}, count=self.batch_size)
             if not response or not response[0][1]:
                 return
             raw_entries = response[0][1]
@@ -223,7 +222,7 @@ class Runtime:
         cursor: Any = "0-0"
         while not self.stop.is_set():
             result = await self.redis.xautoclaim(
-                key, self.group, self.consumer, min_idle_ms, start_id=cursor, count=self.settings.batch_size
+                key, self.group, self.consumer, min_idle_ms, start_id=cursor, count=self.batch_size
             )
             cursor, claimed = result[0], result[1]
             deleted = result[2] if len(result) > 2 else []

@@ -36,7 +36,7 @@ import redis.asyncio as aioredis
 from marketswarm.agents.calc.grid import Grid, Tiles, Window, build_tiles
 from marketswarm.schemas import codec
 from marketswarm.schemas.events import ChangeBatch, EpochChange, QuoteChange, SpotChange
-from marketswarm.schemas.models import NULL, TileBatchOut
+from marketswarm.schemas.models import NULL, TileBatch, TileColumns, tile_columns
 from marketswarm.topology import streams
 from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output
 from marketswarm.topology.connections import acked_since
@@ -229,14 +229,14 @@ class TileCalc:
             return []
         positions = sorted(self.dirty)
         self.dirty = set()
-        upserts, values, n_values, removes, n = self._recompute(positions, reset)
+        upserts, cols, removes, n = self._recompute(positions, reset)
         if n:
             self.metrics.tiles_recomputed.labels(self.agent, self.u).inc(n)
-        if not (reset or upserts or n_values or removes or header is not None):
+        if not (reset or upserts or cols or removes or header is not None):
             return []
         seen_ext = np.append(self.grid.seen, True)
         pending = int((~seen_ext[self.tiles.legs].all(axis=1)).sum()) if len(self.tiles.keys) else 0
-        tb = TileBatchOut(
+        tb = TileBatch(
             strategy=self.strategy,
             underlying=self.u,
             epoch=self.grid.epoch,
@@ -247,7 +247,7 @@ class TileCalc:
             pending=pending,
             reset=reset,
             upserts=upserts,
-            values=msgspec.Raw(values),
+            cols=cols,
             removes=tuple(removes),
             header=msgspec.Raw(header) if header is not None else NULL,
         )
@@ -255,18 +255,18 @@ class TileCalc:
 
     def _recompute(
         self, positions: list[int], reset: bool
-    ) -> tuple[dict[str, msgspec.Raw], bytes, int, list[str], int]:
-        """(whole tiles that appeared, ``{key: [value, score, legs_ts_ns]}`` of tiles that changed,
-        how many those are, keys that vanished, tiles recomputed)."""
+    ) -> tuple[dict[str, msgspec.Raw], TileColumns | None, list[str], int]:
+        """(whole tiles that appeared, the new numbers of tiles that changed, keys that vanished,
+        tiles recomputed)."""
         assert self.grid is not None and self.tiles is not None
         if reset:
             sel = np.arange(len(self.tiles.keys))
         elif positions:
             sel = self.tiles.touching(positions)
         else:
-            return {}, b"{}", 0, [], 0
+            return {}, None, [], 0
         if not len(sel):
-            return {}, b"{}", 0, [], 0
+            return {}, None, [], 0
         mid, ok = self.grid.mids()
         values, valid = tile_values(self.tiles, mid, ok, sel)
         old = self.values[sel]
@@ -278,7 +278,7 @@ class TileCalc:
         removes = [self.tiles.keys[t] for t in idx[gone]]
         idx, vals, before = idx[~gone], vals[~gone], before[~gone]
         if not len(idx):
-            return {}, b"{}", 0, removes, len(sel)
+            return {}, None, removes, len(sel)
         # Tiles the publisher already has get only their numbers; new ones (or all, on a reset, or
         # any whose last emitted value is unknown after a restart) go whole.
         whole = np.ones(len(idx), dtype=bool) if reset else ~np.isfinite(before)
@@ -287,16 +287,9 @@ class TileCalc:
         leg_ts = ts_ext[self.tiles.legs[idx, : self.n_legs]]
         keys = self.tiles.keys
         upd = ~whole
-        # One orjson call encodes every update (orjson writes NaN scores as null).
-        updates = orjson.dumps(
-            dict(
-                zip(
-                    [keys[t] for t in idx[upd].tolist()],
-                    zip(vals[upd].tolist(), sc[upd].tolist(), leg_ts[upd].tolist(), strict=True),
-                    strict=True,
-                )
-            )
-        )
+        cols = None
+        if upd.any():  # numbers only, as columns: no per-tile encoding here
+            cols = tile_columns([keys[t] for t in idx[upd].tolist()], vals[upd], sc[upd], leg_ts[upd])
         upserts: dict[str, msgspec.Raw] = {}
         if whole.any():
             iw = idx[whole]
@@ -308,7 +301,7 @@ class TileCalc:
                 keys[t]: msgspec.Raw(f'{prefix[t]}"value":{v},"score":{sv},"legs_ts_ns":[{lt}]}}'.encode())
                 for t, v, sv, lt in zip(iw.tolist(), v_txt, s_txt, l_txt, strict=True)
             }
-        return upserts, updates, int(upd.sum()), removes, len(sel)
+        return upserts, cols, removes, len(sel)
 
 
 CALC_AGENTS = tuple(
@@ -319,6 +312,7 @@ CALC_AGENTS = tuple(
         make=partial(TileCalc, strategy=s),
         stateful=True,
         doc=f"{s} tiles of the heatmap grid, recomputed where contracts changed.",
+        max_batch=100,
     )
     for s in streams.HEATMAP_STRATEGIES
 )

@@ -31,10 +31,11 @@ import msgspec
 import orjson
 import redis.asyncio as aioredis
 
-from marketswarm.agents.publish.assemble import HEADER_FIELD, header_json, with_values
+from marketswarm.agents.publish.assemble import HEADER_FIELD, header_json
 from marketswarm.agents.publish.models import CHECKPOINT_EVERY_S, CHECKPOINT_EVERY_VERSIONS, load_published
+from marketswarm.agents.publish.tiles import TileTable
 from marketswarm.schemas import codec
-from marketswarm.schemas.models import Diff, TileBatch, is_null
+from marketswarm.schemas.models import DiffOut, TileBatch, is_null
 from marketswarm.topology import streams
 from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output
 from marketswarm.topology.metrics import Metrics
@@ -43,9 +44,6 @@ from marketswarm.topology.settings import Settings
 STATE_FIELD = "state"  # publish-state hash: version, the staged entry it went through, checkpoint
 STAGING_FIELD = "staging"  # publish-state hash: staging counts for the inspector
 _OWN_HEADER_FIELDS = ("underlying", "strategy", "version", "epoch", "asof", "asof_ns")
-# A staged or published tile: its whole JSON as last received, and the newer [value, score,
-# legs_ts_ns] received since (None when the whole JSON is current).
-Tile = tuple[bytes, bytes | None]
 NEW_EPOCH_PATIENCE = 10  # time boundaries a new epoch may stay incomplete before it is published anyway
 
 
@@ -66,8 +64,7 @@ class Publisher:
         self._clear()
 
     def _clear(self) -> None:
-        self.staged: dict[str, Tile] = {}
-        self.published: dict[str, Tile] = {}
+        self.tiles = TileTable(numeric=self.strategy in streams.HEATMAP_STRATEGIES)
         self.fields: dict[str, Any] = {}  # header fields (spot, GEX totals)
         self.epoch = ""  # staged epoch
         self.epoch_started_ns = 0
@@ -76,9 +73,6 @@ class Publisher:
         self.version = 0
         self.pub_epoch = ""
         self.pub_asof_ns = 0
-        # Keys touched since the last version, in the order the input touched them (a dict, not a
-        # set: its order is a function of the input, so diffs come out byte-identical on replay).
-        self.changed: dict[str, None] = {}
         self.header_dirty = False
         self.last_entry = "0-0"
         self.checkpoint_version = 0
@@ -95,7 +89,7 @@ class Publisher:
             pipe.hget(self.state_key, STATE_FIELD)
             pipe.xinfo_groups(self.staged_key)
             state_raw, groups = await pipe.execute()
-        self.published = {k: (v, None) for k, v in published.tiles.items()}
+        self.tiles.load(published.tiles)
         through = "0-0"
         if published.header is not None:
             h = orjson.loads(published.header)
@@ -111,7 +105,6 @@ class Publisher:
                     state["pending"],
                 )
                 self.checkpoint_version, self.checkpoint_ns = state["checkpoint_version"], state["checkpoint_ns"]
-        self.staged = dict(self.published)
         self.last_entry = through
         group = next((g for g in groups if g["name"] in (self.group, self.group.encode())), None)
         if group is None:
@@ -145,8 +138,8 @@ class Publisher:
             "epoch": self.epoch,
             "pending": self.pending,
             "max_ts_ns": self.max_ts_ns,
-            "staged_tiles": len(self.staged),
-            "changed_since_version": len(self.changed),
+            "staged_tiles": len(self.tiles),
+            "changed_since_version": self.tiles.pending_changes(),
         }
         commands.append(("HSET", self.state_key, STAGING_FIELD, orjson.dumps(meta)))
 
@@ -161,7 +154,7 @@ class Publisher:
 
     def flush(self) -> Effects | None:
         """Input went quiet: publish what changed since the last version (not an incomplete new epoch)."""
-        if not self.staged or (self.epoch == self.pub_epoch and not self.changed and not self.header_dirty):
+        if not len(self.tiles) or (self.epoch == self.pub_epoch and self.tiles.unchanged() and not self.header_dirty):
             return None
         if self.epoch != self.pub_epoch and self.pending:
             return None
@@ -182,19 +175,13 @@ class Publisher:
             self.epoch_started_ns = tb.ts_ns
             self.epoch = tb.epoch
         if tb.reset:
-            self.changed.update(dict.fromkeys(self.staged))
-            self.staged = {}
+            self.tiles.reset()
         for k, v in tb.upserts.items():
-            self.staged[k] = (bytes(v), None)
-            self.changed[k] = None
-        for k, v in tb.values.items():
-            tile = self.staged.get(k)
-            if tile is not None:
-                self.staged[k] = (tile[0], bytes(v))
-                self.changed[k] = None
+            self.tiles.upsert(k, bytes(v))
+        if tb.cols is not None:
+            self.tiles.numbers(tb.cols)
         for k in tb.removes:
-            if self.staged.pop(k, None) is not None:
-                self.changed[k] = None
+            self.tiles.remove(k)
         if not is_null(tb.header):
             self.fields.update(orjson.loads(bytes(tb.header)))
             self.header_dirty = True
@@ -203,16 +190,17 @@ class Publisher:
         self.last_entry = entry_id
 
     def _reason(self, tb: TileBatch) -> str | None:
+        staged = len(self.tiles)
         if self.epoch != self.pub_epoch:
-            if self.pending == 0 and self.staged:
+            if self.pending == 0 and staged:
                 return "structural"
-            if tb.ts_ns - self.epoch_started_ns >= NEW_EPOCH_PATIENCE * self.interval_ns and self.staged:
+            if tb.ts_ns - self.epoch_started_ns >= NEW_EPOCH_PATIENCE * self.interval_ns and staged:
                 return "time"
             return None
-        n = len(self.changed)
+        n = self.tiles.pending_changes()
         if n == 0 and not self.header_dirty:
             return None
-        if n >= self.min_tiles or n * 100 >= self.min_pct * max(1, len(self.staged)):
+        if n >= self.min_tiles or n * 100 >= self.min_pct * max(1, staged):
             return "value"
         if self.max_ts_ns - self.pub_asof_ns >= self.interval_ns:
             return "time"
@@ -220,27 +208,12 @@ class Publisher:
 
     def _publish(self, reason: str, commands: list[tuple[Any, ...]], outputs: list[Output]) -> int | None:
         reset = self.epoch != self.pub_epoch
-        upserts: dict[str, bytes] = {}
-        values: dict[str, bytes] = {}
-        removes: tuple[str, ...] = ()
-        if reset:
-            upserts = {k: _whole(t) for k, t in self.staged.items()}
-        else:
-            for k in self.changed:
-                tile, was = self.staged.get(k), self.published.get(k)
-                if tile is None or tile == was:
-                    continue
-                if was is not None and tile[0] == was[0] and tile[1] is not None:
-                    values[k] = tile[1]  # the client has this tile: its new numbers suffice
-                else:
-                    upserts[k] = _whole(tile)
-            removes = tuple(sorted(k for k in self.changed if k not in self.staged and k in self.published))
-            if not upserts and not values and not removes and not self.header_dirty:
-                self.changed.clear()
-                return None
+        upserts, values, n_values, removes = self.tiles.publish(reset)
+        if not reset and not upserts and not n_values and not removes and not self.header_dirty:
+            return None
         self.version += 1
         header = header_json(self.u, self.strategy, self.version, self.epoch, self.max_ts_ns, self.fields)
-        diff = Diff(
+        diff = DiffOut(
             underlying=self.u,
             strategy=self.strategy,
             version=self.version,
@@ -250,25 +223,22 @@ class Publisher:
             reason=reason,
             reset=reset,
             upserts={k: msgspec.Raw(v) for k, v in upserts.items()},
-            values={k: msgspec.Raw(v) for k, v in values.items()},
+            values=msgspec.Raw(values),
             removes=removes,
             header=msgspec.Raw(header),
         )
         outputs.append(Output(self.diffs_spec, self.diffs, codec.encode_diff(diff), id=f"{self.version}-0"))
-        if reset:
-            self.published = dict(self.staged)
-        else:
-            for k in self.changed:
-                if k in self.staged:
-                    self.published[k] = self.staged[k]
-                else:
-                    self.published.pop(k, None)
         if (
             reset
             or self.version - self.checkpoint_version >= CHECKPOINT_EVERY_VERSIONS
             or self.max_ts_ns - self.checkpoint_ns >= CHECKPOINT_EVERY_S * 1e9
         ):
-            commands += self._checkpoint(header)
+            # A checkpoint: the whole model, so readers replay at most a few seconds of diffs.
+            args: list[Any] = [HEADER_FIELD, header]
+            for k, v in self.tiles.checkpoint().items():
+                args += [k, v]
+            commands += [("DEL", self.model), ("HSET", self.model, *args)]
+            self.checkpoint_version, self.checkpoint_ns = self.version, self.max_ts_ns
         state = {
             "version": self.version,
             "asof_ns": self.max_ts_ns,
@@ -281,28 +251,8 @@ class Publisher:
         commands.append(("HSET", self.state_key, STATE_FIELD, orjson.dumps(state)))
         self.pub_epoch = self.epoch
         self.pub_asof_ns = self.max_ts_ns
-        self.changed.clear()
         self.header_dirty = False
-        return len(upserts) + len(values) + len(removes)
-
-    def _checkpoint(self, header: bytes) -> list[tuple[Any, ...]]:
-        """The whole model, so readers replay at most a few seconds of diffs. Tiles carried as
-        values are folded into whole tiles here (in staging too, where it holds the same tile)."""
-        args: list[Any] = [HEADER_FIELD, header]
-        for k, tile in self.published.items():
-            if tile[1] is not None:
-                whole = (_whole(tile), None)
-                if self.staged.get(k) == tile:
-                    self.staged[k] = whole
-                self.published[k] = tile = whole
-            args += [k, tile[0]]
-        self.checkpoint_version, self.checkpoint_ns = self.version, self.max_ts_ns
-        return [("DEL", self.model), ("HSET", self.model, *args)]
-
-
-def _whole(tile: Tile) -> bytes:
-    base, values = tile
-    return base if values is None else with_values(base, values)
+        return len(upserts) + n_values + len(removes)
 
 
 PUBLISH_AGENTS = tuple(
@@ -313,6 +263,7 @@ PUBLISH_AGENTS = tuple(
         make=partial(Publisher, strategy=s),
         stateful=True,
         doc=f"Declares versions of the {s} model; diffs double as SSE history.",
+        max_batch=20,
     )
     for s in streams.STRATEGIES
 )
