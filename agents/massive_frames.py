@@ -20,7 +20,7 @@ import orjson
 
 from marketswarm.agents.parsing import DropReason, Parsed, RejectReason, num, req
 from marketswarm.schemas.events import ChainContract, ChainSnapshot, ProviderStatus, Quote, Spot, Trade
-from marketswarm.schemas.occ import INDEX_PREFIX, SymbolError, parse_occ
+from marketswarm.schemas.occ import INDEX_PREFIX, OptionSymbol, SymbolError, parse_occ
 
 MS_TO_NS = 1_000_000
 
@@ -84,19 +84,25 @@ def parse_ws_frame(
     return out
 
 
-def _route(out: Parsed, sym: Any, underlying: str, configured: Collection[str], el: Any) -> str:
+def _ours(out: Parsed, u: str, underlying: str, configured: Collection[str], el: Any) -> None:
+    """Skip an element of another underlying: misrouted if configured, else dropped at the edge."""
+    if u == underlying:
+        return
+    if u in configured:
+        out.reject(RejectReason.MISROUTED, f"{u} element on the {underlying} stream", el)
+    else:
+        out.drop(DropReason.UNCONFIGURED_UNDERLYING)
+    raise _Skip
+
+
+def _route(out: Parsed, sym: Any, underlying: str, configured: Collection[str], el: Any) -> OptionSymbol:
     try:
         osym = parse_occ(sym)
     except SymbolError as exc:
         out.reject(RejectReason.BAD_SYMBOL, str(exc), el)
         raise _Skip from None
-    if osym.underlying != underlying:
-        if osym.underlying in configured:
-            out.reject(RejectReason.MISROUTED, f"{osym.underlying} event on the {underlying} stream", el)
-        else:
-            out.drop(DropReason.UNCONFIGURED_UNDERLYING)
-        raise _Skip
-    return osym.occ
+    _ours(out, osym.underlying, underlying, configured, el)
+    return osym
 
 
 def _ws_element(out: Parsed, el: Any, rx_ns: int, underlying: str, configured: Collection[str], limits: Limits) -> None:
@@ -105,7 +111,7 @@ def _ws_element(out: Parsed, el: Any, rx_ns: int, underlying: str, configured: C
         return
     ev = el.get("ev")
     if ev == "Q":
-        sym = _route(out, el["sym"], underlying, configured, el)
+        sym = _route(out, el["sym"], underlying, configured, el).occ
         bid, ask = req(el["bp"]), req(el["ap"])
         bs, asz = int(el.get("bs", 0)), int(el.get("as", 0))
         ts_ns = int(el["t"]) * MS_TO_NS
@@ -132,7 +138,7 @@ def _ws_element(out: Parsed, el: Any, rx_ns: int, underlying: str, configured: C
             )  # fmt: skip
         )
     elif ev == "T":
-        sym = _route(out, el["sym"], underlying, configured, el)
+        sym = _route(out, el["sym"], underlying, configured, el).occ
         px = req(el["p"])
         size = el["s"]
         ts_ns = int(el["t"]) * MS_TO_NS
@@ -157,13 +163,7 @@ def _ws_element(out: Parsed, el: Any, rx_ns: int, underlying: str, configured: C
         )
     elif ev == "V":
         ticker = str(el["T"])
-        u = ticker[len(INDEX_PREFIX) :] if ticker.startswith(INDEX_PREFIX) else ticker
-        if u != underlying:
-            if u in configured:
-                out.reject(RejectReason.MISROUTED, f"{u} value on the {underlying} stream", el)
-            else:
-                out.drop(DropReason.UNCONFIGURED_UNDERLYING)
-            return
+        _ours(out, ticker.removeprefix(INDEX_PREFIX), underlying, configured, el)
         value = req(el["val"])
         ts_ns = int(el["t"]) * MS_TO_NS
         if value <= 0:
@@ -243,17 +243,7 @@ def _chain_element(
         out.reject(RejectReason.MALFORMED_ELEMENT, "chain result is not an object", el)
         raise _Skip
     details = el["details"]
-    try:
-        osym = parse_occ(details["ticker"])
-    except SymbolError as exc:
-        out.reject(RejectReason.BAD_SYMBOL, str(exc), el)
-        raise _Skip from None
-    if osym.underlying != underlying:
-        if osym.underlying in configured:
-            out.reject(RejectReason.MISROUTED, f"{osym.underlying} contract in the {underlying} chain", el)
-        else:
-            out.drop(DropReason.UNCONFIGURED_UNDERLYING)
-        raise _Skip
+    osym = _route(out, details["ticker"], underlying, configured, el)
     q = el.get("last_quote") or {}
     t = el.get("last_trade") or {}
     g = el.get("greeks") or {}

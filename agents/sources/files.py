@@ -22,7 +22,6 @@ from marketswarm.agents.normalize import CBOE_CSV
 from marketswarm.agents.sources.writer import RawWriter
 from marketswarm.schemas.codec import RawFrame
 from marketswarm.topology.metrics import Metrics
-from marketswarm.topology.settings import Settings
 
 WRITE_BATCH = 200
 
@@ -114,7 +113,7 @@ async def write_recorded(
             progress(len(group))
 
 
-async def load_paths(redis: aioredis.Redis, paths: Sequence[Path], settings: Settings) -> list[str]:
+async def load_paths(redis: aioredis.Redis, paths: Sequence[Path]) -> list[str]:
     """Replay files into the raw streams (fast); returns the underlyings they carry."""
     frames = read_inputs(paths)
     await write_recorded(redis, frames)

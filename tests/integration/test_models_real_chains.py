@@ -118,7 +118,7 @@ def published(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> di
     async def go() -> dict[str, Any]:
         r = aioredis.Redis.from_url(redis_server)
         await r.flushall()
-        await load_paths(r, [shared / f for f in FILES.values()], st)
+        await load_paths(r, [shared / f for f in FILES.values()])
         await run_until_idle(redis_server, st, list(FILES), timeout_s=240)
         out = {u: {s: await load(r, u, s) for s in streams.STRATEGIES} for u in FILES}
         await r.aclose()
