@@ -16,6 +16,7 @@ from redis.exceptions import ResponseError
 
 from marketswarm.agents.publish.models import load_published
 from marketswarm.topology import graph, streams
+from marketswarm.topology.agent import AgentSpec
 from marketswarm.topology.metrics import Metrics
 
 
@@ -90,39 +91,48 @@ async def stream_rows(redis: aioredis.Redis, underlyings: Sequence[str]) -> list
     return rows
 
 
-async def group_rows(redis: aioredis.Redis, underlyings: Sequence[str]) -> list[dict[str, Any]]:
-    """Every agent's group on every underlying: consumers, lag, pending, oldest pending idle."""
-    rows = []
-    for spec in graph.agents():
-        for u in underlyings:
-            key = spec.reads.key(u)
-            try:
-                groups = await redis.xinfo_groups(key)
-            except ResponseError:
-                groups = []
-            g = next((g for g in groups if _s(g["name"]) == spec.name), None)
-            if g is None:
-                rows.append({"agent": spec.name, "underlying": u, "stream": key, "exists": False})
-                continue
-            oldest_idle_ms = None
-            if int(g["pending"]):
-                pend = await redis.xpending_range(key, spec.name, min="-", max="+", count=1)
+async def group_rows(
+    redis: aioredis.Redis, underlyings: Sequence[str], specs: Sequence[AgentSpec] | None = None
+) -> list[dict[str, Any]]:
+    """Every agent's group on every underlying: consumers, lag, pending, oldest pending idle.
+    Two round trips whatever the number of groups: XINFO GROUPS, then XPENDING where needed."""
+    pairs = [(spec.name, u, spec.reads.key(u)) for spec in (specs or graph.agents()) for u in underlyings]
+    async with redis.pipeline(transaction=False) as pipe:
+        for _, _, key in pairs:
+            pipe.xinfo_groups(key)
+        infos = await pipe.execute(raise_on_error=False)
+    found: list[tuple[str, str, str, dict[Any, Any] | None]] = []
+    for (name, u, key), info in zip(pairs, infos, strict=True):
+        groups = [] if isinstance(info, ResponseError) else info
+        found.append((name, u, key, next((g for g in groups if _s(g["name"]) == name), None)))
+    waiting = [(name, key) for name, _, key, g in found if g is not None and int(g["pending"])]
+    oldest: dict[tuple[str, str], int] = {}
+    if waiting:
+        async with redis.pipeline(transaction=False) as pipe:
+            for name, key in waiting:
+                pipe.xpending_range(key, name, min="-", max="+", count=1)
+            for (name, key), pend in zip(waiting, await pipe.execute(), strict=True):
                 if pend:
-                    oldest_idle_ms = int(pend[0]["time_since_delivered"])
-            rows.append(
-                {
-                    "agent": spec.name,
-                    "underlying": u,
-                    "stream": key,
-                    "exists": True,
-                    "consumers": int(g["consumers"]),
-                    "lag": None if g.get("lag") is None else int(g["lag"]),
-                    "pending": int(g["pending"]),
-                    "entries_read": None if g.get("entries-read") is None else int(g["entries-read"]),
-                    "last_delivered": _s(g["last-delivered-id"]),
-                    "oldest_pending_idle_ms": oldest_idle_ms,
-                }
-            )
+                    oldest[(name, key)] = int(pend[0]["time_since_delivered"])
+    rows = []
+    for name, u, key, g in found:
+        if g is None:
+            rows.append({"agent": name, "underlying": u, "stream": key, "exists": False})
+            continue
+        rows.append(
+            {
+                "agent": name,
+                "underlying": u,
+                "stream": key,
+                "exists": True,
+                "consumers": int(g["consumers"]),
+                "lag": None if g.get("lag") is None else int(g["lag"]),  # Redis >= 7 reports it
+                "pending": int(g["pending"]),
+                "entries_read": None if g.get("entries-read") is None else int(g["entries-read"]),
+                "last_delivered": _s(g["last-delivered-id"]),
+                "oldest_pending_idle_ms": oldest.get((name, key)),
+            }
+        )
     return rows
 
 

@@ -11,11 +11,11 @@ import contextlib
 from collections.abc import Callable, Sequence
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
 
 from marketswarm.topology import graph
 from marketswarm.topology.agent import AgentSpec
 from marketswarm.topology.connections import create_redis
+from marketswarm.topology.inspect import _s, group_rows
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
@@ -29,29 +29,15 @@ IDLE_CONFIRMATIONS = 3
 async def group_backlog(redis: aioredis.Redis, specs: Sequence[AgentSpec], underlyings: Sequence[str]) -> int:
     """Entries not yet read or not yet acked, over every group of ``specs`` (missing groups count 1)."""
     total = 0
-    async with redis.pipeline(transaction=False) as pipe:
-        pairs = []
-        for spec in specs:
-            for u in underlyings:
-                key = spec.reads.key(u)
-                pipe.xinfo_groups(key)
-                pairs.append((spec.name, key))
-        results = await pipe.execute(raise_on_error=False)
-    for (group, key), info in zip(pairs, results, strict=True):
-        if isinstance(info, ResponseError):
+    for row in await group_rows(redis, underlyings, specs):
+        if not row["exists"]:
             total += 1  # stream or group not there yet
             continue
-        row = next(
-            (g for g in info if (g["name"].decode() if isinstance(g["name"], bytes) else g["name"]) == group), None
-        )
-        if row is None:
-            total += 1
-            continue
-        lag = row.get("lag")
+        lag = row["lag"]
         if lag is None:  # Redis < 7 has no lag field; compare with the stream's last id instead
-            last = (await redis.xinfo_stream(key))["last-generated-id"]
-            lag = 0 if row["last-delivered-id"] == last else 1
-        total += int(lag) + int(row["pending"])
+            last = (await redis.xinfo_stream(row["stream"]))["last-generated-id"]
+            lag = 0 if row["last_delivered"] == _s(last) else 1
+        total += lag + row["pending"]
     return total
 
 
