@@ -135,6 +135,8 @@ def main(out: Path, only: list[str] | None = None) -> list[Row]:
         # AOF on, as `make run` has it: durability is the default, so the figures include its cost.
         server = EmbeddedServer(Path(tmp), appendonly=True, record=False)
         url = server.start()
+        assert server.proc is not None
+        shared["server_pid"] = float(server.proc.pid)
         try:
             for name, suite in suites().items():
                 if only and name not in only:

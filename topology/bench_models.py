@@ -210,9 +210,13 @@ def e2e_suite(url: str, shared: dict[str, float]) -> list[Row]:
     )
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     exe = shutil.which("marketswarm", path=str(Path(sys.executable).parent)) or "marketswarm"
-    procs = [subprocess.Popen([exe, "agent", *group], env=env) for group in process_groups()]
+    groups = process_groups()
+    procs = [subprocess.Popen([exe, "agent", *group], env=env) for group in groups]
+    pids = {"+".join(g): p.pid for g, p in zip(groups, procs, strict=True)}
+    if "server_pid" in shared:
+        pids["valkey"] = int(shared["server_pid"])
     try:
-        return asyncio.run(_e2e(url, shared))
+        return asyncio.run(_e2e(url, shared, pids))
     finally:
         for p in procs:
             p.terminate()
@@ -221,7 +225,16 @@ def e2e_suite(url: str, shared: dict[str, float]) -> list[Row]:
                 p.wait(20)
 
 
-async def _e2e(url: str, shared: dict[str, float]) -> list[Row]:
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _e2e(url: str, shared: dict[str, float], pids: dict[str, int]) -> list[Row]:
     r = create_redis(url, block_ms=1000)
     writer = RawWriter(r, Metrics(CollectorRegistry()), "bench")
     specs = graph.agents()
@@ -238,8 +251,10 @@ async def _e2e(url: str, shared: dict[str, float]) -> list[Row]:
             m.rate = rate / len(markets)
             m.skip_to(time.time_ns())  # no burst of back-dated events for the pause between rates
         latencies: list[float] = []
+        tiles: list[int] = []
         stop = asyncio.Event()
-        reader = asyncio.create_task(_latencies(url, latencies, stop))
+        reader = asyncio.create_task(_latencies(url, latencies, tiles, stop))
+        cpu0 = {name: _cpu_s(pid) for name, pid in pids.items()}
         lags: list[int] = []
         events = 0
         t_start = time.monotonic()
@@ -255,6 +270,7 @@ async def _e2e(url: str, shared: dict[str, float]) -> list[Row]:
                 next_lag += 0.5
             await asyncio.sleep(max(0.0, 0.02 - (time.time_ns() - tick) / NS))
         gen_s = time.monotonic() - t_start
+        cpu = {name: (_cpu_s(pid) - cpu0[name]) / gen_s for name, pid in pids.items()}
         drained = await _wait_drained(r, specs, E2E_DRAIN_S)
         total_s = time.monotonic() - t_start
         stop.set()
@@ -270,6 +286,12 @@ async def _e2e(url: str, shared: dict[str, float]) -> list[Row]:
             target = "p99 <= 100 ms" if rate == 5_000 else ""
             rows.append(Row("e2e", f"offered {rate:,}/s: event-to-publish p50", p50 * 1e3, "ms"))
             rows.append(Row("e2e", f"offered {rate:,}/s: event-to-publish p99", p99 * 1e3, "ms", target=target))
+            rows.append(
+                Row("e2e", f"offered {rate:,}/s: tiles per heatmap version (mean)", float(np.mean(tiles)), "tiles")
+            )
+        if rate == 5_000:  # where the cores go, at the rate of the latency target
+            for name, share in sorted(cpu.items(), key=lambda kv: -kv[1]):
+                rows.append(Row("e2e", f"offered {rate:,}/s: CPU of {name}", share * 100, "% of a core"))
     await r.aclose()
     return rows
 
@@ -283,8 +305,8 @@ async def _wait_drained(r: Any, specs: Any, timeout_s: float) -> bool:
     return False
 
 
-async def _latencies(url: str, out: list[float], stop: asyncio.Event) -> None:
-    """Tail the diffs streams (plain XREAD) and time each diff against its newest event."""
+async def _latencies(url: str, out: list[float], tiles: list[int], stop: asyncio.Event) -> None:
+    """Tail the diffs streams (plain XREAD): time each diff against its newest event, count its tiles."""
     r = create_redis(url, block_ms=200)
     cursors: dict[str, bytes | str] = {
         streams.DIFFS[s].key(u): "$" for u in E2E_UNDERLYINGS for s in ("single", "vertical", "butterfly")
@@ -297,4 +319,5 @@ async def _latencies(url: str, out: list[float], stop: asyncio.Event) -> None:
                 cursors[key.decode()] = entry_id
                 diff = codec.decode(streams.Payload.DIFF, fields)
                 out.append((now - diff.asof_ns) / NS)
+                tiles.append(len(diff.upserts) + len(diff.values) + len(diff.removes))
     await r.aclose()
