@@ -65,10 +65,6 @@ def excerpt(element: Any) -> str:
     return text[:EXCERPT_CHARS]
 
 
-def finite(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def num(x: Any) -> float | None:
     """A JSON number as float, None when absent; raises ValueError for NaN/Infinity or non-numbers."""
     if x is None:

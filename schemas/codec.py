@@ -53,6 +53,8 @@ def encode_events(batch: EventBatch) -> dict[str, Any]:
 
 
 def encode_changes(batch: ChangeBatch) -> dict[str, Any]:
+    """The changes wire format. agents/hydrate.lua writes these entries itself, from the changes'
+    JSON the step encoded here; tests/integration/test_hydrate.py holds the two to the same bytes."""
     return {
         "kind": "changes",
         "v": 1,

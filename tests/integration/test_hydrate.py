@@ -111,6 +111,9 @@ async def test_new_geometry_makes_and_promotes_a_new_epoch(aredis: aioredis.Redi
     last = (await aredis.xrevrange(streams.CHANGES.key(U), count=1))[0][1]
     batch = codec.decode(streams.Payload.CHANGES, last)
     assert batch.epoch == second.decode() and batch.changes[0].epoch == second.decode()
+    # The script writes the codec's wire format, byte for byte.
+    again = {k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in codec.encode_changes(batch).items()}
+    assert again == last
 
 
 def _events(draw_seed: int) -> list[object]:
