@@ -1,7 +1,8 @@
 -- Hydrate: admission of a batch of events into an underlying's market state, atomically.
 --
 -- KEYS[1] epoch pointer   KEYS[2] changes stream   KEYS[3] fills ledger (zset)   KEYS[4] spot
--- ARGV[1] key prefix "ms:{U}:"   ARGV[2] changes retention (ms)   ARGV[3] retire TTL (s)   ARGV[4] fill window (ms)
+-- ARGV[1] key prefix "ms:{U}:"   ARGV[2] retire TTL (s)   ARGV[3] fill window (ms)
+-- (the changes stream is trimmed after the commit, to its byte and age bounds: topology/retention.py)
 -- then records, each starting with an opcode:
 --   G src rx_ns                       start the output group of one input entry
 --   C epoch geometry ts_ns n [sym meta]*n epoch_change_json
@@ -17,10 +18,8 @@
 -- Returns {A, B, C, X (outside the epoch), promotions, fills counted, fills seen before, stale fills}.
 
 local prefix = ARGV[1]
-local now = redis.call('TIME')
-local minid = tostring(tonumber(now[1]) * 1000 - tonumber(ARGV[2])) .. '-0'  -- trim by time, as every stream
-local retire_ttl = tonumber(ARGV[3])
-local fill_window = tonumber(ARGV[4])
+local retire_ttl = tonumber(ARGV[2])
+local fill_window = tonumber(ARGV[3])
 local active = redis.call('GET', KEYS[1])
 local target = active
 local counts = {0, 0, 0, 0, 0, 0, 0, 0}
@@ -36,14 +35,14 @@ local out = {}
 
 local function flush()
   if group_src ~= nil and #out > 0 then
-    redis.call('XADD', KEYS[2], 'MINID', '~', minid, '*',
+    redis.call('XADD', KEYS[2], '*',
       'kind', 'changes', 'v', '1', 'src', group_src, 'rx_ns', group_rx,
       'epoch', target or '', 'data', '[' .. table.concat(out, ',') .. ']')
   end
   out = {}
 end
 
-local i = 5
+local i = 4
 local n = #ARGV
 while i <= n do
   local op = ARGV[i]

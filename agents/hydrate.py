@@ -150,7 +150,6 @@ class Hydrator:
         ]
         self.header = [
             streams.state_key(underlying, "")[: -len("state:")],
-            int((streams.CHANGES.retention_s or 0) * 1000),
             settings.epoch_retire_ttl_s,
             int(settings.fill_window_s * 1000),
         ]

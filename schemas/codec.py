@@ -1,13 +1,15 @@
 """The one codec: how each stream payload is laid out in Redis entry fields, and back.
 
 Every entry has ``kind``, ``v`` and ``data`` (the payload's JSON, or the provider's raw bytes);
-routing fields (``src``, ``rx_ns``, ``epoch``) stay beside the payload, never inside it.
+routing fields (``src``, ``rx_ns``, ``epoch``) stay beside the payload, never inside it. Past calc the
+payloads are columns (schemas/models.py): MessagePack with packed little-endian arrays, version 2 of
+the staged and diffs streams; checkpoints of calc and publish state use the same encoding.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import orjson
@@ -15,8 +17,11 @@ import orjson
 from marketswarm.schemas.events import Change as _Change
 from marketswarm.schemas.events import ChangeBatch, EventBatch
 from marketswarm.schemas.events import Event as _Event
-from marketswarm.schemas.models import Diff, DiffOut, Reject, TileBatch
+from marketswarm.schemas.models import Diff, Geometry, Reject, Staged
 from marketswarm.topology.streams import Payload
+
+T = TypeVar("T")
+COLUMNAR = (Payload.TILES, Payload.DIFF)  # version 2: columns (v1 carried per-tile JSON)
 
 
 class DecodeError(ValueError):
@@ -34,8 +39,10 @@ class RawFrame(msgspec.Struct, frozen=True, kw_only=True):
 _enc = msgspec.json.Encoder()
 _events_dec = msgspec.json.Decoder(tuple[_Event, ...])
 _changes_dec = msgspec.json.Decoder(tuple[_Change, ...])
-_tiles_dec = msgspec.json.Decoder(TileBatch)
-_diff_dec = msgspec.json.Decoder(Diff)
+_pack = msgspec.msgpack.Encoder()
+_staged_dec = msgspec.msgpack.Decoder(Staged)
+_diff_dec = msgspec.msgpack.Decoder(Diff)
+_geometry_dec = msgspec.msgpack.Decoder(Geometry)
 _reject_dec = msgspec.json.Decoder(Reject)
 
 
@@ -65,12 +72,32 @@ def encode_changes(batch: ChangeBatch) -> dict[str, Any]:
     }
 
 
-def encode_tiles(batch: TileBatch) -> dict[str, Any]:
-    return {"kind": "tiles", "v": 1, "data": _enc.encode(batch)}
+def encode_staged(staged: Staged) -> dict[str, Any]:
+    return {"kind": "tiles", "v": 2, "data": _pack.encode(staged)}
 
 
-def encode_diff(diff: Diff | DiffOut) -> dict[str, Any]:
-    return {"kind": "diff", "v": 1, "version": diff.version, "data": _enc.encode(diff)}
+def encode_diff(diff: Diff) -> dict[str, Any]:
+    return {"kind": "diff", "v": 2, "version": diff.version, "data": _pack.encode(diff)}
+
+
+def encode_packed(value: Any) -> bytes:
+    """MessagePack of a Struct whose arrays are packed bytes (checkpoints, model hash fields)."""
+    return _pack.encode(value)
+
+
+def decode_packed(raw: bytes, type_: type[T]) -> T:
+    """The inverse of ``encode_packed``; raises DecodeError."""
+    try:
+        return msgspec.msgpack.decode(raw, type=type_)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise DecodeError(f"{type_.__name__}: {exc}") from exc
+
+
+def decode_geometry(raw: bytes) -> Geometry:
+    try:
+        return _geometry_dec.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise DecodeError(f"geometry: {exc}") from exc
 
 
 def encode_reject(reject: Reject) -> dict[str, Any]:
@@ -94,7 +121,7 @@ def decode(payload: Payload, fields: Mapping[bytes, bytes]) -> Any:
         kind = _field(fields, b"kind").decode()
         if kind != payload.value:
             raise DecodeError(f"entry kind {kind!r} on a {payload.value!r} stream")
-        if _field(fields, b"v") != b"1":
+        if _field(fields, b"v") != (b"2" if payload in COLUMNAR else b"1"):
             raise DecodeError(f"unsupported version {fields[b'v']!r} of {kind}")
         data = _field(fields, b"data")
         if payload is Payload.RAW:
@@ -113,7 +140,7 @@ def decode(payload: Payload, fields: Mapping[bytes, bytes]) -> Any:
                 changes=_changes_dec.decode(data),
             )
         if payload is Payload.TILES:
-            return _tiles_dec.decode(data)
+            return _staged_dec.decode(data)
         if payload is Payload.DIFF:
             return _diff_dec.decode(data)
         if payload is Payload.REJECT:
@@ -139,6 +166,6 @@ def event_count(value: Any) -> int:
         return len(value.events)
     if isinstance(value, ChangeBatch):
         return len(value.changes)
-    if isinstance(value, TileBatch):
-        return len(value.upserts) + (len(value.cols.keys) if value.cols else 0) + len(value.removes)
+    if isinstance(value, Staged):
+        return value.cols.changed
     return 1

@@ -1,9 +1,13 @@
-"""Models: staged tiles (calc -> publish), published diffs, rejects, and the HTTP API's shapes.
+"""Models: columnar updates (calc -> publish -> readers), an epoch's geometry, rejects, and the HTTP API's shapes.
 
-Inside the topology a tile is an opaque, pre-encoded JSON object keyed by its tile key, so the
-publisher can diff and assemble models without re-encoding them. The pydantic classes at the end are
-the published JSON's contract at the API boundary (FastAPI's OpenAPI, and the tests validate
-published models against them).
+Tiles are positions (DESIGN.md, "Tiles are positions"). A heatmap's geometry (expiries, sides, strikes,
+widths) is fixed for an epoch, so a tile is an integer position in that epoch's dense grid and its
+labels live once, in the ``Geometry``. Everything after calc moves ``Columns``: changed positions and
+their numbers as packed little-endian arrays (NaN in the first value column = the tile is absent), plus
+the quote times of contracts whose quote changed. GEX uses the same shapes with strikes as positions.
+The pydantic classes at the end are the published JSON's contract at the API boundary (FastAPI's
+OpenAPI, and the tests validate published models against them); agents/publish/assemble.py is the one
+place that JSON is built.
 """
 
 from __future__ import annotations
@@ -14,36 +18,115 @@ import msgspec
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-# JSON null as a raw value: msgspec cannot decode ``Raw | None``, so "absent" is a raw null.
-NULL = msgspec.Raw(b"null")
+I16, I32, I64, F64 = np.dtype("<i2"), np.dtype("<i4"), np.dtype("<i8"), np.dtype("<f8")
 
 
-def is_null(raw: msgspec.Raw) -> bool:
-    return bytes(raw) == b"null"
+def pack(values: np.ndarray | list[int] | list[float], dtype: np.dtype) -> bytes:
+    """An array's bytes in the wire dtype (little-endian, C order)."""
+    return np.ascontiguousarray(values, dtype=dtype).tobytes()
 
 
-class TileColumns(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """New numbers of tiles the publisher already has, as columns (bytes travel base64 in JSON)."""
-
-    keys: list[str]
-    value: bytes  # float64, native order
-    score: bytes  # float64, NaN = no score
-    legs_ts: bytes  # int64, n_legs per tile
-    n_legs: int
+def unpack(raw: bytes, dtype: np.dtype) -> np.ndarray:
+    """A read-only view of packed bytes (no copy)."""
+    return np.frombuffer(raw, dtype=dtype)
 
 
-def tile_columns(keys: list[str], value: np.ndarray, score: np.ndarray, legs_ts: np.ndarray) -> TileColumns:
-    return TileColumns(
-        keys=keys,
-        value=np.ascontiguousarray(value, dtype=np.float64).tobytes(),
-        score=np.ascontiguousarray(score, dtype=np.float64).tobytes(),
-        legs_ts=np.ascontiguousarray(legs_ts, dtype=np.int64).tobytes(),
-        n_legs=int(legs_ts.shape[1]),
+def value_columns(strategy: str) -> tuple[str, ...]:
+    """The numbers a position carries: a heatmap tile its value (mid debit; the score derives from it
+    and the width), a GEX row its call, put and net GEX."""
+    return ("call", "put", "net") if strategy == "gex" else ("value",)
+
+
+class Geometry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One epoch's grid for one strategy: the only place tiles have labels, published once per epoch.
+
+    Positions ``0..size-1`` are in the published order: heatmaps by (expiry, side, strike, width), GEX
+    rows by strike. Heatmap tiles belong to a series (an expiry and a side of the epoch's preferred root)
+    and have ``n_legs`` legs, positions in ``contracts``."""
+
+    underlying: str
+    strategy: str
+    epoch: str
+    n_legs: int = 0  # heatmaps: 1 single, 2 vertical, 3 butterfly; GEX: 0
+    expiries: tuple[str, ...] = ()  # per series, YYYY-MM-DD
+    sides: tuple[str, ...] = ()  # per series, call | put
+    steps_x1000: tuple[int, ...] = ()  # per series: the strike grid step
+    contracts: tuple[str, ...] = ()  # OCC symbols; a leg is a position here
+    series: bytes = b""  # int16 per tile
+    strike: bytes = b""  # int64 per position, thousandths (center for butterflies, long leg for verticals)
+    width: bytes = b""  # int64 per tile, thousandths (0 for singles)
+    legs: bytes = b""  # int32 per tile x n_legs
+
+    @property
+    def size(self) -> int:
+        return len(self.strike) // I64.itemsize
+
+    def strikes_x1000(self) -> np.ndarray:
+        return unpack(self.strike, I64)
+
+    def widths_x1000(self) -> np.ndarray:
+        return unpack(self.width, I64)
+
+    def series_of(self) -> np.ndarray:
+        return unpack(self.series, I16)
+
+    def leg_positions(self) -> np.ndarray:
+        """(size, n_legs) contract positions of every tile's legs."""
+        return unpack(self.legs, I32).reshape(-1, self.n_legs) if self.n_legs else np.zeros((self.size, 0), np.int32)
+
+
+class Columns(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """New numbers of changed positions, and new quote times of changed contracts.
+
+    ``vals`` is (len(pos), k) float64; NaN in the first column means the position is absent (a tile with
+    a leg that has no mid; a strike with no live contract). ``dense`` columns cover every position and
+    contract in order (``pos``/``cpos`` empty): checkpoints and snapshots."""
+
+    k: int = 1
+    dense: bool = False
+    pos: bytes = b""  # int32, ascending
+    vals: bytes = b""  # float64 (n, k)
+    cpos: bytes = b""  # int32, ascending
+    cts: bytes = b""  # int64: the contract's quote time, epoch ns (0 = never quoted)
+
+    def positions(self) -> np.ndarray:
+        return unpack(self.pos, I32)
+
+    def values(self) -> np.ndarray:
+        return unpack(self.vals, F64).reshape(-1, self.k)
+
+    def contract_positions(self) -> np.ndarray:
+        return unpack(self.cpos, I32)
+
+    def contract_times(self) -> np.ndarray:
+        return unpack(self.cts, I64)
+
+    @property
+    def changed(self) -> int:
+        """Positions this update carries (for metrics)."""
+        return len(self.vals) // (F64.itemsize * self.k)
+
+
+def columns(
+    pos: np.ndarray, vals: np.ndarray, cpos: np.ndarray | None = None, cts: np.ndarray | None = None
+) -> Columns:
+    """Pack an update: ``vals`` is (n, k) or (n,) for one value column."""
+    v = vals.reshape(-1, 1) if vals.ndim == 1 else vals
+    return Columns(
+        k=int(v.shape[1]),
+        pos=pack(pos, I32),
+        vals=pack(v, F64),
+        cpos=pack(cpos if cpos is not None else [], I32),
+        cts=pack(cts if cts is not None else [], I64),
     )
 
 
-class TileBatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A calc agent's staged update for one input entry."""
+def dense_columns(vals: np.ndarray, cts: np.ndarray) -> Columns:
+    return Columns(k=int(vals.shape[1]), dense=True, vals=pack(vals, F64), cts=pack(cts, I64))
+
+
+class Staged(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A calc agent's staged update: what changed in one event-time bucket (heatmaps) or entry (GEX)."""
 
     strategy: str
     underlying: str
@@ -51,17 +134,16 @@ class TileBatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     src: str  # the changes entry id it came from
     rx_ns: int  # receive time of the newest raw input behind it
     ts_ns: int  # event time: the newest input event behind it
-    slots: int  # grid slots of the epoch for this strategy
+    slots: int  # positions of the epoch's geometry
     pending: int  # slots whose legs exist but have no quote yet (0 = structurally complete)
-    reset: bool = False  # a new epoch: the staged set is replaced by ``upserts``
-    upserts: dict[str, msgspec.Raw] = {}  # whole tiles: new ones, or all of them on a reset
-    cols: TileColumns | None = None  # tiles already staged: their new value, score, legs_ts_ns
-    removes: tuple[str, ...] = ()
-    header: msgspec.Raw = NULL  # model-level fields (spot, GEX totals); null = unchanged
+    reset: bool = False  # a new epoch: the staged set is replaced; ``geometry`` is the new grid
+    geometry: Geometry | None = None
+    cols: Columns = Columns()
+    header: bytes | None = None  # model-level fields (spot, GEX totals) as JSON; None = unchanged
 
 
 class Diff(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One published version: what changed since ``prev_version``."""
+    """One published version: what changed since ``prev_version``, as columns."""
 
     underlying: str
     strategy: str
@@ -70,29 +152,10 @@ class Diff(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     epoch: str
     asof_ns: int
     reason: str  # structural | value | time | idle
-    reset: bool = False  # the tile set was replaced (new epoch): clients drop tiles not in upserts
-    upserts: dict[str, msgspec.Raw] = {}  # whole tiles: added, or changed beyond their values
-    values: dict[str, msgspec.Raw] = {}  # tiles the client has: their new [value, score, legs_ts_ns]
-    removes: tuple[str, ...] = ()
-    header: msgspec.Raw = NULL  # the version's model header (version, epoch, asof, spot, ...)
-
-
-class DiffOut(msgspec.Struct, frozen=True, kw_only=True):
-    """How a publisher writes a Diff: ``values`` already encoded as one JSON object (the same JSON a
-    Diff decodes), so a version costs one encoder call for its numbers, not one per tile."""
-
-    underlying: str
-    strategy: str
-    version: int
-    prev_version: int
-    epoch: str
-    asof_ns: int
-    reason: str
-    reset: bool = False
-    upserts: dict[str, msgspec.Raw] = {}
-    values: msgspec.Raw = msgspec.Raw(b"{}")
-    removes: tuple[str, ...] = ()
-    header: msgspec.Raw = NULL
+    reset: bool = False  # a new epoch: readers drop every position; ``geometry`` is the new grid
+    geometry: Geometry | None = None
+    cols: Columns = Columns()
+    header: bytes = b"null"  # the version's model header JSON (version, epoch, asof, spot, ...)
 
 
 class Reject(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -49,14 +49,11 @@ class OptionSymbol:
     expiry: dt.date
     side: Side
     strike_x1000: int
+    occ: str  # the canonical OCC string, no prefix (what format_occ gives back)
 
     @property
     def strike(self) -> float:
         return self.strike_x1000 / 1000
-
-    @property
-    def occ(self) -> str:
-        return format_occ(self.root, self.expiry, self.side, self.strike_x1000)
 
     @property
     def provider(self) -> str:
@@ -99,6 +96,7 @@ def parse_occ(symbol: str) -> OptionSymbol:
         expiry=expiry,
         side="call" if m.group("cp") == "C" else "put",
         strike_x1000=strike_x1000,
+        occ=s,  # the pattern admits only the canonical form
     )
 
 

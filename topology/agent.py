@@ -67,8 +67,10 @@ class Effects:
 class Processor(Protocol):
     """An agent's logic. ``process`` is the step: no I/O, deterministic given its inputs and state.
 
-    A processor that coalesces may also define ``flush() -> Effects | None``: the runtime calls it
-    when its input went quiet (``idle_flush``) and at the end of a replay."""
+    A processor that coalesces may also define ``flush() -> Effects | None``, which the runtime calls
+    at the end of a replay and, with ``idle_flush``, when input went quiet; and ``holding() -> bool``
+    with ``max_hold_s``: the runtime flushes work held that long (wall time) even while input flows,
+    so a coalescing agent adds at most ``max_hold_s`` of latency."""
 
     async def restore(self, redis: aioredis.Redis) -> None:
         """Load in-memory state from Redis: at start, on taking a lease, and after a failed commit."""

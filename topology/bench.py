@@ -41,6 +41,7 @@ class Row:
     ceiling: float | None = None
     ceiling_name: str = ""
     target: str = ""
+    key: str = ""  # set: this figure goes into the report's "summary" under this name
 
     @property
     def ratio(self) -> float | None:
@@ -117,14 +118,24 @@ def runtime_suite(url: str, shared: dict[str, float]) -> list[Row]:
                 target=">= 50% of ceiling" if batch == 1000 else "",
             )
         )
+        rows.append(
+            Row(
+                "runtime",
+                f"one agent hop / bare loop, batch {batch}",
+                rate / ceiling,
+                "ratio",
+                key=f"hop_ratio_batch_{batch}",
+            )
+        )
     return rows
 
 
 def suites() -> dict[str, Suite]:
     """Every benchmark suite, in report order."""
-    from marketswarm.topology.bench_models import calc_suite, e2e_suite, normalize_suite
+    from marketswarm.topology.bench_e2e import e2e_suite
+    from marketswarm.topology.bench_models import columns_suite, normalize_suite
 
-    return {"runtime": runtime_suite, "normalize": normalize_suite, "calc": calc_suite, "e2e": e2e_suite}
+    return {"runtime": runtime_suite, "normalize": normalize_suite, "columns": columns_suite, "e2e": e2e_suite}
 
 
 def main(out: Path, only: list[str] | None = None) -> list[Row]:
@@ -162,6 +173,7 @@ def main(out: Path, only: list[str] | None = None) -> list[Row]:
     report: dict[str, Any] = {
         "machine": {"node": platform.node(), "cpu": _cpu(), "python": platform.python_version()},
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "summary": {r.key: r.value for r in rows if r.key},
         "rows": [{**asdict(r), "ratio": r.ratio} for r in rows],
     }
     out.write_text(json.dumps(report, indent=2))

@@ -1,22 +1,10 @@
-"""Redis connections and stream trimming arguments, the same for every agent and source."""
+"""Redis connections, the same for every agent and source, and reading what a group acknowledged."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import redis.asyncio as aioredis
-
-from marketswarm.topology import streams
-
-
-def xadd_args(spec: streams.StreamSpec, key: str) -> dict[str, Any]:
-    """XADD trimming arguments for a stream: ``MAXLEN ~ n`` or ``MINID ~ <now - retention>``."""
-    if spec.retention_s is not None:
-        return {"minid": f"{int((time.time() - spec.retention_s) * 1000)}-0", "approximate": True}
-    if spec.maxlen is not None:
-        return {"maxlen": spec.maxlen, "approximate": True}
-    return {}
 
 
 def create_redis(url: str, block_ms: int = 0, **kwargs: Any) -> aioredis.Redis:

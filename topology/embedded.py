@@ -21,8 +21,14 @@ from types import TracebackType
 import redis
 
 RUN_FILE = "embedded.json"
-START_TIMEOUT_S = 20.0
+# Loading the append-only file of a long session takes seconds; the server answers LOADING until done.
+START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 20.0
+# The append-only file is rewritten (an RDB preamble plus what came after) whenever it grew by this
+# percentage over its size after the last rewrite: with every stream bounded in bytes
+# (topology/streams.py), the file stays within a small multiple of the data all session.
+AOF_REWRITE_PCT = 50
+AOF_REWRITE_MIN_MB = 64
 
 
 class ServerNotFoundError(RuntimeError):
@@ -86,6 +92,9 @@ class EmbeddedServer:
             "--dir", str(self.data_dir.resolve()),
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "everysec",
+            "--auto-aof-rewrite-percentage", str(AOF_REWRITE_PCT),
+            "--auto-aof-rewrite-min-size", f"{AOF_REWRITE_MIN_MB}mb",
+            "--aof-use-rdb-preamble", "yes",
             "--save", "",
             "--daemonize", "no",
             "--logfile", "server.log",

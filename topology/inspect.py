@@ -85,7 +85,8 @@ async def stream_rows(redis: aioredis.Redis, underlyings: Sequence[str]) -> list
                 "first_id": _s(first[0][0]) if first else None,
                 "last_id": _s(last[0][0]) if last else None,
                 "last_ms": id_ms(last[0][0]) if last else None,
-                "retention": f"MINID ~ {spec.retention_s}s" if spec.retention_s else f"MAXLEN ~ {spec.maxlen}",
+                "retention": f"{spec.max_bytes // streams.MiB} MiB"
+                + (f", {spec.max_age_s // 60} min" if spec.max_age_s else ""),
             }
         )
     return rows
@@ -192,7 +193,7 @@ async def model_rows(redis: aioredis.Redis, u: str) -> list[dict[str, Any]]:
         state = orjson.loads(state_raw) if state_raw else {}
         published = await load_published(redis, u, s)
         header = published.meta
-        published_n = len(published.tiles)
+        published_n = published.present
         last = await redis.xrevrange(streams.DIFFS[s].key(u), count=1)
         rows.append(
             {

@@ -68,6 +68,31 @@ class Metrics:
             AS,
             registry=r,
         )
+        self.trimmed = Counter(
+            "marketswarm_trimmed_entries_total",
+            "Entries trimmed from a stream by its byte or age bound (topology/retention.py).",
+            AS,
+            registry=r,
+        )
+        self.trimmed_unread = Counter(
+            "marketswarm_trimmed_unread_total",
+            "Entries trimmed before a group read them: a stream held past its hard byte bound.",
+            AS,
+            registry=r,
+        )
+        self.retention_held = Counter(
+            "marketswarm_retention_held_total",
+            "Trims held back because a group has not acknowledged entries beyond the stream's bounds.",
+            AS,
+            registry=r,
+        )
+        self.stream_memory = Gauge(
+            "marketswarm_stream_memory_bytes",
+            "Memory of a stream (MEMORY USAGE, sampled) when last trimmed.",
+            ("stream",),
+            registry=r,
+            **mpmax,
+        )
         self.redis_errors = Counter(
             "marketswarm_redis_errors_total", "Redis errors an agent recovered from.", AS, registry=r
         )
@@ -87,6 +112,18 @@ class Metrics:
         )
         self.source_bytes = Counter(
             "marketswarm_source_bytes_total", "Raw bytes a source wrote.", ("source", "stream"), registry=r
+        )
+        self.shed = Counter(
+            "marketswarm_shed_frames_total",
+            "Raw frames a source dropped because the agents were too far behind (backpressure).",
+            ("source", "stream"),
+            registry=r,
+        )
+        self.shed_events = Counter(
+            "marketswarm_shed_events_total",
+            "Market events inside the frames a source dropped (backpressure).",
+            ("source", "stream"),
+            registry=r,
         )
         self.chain_poll_duration = Histogram(
             "marketswarm_chain_poll_duration_seconds",

@@ -16,6 +16,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from marketswarm.agents.publish.assemble import position_of, tile_json
 from marketswarm.agents.publish.models import load_published
 from marketswarm.schemas import codec
 from marketswarm.schemas.occ import parse_occ
@@ -85,6 +86,7 @@ def derived_keys(u: str) -> list[str]:
             streams.model_key(u, s),
             streams.publish_state_key(u, s),
             streams.calc_checkpoint_key(u, s),
+            streams.calc_flushes_key(u, s),
         ]
     return keys
 
@@ -162,7 +164,9 @@ async def _scan_back(redis: aioredis.Redis, key: str, page: int = 200, limit: in
 async def tile(redis: aioredis.Redis, u: str, strategy: str, key: str) -> dict[str, Any]:
     """One published tile and the current state of its legs."""
     published = await load_published(redis, u, strategy)
-    raw = published.tiles.get(key)
+    g = published.geometry
+    pos = position_of(g, key) if g is not None else None
+    raw = tile_json(g, published.vals, published.cts, pos) if g is not None and pos is not None else None
     if raw is None:
         return {"underlying": u, "strategy": strategy, "key": key, "version": published.version, "tile": None}
     t = orjson.loads(raw)

@@ -16,7 +16,10 @@ server-side scripts. The step does no I/O. Everything else is here, written once
 * a reclaimer takes entries idle past ``min_idle_ms`` (XAUTOCLAIM, cursor followed to ``0-0``) and
   any entry delivered more than ``max_deliveries`` times is moved to ``<stream>.dlq`` with its error;
 * stateful agents own each underlying through a lease with a fencing token; every commit WATCHes
-  the lease, so a replica that lost it cannot write;
+  the lease, so a replica that lost it cannot write; leases and the heartbeat are renewed from a
+  thread (topology/keeper.py), so a long step cannot let them expire;
+* after a commit, the streams the agent writes are trimmed to their byte and age bounds, never past
+  an entry a group has not acknowledged (topology/retention.py);
 * SIGTERM/SIGINT set an event: the loop finishes the in-flight batch and returns.
 
 Delivery is at-least-once; steps are deterministic and state writes idempotent, which makes the
@@ -28,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -39,8 +43,9 @@ from redis.exceptions import RedisError, ResponseError, TimeoutError, WatchError
 from marketswarm.schemas import codec
 from marketswarm.topology import streams
 from marketswarm.topology.agent import AgentSpec, Effects, Entry, Processor
-from marketswarm.topology.connections import xadd_args
+from marketswarm.topology.keeper import Keeper, blocking_twin
 from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.retention import Trimmer
 from marketswarm.topology.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,8 +53,6 @@ log = logging.getLogger(__name__)
 # After a Redis error other than NOGROUP the loop sleeps this long before reading again: long
 # enough not to spin on a server that is restarting, short enough to resume within a second.
 CONSUME_ERROR_BACKOFF_S = 0.5
-# Heartbeats are written this often relative to their TTL, so two can be missed before "dead".
-HEARTBEAT_FRACTION = 3
 # Error texts kept for pending entries expire after this long (they only matter until the entry
 # is acked or dead-lettered, which happens within max_deliveries * min_idle_ms).
 ERROR_TTL_S = 24 * 3600
@@ -91,6 +94,14 @@ class Runtime:
         self._last_activity = time.monotonic()
         self._errors: dict[str, str] = {}
         self._tokens: dict[str, str] = {}  # underlying -> our lease value
+        self.trimmer = Trimmer(redis, metrics, spec.name)
+        self.keeper = Keeper(
+            blocking_twin(redis),
+            spec.name,
+            streams.heartbeat_key(spec.name, settings.consumer),
+            settings.heartbeat_ttl_s,
+            settings.lease_ttl_ms,
+        )
 
     # ------------------------------------------------------------------ public entry points
 
@@ -105,8 +116,8 @@ class Runtime:
         handled or nothing arrived for ``idle_timeout_s`` seconds. Returns entries handled."""
         us = list(underlyings or self.settings.underlyings)
         self._last_activity = time.monotonic()
+        self.keeper.start()
         tasks = [asyncio.create_task(self._partition(u), name=f"{self.spec.name}:{u}") for u in us]
-        tasks.append(asyncio.create_task(self._heartbeat(), name=f"{self.spec.name}:heartbeat"))
         watcher = asyncio.create_task(self._watch_bounds(max_entries, idle_timeout_s))
         try:
             await asyncio.wait([*tasks, watcher], return_when=asyncio.FIRST_COMPLETED)
@@ -119,6 +130,7 @@ class Runtime:
             await asyncio.gather(watcher, *tasks, return_exceptions=True)
             for u in us:
                 await self._release_lease(u)
+            await asyncio.to_thread(self.keeper.stop)
         for t in tasks:
             if not t.cancelled() and t.exception() is not None:
                 raise t.exception()  # type: ignore[misc]
@@ -165,6 +177,7 @@ class Runtime:
             except LeaseLostError:
                 log.warning("%s lost the lease for %s; standing by", self.group, u)
                 self._tokens.pop(u, None)
+                self.keeper.drop(streams.lease_key(u, self.spec.name))
             except (RedisConnectionError, TimeoutError, OSError):
                 if self.stop.is_set():
                     return
@@ -174,37 +187,50 @@ class Runtime:
 
     async def _consume(self, u: str, key: str, processor: Processor) -> None:
         next_claim = time.monotonic() + self.settings.claim_interval_ms / 1000
-        while not self.stop.is_set():
-            if time.monotonic() >= next_claim:
-                await self._reclaim(u, key, processor, min_idle_ms=self.settings.min_idle_ms)
-                next_claim = time.monotonic() + self.settings.claim_interval_ms / 1000
-            read = asyncio.ensure_future(
-                self.redis.xreadgroup(
-                    self.group,
-                    self.consumer,
-                    {key: ">"},
-                    count=self.batch_size,
-                    block=self.settings.block_ms,
+        stopped = asyncio.ensure_future(self.stop.wait())
+        held_since: float | None = None  # wall (monotonic) time the processor began holding work
+        try:
+            while not self.stop.is_set():
+                if time.monotonic() >= next_claim:
+                    await self._reclaim(u, key, processor, min_idle_ms=self.settings.min_idle_ms)
+                    next_claim = time.monotonic() + self.settings.claim_interval_ms / 1000
+                block_ms = self.settings.block_ms
+                if held_since is not None:  # read no longer than the held work may wait
+                    wait_s = held_since + getattr(processor, "max_hold_s", 0.0) - time.monotonic()
+                    block_ms = max(1, min(block_ms, math.ceil(wait_s * 1000)))
+                read = asyncio.ensure_future(
+                    self.redis.xreadgroup(self.group, self.consumer, {key: ">"}, count=self.batch_size, block=block_ms)
                 )
-            )
-            stopped = asyncio.ensure_future(self.stop.wait())
-            await asyncio.wait([read, stopped], return_when=asyncio.FIRST_COMPLETED)
-            if not read.done():
-                # Cancelling a blocked read is safe: anything it was handed stays pending for this
-                # consumer and is drained first on the next start. It is not awaited: redis-py may
-                # finish a cancelled BLOCK before it gives the connection back, and a stop must not
-                # wait block_ms for it; closing the client ends it.
-                read.cancel()
-                read.add_done_callback(_retrieve)
-                return
-            stopped.cancel()
-            response = read.result()
-            if not response:
-                if self.settings.idle_flush:
+                await asyncio.wait([read, stopped], return_when=asyncio.FIRST_COMPLETED)
+                if not read.done():
+                    # Cancelling a blocked read is safe: anything it was handed stays pending for this
+                    # consumer and is drained first on the next start. It is not awaited: redis-py may
+                    # finish a cancelled BLOCK before it gives the connection back, and a stop must not
+                    # wait block_ms for it; closing the client ends it.
+                    read.cancel()
+                    read.add_done_callback(_retrieve)
+                    return
+                response = read.result()
+                if response:
+                    await self._handle(u, key, processor, response[0][1], redelivered=False)
+                held_since = self._held_since(processor, held_since)
+                if self.settings.idle_flush and (
+                    not response
+                    or (held_since is not None and time.monotonic() - held_since >= processor.max_hold_s)  # type: ignore[attr-defined]
+                ):
+                    # Input went quiet, or work was held as long as it may be: out with it.
                     await self.flush(u, key, processor)
-                continue
-            raw_entries = response[0][1]
-            await self._handle(u, key, processor, raw_entries, redelivered=False)
+                    held_since = self._held_since(processor, None)
+        finally:
+            stopped.cancel()
+
+    def _held_since(self, processor: Processor, since: float | None) -> float | None:
+        """When the processor began holding work it will flush (None: it holds nothing, or it does
+        not hold work on a deadline; only live runs flush on one, replays flush at the end)."""
+        holding = getattr(processor, "holding", None)
+        if not self.settings.idle_flush or holding is None or not holding():
+            return None
+        return since if since is not None else time.monotonic()
 
     async def _drain_own_pending(self, u: str, key: str, processor: Processor) -> None:
         """Re-read this consumer's own pending entries (from a previous life) before new ones."""
@@ -302,6 +328,7 @@ class Runtime:
             return
         try:
             await self._commit(u, key, effects, [e.id for e in good])
+            await self._trim(u, processor, effects)
         except LeaseLostError:
             await processor.restore(self.redis)
             raise LeaseLostError(key) from None
@@ -326,7 +353,16 @@ class Runtime:
             with contextlib.suppress(Exception):
                 await processor.restore(self.redis)
             raise
+        await self._trim(u, processor, effects)
         return True
+
+    async def _trim(self, u: str, processor: Processor, effects: Effects) -> None:
+        """Keep the streams this agent writes within their bounds (at most once a second each)."""
+        floor = getattr(processor, "retention_floor", None)
+        written = {out.key: out.spec for out in effects.outputs}
+        written.update({spec.key(u): spec for spec in self.spec.writes})
+        for key, spec in written.items():
+            await self.trimmer.after_write(spec, key, floor(key) if floor is not None else None)
 
     async def flush_all(self, underlyings: Sequence[str]) -> int:
         """One flush per underlying, for the end of a replay (taking leases as needed)."""
@@ -367,7 +403,7 @@ class Runtime:
             for script in effects.scripts:
                 pipe.eval(script.body, len(script.keys), *script.keys, *script.args)
             for out in effects.outputs:
-                pipe.xadd(out.key, dict(out.fields), id=out.id, **xadd_args(out.spec, out.key))
+                pipe.xadd(out.key, dict(out.fields), id=out.id)
             if ack_ids:
                 pipe.xack(key, self.group, *ack_ids)
             if self._errors and any(i in self._errors for i in ack_ids):
@@ -416,7 +452,7 @@ class Runtime:
                 record.update(
                     {"id": entry_id, "group": self.group, "deliveries": deliveries, "error": error[:MAX_ERROR_CHARS]}
                 )
-                pipe.xadd(dlq, record, maxlen=streams.DLQ_MAXLEN, approximate=True)
+                pipe.xadd(dlq, record)
                 log.error(
                     "%s: dead-lettered %s of %s after %d deliveries: %s", self.group, entry_id, key, deliveries, error
                 )
@@ -427,42 +463,27 @@ class Runtime:
             self._errors.pop(entry_id, None)
         self.processed += len(dead)
         self.metrics.dead_letters.labels(self.group, key).inc(len(dead))
+        await self.trimmer.after_write(streams.DLQ, dlq)
 
     # ------------------------------------------------------------------ liveness and leases
 
-    async def _heartbeat(self) -> None:
-        hb = streams.heartbeat_key(self.spec.name, self.consumer)
-        interval = min(self.settings.heartbeat_ttl_s, self.settings.lease_ttl_ms / 1000) / HEARTBEAT_FRACTION
-        while not self.stop.is_set():
-            try:
-                await self.redis.set(hb, str(time.time()), ex=self.settings.heartbeat_ttl_s)
-                for u in list(self._tokens):
-                    if not await self._renew_lease(u):
-                        log.warning("%s: lease on %s expired before renewal", self.group, u)
-                        self._tokens.pop(u, None)
-            except (RedisError, OSError):
-                log.warning("heartbeat of %s failed", self.spec.name, exc_info=True)
-            await self._sleep(interval)
-
     async def _acquire_lease(self, u: str) -> bool:
-        if u in self._tokens:
-            return True
         lease = streams.lease_key(u, self.spec.name)
+        if u in self._tokens and self.keeper.holds(lease):
+            return True
+        self._tokens.pop(u, None)
         token = await self.redis.incr(streams.lease_token_key(u, self.spec.name))
         value = f"{self.consumer}:{token}"
         if await self.redis.set(lease, value, nx=True, px=self.settings.lease_ttl_ms):
             self._tokens[u] = value
+            self.keeper.hold(lease, value)
             log.info("%s: took the lease on %s (token %s)", self.group, u, token)
             return True
         return False
 
-    async def _renew_lease(self, u: str) -> bool:
-        lease = streams.lease_key(u, self.spec.name)
-        ok = await self.redis.eval(_RENEW_LEASE, 1, lease, self._tokens[u], self.settings.lease_ttl_ms)
-        return bool(ok)
-
     async def _release_lease(self, u: str) -> None:
         value = self._tokens.pop(u, None)
+        self.keeper.drop(streams.lease_key(u, self.spec.name))
         if value is None:
             return
         with contextlib.suppress(RedisError, OSError):
@@ -487,13 +508,6 @@ class Runtime:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-
-_RENEW_LEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
 
 _RELEASE_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then

@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     )
     log_level: str = Field(default="INFO", description="Python logging level.")
 
+    max_backlog: int = Field(
+        default=2000,
+        ge=0,
+        description="Sources shed market frames (counted) while the agents of an underlying have more "
+        "entries than this not yet read or acknowledged; 0 = never shed.",
+    )
+
     # normalize
     max_frame_bytes: int = Field(
         default=8 * 1024 * 1024, ge=1024, description="Raw frames larger than this are rejected (oversized)."
@@ -72,12 +79,16 @@ class Settings(BaseSettings):
 
     idle_flush: bool = Field(
         default=True,
-        description="Emit coalesced work when input goes quiet for block_ms (off in replays, which flush at the end).",
+        description="Emit coalesced work when input goes quiet or it was held its bucket/interval of wall time "
+        "(off in replays, which flush at the end).",
     )
 
     # calc
     calc_bucket_ms: int = Field(
-        default=50, ge=1, description="Calc agents coalesce changes per bucket of this much event time."
+        default=50,
+        ge=1,
+        description="Calc agents coalesce changes per bucket of this much event time (live: a change "
+        "waits at most this long, wall time, to be emitted).",
     )
     heatmap_expiries: int = Field(default=5, ge=1, description="Nearest expiries in the heatmaps.")
     heatmap_range_pct: float = Field(
@@ -96,7 +107,10 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="... or when this % of the model's tiles changed."
     )
     publish_interval_ms: int = Field(
-        default=250, ge=1, description="... or when this much event time passed since the last version."
+        default=40,
+        ge=1,
+        description="... or when this much event time passed since the last version (live: a change "
+        "waits at most this long, wall time, to be published).",
     )
 
     # sources

@@ -11,19 +11,24 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 PREFIX = "ms"
+MiB = 1 << 20
 
-# Retention. Streams are trimmed approximately (``MAXLEN ~`` / ``MINID ~``) at every XADD. Time-based
-# bounds (MINID, from the entry ids' server time) keep memory proportional to throughput x time;
-# each is far beyond the consumer lag at which the alerts fire, so nothing a group has not read is
-# trimmed in normal operation (a group that falls further behind than this has its pending entries
-# counted as marketswarm_trimmed_pending_total).
-RAW_RETENTION_S = 2 * 3600  # raw provider bytes: two hours for replay / re-normalization
-EVENTS_RETENTION_S = 30 * 60
-CHANGES_RETENTION_S = 30 * 60
-STAGED_RETENTION_S = 10 * 60
-DIFFS_MAXLEN = 2_000  # diffs double as SSE history; ids are versions, so trimmed by count
-REJECTS_MAXLEN = 100_000
-DLQ_MAXLEN = 100_000
+# Retention. Every stream is bounded in bytes (Redis' own accounting, MEMORY USAGE) and most also in
+# age; writers append without trimming and topology/retention.py trims each stream they wrote, oldest
+# first, never past an entry a group has not acknowledged. The byte bounds size a whole trading
+# session (README, "What a trading day costs"); the age bounds keep quiet streams short.
+RAW_MAX_BYTES = 48 * MiB  # raw provider bytes: the window for re-normalization (`marketswarm rebuild`)
+RAW_MAX_AGE_S = 2 * 3600
+EVENTS_MAX_BYTES = 24 * MiB
+CHANGES_MAX_BYTES = 24 * MiB
+FLOW_MAX_AGE_S = 30 * 60  # events and changes: agents need only what they have not acknowledged
+STAGED_MAX_BYTES = 8 * MiB
+STAGED_MAX_AGE_S = 10 * 60
+DIFFS_MAX_BYTES = 16 * MiB  # diffs double as SSE history (Last-Event-ID resume)
+DIFFS_MAX_AGE_S = 30 * 60
+REJECTS_MAX_BYTES = 8 * MiB
+DLQ_MAX_BYTES = 16 * MiB
+REJECTS_MAXLEN = 100_000  # sources outside the runtime trim their rejects by count at XADD as well
 
 
 class Payload(StrEnum):
@@ -35,6 +40,7 @@ class Payload(StrEnum):
     TILES = "tiles"  # staged tile updates from a calc agent
     DIFF = "diff"  # a published version's diff
     REJECT = "reject"  # bad input with its reason
+    DEAD = "dead"  # a dead letter: the original entry's fields, its group and error
     TEST = "test"  # used by the runtime's own tests and benchmarks
 
 
@@ -45,8 +51,8 @@ class StreamSpec:
     name: str
     template: str  # formatted with u=<underlying>
     payload: Payload
-    maxlen: int | None = None
-    retention_s: int | None = None
+    max_bytes: int  # memory bound of one key (topology/retention.py trims to it)
+    max_age_s: int | None = None  # entries older than this (by entry id time) are trimmed as well
     ingress: bool = False  # written by sources outside the agent graph
 
     def key(self, underlying: str) -> str:
@@ -57,10 +63,10 @@ def _k(suffix: str) -> str:
     return PREFIX + ":{{{u}}}:" + suffix
 
 
-RAW = StreamSpec("raw", _k("raw.v1"), Payload.RAW, retention_s=RAW_RETENTION_S, ingress=True)
-EVENTS = StreamSpec("events", _k("events.v1"), Payload.EVENTS, retention_s=EVENTS_RETENTION_S)
-REJECTS = StreamSpec("rejects", _k("rejects.v1"), Payload.REJECT, maxlen=REJECTS_MAXLEN)
-CHANGES = StreamSpec("changes", _k("changes.v1"), Payload.CHANGES, retention_s=CHANGES_RETENTION_S)
+RAW = StreamSpec("raw", _k("raw.v1"), Payload.RAW, RAW_MAX_BYTES, RAW_MAX_AGE_S, ingress=True)
+EVENTS = StreamSpec("events", _k("events.v1"), Payload.EVENTS, EVENTS_MAX_BYTES, FLOW_MAX_AGE_S)
+REJECTS = StreamSpec("rejects", _k("rejects.v1"), Payload.REJECT, REJECTS_MAX_BYTES)
+CHANGES = StreamSpec("changes", _k("changes.v1"), Payload.CHANGES, CHANGES_MAX_BYTES, FLOW_MAX_AGE_S)
 
 
 class Strategy(StrEnum):
@@ -73,12 +79,13 @@ class Strategy(StrEnum):
 HEATMAP_STRATEGIES = (Strategy.SINGLE, Strategy.VERTICAL, Strategy.BUTTERFLY)
 STRATEGIES = (*HEATMAP_STRATEGIES, Strategy.GEX)
 
+# v2: columns (schemas/models.py); v1 carried per-tile JSON.
 STAGED: dict[str, StreamSpec] = {
-    s: StreamSpec(f"staged.{s}", _k(f"staged:{s}.v1"), Payload.TILES, retention_s=STAGED_RETENTION_S)
+    s: StreamSpec(f"staged.{s}", _k(f"staged:{s}.v2"), Payload.TILES, STAGED_MAX_BYTES, STAGED_MAX_AGE_S)
     for s in STRATEGIES
 }
 DIFFS: dict[str, StreamSpec] = {
-    s: StreamSpec(f"diffs.{s}", _k(f"diffs:{s}.v1"), Payload.DIFF, maxlen=DIFFS_MAXLEN) for s in STRATEGIES
+    s: StreamSpec(f"diffs.{s}", _k(f"diffs:{s}.v2"), Payload.DIFF, DIFFS_MAX_BYTES, DIFFS_MAX_AGE_S) for s in STRATEGIES
 }
 
 # Sources that cannot attribute a frame to an underlying (a WebSocket frame that is not JSON) write
@@ -86,7 +93,11 @@ DIFFS: dict[str, StreamSpec] = {
 EDGE = "edge"
 
 # Test stream used by the runtime's tests and benchmark (the counting agent).
-TEST_IN = StreamSpec("test.in", _k("test.in.v1"), Payload.TEST, maxlen=1_000_000, ingress=True)
+TEST_IN = StreamSpec("test.in", _k("test.in.v1"), Payload.TEST, 512 * MiB, ingress=True)
+
+
+# Dead letters of any stream (``dlq_key``): bounded like every stream; written by the runtime.
+DLQ = StreamSpec("dlq", "{u}.dlq", Payload.DEAD, DLQ_MAX_BYTES)
 
 
 def dlq_key(stream_key: str) -> str:
@@ -139,10 +150,11 @@ def publish_state_key(u: str, strategy: str) -> str:
 
 
 def model_key(u: str, strategy: str) -> str:
-    """Hash: the last checkpoint of the published model of (underlying, strategy): tile key -> tile
-    JSON, plus ``_header`` (version, epoch, asof, spot, strategy fields). The current model is this
-    plus the diffs after it (agents/publish/models.py). Written only by its publisher."""
-    return f"{PREFIX}:{{{u}}}:model:{strategy}.v1"
+    """Hash: the last checkpoint of the published model of (underlying, strategy): ``_header``
+    (version, epoch, asof, spot, strategy fields), ``_geometry`` and ``_cols`` (dense columns). The
+    current model is this plus the diffs after it (agents/publish/models.py). Written only by its
+    publisher."""
+    return f"{PREFIX}:{{{u}}}:model:{strategy}.v2"
 
 
 def lease_key(u: str, agent: str) -> str:
@@ -173,7 +185,13 @@ def test_sums_key(u: str) -> str:
     return f"{PREFIX}:{{{u}}}:test.sums"
 
 
+def calc_flushes_key(u: str, strategy: str) -> str:
+    """List: the changes entries after which a calc agent flushed since its last checkpoint (a restore
+    flushes again at the same points)."""
+    return f"{PREFIX}:{{{u}}}:calc:{strategy}.v2:flushes"
+
+
 def calc_checkpoint_key(u: str, strategy: str) -> str:
-    """Hash: a calc agent's inputs as of its last commit (epoch, grid symbols, quotes, spot), written
+    """Hash: a calc agent's inputs as of its last commit (epoch, grid, quotes as arrays, spot), written
     atomically with its XACK, so a restarted calc resumes exactly where its acked position left it."""
-    return f"{PREFIX}:{{{u}}}:calc:{strategy}"
+    return f"{PREFIX}:{{{u}}}:calc:{strategy}.v2"

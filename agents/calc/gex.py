@@ -35,7 +35,7 @@ import redis.asyncio as aioredis
 from marketswarm.agents.calc import blackscholes as bs
 from marketswarm.schemas import codec
 from marketswarm.schemas.events import ChangeBatch, EpochChange, GreeksChange, SpotChange
-from marketswarm.schemas.models import TileBatch
+from marketswarm.schemas.models import F64, I64, Geometry, Staged, columns, pack, unpack
 from marketswarm.schemas.occ import SymbolError, parse_occ
 from marketswarm.topology import streams
 from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output
@@ -256,26 +256,35 @@ class GexCalc:
         self.out_spec = streams.STAGED[streams.Strategy.GEX]
         self.out_key = self.out_spec.key(underlying)
         self.book: Book | None = None
+        self.geometry: Geometry | None = None
         self.spot: SpotChange | None = None
-        self.rows: dict[str, bytes] = {}
+        self.vals = np.zeros((0, 3))  # (call, put, net) per strike as last emitted; NaN = no row
         self.profiles: ProfileCache = {}
         self.inputs: ProfileInputs | None = None
 
+    def _set_book(self, book: Book) -> None:
+        """A new epoch's book: its strikes (every listed one, in order) are the rows' positions."""
+        self.book = book
+        strikes = np.unique(np.round(book.strike * 1000).astype(np.int64))
+        self.geometry = Geometry(underlying=self.u, strategy="gex", epoch=book.epoch, strike=pack(strikes, I64))
+        self.vals = np.full((len(strikes), 3), np.nan)
+
     async def restore(self, redis: aioredis.Redis) -> None:
         raw = await redis.hgetall(self.checkpoint)
-        self.book, self.spot, self.rows = None, None, {}
+        self.book, self.geometry, self.spot = None, None, None
         fields = {k.decode(): v for k, v in raw.items()}
         if "_spot" in fields:
             self.spot = _spot_dec.decode(fields["_spot"])
         if "_epoch" in fields:
             symbols = orjson.loads(fields["_symbols"])
-            self.book = Book.of(fields["_epoch"].decode(), symbols)
+            self._set_book(Book.of(fields["_epoch"].decode(), symbols))
+            assert self.book is not None
             for s in symbols:
                 if s in fields:
                     self.book.apply(_greeks_dec.decode(fields[s]))
+            if "_vals" in fields:
+                self.vals[:] = unpack(fields["_vals"], F64).reshape(-1, 3)
         self.inputs = ProfileInputs(**orjson.loads(fields["_prof"])) if "_prof" in fields else None
-        if "_rows" in fields:
-            self.rows = {k: v.encode() for k, v in orjson.loads(fields["_rows"]).items()}
 
     def process(self, batch: Sequence[Entry]) -> Effects:
         outputs: list[Output] = []
@@ -303,7 +312,7 @@ class GexCalc:
                         book = Book.of(ch.epoch, ch.symbols)
                         if self.book is not None:
                             book.carry_from(self.book)
-                        self.book = book
+                        self._set_book(book)
                         reset = touched = chain_changed = True
                         commands.append(("DEL", self.checkpoint))
                         keep = {k: v for k, v in ckpt.items() if k == "_spot"}
@@ -326,7 +335,7 @@ class GexCalc:
             if not touched or self.book is None or self.spot is None:
                 continue
             outputs.append(self._emit(entry.id, cb, ts_ns, reset, chain_changed))
-            ckpt["_rows"] = orjson.dumps({k: v.decode() for k, v in self.rows.items()})
+            ckpt["_vals"] = pack(self.vals, F64)
             assert self.inputs is not None
             ckpt["_prof"] = orjson.dumps({"anchor": self.inputs.anchor, "asof_ns": self.inputs.asof_ns})
         if ckpt:
@@ -337,27 +346,33 @@ class GexCalc:
         return Effects(outputs=outputs, commands=commands, events_out=len(outputs))
 
     def _emit(self, src: str, cb: ChangeBatch, ts_ns: int, reset: bool, chain_changed: bool) -> Output:
-        assert self.book is not None and self.spot is not None
+        assert self.book is not None and self.spot is not None and self.geometry is not None
         s = self.spot.value
         asof = max(int(self.book.ts.max()) if len(self.book.ts) else 0, self.spot.ts_ns)
         chain_ts = int(self.book.ts.max()) if len(self.book.ts) else 0
         if chain_changed or self.inputs is None or abs(s / self.inputs.anchor - 1) >= PROFILE_REUSE_MOVE:
             self.inputs = ProfileInputs(s, asof)
         model = compute(self.book, s, asof, asof - chain_ts > self.stale_ns, self.inputs, self.profiles)
-        rows = {f"s|{int(round(r['strike'] * 1000)):012d}": orjson.dumps(r) for r in model.pop("by_strike")}
+        rows = model.pop("by_strike")
         header = orjson.dumps(
             {"spot": s, "spot_ts_ns": self.spot.ts_ns, "units": UNITS, "convention": CONVENTION, **model}
         )
-        upserts = {k: msgspec.Raw(v) for k, v in rows.items() if reset or self.rows.get(k) != v}
-        removes = tuple(k for k in self.rows if k not in rows)
-        self.rows = rows
-        pending = int((self.book.ts == 0).sum())
-        tb = TileBatch(
+        new = np.full_like(self.vals, np.nan)
+        if rows:
+            at = np.searchsorted(self.geometry.strikes_x1000(), [round(r["strike"] * 1000) for r in rows])
+            new[at] = [(r["call"], r["put"], r["net"]) for r in rows]
+        # Rows compare as their JSON would: bit for bit (-0.0 is not 0.0 on the wire).
+        if reset:
+            changed = np.flatnonzero(~np.isnan(new[:, 0]))
+        else:
+            changed = np.flatnonzero((new.view(np.int64) != self.vals.view(np.int64)).any(axis=1))
+        self.vals = new
+        staged = Staged(
             strategy=streams.Strategy.GEX, underlying=self.u, epoch=self.book.epoch, src=src, rx_ns=cb.rx_ns,
-            ts_ns=ts_ns, slots=len(rows), pending=pending, reset=reset, upserts=upserts, removes=removes,
-            header=msgspec.Raw(header),
+            ts_ns=ts_ns, slots=len(new), pending=int((self.book.ts == 0).sum()), reset=reset,
+            geometry=self.geometry if reset else None, cols=columns(changed, new[changed]), header=header,
         )  # fmt: skip
-        return Output(self.out_spec, self.out_key, codec.encode_tiles(tb))
+        return Output(self.out_spec, self.out_key, codec.encode_staged(staged))
 
 
 GEX_AGENT = AgentSpec(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from marketswarm.schemas.events import QuoteChange
+from marketswarm.schemas.models import I16, I32, I64, Geometry, pack
 from marketswarm.schemas.occ import SymbolError, parse_occ, series_priority
 
 
@@ -81,11 +82,16 @@ class Grid:
         self.symbols = symbols_flat
         self.pos = {s: i for i, s in enumerate(symbols_flat)}
         n = len(symbols_flat)
-        self.bid = np.full(n, np.nan)
-        self.ask = np.full(n, np.nan)
+        # One slot past the grid: the sentinel leg of tiles with fewer than three legs (mid 0, valid).
+        self.bid_x = np.full(n + 1, np.nan)
+        self.ask_x = np.full(n + 1, np.nan)
+        self.bid_x[n] = self.ask_x[n] = 0.0
+        self.bid = self.bid_x[:n]
+        self.ask = self.ask_x[:n]
         self.ts = np.zeros(n, dtype=np.int64)
         self.seq = np.zeros(n, dtype=np.int64)
         self.seen = np.zeros(n, dtype=bool)
+        self.first_seen = 0  # positions quoted for the first time: bumps when ``seen`` grows
 
     def __len__(self) -> int:
         return len(self.symbols)
@@ -101,15 +107,18 @@ class Grid:
         self.ask[p] = np.nan if q.ask is None else q.ask
         self.ts[p] = q.ts_ns
         self.seq[p] = q.seq
-        self.seen[p] = True
+        if not self.seen[p]:
+            self.seen[p] = True
+            self.first_seen += 1
         return p
 
-    def mids(self) -> tuple[np.ndarray, np.ndarray]:
-        """(mid, has_mid) over all positions."""
+    def mids(self, legs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mid, has_mid) at the positions ``legs`` (any shape; the sentinel has mid 0 and counts as
+        quoted). Mid is (bid + ask) / 2 only with both sides present and not crossed; else 0, False."""
+        b, a = self.bid_x[legs], self.ask_x[legs]
         with np.errstate(invalid="ignore"):
-            ok = (self.bid > 0) & (self.ask > 0) & (self.bid <= self.ask)
-        mid = np.where(ok, (self.bid + self.ask) / 2, np.nan)
-        return mid, ok
+            ok = ((b > 0) & (a > 0) & (b <= a)) | (legs == len(self.symbols))
+        return np.where(ok, (b + a) / 2, 0.0), ok
 
     def carry_from(self, other: Grid) -> None:
         """Take the quotes of contracts this grid shares with ``other`` (a new epoch's first values)."""
@@ -119,6 +128,7 @@ class Grid:
         mine, theirs = (np.array(x, dtype=np.int64) for x in zip(*common, strict=True))
         for arr in ("bid", "ask", "ts", "seq", "seen"):
             getattr(self, arr)[mine] = getattr(other, arr)[theirs]
+        self.first_seen += 1
 
     def quote(self, p: int) -> QuoteChange:
         b, a = self.bid[p], self.ask[p]
@@ -133,42 +143,51 @@ class Grid:
 
 @dataclass(frozen=True)
 class Tiles:
-    """All tiles of one strategy over a grid: legs as flat positions (``n`` = the sentinel), weights."""
+    """All tiles of one strategy over a grid, in the published order (series, then strike, then width):
+    a tile is its position here. Legs are flat grid positions (``n`` = the sentinel), with weights."""
 
     legs: np.ndarray  # (T, 3) int64; unused legs point at the sentinel position
     weights: np.ndarray  # (T, 3) float64
-    width_x1000: np.ndarray  # (T,)
-    keys: list[str]
-    prefix: list[str]  # the tile JSON up to its values
+    n_legs: int
+    series: np.ndarray  # (T,) int16: index into grid.series
+    strike_x1000: np.ndarray  # (T,) int64
+    width_x1000: np.ndarray  # (T,) int64
     csr_ptr: np.ndarray  # position -> tiles touching it: tiles csr_idx[csr_ptr[p]:csr_ptr[p+1]]
     csr_idx: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.width_x1000)
 
     def touching(self, positions: Sequence[int]) -> np.ndarray:
         """Tiles with a leg at any of ``positions``, ascending (a mask, not a sort: this is hot)."""
         if not len(positions):
             return np.zeros(0, dtype=np.int64)
-        mask = np.zeros(len(self.keys), dtype=bool)
+        mask = np.zeros(len(self), dtype=bool)
         mask[np.concatenate([self.csr_idx[self.csr_ptr[p] : self.csr_ptr[p + 1]] for p in positions])] = True
         return np.flatnonzero(mask)
 
 
+N_LEGS = {"single": 1, "vertical": 2, "butterfly": 3}
+
+
 def build_tiles(grid: Grid, strategy: str) -> Tiles:
-    """Enumerate the tiles of a strategy: single, vertical or butterfly."""
+    """Enumerate the tiles of a strategy (single, vertical or butterfly) in the published order:
+    series (expiry, then call before put), strike ascending, width ascending."""
     n = len(grid)
     legs: list[tuple[int, int, int]] = []
     weights: list[tuple[float, float, float]] = []
+    series: list[int] = []
+    strikes: list[int] = []
     widths: list[int] = []
-    keys: list[str] = []
-    prefix: list[str] = []
-    for s in grid.series:
+    for si, s in enumerate(grid.series):
         index = {int(k): s.start + i for i, k in enumerate(s.strikes)}
         widths_x1000 = (
             [0] if strategy == "single" else [s.step_x1000 * m for m in range(1, grid.window.max_width_steps + 1)]
         )
-        for w in widths_x1000:
-            for i, k in enumerate(s.strikes):
-                k = int(k)
-                p = s.start + i
+        for i, k in enumerate(s.strikes):
+            k = int(k)
+            p = s.start + i
+            for w in widths_x1000:
                 if strategy == "single":
                     leg, wt = (p, n, n), (1.0, 0.0, 0.0)
                 elif strategy == "vertical":
@@ -181,36 +200,44 @@ def build_tiles(grid: Grid, strategy: str) -> Tiles:
                     if lo_p is None or hi_p is None:
                         continue
                     leg, wt = (lo_p, p, hi_p), (1.0, -2.0, 1.0)
-                key = f"{s.expiry}|{s.side[0]}|{k}|{w}"
-                leg_syms = ",".join(f'"{grid.symbols[x]}"' for x in leg if x != n)
                 legs.append(leg)
                 weights.append(wt)
+                series.append(si)
+                strikes.append(k)
                 widths.append(w)
-                keys.append(key)
-                prefix.append(
-                    f'{{"k":"{key}","expiry":"{s.expiry}","side":"{s.side}","strike":{k / 1000!r},'
-                    f'"width":{w / 1000!r},"legs":[{leg_syms}],'
-                )
     legs_a = np.array(legs, dtype=np.int64).reshape(-1, 3)
-    counts = np.zeros(n + 2, dtype=np.int64)
-    for leg in legs:
-        for x in set(leg):
-            if x != n:
-                counts[x + 1] += 1
-    ptr = np.cumsum(counts)[: n + 1]
-    fill = ptr[:-1].copy()
-    idx = np.zeros(int(ptr[-1]), dtype=np.int64)
-    for t, leg in enumerate(legs):
-        for x in set(leg):
-            if x != n:
-                idx[fill[x]] = t
-                fill[x] += 1
+    # CSR of position -> tiles touching it (a tile is listed once per distinct leg position).
+    owners = np.repeat(np.arange(len(legs_a)), 3)
+    flat = legs_a.reshape(-1)
+    keep = flat != n
+    pairs = np.unique(np.stack([flat[keep], owners[keep]], axis=1), axis=0) if keep.any() else np.zeros((0, 2), int)
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(pairs[:, 0], minlength=n), out=ptr[1:])
     return Tiles(
         legs=legs_a,
         weights=np.array(weights, dtype=np.float64).reshape(-1, 3),
+        n_legs=N_LEGS[strategy],
+        series=np.array(series, dtype=np.int16),
+        strike_x1000=np.array(strikes, dtype=np.int64),
         width_x1000=np.array(widths, dtype=np.int64),
-        keys=keys,
-        prefix=prefix,
         csr_ptr=ptr,
-        csr_idx=idx,
+        csr_idx=pairs[:, 1].astype(np.int64),
+    )
+
+
+def geometry(underlying: str, strategy: str, grid: Grid, tiles: Tiles) -> Geometry:
+    """The epoch's published geometry of a strategy's tiles."""
+    return Geometry(
+        underlying=underlying,
+        strategy=strategy,
+        epoch=grid.epoch,
+        n_legs=tiles.n_legs,
+        expiries=tuple(s.expiry for s in grid.series),
+        sides=tuple(s.side for s in grid.series),
+        steps_x1000=tuple(s.step_x1000 for s in grid.series),
+        contracts=tuple(grid.symbols),
+        series=pack(tiles.series, I16),
+        strike=pack(tiles.strike_x1000, I64),
+        width=pack(tiles.width_x1000, I64),
+        legs=pack(tiles.legs[:, : tiles.n_legs], I32),
     )

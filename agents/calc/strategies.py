@@ -6,19 +6,20 @@ Tiles, per (expiry, side) series of the epoch's heatmap grid (agents/calc/grid.p
 * vertical  (long leg K, width w): call mid(K) - mid(K+w); put mid(K) - mid(K-w)   (a debit spread)
 * butterfly (center K, width w):   mid(K-w) - 2 mid(K) + mid(K+w)
 
-A tile exists only when every leg has a mid. Its score is reward/risk for the debit structures,
-(w - debit) / debit, and null for singles and for non-positive debits (no risk, or an arbitrage
-quote). ``legs_ts_ns`` are the quote times of the legs behind the tile's current value.
+A tile exists only when every leg has a mid (its score, reward/risk, derives from its value and width
+where the JSON is built: agents/publish/assemble.py). Tiles are positions in the epoch's grid
+(agents/calc/grid.py); what leaves is columns (schemas/models.py): the positions whose value changed,
+appeared (a number) or vanished (NaN), and the quote times of the contracts quoted since the last
+update, which the publisher keeps per contract (a tile's ``legs_ts_ns`` are its legs' quote times).
 
 Changes are coalesced per bucket of ``calc_bucket_ms`` event time: the first entry of another bucket
-closes the open one, which emits one TileBatch of the tiles touching the contracts changed in it
-(recomputed vectorized over the tile arrays; only tiles whose value changed, appeared or vanished).
-A new epoch emits a reset at once; when input goes quiet the open bucket is flushed. The calc's
-inputs and its open bucket are checkpointed in Redis at each new epoch and every few seconds, in the
-same commit as the XACK; a restart or a standby taking over loads the checkpoint and re-applies the
-changes acked since, so it resumes exactly at the acked position. The staged stream is therefore a
-function of the changes stream alone (bucket boundaries are event times, not read batches), which
-makes replays reproducible.
+closes the open one, which emits one staged update of the tiles touching the contracts changed in it
+(recomputed vectorized over the tile arrays). A new epoch emits a reset, with the grid's geometry, at
+once; when input goes quiet the open bucket is flushed. The calc's inputs (as arrays) and its open
+bucket are checkpointed in Redis at each new epoch and every few seconds, in the same commit as the
+XACK; a restart or a standby taking over loads the checkpoint and re-applies the changes acked since,
+so it resumes exactly at the acked position. The staged stream is therefore a function of the changes
+stream alone (bucket boundaries are event times, not read batches), which makes replays reproducible.
 """
 
 from __future__ import annotations
@@ -33,38 +34,50 @@ import numpy as np
 import orjson
 import redis.asyncio as aioredis
 
-from marketswarm.agents.calc.grid import Grid, Tiles, Window, build_tiles
+from marketswarm.agents.calc.grid import Grid, Tiles, Window, build_tiles, geometry
 from marketswarm.schemas import codec
 from marketswarm.schemas.events import ChangeBatch, EpochChange, QuoteChange, SpotChange
-from marketswarm.schemas.models import NULL, TileBatch, TileColumns, tile_columns
+from marketswarm.schemas.models import F64, I32, I64, Geometry, Staged, columns, pack, unpack
 from marketswarm.topology import streams
 from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output
 from marketswarm.topology.connections import acked_since
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
 
-_quote_dec = msgspec.json.Decoder(QuoteChange)
 CHECKPOINT_EVERY_S = 5.0  # event time between full checkpoints of a calc's inputs
+STATE_FIELD = "state"  # the checkpoint hash's one field
 _spot_dec = msgspec.json.Decoder(SpotChange)
 
 
-def tile_values(
-    tiles: Tiles, mid: np.ndarray, ok: np.ndarray, sel: np.ndarray | slice
-) -> tuple[np.ndarray, np.ndarray]:
-    """Values and validity of the selected tiles: the one vectorized kernel of every strategy."""
-    mid_ext = np.append(np.nan_to_num(mid), 0.0)
-    ok_ext = np.append(ok, True)
-    legs = tiles.legs[sel]
-    values = np.round((tiles.weights[sel] * mid_ext[legs]).sum(axis=1), 6)
-    valid = ok_ext[legs].all(axis=1)
-    return values, valid
+class CalcState(msgspec.Struct, frozen=True, kw_only=True):
+    """A heatmap calc's checkpoint: its inputs as arrays over the grid's positions, and what it sent."""
+
+    through: str  # the last changes entry applied
+    open_bucket: int | None
+    last_src: str
+    last_rx_ns: int
+    last_ts_ns: int
+    checkpoint_ns: int
+    spot: bytes | None = None  # SpotChange JSON
+    header: bytes | None = None  # a header change not yet emitted
+    epoch: str | None = None
+    symbols: tuple[str, ...] = ()
+    bid: bytes = b""  # float64 per position (NaN = none)
+    ask: bytes = b""
+    ts: bytes = b""  # int64
+    seq: bytes = b""  # int64
+    seen: bytes = b""  # uint8
+    values: bytes = b""  # float64 per tile: the values last emitted (NaN = absent)
+    sent_ts: bytes = b""  # int64 per position: the quote times last emitted
+    dirty: bytes = b""  # int32 positions changed since the last emission
 
 
-def scores(values: np.ndarray, width_x1000: np.ndarray) -> np.ndarray:
-    w = width_x1000 / 1000.0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        s = np.where((w > 0) & (values > 0), np.round((w - values) / values, 4), np.nan)
-    return s
+def tile_values(tiles: Tiles, grid: Grid, sel: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray]:
+    """Values and validity of the selected tiles: the one vectorized kernel of every strategy (it
+    gathers only the selected tiles' legs, so a few changed tiles cost a few tiles' work)."""
+    mid, ok = grid.mids(tiles.legs[sel])
+    valid = np.all(ok, axis=1)
+    return np.round((tiles.weights[sel] * mid).sum(axis=1), 6), valid
 
 
 class TileCalc:
@@ -77,18 +90,21 @@ class TileCalc:
         self.agent = f"calc.{strategy}"
         self.window = Window(settings.heatmap_expiries, settings.heatmap_range_pct, settings.max_width_steps)
         self.bucket_ns = settings.calc_bucket_ms * 1_000_000
+        self.max_hold_s = settings.calc_bucket_ms / 1000  # live: held changes go out within a bucket
         self.checkpoint = streams.calc_checkpoint_key(underlying, strategy)
+        self.flushes = streams.calc_flushes_key(underlying, strategy)
         self.out_spec = streams.STAGED[strategy]
         self.out_key = self.out_spec.key(underlying)
-        self.n_legs = {"single": 1, "vertical": 2, "butterfly": 3}[strategy]
         self._clear()
 
     def _clear(self) -> None:
         self.grid: Grid | None = None
         self.tiles: Tiles | None = None
+        self.geometry: Geometry | None = None
         self.values = np.zeros(0)  # value per tile as last emitted; nan = absent
+        self.sent_ts = np.zeros(0, dtype=np.int64)  # quote time per position as last emitted
         self.spot: SpotChange | None = None
-        # Coalescing: changes since the last emitted TileBatch, and the event-time bucket they are in.
+        # Coalescing: changes since the last emitted update, and the event-time bucket they are in.
         self.dirty: set[int] = set()
         self.header: bytes | None = None
         self.open_bucket: int | None = None
@@ -100,66 +116,92 @@ class TileCalc:
     def _set_grid(self, grid: Grid) -> None:
         self.grid = grid
         self.tiles = build_tiles(grid, self.strategy)
-        self.values = np.full(len(self.tiles.keys), np.nan)
+        self.geometry = geometry(self.u, self.strategy, grid, self.tiles)
+        self.values = np.full(len(self.tiles), np.nan)
+        self.sent_ts = np.zeros(len(grid), dtype=np.int64)
+        self._pending: tuple[int, int] = (-1, 0)  # (grid.first_seen it was counted at, tiles pending)
+
+    def pending(self) -> int:
+        """Tiles with a leg never quoted yet (0 = structurally complete); recounted only when a
+        position was quoted for the first time."""
+        assert self.grid is not None and self.tiles is not None
+        if self._pending[0] != self.grid.first_seen:
+            seen_ext = np.append(self.grid.seen, True)
+            n = int((~seen_ext[self.tiles.legs].all(axis=1)).sum()) if len(self.tiles) else 0
+            self._pending = (self.grid.first_seen, n)
+        return self._pending[1]
 
     async def restore(self, redis: aioredis.Redis) -> None:
         """The last checkpoint, then the changes acked since it re-applied (their outputs were
-        committed then): the state is exactly that of the acked position."""
-        raw = await redis.hgetall(self.checkpoint)
+        committed then), with the flushes made since it done again: the state is exactly that of
+        the acked position."""
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.hget(self.checkpoint, STATE_FIELD)
+            pipe.lrange(self.flushes, 0, -1)
+            raw, flushed = await pipe.execute()
+        flush_points = {f.decode() for f in flushed}
         self._clear()
-        fields = {k.decode(): v for k, v in raw.items()}
         through = "0-0"
-        if "_spot" in fields:
-            self.spot = _spot_dec.decode(fields["_spot"])
-        if "_epoch" in fields:
-            symbols = orjson.loads(fields["_symbols"])
-            self._set_grid(Grid(fields["_epoch"].decode(), symbols, None, self.window))
-            assert self.grid is not None and self.tiles is not None
-            for sym in symbols:
-                if sym in fields:
-                    self.grid.apply(_quote_dec.decode(fields[sym]))
-            pend = orjson.loads(fields["_pending"])
-            self.dirty = {self.grid.pos[s] for s in pend["dirty"] if s in self.grid.pos}
-            self.header = pend["header"].encode() if pend["header"] is not None else None
-            self.open_bucket, self.last, through = pend["open"], pend["last"], pend["through"]
-            self.checkpoint_ns = pend["checkpoint_ns"]
-            # The values last emitted, exactly: whether a tile goes out again depends on them.
-            emitted = np.frombuffer(fields.get("_values", b""), dtype=np.float64)
-            if len(emitted) == len(self.tiles.keys):
-                self.values = emitted.copy()
-            else:  # a checkpoint from before this field: recompute, and force the pending tiles out
-                mid, ok = self.grid.mids()
-                values, valid = tile_values(self.tiles, mid, ok, slice(None))
-                self.values = np.where(valid, values, np.nan)
-                if self.dirty:
-                    self.values[self.tiles.touching(sorted(self.dirty))] = np.inf
-        elif "_pending" in fields:
-            through = orjson.loads(fields["_pending"])["through"]
+        if raw is not None:
+            st = codec.decode_packed(raw, CalcState)
+            through = st.through
+            self.open_bucket, self.checkpoint_ns, self.header = st.open_bucket, st.checkpoint_ns, st.header
+            self.last = {"src": st.last_src, "rx_ns": st.last_rx_ns, "ts_ns": st.last_ts_ns}
+            if st.spot is not None:
+                self.spot = _spot_dec.decode(st.spot)
+            if st.epoch is not None:
+                self._set_grid(Grid(st.epoch, st.symbols, None, self.window))
+                grid = self.grid
+                assert grid is not None
+                grid.bid[:] = unpack(st.bid, F64)
+                grid.ask[:] = unpack(st.ask, F64)
+                grid.ts[:] = unpack(st.ts, I64)
+                grid.seq[:] = unpack(st.seq, I64)
+                grid.seen[:] = unpack(st.seen, np.dtype(np.uint8)).astype(bool)
+                grid.first_seen += 1
+                self.values[:] = unpack(st.values, F64)
+                self.sent_ts[:] = unpack(st.sent_ts, I64)
+                self.dirty = set(unpack(st.dirty, I32).tolist())
+        if through in flush_points:
+            self._emit(reset=False)  # committed then: only its effect on the state is wanted
         key = streams.CHANGES.key(self.u)
         for entry_id, entry_fields in await acked_since(redis, key, self.agent, through):
             with contextlib.suppress(codec.DecodeError):
                 self._step(Entry(entry_id.decode(), codec.decode(streams.Payload.CHANGES, entry_fields)))
+            if entry_id.decode() in flush_points:
+                self._emit(reset=False)
 
     def _checkpoint(self) -> list[tuple[Any, ...]]:
         """The whole state as of the last entry: written at a new epoch and every CHECKPOINT_EVERY_S."""
-        fields: dict[str, bytes] = {}
-        if self.spot is not None:
-            fields["_spot"] = codec.encode_json(self.spot)
-        pend: dict[str, Any] = {"through": self.last["src"] or "0-0", "open": self.open_bucket, "last": self.last}
-        pend["checkpoint_ns"] = self.checkpoint_ns = int(self.last["ts_ns"])
-        if self.grid is not None:
-            grid = self.grid
-            fields["_epoch"] = grid.epoch.encode()
-            fields["_symbols"] = orjson.dumps(grid.symbols)
-            fields.update({grid.symbols[p]: codec.encode_json(grid.quote(int(p))) for p in np.flatnonzero(grid.seen)})
-            pend["dirty"] = sorted(grid.symbols[p] for p in self.dirty)
-            fields["_values"] = self.values.astype(np.float64).tobytes()
-            pend["header"] = self.header.decode() if self.header is not None else None
-        fields["_pending"] = orjson.dumps(pend)
-        args: list[Any] = []
-        for k, v in fields.items():
-            args += [k, v]
-        return [("DEL", self.checkpoint), ("HSET", self.checkpoint, *args)]
+        self.checkpoint_ns = int(self.last["ts_ns"])
+        state: dict[str, Any] = {
+            "through": self.last["src"] or "0-0",
+            "open_bucket": self.open_bucket,
+            "last_src": str(self.last["src"]),
+            "last_rx_ns": int(self.last["rx_ns"]),
+            "last_ts_ns": int(self.last["ts_ns"]),
+            "checkpoint_ns": self.checkpoint_ns,
+            "spot": codec.encode_json(self.spot) if self.spot is not None else None,
+            "header": self.header,
+        }
+        grid = self.grid
+        if grid is not None:
+            state.update(
+                epoch=grid.epoch,
+                symbols=tuple(grid.symbols),
+                bid=pack(grid.bid, F64),
+                ask=pack(grid.ask, F64),
+                ts=pack(grid.ts, I64),
+                seq=pack(grid.seq, I64),
+                seen=pack(grid.seen, np.dtype(np.uint8)),
+                values=pack(self.values, F64),
+                sent_ts=pack(self.sent_ts, I64),
+                dirty=pack(sorted(self.dirty), I32),
+            )
+        return [
+            ("HSET", self.checkpoint, STATE_FIELD, codec.encode_packed(CalcState(**state))),
+            ("DEL", self.flushes),
+        ]
 
     # --- the step ------------------------------------------------------------------------
 
@@ -210,98 +252,78 @@ class TileCalc:
             outputs.extend(self._emit(reset=True))
         return outputs
 
+    def holding(self) -> bool:
+        """Changes applied but not yet emitted (the open bucket)."""
+        return self.grid is not None and bool(self.dirty or self.header is not None)
+
     def flush(self) -> Effects | None:
-        if self.grid is None or not (self.dirty or self.header is not None):
+        """Emit the open bucket now (input went quiet, it was held ``max_hold_s``, or a replay ended).
+        A flush is not an entry a restore could re-apply, so the entry it came after is recorded:
+        a restore flushes again at that point, keeping the state equal to the committed one."""
+        if not self.holding():
             return None
         outputs = self._emit(reset=False)
-        # A flush is not an entry a restore could re-apply: checkpoint right after it.
-        return Effects(outputs=outputs, commands=self._checkpoint(), on_commit=self._metrics, events_out=len(outputs))
+        after = str(self.last["src"]) or "0-0"
+        return Effects(
+            outputs=outputs, commands=[("RPUSH", self.flushes, after)], on_commit=self._metrics, events_out=len(outputs)
+        )
 
     def _metrics(self, _: list[Any]) -> None:
-        if self.tiles is not None and len(self.tiles.keys):
-            coverage = float(np.isfinite(self.values).sum()) / len(self.tiles.keys)
+        if self.tiles is not None and len(self.tiles):
+            coverage = float(np.isfinite(self.values).sum()) / len(self.tiles)
             self.metrics.tile_coverage.labels(self.u, self.strategy).set(coverage)
 
     def _emit(self, *, reset: bool) -> list[Output]:
-        """The TileBatch of everything changed since the last one (all valid tiles on a reset)."""
+        """The staged update of everything changed since the last one (all valid tiles on a reset)."""
         header, self.header = self.header, None
         if self.grid is None or self.tiles is None:
             return []
         positions = sorted(self.dirty)
         self.dirty = set()
-        upserts, cols, removes, n = self._recompute(positions, reset)
+        pos, vals, n = self._recompute(positions, reset)
         if n:
             self.metrics.tiles_recomputed.labels(self.agent, self.u).inc(n)
-        if not (reset or upserts or cols or removes or header is not None):
+        if not (reset or len(pos) or header is not None):
             return []
-        seen_ext = np.append(self.grid.seen, True)
-        pending = int((~seen_ext[self.tiles.legs].all(axis=1)).sum()) if len(self.tiles.keys) else 0
-        tb = TileBatch(
+        grid = self.grid
+        # Quote times go per contract: every one that moved since the last update, once.
+        cpos = np.flatnonzero(grid.ts != self.sent_ts)
+        self.sent_ts[cpos] = grid.ts[cpos]
+        staged = Staged(
             strategy=self.strategy,
             underlying=self.u,
-            epoch=self.grid.epoch,
+            epoch=grid.epoch,
             src=str(self.last["src"]),
             rx_ns=int(self.last["rx_ns"]),
             ts_ns=int(self.last["ts_ns"]),
-            slots=len(self.tiles.keys),
-            pending=pending,
+            slots=len(self.tiles),
+            pending=self.pending(),
             reset=reset,
-            upserts=upserts,
-            cols=cols,
-            removes=tuple(removes),
-            header=msgspec.Raw(header) if header is not None else NULL,
+            geometry=self.geometry if reset else None,
+            cols=columns(pos, vals, cpos, grid.ts[cpos]),
+            header=header,
         )
-        return [Output(self.out_spec, self.out_key, codec.encode_tiles(tb))]
+        return [Output(self.out_spec, self.out_key, codec.encode_staged(staged))]
 
-    def _recompute(
-        self, positions: list[int], reset: bool
-    ) -> tuple[dict[str, msgspec.Raw], TileColumns | None, list[str], int]:
-        """(whole tiles that appeared, the new numbers of tiles that changed, keys that vanished,
-        tiles recomputed)."""
+    def _recompute(self, positions: list[int], reset: bool) -> tuple[np.ndarray, np.ndarray, int]:
+        """(tiles whose value changed, appeared or vanished, their values (NaN = vanished), tiles
+        recomputed). On a reset: every valid tile."""
         assert self.grid is not None and self.tiles is not None
+        none = np.zeros(0, dtype=np.int64), np.zeros(0)
         if reset:
-            sel = np.arange(len(self.tiles.keys))
+            sel = np.arange(len(self.tiles))
         elif positions:
             sel = self.tiles.touching(positions)
         else:
-            return {}, None, [], 0
+            return *none, 0
         if not len(sel):
-            return {}, None, [], 0
-        mid, ok = self.grid.mids()
-        values, valid = tile_values(self.tiles, mid, ok, sel)
+            return *none, 0
+        values, valid = tile_values(self.tiles, self.grid, sel)
         old = self.values[sel]
         new = np.where(valid, values, np.nan)
         changed = valid if reset else ~((old == new) | (np.isnan(old) & np.isnan(new)))
-        idx, vals, before = sel[changed], new[changed], old[changed]
         self.values[sel] = new
-        gone = np.isnan(vals)
-        removes = [self.tiles.keys[t] for t in idx[gone]]
-        idx, vals, before = idx[~gone], vals[~gone], before[~gone]
-        if not len(idx):
-            return {}, None, removes, len(sel)
-        # Tiles the publisher already has get only their numbers; new ones (or all, on a reset, or
-        # any whose last emitted value is unknown after a restart) go whole.
-        whole = np.ones(len(idx), dtype=bool) if reset else ~np.isfinite(before)
-        sc = scores(vals, self.tiles.width_x1000[idx])
-        ts_ext = np.append(self.grid.ts, 0)
-        leg_ts = ts_ext[self.tiles.legs[idx, : self.n_legs]]
-        keys = self.tiles.keys
-        upd = ~whole
-        cols = None
-        if upd.any():  # numbers only, as columns: no per-tile encoding here
-            cols = tile_columns([keys[t] for t in idx[upd].tolist()], vals[upd], sc[upd], leg_ts[upd])
-        upserts: dict[str, msgspec.Raw] = {}
-        if whole.any():
-            iw = idx[whole]
-            v_txt = orjson.dumps(vals[whole].tolist()).decode()[1:-1].split(",")
-            s_txt = orjson.dumps(sc[whole].tolist()).decode()[1:-1].split(",")
-            l_txt = orjson.dumps(leg_ts[whole].tolist()).decode()[2:-2].split("],[")
-            prefix = self.tiles.prefix
-            upserts = {
-                keys[t]: msgspec.Raw(f'{prefix[t]}"value":{v},"score":{sv},"legs_ts_ns":[{lt}]}}'.encode())
-                for t, v, sv, lt in zip(iw.tolist(), v_txt, s_txt, l_txt, strict=True)
-            }
-        return upserts, cols, removes, len(sel)
+        return sel[changed], new[changed], len(sel)
 
 
 CALC_AGENTS = tuple(

@@ -1,27 +1,32 @@
-"""Published models as JSON: assembled from the canonical model hash (header + tiles), byte-stable.
+"""The published JSON, built from columns: the one module that knows a tile's (and a GEX row's) JSON form.
 
-The same bytes serve REST, the SSE snapshot event and ``export``, so a replay's export can be compared
-byte for byte. Tiles are ordered by (expiry, side, strike, width); GEX rows by strike.
+Per-tile JSON exists only where a person or an API client asks for it (REST, export, the inspector),
+built here once per version from the geometry and the columns; the labels part of every tile is built
+once per geometry. SSE carries columns instead (``geometry_json``, ``snapshot_json``, ``diff_json``):
+positions plus numbers, which the dashboard applies by position. Model bytes are stable: tiles are
+in position order, which is (expiry, side, strike, width); GEX rows by strike.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import orjson
 
-HEADER_FIELD = "_header"
+from marketswarm.schemas.models import Diff, Geometry
+
+HEADER_FIELD = "_header"  # model hash fields (streams.model_key)
+GEOMETRY_FIELD = "_geometry"
+COLS_FIELD = "_cols"
+LABEL_CACHE = 32  # geometries whose tile labels are kept (a few per underlying and strategy)
 
 
 def iso(ts_ns: int) -> str:
     return dt.datetime.fromtimestamp(ts_ns / 1e9, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def tile_order(key: str) -> tuple[str, str, int, int]:
-    expiry, side, strike, width = key.split("|")
-    return expiry, side, int(strike), int(width)
 
 
 def header_json(
@@ -43,46 +48,183 @@ def header_json(
     return orjson.dumps(head)
 
 
-def assemble(strategy: str, header: bytes, tiles: Mapping[str, bytes]) -> bytes:
-    """The full model JSON of a header and its tiles (heatmaps: ``tiles``; GEX: ``by_strike``)."""
-    if strategy == "gex":
-        body = b",".join(tiles[k] for k in sorted(tiles))
-        return header[:-1] + b',"by_strike":[' + body + b"]}"
-    body = b",".join(tiles[k] for k in sorted(tiles, key=tile_order))
-    return header[:-1] + b',"tiles":[' + body + b"]}"
+def scores(values: np.ndarray, width_x1000: np.ndarray) -> np.ndarray:
+    """Reward/risk of a debit structure, ``(w - debit) / debit`` rounded to 1e-4; NaN (null) for singles
+    and non-positive debits. The dashboard computes the same from the same numbers (static/app.js)."""
+    w = width_x1000 / 1000.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where((w > 0) & (values > 0), np.round((w - values) / values, 4), np.nan)
 
 
-_VALUE = b',"value":'
+def tile_key(geometry: Geometry, pos: int) -> str:
+    """A heatmap tile's key ``expiry|side|strike_x1000|width_x1000`` (GEX: ``s|strike_x1000``)."""
+    strike = int(geometry.strikes_x1000()[pos])
+    if geometry.strategy == "gex":
+        return f"s|{strike:012d}"
+    s = int(geometry.series_of()[pos])
+    return f"{geometry.expiries[s]}|{geometry.sides[s][0]}|{strike}|{int(geometry.widths_x1000()[pos])}"
 
 
-def with_values(tile: bytes, values: bytes) -> bytes:
-    """A tile JSON with its ``value``, ``score`` and ``legs_ts_ns`` replaced by ``[v, s, [ts...]]``.
+def position_of(geometry: Geometry, key: str) -> int | None:
+    """The position of a tile key (``expiry|side|strike_x1000|width_x1000``, or ``s|strike`` for GEX)."""
+    parts = key.split("|")
+    try:
+        if geometry.strategy == "gex":
+            want = int(parts[1])
+            widths = None
+        else:
+            expiry, side, strike, width = parts
+            s = next(i for i, (e, sd) in enumerate(zip(geometry.expiries, geometry.sides, strict=True))
+                     if e == expiry and sd[0] == side[0])  # fmt: skip
+            want, widths = int(strike), int(width)
+    except (ValueError, IndexError, StopIteration):
+        return None
+    hit = geometry.strikes_x1000() == want
+    if widths is not None:
+        hit &= (geometry.series_of() == s) & (geometry.widths_x1000() == widths)
+    found = np.flatnonzero(hit)
+    return int(found[0]) if len(found) else None
 
-    The calc agents write tiles as ``{...static...,"value":v,"score":s,"legs_ts_ns":[...]}`` with
-    numbers formatted by orjson, so this gives exactly the bytes a whole tile would have had."""
-    v, s, ts = orjson.loads(values)
-    head = tile[: tile.rindex(_VALUE) + 1]
-    return (
-        head
-        + b'"value":'
-        + orjson.dumps(v)
-        + b',"score":'
-        + orjson.dumps(s)
-        + b',"legs_ts_ns":'
-        + orjson.dumps(ts)
-        + b"}"
+
+_labels: OrderedDict[tuple[str, str, str], list[bytes]] = OrderedDict()
+
+
+def labels(geometry: Geometry) -> list[bytes]:
+    """Every position's JSON up to its numbers, built once per geometry (a small LRU)."""
+    key = (geometry.underlying, geometry.strategy, geometry.epoch)
+    cached = _labels.get(key)
+    if cached is not None and len(cached) == geometry.size:
+        _labels.move_to_end(key)
+        return cached
+    strikes = geometry.strikes_x1000().tolist()
+    if geometry.strategy == "gex":
+        out = [b'{"strike":' + orjson.dumps(k / 1000) + b"," for k in strikes]
+    else:
+        widths = geometry.widths_x1000().tolist()
+        series = geometry.series_of().tolist()
+        syms = [orjson.dumps(c) for c in geometry.contracts]
+        out = []
+        for k, w, s, legs in zip(strikes, widths, series, geometry.leg_positions().tolist(), strict=True):
+            expiry, side = geometry.expiries[s], geometry.sides[s]
+            out.append(
+                f'{{"k":"{expiry}|{side[0]}|{k}|{w}","expiry":"{expiry}","side":"{side}","strike":{k / 1000!r},'
+                f'"width":{w / 1000!r},"legs":['.encode()
+                + b",".join(syms[x] for x in legs)
+                + b"],"
+            )
+    _labels[key] = out
+    while len(_labels) > LABEL_CACHE:
+        _labels.popitem(last=False)
+    return out
+
+
+def _texts(values: np.ndarray) -> list[bytes]:
+    """Each number as orjson writes it (NaN as null), without one encoder call per number."""
+    if not len(values):
+        return []
+    return orjson.dumps(values.tolist())[1:-1].split(b",")
+
+
+def _rows(geometry: Geometry, vals: np.ndarray, cts: np.ndarray, where: np.ndarray) -> list[bytes]:
+    """The JSON of the positions ``where`` (present ones)."""
+    if not len(where):
+        return []
+    head = labels(geometry)
+    if geometry.strategy == "gex":
+        c, p, n = (_texts(vals[where, j]) for j in range(3))
+        return [
+            head[i] + b'"call":' + a + b',"put":' + b + b',"net":' + d + b"}"
+            for i, a, b, d in zip(where.tolist(), c, p, n, strict=True)
+        ]
+    v = vals[where, 0]
+    value = _texts(v)
+    score = _texts(scores(v, geometry.widths_x1000()[where]))
+    legs_ts = orjson.dumps(cts[geometry.leg_positions()[where]].tolist())[2:-2].split(b"],[")
+    return [
+        head[i] + b'"value":' + a + b',"score":' + s + b',"legs_ts_ns":[' + t + b"]}"
+        for i, a, s, t in zip(where.tolist(), value, score, legs_ts, strict=True)
+    ]
+
+
+def model_json(strategy: str, geometry: Geometry | None, vals: np.ndarray, cts: np.ndarray, header: bytes) -> bytes:
+    """The full model JSON (heatmaps: ``tiles``; GEX: ``by_strike``), the same bytes for REST, export
+    and the inspector."""
+    field = b"by_strike" if strategy == "gex" else b"tiles"
+    rows: list[bytes] = []
+    if geometry is not None:
+        rows = _rows(geometry, vals, cts, np.flatnonzero(~np.isnan(vals[:, 0])))
+    return header[:-1] + b',"' + field + b'":[' + b",".join(rows) + b"]}"
+
+
+def tile_json(geometry: Geometry, vals: np.ndarray, cts: np.ndarray, pos: int) -> bytes | None:
+    """One position's JSON, None if it is absent."""
+    rows = _rows(geometry, vals, cts, np.flatnonzero(~np.isnan(vals[pos : pos + 1, 0])) + pos)
+    return rows[0] if rows else None
+
+
+# --- SSE: columns for the dashboard ---------------------------------------------------------
+
+
+def geometry_json(geometry: Geometry) -> bytes:
+    """The labels of an epoch, once: series, contracts and, per position, series, strike, width, legs."""
+    return orjson.dumps(
+        {
+            "underlying": geometry.underlying,
+            "strategy": geometry.strategy,
+            "epoch": geometry.epoch,
+            "n_legs": geometry.n_legs,
+            "series": [
+                {"expiry": e, "side": s, "step": st / 1000}
+                for e, s, st in zip(geometry.expiries, geometry.sides, geometry.steps_x1000, strict=True)
+            ],
+            "contracts": geometry.contracts,
+            "series_of": geometry.series_of(),
+            "strike": geometry.strikes_x1000() / 1000,
+            "width": geometry.widths_x1000() / 1000,
+            "legs": geometry.leg_positions().reshape(-1),
+        },
+        option=orjson.OPT_SERIALIZE_NUMPY,
     )
 
 
-def split_model_hash(raw: Mapping[bytes, bytes]) -> tuple[bytes | None, dict[str, bytes]]:
-    """(header, tiles) from an HGETALL of a model or staging hash."""
-    header = None
-    tiles: dict[str, bytes] = {}
-    for k, v in raw.items():
-        key = k.decode()
-        if key.startswith("_"):
-            if key == HEADER_FIELD:
-                header = v
-            continue
-        tiles[key] = v
-    return header, tiles
+def _deltas(positions: np.ndarray) -> list[int]:
+    """Ascending positions as gaps (the first from 0): small numbers that compress well."""
+    return np.diff(positions.astype(np.int64), prepend=0).tolist()  # type: ignore[no-any-return]
+
+
+def _ago(cts: np.ndarray, asof_ns: int) -> list[int | None]:
+    """Quote times as nanoseconds before ``asof_ns`` (exact in a browser's doubles; null = never)."""
+    return [None if t == 0 else asof_ns - t for t in cts.tolist()]
+
+
+def snapshot_json(geometry: Geometry | None, vals: np.ndarray, cts: np.ndarray, header: bytes) -> bytes:
+    """A whole model as columns: every position's numbers (null = absent) and every contract's quote time."""
+    h = orjson.loads(header)
+    asof = int(h.get("asof_ns") or 0)
+    body = {
+        "version": h["version"],
+        "epoch": h["epoch"],
+        "k": vals.shape[1],
+        "vals": vals.reshape(-1).tolist() if geometry is not None else [],
+        "cts_ago_ns": _ago(cts, asof),
+    }
+    return b'{"header":' + header + b"," + orjson.dumps(body)[1:]
+
+
+def diff_json(diff: Diff) -> bytes:
+    """A version's diff as columns: positions as gaps, their numbers (null = gone), contracts' quote times."""
+    cols = diff.cols
+    body = {
+        "version": diff.version,
+        "prev_version": diff.prev_version,
+        "epoch": diff.epoch,
+        "asof_ns": diff.asof_ns,
+        "reason": diff.reason,
+        "reset": diff.reset,
+        "k": cols.k,
+        "pos": _deltas(cols.positions()),
+        "vals": cols.values().reshape(-1).tolist(),
+        "cpos": _deltas(cols.contract_positions()),
+        "cts_ago_ns": _ago(cols.contract_times(), diff.asof_ns),
+    }
+    return b'{"header":' + diff.header + b"," + orjson.dumps(body)[1:]

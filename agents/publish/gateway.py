@@ -1,10 +1,15 @@
 """The gateway: REST, Server-Sent Events and the dashboard, over the published models. Stateless:
 run as many as needed behind a load balancer; each reads Redis and never writes models.
 
-* ``GET /api/models/{underlying}/{strategy}`` and ``GET /api/gex/{underlying}``: canonical models.
-* ``GET /sse/heatmap/{strategy}?underlying=SPX`` and ``GET /sse/gex?underlying=SPX``: a ``snapshot``
-  event, then ``diff`` events, each with ``id:`` = its version. A reconnect with ``Last-Event-ID``
+* ``GET /api/models/{underlying}/{strategy}`` and ``GET /api/gex/{underlying}``: canonical models,
+  per-tile JSON built from the columns once per version and cached.
+* ``GET /api/geometry/{underlying}/{strategy}``: the current epoch's geometry (the tiles' labels).
+* ``GET /sse/heatmap/{strategy}?underlying=SPX`` and ``GET /sse/gex?underlying=SPX``: columns. A
+  ``geometry`` event (the labels, once per epoch), a ``snapshot`` (every position's numbers), then
+  ``diff`` events (changed positions and their numbers), each with ``id:`` = its version; a diff
+  that starts a new epoch comes after that epoch's ``geometry``. A reconnect with ``Last-Event-ID``
   gets exactly the missed diffs from the diffs stream, or a fresh snapshot if they were trimmed.
+  Sent gzip'd when the client accepts it (agents/publish/sse.py).
 * ``GET /healthz``, ``GET /readyz`` (Redis answers, every group exists), ``GET /metrics``.
 * ``GET /``: the dashboard (no external CDN).
 
@@ -17,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -28,10 +35,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
-from sse_starlette.sse import EventSourceResponse
 
+from marketswarm.agents.publish.assemble import diff_json, geometry_json
 from marketswarm.agents.publish.hub import Hub
-from marketswarm.agents.publish.models import load_published, read_model, top_version
+from marketswarm.agents.publish.models import GapError, Published, catch_up, diff_version, load_published, top_version
+from marketswarm.agents.publish.sse import Segment, SseResponse, accepts_gzip, sse_event
+from marketswarm.schemas import codec
 from marketswarm.schemas.models import GexModel, HeatmapModel
 from marketswarm.topology import streams
 from marketswarm.topology.connections import create_redis
@@ -39,37 +48,95 @@ from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
 
 TOKEN_COOKIE = "ms_token"
-SSE_PING_S = 15
 HEATMAPS = {s.value for s in streams.HEATMAP_STRATEGIES}
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/auth", "/login")
+RENDERED_DIFFS = 1024  # diffs kept rendered as SSE events, shared by every client
 
 
 def _static() -> Any:
     return resources.files("marketswarm.agents.publish").joinpath("static")
 
 
-def sse_event(event: str, version: int, data: bytes) -> bytes:
-    """One SSE event, preformatted: the JSON goes out as stored, without a str round trip."""
-    return b"event: " + event.encode() + b"\r\nid: " + str(version).encode() + b"\r\ndata: " + data + b"\r\n\r\n"
+@dataclass
+class _Model:
+    """One (underlying, strategy) as the gateway serves it: the published columns, followed
+    incrementally, and what was built from them, each once per version (or epoch)."""
+
+    published: Published
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    body: tuple[int, bytes] | None = None  # (version, REST JSON)
+    snapshot: tuple[int, Segment] | None = None  # (version, SSE geometry + snapshot events)
+    geometry: tuple[str, bytes] | None = None  # (epoch, geometry JSON)
 
 
-class SnapshotCache:
-    """The last assembled model per (underlying, strategy): concurrent clients share one assembly."""
+class ModelCache:
+    """Published models kept current by applying new diffs, and their JSON built once per version:
+    concurrent readers share one copy and one build."""
 
     def __init__(self) -> None:
-        self.models: dict[tuple[str, str], tuple[int, bytes]] = {}
+        self.models: dict[tuple[str, str], _Model] = {}
+        self.rendered: OrderedDict[tuple[str, bytes], Segment] = OrderedDict()
 
-    async def get(self, redis: aioredis.Redis, u: str, strategy: str) -> tuple[int, bytes] | None:
-        top = await top_version(redis, u, strategy)
-        cached = self.models.get((u, strategy))
-        if top is not None and cached is not None and cached[0] == top:
-            return cached
-        published = await load_published(redis, u, strategy)
-        body = published.body(strategy)
-        if body is None:
+    async def current(self, redis: aioredis.Redis, u: str, strategy: str) -> _Model | None:
+        m = self.models.get((u, strategy))
+        if m is None:
+            m = self.models[(u, strategy)] = _Model(Published(strategy=strategy))
+        async with m.lock:
+            top = await top_version(redis, u, strategy)
+            if top is None:
+                return None
+            if top != m.published.version:
+                try:
+                    if top < m.published.version or m.published.header is None:
+                        raise GapError("rebuilt")
+                    await catch_up(redis, u, m.published, strict=True)
+                except GapError:  # a rebuilt model, or diffs trimmed past ours: start from its checkpoint
+                    m.published = await load_published(redis, u, strategy)
+        return m if m.published.header is not None else None
+
+    async def body(self, redis: aioredis.Redis, u: str, strategy: str) -> bytes | None:
+        m = await self.current(redis, u, strategy)
+        if m is None:
             return None
-        self.models[(u, strategy)] = (published.version, body)
-        return published.version, body
+        p = m.published
+        if m.body is None or m.body[0] != p.version:
+            m.body = (p.version, p.body() or b"")
+        return m.body[1]
+
+    async def geometry(self, redis: aioredis.Redis, u: str, strategy: str) -> bytes | None:
+        m = await self.current(redis, u, strategy)
+        if m is None or m.published.geometry is None:
+            return None
+        g = m.published.geometry
+        if m.geometry is None or m.geometry[0] != g.epoch:
+            m.geometry = (g.epoch, geometry_json(g))
+        return m.geometry[1]
+
+    async def snapshot(self, redis: aioredis.Redis, u: str, strategy: str) -> tuple[int, Segment] | None:
+        """The SSE events that start a client: the geometry, then the snapshot, with the version."""
+        m = await self.current(redis, u, strategy)
+        if m is None:
+            return None
+        p = m.published
+        if m.snapshot is None or m.snapshot[0] != p.version:
+            geometry = await self.geometry(redis, u, strategy) or b"null"
+            events = sse_event("geometry", p.version, geometry) + sse_event("snapshot", p.version, p.snapshot() or b"")
+            m.snapshot = (p.version, Segment(events))
+        return m.snapshot
+
+    def render(self, key: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Segment:
+        """A diffs entry as SSE events (its epoch's geometry first when it starts one), built once."""
+        cached = self.rendered.get((key, entry_id))
+        if cached is not None:
+            return cached
+        diff = codec.decode(streams.Payload.DIFF, fields)
+        raw = sse_event("diff", diff.version, diff_json(diff))
+        if diff.reset and diff.geometry is not None:
+            raw = sse_event("geometry", diff.version, geometry_json(diff.geometry)) + raw
+        seg = self.rendered[(key, entry_id)] = Segment(raw)
+        while len(self.rendered) > RENDERED_DIFFS:
+            self.rendered.popitem(last=False)
+        return seg
 
 
 def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = None) -> FastAPI:
@@ -81,7 +148,7 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
         redis = create_redis(redis_url, block_ms=5000, max_connections=64)
         app.state.redis = redis
         app.state.hub = Hub(redis)
-        app.state.snapshots = SnapshotCache()
+        app.state.models = ModelCache()
         try:
             yield
         finally:
@@ -159,26 +226,40 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
         members = await redis_of(request).smembers(streams.underlyings_key())
         return sorted(m.decode() for m in members)
 
+    def models_of(request: Request) -> ModelCache:
+        return request.app.state.models  # type: ignore[no-any-return]
+
     @app.get("/api/models/{underlying}/{strategy}", response_model=HeatmapModel)
     async def model(request: Request, underlying: str, strategy: str) -> Response:
         if strategy not in HEATMAPS:
             raise HTTPException(404, f"unknown strategy {strategy!r}; one of {sorted(HEATMAPS)}")
-        body = await read_model(redis_of(request), check_underlying(underlying), strategy)
+        body = await models_of(request).body(redis_of(request), check_underlying(underlying), strategy)
         if body is None:
             raise HTTPException(404, f"no published {strategy} model for {underlying} yet")
         return Response(body, media_type="application/json")
 
     @app.get("/api/gex/{underlying}", response_model=GexModel)
     async def gex(request: Request, underlying: str) -> Response:
-        body = await read_model(redis_of(request), check_underlying(underlying), streams.Strategy.GEX)
+        body = await models_of(request).body(redis_of(request), check_underlying(underlying), streams.Strategy.GEX)
         if body is None:
             raise HTTPException(404, f"no published GEX for {underlying} yet")
         return Response(body, media_type="application/json")
 
-    async def events(request: Request, u: str, strategy: str) -> AsyncIterator[bytes]:
+    @app.get("/api/geometry/{underlying}/{strategy}")
+    async def geometry(request: Request, underlying: str, strategy: str) -> Response:
+        """The labels of the current epoch's positions: series, contracts, and per position its series,
+        strike, width and legs (heatmaps) or strike (``gex``). SSE sends the same as ``geometry``."""
+        if strategy not in streams.STRATEGIES:
+            raise HTTPException(404, f"unknown strategy {strategy!r}; one of {list(streams.STRATEGIES)}")
+        body = await models_of(request).geometry(redis_of(request), check_underlying(underlying), strategy)
+        if body is None:
+            raise HTTPException(404, f"no published {strategy} model for {underlying} yet")
+        return Response(body, media_type="application/json")
+
+    async def events(request: Request, u: str, strategy: str) -> AsyncIterator[Segment]:
         redis = redis_of(request)
         hub: Hub = request.app.state.hub
-        snapshots: SnapshotCache = request.app.state.snapshots
+        models = models_of(request)
         key = streams.DIFFS[strategy].key(u)
         last = request.headers.get("last-event-id", "")
         version = int(last) if last.isdigit() else -1
@@ -188,48 +269,49 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
             if version >= 0:
                 first = await redis.xrange(key, count=1)
                 current = await redis.xrevrange(key, count=1)
-                first_v = int(first[0][0].split(b"-")[0]) if first else None
-                top_v = int(current[0][0].split(b"-")[0]) if current else 0
+                first_v = diff_version(first[0][0]) if first else None
+                top_v = diff_version(current[0][0]) if current else 0
                 # Resumable when the diffs after `version` are all still in the stream.
                 resume = first_v is not None and first_v <= version + 1 and version <= top_v
             if not resume:
-                snap = await snapshots.get(redis, u, strategy)
+                snap = await models.snapshot(redis, u, strategy)
                 version = 0
                 if snap is not None:
                     version = snap[0]
-                    yield sse_event("snapshot", version, snap[1])
+                    yield snap[1]
             for entry_id, fields in await redis.xrange(key, min=b"(" + f"{version}-0".encode()):
-                version = int(entry_id.split(b"-")[0])
-                yield sse_event("diff", version, fields[b"data"])
+                version = diff_version(entry_id)
+                yield models.render(key, entry_id, fields)
             while True:
                 item = await q.get()
                 if item is None:
                     return  # cut off as too slow: the client reconnects with Last-Event-ID
                 entry_id, fields = item
-                v = int(entry_id.split(b"-")[0])
+                v = diff_version(entry_id)
                 if v <= version:
                     continue
                 if v != version + 1:
                     # A gap (the model was rebuilt): start over from a snapshot.
-                    snap = await snapshots.get(redis, u, strategy)
+                    snap = await models.snapshot(redis, u, strategy)
                     if snap is not None:
                         version = snap[0]
-                        yield sse_event("snapshot", version, snap[1])
+                        yield snap[1]
                     continue
                 version = v
-                yield sse_event("diff", v, fields[b"data"])
+                yield models.render(key, entry_id, fields)
         finally:
             hub.unsubscribe(key, q)
 
     @app.get("/sse/heatmap/{strategy}")
-    async def sse_heatmap(request: Request, strategy: str, underlying: str = "SPX") -> EventSourceResponse:
+    async def sse_heatmap(request: Request, strategy: str, underlying: str = "SPX") -> SseResponse:
         if strategy not in HEATMAPS:
             raise HTTPException(404, f"unknown strategy {strategy!r}")
-        return EventSourceResponse(events(request, check_underlying(underlying), strategy), ping=SSE_PING_S)
+        return SseResponse(events(request, check_underlying(underlying), strategy), accepts_gzip(request))
 
     @app.get("/sse/gex")
-    async def sse_gex(request: Request, underlying: str = "SPX") -> EventSourceResponse:
-        return EventSourceResponse(events(request, check_underlying(underlying), streams.Strategy.GEX), ping=SSE_PING_S)
+    async def sse_gex(request: Request, underlying: str = "SPX") -> SseResponse:
+        u = check_underlying(underlying)
+        return SseResponse(events(request, u, streams.Strategy.GEX), accepts_gzip(request))
 
     @app.get("/login", response_class=HTMLResponse)
     async def login() -> str:

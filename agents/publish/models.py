@@ -1,9 +1,10 @@
-"""Reading published models: the last checkpoint (the model hash) plus the diffs after it.
+"""Reading published models: the last checkpoint (the model hash) plus the diffs after it, as columns.
 
-The publisher appends a diff for every version but writes the whole model hash only at checkpoints
-(a new epoch, and every ``CHECKPOINT_EVERY_S`` of event time or ``CHECKPOINT_EVERY_VERSIONS``), so a
-version costs one XADD, not one HSET per tile. The current model is the checkpoint with the diffs
-after it applied: the gateway, export and the publisher's own restore all read it here.
+The publisher appends a diff for every version but writes the model hash only at checkpoints (a new
+epoch, and every ``CHECKPOINT_EVERY_S`` of event time or ``CHECKPOINT_EVERY_VERSIONS``), so a version
+costs one XADD. The current model is the checkpoint with the diffs after it applied: the gateway,
+export, the inspector and the publisher's own restore all read it here; JSON is built from it by
+agents/publish/assemble.py.
 """
 
 from __future__ import annotations
@@ -11,57 +12,83 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import numpy as np
 import orjson
 import redis.asyncio as aioredis
 
-from marketswarm.agents.publish.assemble import assemble, split_model_hash, with_values
+from marketswarm.agents.publish.assemble import COLS_FIELD, GEOMETRY_FIELD, HEADER_FIELD, model_json, snapshot_json
 from marketswarm.schemas import codec
-from marketswarm.schemas.models import Diff, is_null
+from marketswarm.schemas.models import Columns, Diff, Geometry, value_columns
 from marketswarm.topology import streams
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_EVERY_S = 5.0
 CHECKPOINT_EVERY_VERSIONS = 200
+DIFFS_PER_READ = 500  # diffs read per XRANGE when catching up
+
+
+class GapError(RuntimeError):
+    """Raised by ``catch_up(strict=True)`` when the diffs after a model's version are not all there
+    (trimmed, or the model was rebuilt): the reader must start again from the checkpoint."""
 
 
 @dataclass
 class Published:
+    """A published model as columns: the epoch's geometry, every position's numbers, every contract's
+    quote time, and the version's header."""
+
+    strategy: str
     version: int = 0
     header: bytes | None = None
-    tiles: dict[str, bytes] = field(default_factory=dict)
-    # Numbers received since a tile was last whole: folded in once, when the tiles are read (a tile
-    # updated by 200 diffs is rebuilt once, not 200 times).
-    numbers: dict[str, bytes] = field(default_factory=dict)
+    geometry: Geometry | None = None
+    vals: np.ndarray = field(default_factory=lambda: np.zeros((0, 1)))
+    cts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def meta(self) -> dict[str, object]:
         return orjson.loads(self.header) if self.header else {}
 
+    @property
+    def present(self) -> int:
+        return int((~np.isnan(self.vals[:, 0])).sum()) if len(self.vals) else 0
+
+    def start(self, geometry: Geometry) -> None:
+        self.geometry = geometry
+        self.vals = np.full((geometry.size, len(value_columns(self.strategy))), np.nan)
+        self.cts = np.zeros(len(geometry.contracts), dtype=np.int64)
+
     def apply(self, diff: Diff) -> None:
-        if diff.reset:
-            self.tiles, self.numbers = {}, {}
-        for k, v in diff.upserts.items():
-            self.tiles[k] = bytes(v)
-            self.numbers.pop(k, None)
-        for k, v in diff.values.items():
-            self.numbers[k] = bytes(v)
-        for k in diff.removes:
-            self.tiles.pop(k, None)
-            self.numbers.pop(k, None)
-        if not is_null(diff.header):
-            self.header = bytes(diff.header)
+        if diff.reset and diff.geometry is not None:
+            self.start(diff.geometry)
+        if self.geometry is not None:
+            self._take(diff.cols)
+        self.header = diff.header
         self.version = diff.version
 
-    def fold(self) -> Published:
-        for k, v in self.numbers.items():
-            if k in self.tiles:
-                self.tiles[k] = with_values(self.tiles[k], v)
-        self.numbers = {}
-        return self
+    def _take(self, cols: Columns) -> None:
+        if cols.dense:
+            self.vals[:] = cols.values()
+            self.cts[:] = cols.contract_times()
+            return
+        pos = cols.positions()
+        if len(pos):
+            self.vals[pos] = cols.values()
+        cpos = cols.contract_positions()
+        if len(cpos):
+            self.cts[cpos] = cols.contract_times()
 
-    def body(self, strategy: str) -> bytes | None:
-        return assemble(strategy, self.header, self.tiles) if self.header is not None else None
+    def body(self) -> bytes | None:
+        """The model's JSON (REST, export)."""
+        if self.header is None:
+            return None
+        return model_json(self.strategy, self.geometry, self.vals, self.cts, self.header)
+
+    def snapshot(self) -> bytes | None:
+        """The model as columns (the SSE snapshot event)."""
+        if self.header is None:
+            return None
+        return snapshot_json(self.geometry, self.vals, self.cts, self.header)
 
 
 def diff_version(entry_id: bytes | str) -> int:
@@ -69,25 +96,40 @@ def diff_version(entry_id: bytes | str) -> int:
     return int(raw.split("-")[0])
 
 
+async def catch_up(redis: aioredis.Redis, u: str, published: Published, *, strict: bool = False) -> Published:
+    """Apply the diffs after ``published.version``, in place. A gap is logged (and served as it is),
+    or with ``strict`` raised as GapError before anything is applied past it."""
+    key = streams.DIFFS[published.strategy].key(u)
+    while True:
+        entries = await redis.xrange(key, min=f"({published.version}-0", count=DIFFS_PER_READ)
+        for entry_id, fields in entries:
+            v = diff_version(entry_id)
+            if v != published.version + 1:
+                if strict:
+                    raise GapError(f"{key}: diffs {published.version + 1}..{v - 1} are missing")
+                log.error("%s: diffs %d..%d are missing; serving what remains", key, published.version + 1, v - 1)
+            published.apply(codec.decode(streams.Payload.DIFF, fields))
+        if len(entries) < DIFFS_PER_READ:
+            return published
+
+
 async def load_published(redis: aioredis.Redis, u: str, strategy: str) -> Published:
-    """The current canonical model: checkpoint + diffs since (empty Published if none yet)."""
-    key = streams.DIFFS[strategy].key(u)
-    raw = await redis.hgetall(streams.model_key(u, strategy))
-    header, tiles = split_model_hash(raw)
-    out = Published(version=int(orjson.loads(header)["version"]) if header else 0, header=header, tiles=tiles)
-    for entry_id, fields in await redis.xrange(key, min=f"({out.version}-0"):
-        v = diff_version(entry_id)
-        if v != out.version + 1:
-            log.error(
-                "%s: diffs %d..%d are missing after the checkpoint; serving what remains", key, out.version + 1, v - 1
-            )
-        out.apply(codec.decode(streams.Payload.DIFF, fields))
-    return out.fold()
+    """The current canonical model: checkpoint + diffs since (an empty Published if none yet)."""
+    fields = [HEADER_FIELD, GEOMETRY_FIELD, COLS_FIELD]
+    header, geometry, cols = await redis.hmget(streams.model_key(u, strategy), fields)
+    out = Published(strategy=strategy)
+    if header is not None:
+        out.header = header
+        out.version = int(orjson.loads(header)["version"])
+        if geometry is not None and cols is not None:
+            out.start(codec.decode_geometry(geometry))
+            out._take(codec.decode_packed(cols, Columns))
+    return await catch_up(redis, u, out)
 
 
 async def read_model(redis: aioredis.Redis, u: str, strategy: str) -> bytes | None:
     """The canonical model's JSON, as REST serves it and export writes it."""
-    return (await load_published(redis, u, strategy)).body(strategy)
+    return (await load_published(redis, u, strategy)).body()
 
 
 async def top_version(redis: aioredis.Redis, u: str, strategy: str) -> int | None:

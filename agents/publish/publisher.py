@@ -6,18 +6,19 @@ checked after every staged entry, in stream order:
 
 * structural completeness: the epoch's grid has no slot left waiting for a first quote (a new epoch
   is published only then, so the old model stays canonical until the new one is whole: no gap;
-  a new epoch that never completes is published after ``NEW_EPOCH_PATIENCE`` time boundaries);
+  a new epoch that never completes is published after ``NEW_EPOCH_PATIENCE_S`` of event time);
 * value completeness: at least ``publish_min_tiles`` tiles, or ``publish_min_changed_pct`` % of them,
   changed since the last version;
 * the time boundary: ``publish_interval_ms`` of event time passed since the last version, with
   something changed.
 
-Publishing assigns the next version, makes the staged tiles canonical and appends the diff (changed,
-added, removed tiles) to ``ms:{U}:diffs:{S}.v1`` with entry id ``<version>-0``, so the stream is the
-SSE history and ``Last-Event-ID`` is a version. The whole model is checkpointed to the model hash at
-a new epoch and every few seconds (agents/publish/models.py); between checkpoints a version costs one
-XADD and one small state write, whatever its size. All conditions use event time, so
-a replay publishes the same versions as the live run. A market that stops changing publishes nothing.
+Publishing assigns the next version, makes the staged columns canonical and appends the diff (the
+positions added, changed or removed, as columns; on a new epoch also its geometry) to
+``ms:{U}:diffs:{S}.v2`` with entry id ``<version>-0``, so the stream is the SSE history and
+``Last-Event-ID`` is a version. The whole model is checkpointed, as dense columns, to the model hash
+at a new epoch and every few seconds (agents/publish/models.py); between checkpoints a version costs
+one XADD and one small state write, whatever its size. All conditions use event time, so a replay
+publishes the same versions as the live run. A market that stops changing publishes nothing.
 """
 
 from __future__ import annotations
@@ -27,15 +28,14 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-import msgspec
 import orjson
 import redis.asyncio as aioredis
 
-from marketswarm.agents.publish.assemble import HEADER_FIELD, header_json
+from marketswarm.agents.publish.assemble import COLS_FIELD, GEOMETRY_FIELD, HEADER_FIELD, header_json
 from marketswarm.agents.publish.models import CHECKPOINT_EVERY_S, CHECKPOINT_EVERY_VERSIONS, load_published
-from marketswarm.agents.publish.tiles import TileTable
+from marketswarm.agents.publish.tiles import ColumnTable
 from marketswarm.schemas import codec
-from marketswarm.schemas.models import DiffOut, TileBatch, is_null
+from marketswarm.schemas.models import Diff, Staged
 from marketswarm.topology import streams
 from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output
 from marketswarm.topology.metrics import Metrics
@@ -44,7 +44,7 @@ from marketswarm.topology.settings import Settings
 STATE_FIELD = "state"  # publish-state hash: version, the staged entry it went through, checkpoint
 STAGING_FIELD = "staging"  # publish-state hash: staging counts for the inspector
 _OWN_HEADER_FIELDS = ("underlying", "strategy", "version", "epoch", "asof", "asof_ns")
-NEW_EPOCH_PATIENCE = 10  # time boundaries a new epoch may stay incomplete before it is published anyway
+NEW_EPOCH_PATIENCE_S = 2.5  # event time a new epoch may stay incomplete before it is published anyway
 
 
 class Publisher:
@@ -55,6 +55,7 @@ class Publisher:
         self.min_tiles = settings.publish_min_tiles
         self.min_pct = settings.publish_min_changed_pct
         self.interval_ns = settings.publish_interval_ms * 1_000_000
+        self.max_hold_s = settings.publish_interval_ms / 1000  # live: a change is published within this
         self.state_key = streams.publish_state_key(underlying, strategy)
         self.model = streams.model_key(underlying, strategy)
         self.diffs_spec = streams.DIFFS[strategy]
@@ -64,7 +65,7 @@ class Publisher:
         self._clear()
 
     def _clear(self) -> None:
-        self.tiles = TileTable(numeric=self.strategy in streams.HEATMAP_STRATEGIES)
+        self.tiles = ColumnTable(self.strategy)
         self.fields: dict[str, Any] = {}  # header fields (spot, GEX totals)
         self.epoch = ""  # staged epoch
         self.epoch_started_ns = 0
@@ -89,7 +90,7 @@ class Publisher:
             pipe.hget(self.state_key, STATE_FIELD)
             pipe.xinfo_groups(self.staged_key)
             state_raw, groups = await pipe.execute()
-        self.tiles.load(published.tiles)
+        self.tiles.load(published.geometry, published.vals, published.cts)
         through = "0-0"
         if published.header is not None:
             h = orjson.loads(published.header)
@@ -115,10 +116,10 @@ class Publisher:
             if entry_id in pending:
                 continue  # it will be delivered again and processed then
             try:
-                tb = codec.decode(streams.Payload.TILES, fields)
+                staged = codec.decode(streams.Payload.TILES, fields)
             except codec.DecodeError:
                 continue
-            self._apply(tb, entry_id.decode())
+            self._apply(staged, entry_id.decode())
 
     # --- the step ----------------------------------------------------------------------------
 
@@ -127,13 +128,13 @@ class Publisher:
         commands: list[tuple[Any, ...]] = []
         published: list[tuple[str, int, int, int]] = []  # (reason, version, tiles changed, rx_ns)
         for entry in batch:
-            tb: TileBatch = entry.value
-            self._apply(tb, entry.id)
-            reason = self._reason(tb)
+            staged: Staged = entry.value
+            self._apply(staged, entry.id)
+            reason = self._reason(staged)
             if reason is not None:
                 n = self._publish(reason, commands, outputs)
                 if n is not None:
-                    published.append((reason, self.version, n, tb.rx_ns))
+                    published.append((reason, self.version, n, staged.rx_ns))
         meta = {
             "epoch": self.epoch,
             "pending": self.pending,
@@ -152,11 +153,16 @@ class Publisher:
 
         return Effects(outputs=outputs, commands=commands, on_commit=committed, events_out=len(outputs))
 
-    def flush(self) -> Effects | None:
-        """Input went quiet: publish what changed since the last version (not an incomplete new epoch)."""
+    def holding(self) -> bool:
+        """Changes staged and not yet published that a flush would publish (not a new epoch still
+        waiting for its first quotes: that one waits for structural completeness)."""
         if not len(self.tiles) or (self.epoch == self.pub_epoch and self.tiles.unchanged() and not self.header_dirty):
-            return None
-        if self.epoch != self.pub_epoch and self.pending:
+            return False
+        return not (self.epoch != self.pub_epoch and self.pending)
+
+    def flush(self) -> Effects | None:
+        """Publish what changed since the last version: input went quiet, or it was held ``max_hold_s``."""
+        if not self.holding():
             return None
         commands: list[tuple[Any, ...]] = []
         outputs: list[Output] = []
@@ -170,31 +176,26 @@ class Publisher:
 
         return Effects(outputs=outputs, commands=commands, on_commit=committed, events_out=1)
 
-    def _apply(self, tb: TileBatch, entry_id: str) -> None:
-        if tb.epoch != self.epoch:
-            self.epoch_started_ns = tb.ts_ns
-            self.epoch = tb.epoch
-        if tb.reset:
-            self.tiles.reset()
-        for k, v in tb.upserts.items():
-            self.tiles.upsert(k, bytes(v))
-        if tb.cols is not None:
-            self.tiles.numbers(tb.cols)
-        for k in tb.removes:
-            self.tiles.remove(k)
-        if not is_null(tb.header):
-            self.fields.update(orjson.loads(bytes(tb.header)))
+    def _apply(self, staged: Staged, entry_id: str) -> None:
+        if staged.epoch != self.epoch:
+            self.epoch_started_ns = staged.ts_ns
+            self.epoch = staged.epoch
+        if staged.reset and staged.geometry is not None:
+            self.tiles.reset(staged.geometry)
+        self.tiles.apply(staged.cols)
+        if staged.header is not None:
+            self.fields.update(orjson.loads(staged.header))
             self.header_dirty = True
-        self.pending = tb.pending
-        self.max_ts_ns = max(self.max_ts_ns, tb.ts_ns)
+        self.pending = staged.pending
+        self.max_ts_ns = max(self.max_ts_ns, staged.ts_ns)
         self.last_entry = entry_id
 
-    def _reason(self, tb: TileBatch) -> str | None:
+    def _reason(self, tb: Staged) -> str | None:
         staged = len(self.tiles)
         if self.epoch != self.pub_epoch:
             if self.pending == 0 and staged:
                 return "structural"
-            if tb.ts_ns - self.epoch_started_ns >= NEW_EPOCH_PATIENCE * self.interval_ns and staged:
+            if tb.ts_ns - self.epoch_started_ns >= NEW_EPOCH_PATIENCE_S * 1e9 and staged:
                 return "time"
             return None
         n = self.tiles.pending_changes()
@@ -208,12 +209,14 @@ class Publisher:
 
     def _publish(self, reason: str, commands: list[tuple[Any, ...]], outputs: list[Output]) -> int | None:
         reset = self.epoch != self.pub_epoch
-        upserts, values, n_values, removes = self.tiles.publish(reset)
-        if not reset and not upserts and not n_values and not removes and not self.header_dirty:
+        done = self.tiles.publish(reset, self.header_dirty)
+        if done is None:
             return None
+        cols, n = done
         self.version += 1
         header = header_json(self.u, self.strategy, self.version, self.epoch, self.max_ts_ns, self.fields)
-        diff = DiffOut(
+        geometry = self.tiles.geometry if reset else None
+        diff = Diff(
             underlying=self.u,
             strategy=self.strategy,
             version=self.version,
@@ -222,10 +225,9 @@ class Publisher:
             asof_ns=self.max_ts_ns,
             reason=reason,
             reset=reset,
-            upserts={k: msgspec.Raw(v) for k, v in upserts.items()},
-            values=msgspec.Raw(values),
-            removes=removes,
-            header=msgspec.Raw(header),
+            geometry=geometry,
+            cols=cols,
+            header=header,
         )
         outputs.append(Output(self.diffs_spec, self.diffs, codec.encode_diff(diff), id=f"{self.version}-0"))
         if (
@@ -233,11 +235,13 @@ class Publisher:
             or self.version - self.checkpoint_version >= CHECKPOINT_EVERY_VERSIONS
             or self.max_ts_ns - self.checkpoint_ns >= CHECKPOINT_EVERY_S * 1e9
         ):
-            # A checkpoint: the whole model, so readers replay at most a few seconds of diffs.
-            args: list[Any] = [HEADER_FIELD, header]
-            for k, v in self.tiles.checkpoint().items():
-                args += [k, v]
-            commands += [("DEL", self.model), ("HSET", self.model, *args)]
+            # A checkpoint: the whole model as dense columns, so readers replay at most a few seconds
+            # of diffs. The geometry is written only with a new epoch.
+            fields: list[Any] = [HEADER_FIELD, header, COLS_FIELD, codec.encode_packed(self.tiles.checkpoint())]
+            if reset and geometry is not None:
+                commands.append(("DEL", self.model))
+                fields += [GEOMETRY_FIELD, codec.encode_packed(geometry)]
+            commands.append(("HSET", self.model, *fields))
             self.checkpoint_version, self.checkpoint_ns = self.version, self.max_ts_ns
         state = {
             "version": self.version,
@@ -252,7 +256,11 @@ class Publisher:
         self.pub_epoch = self.epoch
         self.pub_asof_ns = self.max_ts_ns
         self.header_dirty = False
-        return len(upserts) + n_values + len(removes)
+        return n
+
+    def retention_floor(self, key: str) -> str | None:
+        """The diffs after the last checkpoint make the current model: they are never trimmed."""
+        return f"{self.checkpoint_version + 1}-0" if key == self.diffs else None
 
 
 PUBLISH_AGENTS = tuple(

@@ -1,196 +1,128 @@
-"""A publisher's tiles: staged and published, with their numbers in numpy columns.
+"""A publisher's model of one (underlying, strategy): staged and published columns over the epoch's geometry.
 
-Heatmap tiles change by their numbers (value, score, legs' quote times) far more often than by
-anything else, so those live in columns indexed by tile, updated and compared vectorized; a tile's
-whole JSON is kept as last received and rebuilt with its current numbers only when it must go out
-whole (a new tile, a new epoch, a checkpoint). GEX rows have no such numbers: they are whole only.
+Positions are tiles (heatmaps) or strikes (GEX); each carries ``k`` numbers, NaN in the first meaning
+absent. Quote times are kept per contract. Everything here is numpy over positions: applying an
+update is a scatter, counting what changed is a sum, a version's diff is the positions whose presence
+or numbers differ from the published ones (for heatmaps also those whose legs were quoted again).
+Work per update and per version is proportional to the positions touched, not to the grid.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
-import orjson
 
-from marketswarm.agents.publish.assemble import with_values
-from marketswarm.schemas.models import TileColumns
-
-MAX_LEGS = 3
+from marketswarm.schemas.models import Columns, Geometry, columns, dense_columns, value_columns
 
 
-class TileTable:
-    def __init__(self, numeric: bool) -> None:
-        self.numeric = numeric
-        self.staged: dict[str, bytes] = {}  # whole JSON as last received (numbers may be newer below)
-        self.published: dict[str, bytes] = {}  # whole JSON as last published whole
-        # Keys whose presence or whole JSON changed since the last version, in input order.
-        self.changed: dict[str, None] = {}
-        self.index: dict[str, int] = {}
-        self.keys: list[str] = []
-        self.n_legs = MAX_LEGS
-        self.cur_v = np.zeros(0)
-        self.cur_s = np.zeros(0)
-        self.cur_t = np.zeros((0, MAX_LEGS), dtype=np.int64)
-        self.pub_v = np.zeros(0)
-        self.pub_s = np.zeros(0)
-        self.pub_t = np.zeros((0, MAX_LEGS), dtype=np.int64)
-        self.dirty = np.zeros(0, dtype=bool)  # numbers changed since the last version
+class ColumnTable:
+    def __init__(self, strategy: str) -> None:
+        self.k = len(value_columns(strategy))
+        # GEX rows compare bit for bit (their JSON differs for -0.0 and 0.0); tiles by value.
+        self.bitwise = strategy == "gex"
+        self.geometry: Geometry | None = None  # staged
+        self._set(None)
+        self.pub = self.cur.copy()
+        self.pub_cts = self.cts.copy()
 
-    # --- columns -------------------------------------------------------------------------
-
-    def _grow(self, n: int) -> None:
-        cap = len(self.dirty)
-        if n <= cap:
-            return
-        new = max(n, 2 * cap, 1024)
-        for name in ("cur_v", "cur_s", "pub_v", "pub_s"):
-            arr = getattr(self, name)
-            setattr(self, name, np.concatenate([arr, np.full(new - cap, np.nan)]))
-        for name in ("cur_t", "pub_t"):
-            arr = getattr(self, name)
-            setattr(self, name, np.concatenate([arr, np.zeros((new - cap, MAX_LEGS), dtype=np.int64)]))
-        self.dirty = np.concatenate([self.dirty, np.zeros(new - cap, dtype=bool)])
-
-    def _slot(self, key: str) -> int:
-        i = self.index.get(key)
-        if i is None:
-            i = self.index[key] = len(self.keys)
-            self.keys.append(key)
-            self._grow(len(self.keys))
-        return i
-
-    def _numbers(self, i: int, published: bool) -> bytes:
-        v, s, t = (self.pub_v, self.pub_s, self.pub_t) if published else (self.cur_v, self.cur_s, self.cur_t)
-        return orjson.dumps([float(v[i]), float(s[i]), t[i, : self.n_legs].tolist()])  # NaN -> null
-
-    def _take_numbers(self, key: str, whole: bytes, published: bool) -> None:
-        d = orjson.loads(whole)
-        legs = d["legs_ts_ns"]
-        self.n_legs = len(legs)
-        i = self._slot(key)
-        for v, s, t in ((self.cur_v, self.cur_s, self.cur_t), (self.pub_v, self.pub_s, self.pub_t))[
-            : 2 if published else 1
-        ]:
-            v[i] = d["value"]
-            s[i] = np.nan if d["score"] is None else d["score"]
-            t[i, : len(legs)] = legs
+    def _set(self, geometry: Geometry | None) -> None:
+        self.geometry = geometry
+        size = geometry.size if geometry is not None else 0
+        self.cur = np.full((size, self.k), np.nan)
+        self.cts = np.zeros(len(geometry.contracts) if geometry is not None else 0, dtype=np.int64)
+        self.legs = geometry.leg_positions() if geometry is not None else np.zeros((0, 0), np.int32)
+        # Since the last version: positions whose presence changed, and positions given numbers (a new
+        # tile counts under both, as a change of presence and of numbers); tiles a reset dropped.
+        self.changed = np.zeros(size, dtype=bool)
+        self.dirty = np.zeros(size, dtype=bool)
+        self.n_changed = self.n_dirty = 0  # how many of each are set
+        self.dropped = 0
+        self.present = 0
 
     # --- staging ---------------------------------------------------------------------------
 
-    def reset(self) -> None:
-        """A new epoch: everything staged so far goes."""
-        self.changed.update(dict.fromkeys(self.staged))
-        self.staged = {}
+    def reset(self, geometry: Geometry) -> None:
+        """A new epoch: everything staged so far goes; the new geometry starts empty."""
+        dropped = self.present + self.dropped
+        self._set(geometry)
+        self.dropped = dropped
 
-    def upsert(self, key: str, whole: bytes) -> None:
-        self.staged[key] = whole
-        self.changed[key] = None
-        if self.numeric:
-            self._take_numbers(key, whole, published=False)
-            self.dirty[self.index[key]] = True
-
-    def numbers(self, cols: TileColumns) -> None:
-        """New numbers for tiles already staged."""
-        if not cols.keys:
+    def apply(self, cols: Columns) -> None:
+        """A staged update: new numbers (NaN = gone) at positions, new quote times of contracts. Without
+        a geometry (its epoch's reset was never seen) there is nothing to place them in."""
+        if self.geometry is None:
             return
-        idx = np.fromiter((self._slot(k) for k in cols.keys), dtype=np.int64, count=len(cols.keys))
-        self.n_legs = cols.n_legs
-        self.cur_v[idx] = np.frombuffer(cols.value, dtype=np.float64)
-        self.cur_s[idx] = np.frombuffer(cols.score, dtype=np.float64)
-        self.cur_t[idx, : cols.n_legs] = np.frombuffer(cols.legs_ts, dtype=np.int64).reshape(-1, cols.n_legs)
-        self.dirty[idx] = True
-
-    def remove(self, key: str) -> None:
-        if self.staged.pop(key, None) is not None:
-            self.changed[key] = None
+        pos = cols.positions()
+        if len(pos):
+            vals = cols.values()
+            before = ~np.isnan(self.cur[pos, 0])
+            after = ~np.isnan(vals[:, 0])
+            flip = before != after
+            self.n_changed += int((flip & ~self.changed[pos]).sum())
+            self.n_dirty += int((after & ~self.dirty[pos]).sum())
+            self.changed[pos] |= flip
+            self.dirty[pos] |= after
+            self.cur[pos] = vals
+            self.present += int(after.sum()) - int(before.sum())
+        cpos = cols.contract_positions()
+        if len(cpos):
+            self.cts[cpos] = cols.contract_times()
 
     def pending_changes(self) -> int:
-        return len(self.changed) + int(self.dirty.sum())
+        """Changes since the last version, for value completeness."""
+        return self.n_changed + self.n_dirty + self.dropped
 
-    def whole(self, key: str, published: bool = False) -> bytes:
-        base = (self.published if published else self.staged)[key]
-        if not self.numeric:
-            return base
-        return with_values(base, self._numbers(self.index[key], published))
+    def unchanged(self) -> bool:
+        return not (self.dropped or self.n_changed or self.n_dirty)
+
+    def __len__(self) -> int:
+        return self.present
 
     # --- publishing ------------------------------------------------------------------------
 
-    def publish(self, reset: bool) -> tuple[dict[str, bytes], bytes, int, tuple[str, ...]]:
-        """What changed since the last version: (whole tiles, ``{key: [value, score, legs_ts_ns]}``
-        for tiles the reader has, how many those are, removed keys); then it is the published state."""
-        upserts: dict[str, bytes] = {}
-        values, n_values = b"{}", 0
-        removes: tuple[str, ...] = ()
+    def publish(self, reset: bool, header_changed: bool) -> tuple[Columns, int] | None:
+        """The diff since the last version and how many positions it changes; then it is published.
+        None when nothing a reader could see changed (quote times alone wait for the next version)."""
         if reset:
-            upserts = {k: self.whole(k) for k in self.staged}
+            pos = np.flatnonzero(~np.isnan(self.cur[:, 0]))
+            cpos = np.flatnonzero(self.cts != 0)
+            self.pub = self.cur.copy()
+            self.pub_cts = np.zeros_like(self.cts)
+            touched = np.arange(len(self.cur))
         else:
-            for k in self.changed:
-                if k in self.staged and self.published.get(k) != self.staged[k]:
-                    upserts[k] = self.whole(k)
-            removes = tuple(sorted(k for k in self.changed if k not in self.staged and k in self.published))
-            if self.numeric:
-                idx = np.flatnonzero(self.dirty)
-                cv, pv, cs, ps = self.cur_v[idx], self.pub_v[idx], self.cur_s[idx], self.pub_s[idx]
-                moved = (cv != pv) | ~((cs == ps) | (np.isnan(cs) & np.isnan(ps)))
-                moved |= (self.cur_t[idx] != self.pub_t[idx]).any(axis=1)
-                idx = idx[moved]
-                keys = [self.keys[i] for i in idx.tolist()]
-                keep = np.fromiter(
-                    (k in self.published and k in self.staged and k not in upserts for k in keys),
-                    dtype=bool,
-                    count=len(keys),
-                )
-                idx = idx[keep]
-                if len(idx):
-                    # In key order: the slots' order depends on what a process saw first, the
-                    # diff's bytes must not (a restarted publisher writes the same diffs).
-                    kept = [k for k, ok in zip(keys, keep.tolist(), strict=True) if ok]
-                    order = sorted(range(len(kept)), key=kept.__getitem__)
-                    kept = [kept[j] for j in order]
-                    idx = idx[order]
-                    rows = zip(
-                        self.cur_v[idx].tolist(),
-                        self.cur_s[idx].tolist(),
-                        self.cur_t[idx, : self.n_legs].tolist(),
-                        strict=True,
-                    )
-                    values, n_values = orjson.dumps(dict(zip(kept, rows, strict=True))), len(kept)
-        # Now published.
-        if reset:
-            self.published = dict(self.staged)
-        else:
-            for k in upserts:
-                self.published[k] = self.staged[k]
-            for k in removes:
-                self.published.pop(k, None)
-        if self.numeric:
-            dirty = np.flatnonzero(self.dirty)
-            self.pub_v[dirty], self.pub_s[dirty], self.pub_t[dirty] = (
-                self.cur_v[dirty],
-                self.cur_s[dirty],
-                self.cur_t[dirty],
-            )
-            self.dirty[:] = False
-        self.changed.clear()
-        return upserts, values, n_values, removes
-
-    def unchanged(self) -> bool:
-        return not self.changed and not self.dirty.any()
+            # Only positions touched since the last version can differ from the published ones.
+            touched = np.flatnonzero(self.changed | self.dirty)
+            cur, pub = self.cur[touched], self.pub[touched]
+            cur_p, pub_p = ~np.isnan(cur[:, 0]), ~np.isnan(pub[:, 0])
+            cts_moved = self.cts != self.pub_cts
+            if self.bitwise:
+                moved = (cur.view(np.int64) != pub.view(np.int64)).any(axis=1)
+            else:
+                moved = cur[:, 0] != pub[:, 0] if self.k == 1 else (cur != pub).any(axis=1)
+                if self.legs.shape[1] and len(touched) and cts_moved.any():
+                    moved |= cts_moved[self.legs[touched]].any(axis=1)
+            pos = touched[(cur_p != pub_p) | (cur_p & pub_p & self.dirty[touched] & moved)]
+            cpos = np.flatnonzero(cts_moved)
+            self.pub[touched] = cur
+        self.changed[touched] = False
+        self.dirty[touched] = False
+        self.n_changed = self.n_dirty = self.dropped = 0
+        if not reset and not len(pos) and not header_changed:
+            return None
+        self.pub_cts[cpos] = self.cts[cpos]
+        return columns(pos, self.cur[pos], cpos, self.cts[cpos]), len(pos)
 
     # --- persistence -----------------------------------------------------------------------
 
-    def checkpoint(self) -> dict[str, bytes]:
-        """Every published tile, whole, with its published numbers."""
-        return {k: self.whole(k, published=True) for k in self.published}
+    def checkpoint(self) -> Columns:
+        """Every published position and contract, dense."""
+        return dense_columns(self.pub, self.pub_cts)
 
-    def load(self, tiles: Mapping[str, bytes]) -> None:
+    def load(self, geometry: Geometry | None, vals: np.ndarray, cts: np.ndarray) -> None:
         """Start from a published model (checkpoint + diffs): staged = published."""
-        self.published = dict(tiles)
-        self.staged = dict(tiles)
-        if self.numeric:
-            for k, whole in tiles.items():
-                self._take_numbers(k, whole, published=True)
-
-    def __len__(self) -> int:
-        return len(self.staged)
+        self._set(geometry)
+        if geometry is not None:
+            self.cur[:] = vals
+            self.cts[:] = cts
+        self.present = int((~np.isnan(self.cur[:, 0])).sum())
+        self.pub = self.cur.copy()
+        self.pub_cts = self.cts.copy()

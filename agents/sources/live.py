@@ -42,6 +42,7 @@ from marketswarm.schemas import codec
 from marketswarm.schemas.models import Reject
 from marketswarm.schemas.occ import INDEX_PREFIX, PROVIDER_PREFIX, SymbolError, parse_occ, provider_index_ticker
 from marketswarm.topology import streams
+from marketswarm.topology.backpressure import Gate
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
 
@@ -97,7 +98,7 @@ class LiveSource:
         self.redis = redis
         self.metrics = metrics
         self.stop = stop
-        self.writer = RawWriter(redis, metrics, "massive")
+        self.writer = RawWriter(redis, metrics, "massive", Gate(redis, settings.max_backlog))
         self.rest = RESTClient(api_key=self.key, base=settings.massive_rest_base, retries=0, read_timeout=30.0)
         self.spot: dict[str, float] = {}
         self.targets: dict[str, list[str]] = {}

@@ -30,6 +30,7 @@ from marketswarm.agents.calc import blackscholes as bs
 from marketswarm.agents.calc.blackscholes import ET
 from marketswarm.agents.sources.writer import RawWriter
 from marketswarm.schemas.occ import format_occ, provider_index_ticker
+from marketswarm.topology.backpressure import Gate
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
 
@@ -297,7 +298,7 @@ TICK_S = 0.05
 
 async def run_simulated(settings: Settings, redis: aioredis.Redis, metrics: Metrics, stop: asyncio.Event) -> None:
     """The live simulated source: event time follows the wall clock."""
-    writer = RawWriter(redis, metrics, "sim")
+    writer = RawWriter(redis, metrics, "sim", Gate(redis, settings.max_backlog))
     now = time.time_ns()
     markets = {u: SimMarket(u, settings.sim_seed, settings.sim_rate, now) for u in settings.underlyings}
     while not stop.is_set():

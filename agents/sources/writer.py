@@ -1,4 +1,4 @@
-"""Writes raw frames into the per-underlying raw streams: one pipelined batch per call."""
+"""Writes raw frames into the per-underlying raw streams: one pipelined batch per call, gated and trimmed."""
 
 from __future__ import annotations
 
@@ -6,20 +6,35 @@ from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 
+from marketswarm.agents.normalize import CBOE_CSV, REST_CHAIN, REST_INDICES, WS
 from marketswarm.schemas import codec
 from marketswarm.schemas.codec import RawFrame
 from marketswarm.topology import streams
-from marketswarm.topology.connections import xadd_args
+from marketswarm.topology.backpressure import Gate
 from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.retention import Trimmer
+
+# Never shed: chain snapshots declare the contracts; index values are one small frame per second.
+KEEP_FRAMES = (REST_CHAIN, REST_INDICES, CBOE_CSV)
+
+
+def events_in(fmt: str, data: bytes) -> int:
+    """Market events in a raw frame (approximate: elements of a WebSocket frame), for the shed count."""
+    return data.count(b'"ev"') if fmt == WS else 1
 
 
 class RawWriter:
-    """Appends frames to ``ms:{U}:raw.v1`` (trimmed by time: RAW_RETENTION_S) in one round trip."""
+    """Appends frames to ``ms:{U}:raw.v1`` in one round trip, then keeps the stream within its bounds.
 
-    def __init__(self, redis: aioredis.Redis, metrics: Metrics, source: str) -> None:
+    With a ``gate`` (topology/backpressure.py) it sheds market frames, counted, while the agents of the
+    underlying are too far behind; chain snapshots and index values always go through."""
+
+    def __init__(self, redis: aioredis.Redis, metrics: Metrics, source: str, gate: Gate | None = None) -> None:
         self.redis = redis
         self.metrics = metrics
         self.source = source
+        self.gate = gate
+        self.trimmer = Trimmer(redis, metrics, f"source.{source}")
         self._known: set[str] = set()
 
     async def write(self, underlying: str, frames: Sequence[tuple[str, bytes]], rx_ns: int) -> list[bytes]:
@@ -27,14 +42,22 @@ class RawWriter:
         if not frames:
             return []
         key = streams.RAW.key(underlying)
-        trim = xadd_args(streams.RAW, key)
+        if self.gate is not None and not await self.gate.open(underlying):
+            shed = [(f, d) for f, d in frames if f not in KEEP_FRAMES]
+            if shed:
+                self.metrics.shed.labels(self.source, key).inc(len(shed))
+                self.metrics.shed_events.labels(self.source, key).inc(sum(events_in(f, d) for f, d in shed))
+            frames = [(f, d) for f, d in frames if f in KEEP_FRAMES]
+            if not frames:
+                return []
         async with self.redis.pipeline(transaction=False) as pipe:
             if underlying not in self._known:
                 pipe.sadd(streams.underlyings_key(), underlying)
             for fmt, data in frames:
-                pipe.xadd(key, codec.encode_raw(RawFrame(src=fmt, rx_ns=rx_ns, data=data)), **trim)
+                pipe.xadd(key, codec.encode_raw(RawFrame(src=fmt, rx_ns=rx_ns, data=data)))
             results = await pipe.execute()
         self._known.add(underlying)
         self.metrics.source_frames.labels(self.source, key).inc(len(frames))
         self.metrics.source_bytes.labels(self.source, key).inc(sum(len(d) for _, d in frames))
+        await self.trimmer.after_write(streams.RAW, key)
         return [r for r in results if isinstance(r, bytes)]

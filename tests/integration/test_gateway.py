@@ -13,14 +13,15 @@ import time
 from typing import Any
 
 import httpx
+import numpy as np
 import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from marketswarm.agents.publish.assemble import assemble
+from marketswarm.agents.publish.assemble import model_json
 from marketswarm.agents.sources.simulated import SimMarket
 from marketswarm.agents.sources.writer import RawWriter
-from marketswarm.schemas.models import GexModel, HeatmapModel
+from marketswarm.schemas.models import I16, I32, I64, Geometry, GexModel, HeatmapModel, pack
 from marketswarm.topology import streams
 from marketswarm.topology.embedded import free_port
 from marketswarm.topology.metrics import Metrics
@@ -86,12 +87,37 @@ def gateway_proc(redis_url: str) -> Any:
             proc.kill()
 
 
+def geometry_of(g: dict[str, Any]) -> Geometry:
+    """The schemas' Geometry from its SSE/REST JSON: the labels must all be there."""
+    x1000 = lambda xs: pack([round(x * 1000) for x in xs], I64)  # noqa: E731
+    return Geometry(
+        underlying=g["underlying"],
+        strategy=g["strategy"],
+        epoch=g["epoch"],
+        n_legs=g["n_legs"],
+        expiries=tuple(s["expiry"] for s in g["series"]),
+        sides=tuple(s["side"] for s in g["series"]),
+        steps_x1000=tuple(round(s["step"] * 1000) for s in g["series"]),
+        contracts=tuple(g["contracts"]),
+        series=pack(g["series_of"], I16),
+        strike=x1000(g["strike"]),
+        width=x1000(g["width"]),
+        legs=pack(g["legs"], I32),
+    )
+
+
+def floats(xs: list[float | None]) -> np.ndarray:
+    return np.array([np.nan if x is None else x for x in xs], dtype=np.float64)
+
+
 class SseClient:
-    """Reads SSE events and reconstructs the model the way the dashboard does."""
+    """Reads SSE events and reconstructs the model the way the dashboard does: by position."""
 
     def __init__(self) -> None:
         self.header: dict[str, Any] | None = None
-        self.tiles: dict[str, Any] = {}
+        self.geometry: Geometry | None = None
+        self.vals = np.zeros((0, 1))
+        self.cts = np.zeros(0, dtype=np.int64)
         self.last_id: str | None = None
         self.events: list[str] = []
 
@@ -99,25 +125,30 @@ class SseClient:
         self.events.append(event)
         self.last_id = eid
         body = orjson.loads(data)
+        if event == "geometry":
+            self.geometry = geometry_of(body)
+            return
+        assert self.geometry is not None, "a geometry comes before any numbers"
+        k = body["k"]
         if event == "snapshot":
-            rows = body.pop("tiles", None) or body.pop("by_strike", [])
-            self.tiles = {r.get("k") or f"s|{round(r['strike'] * 1000):012d}": r for r in rows}
-            self.header = body
+            asof = body["header"]["asof_ns"]
+            self.vals = floats(body["vals"]).reshape(-1, k)
+            self.cts = np.array([0 if a is None else asof - a for a in body["cts_ago_ns"]], dtype=np.int64)
         elif event == "diff":
             assert int(eid) == body["version"]
             if body["reset"]:
-                self.tiles = {}
-            self.tiles.update(body["upserts"])
-            for k, (value, score, legs_ts) in body["values"].items():
-                self.tiles[k].update(value=value, score=score, legs_ts_ns=legs_ts)
-            for k in body["removes"]:
-                self.tiles.pop(k, None)
-            self.header = body["header"]
+                self.vals = np.full((self.geometry.size, k), np.nan)
+                self.cts = np.zeros(len(self.geometry.contracts), dtype=np.int64)
+            pos = np.cumsum(body["pos"], dtype=np.int64)
+            self.vals[pos] = floats(body["vals"]).reshape(-1, k)
+            cpos = np.cumsum(body["cpos"], dtype=np.int64)
+            self.cts[cpos] = [0 if a is None else body["asof_ns"] - a for a in body["cts_ago_ns"]]
+        self.header = body["header"]
 
     def model(self, strategy: str) -> dict[str, Any]:
         assert self.header is not None
-        header = orjson.dumps(self.header)
-        return orjson.loads(assemble(strategy, header, {k: orjson.dumps(v) for k, v in self.tiles.items()}))  # type: ignore[no-any-return]
+        body = model_json(strategy, self.geometry, self.vals, self.cts, orjson.dumps(self.header))
+        return orjson.loads(body)  # type: ignore[no-any-return]
 
     async def read(self, client: httpx.AsyncClient, url: str, until_version: int, timeout: float = 30) -> None:  # noqa: ASYNC109
         headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
@@ -133,8 +164,9 @@ class SseClient:
                     eid = line[3:].strip()
                 elif line == "" and data:
                     self.apply(event, "\n".join(data), eid)
+                    numbers = event != "geometry"  # a geometry is followed by the numbers of its version
                     event, data = "", []
-                    if self.last_id and int(self.last_id) >= until_version:
+                    if numbers and self.last_id and int(self.last_id) >= until_version:
                         return
 
 
@@ -171,14 +203,14 @@ async def test_sse_resume_reconstructs_exactly_the_model(sim: Sim, gateway_proc:
     async with httpx.AsyncClient(timeout=None) as http:
         v0 = await current_version(base, strategy)
         await flaky.read(http, url, v0)
-        assert flaky.events == ["snapshot"]
+        assert flaky.events == ["geometry", "snapshot"]
         steady_task = asyncio.create_task(steady.read(http, url, 10**9, timeout=120))
         await asyncio.sleep(0.5)
         await sim.advance(3)  # versions published while `flaky` is away
         v1 = await current_version(base, strategy)
         assert v1 > v0 + 2
         await flaky.read(http, url, v1)  # reconnects with Last-Event-ID
-        assert flaky.events[1] == "diff" and "snapshot" not in flaky.events[1:]
+        assert flaky.events[2] == "diff" and "snapshot" not in flaky.events[2:]
         for _ in range(100):
             if steady.last_id and int(steady.last_id) >= v1:
                 break
@@ -201,7 +233,7 @@ async def test_trimmed_history_gives_a_fresh_snapshot(sim: Sim, gateway_proc: An
     await aredis.xtrim(key, minid=f"{top}-0")
     async with httpx.AsyncClient(timeout=None) as http:
         await client.read(http, base + "/sse/heatmap/single?underlying=SPX", top)
-    assert client.events == ["snapshot"]
+    assert client.events == ["geometry", "snapshot"]
 
 
 async def test_two_hundred_clients_leave_nothing_behind(sim: Sim, gateway_proc: Any, aredis: aioredis.Redis) -> None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 import redis.asyncio as aioredis
@@ -89,16 +90,15 @@ async def test_new_geometry_promotes_a_new_epoch_without_a_gap(redis_url: str) -
     resets = [d for d in diffs if d.reset]
     assert [d.epoch for d in resets] == [e.decode() for e in epochs]
     # No gap: the version that switched epochs carries the whole new tile set; none is ever empty.
-    tiles: dict[str, object] = {}
+    present = np.zeros(0, dtype=bool)
     for d in diffs:
         if d.reset:
-            tiles = {}
-        tiles.update(d.upserts)
-        for k in d.removes:
-            tiles.pop(k, None)
-        assert tiles, f"version {d.version} would publish an empty model"
+            assert d.geometry is not None and d.geometry.epoch == d.epoch
+            present = np.zeros(d.geometry.size, dtype=bool)
+        present[d.cols.positions()] = ~np.isnan(d.cols.values()[:, 0])
+        assert present.any(), f"version {d.version} would publish an empty model"
     switch = resets[1]
-    assert len(switch.upserts) > 1000
+    assert len(switch.cols.positions()) > 1000
     meta = await r.hgetall(streams.epoch_meta_key("SPX", epochs[0].decode()))
     assert meta[b"status"] == b"retired"
     await r.aclose()

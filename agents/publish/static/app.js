@@ -1,8 +1,13 @@
-// MarketSwarm dashboard: a live heatmap / GEX view fed by Server-Sent Events (snapshot, then diffs).
+// MarketSwarm dashboard: a live heatmap / GEX view fed by Server-Sent Events of columns.
+// `geometry` (the epoch's labels, once), `snapshot` (every position's numbers), then `diff` events
+// (changed positions as gaps, their numbers, contracts' quote times). The model lives in typed arrays
+// indexed by position; a diff marks its positions dirty and the next frame repaints only those cells.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const VIRIDIS = ["#440154", "#482475", "#414487", "#355f8d", "#2a788e", "#21918c", "#22a884", "#44bf70", "#7ad151", "#bddf26", "#fde725"];
+const SCALE_EVERY_MS = 2000; // the colour scale (5th..95th percentile) is recomputed at most this often
+const FLASH_MS = 400;
 
 const state = {
   underlying: localStorage.getItem("ms.underlying") || "SPX",
@@ -10,13 +15,17 @@ const state = {
   expiry: null,
   side: localStorage.getItem("ms.side") || "call",
   colorBy: localStorage.getItem("ms.colorBy") || "value",
-  tiles: new Map(),
+  geom: null, // the geometry JSON, with typed arrays
+  k: 1,
+  vals: new Float64Array(0), // size * k; NaN = absent
+  cts: new Float64Array(0), // per contract: quote time, epoch ms (display only)
   header: null,
   version: null,
   source: null,
-  dirty: new Set(),
-  structure: "",
-  cells: new Map(),
+  dirty: new Set(), // positions changed since the last frame
+  view: null, // the table on screen: {key, series, cells: Map(pos -> td)}
+  flashed: [], // [td, since] of cells flashing, oldest first
+  scale: { lo: 0, hi: 1, at: 0 },
 };
 
 function color(t) {
@@ -35,15 +44,78 @@ function money(v) {
   return (v < 0 ? "-$" : "$") + s;
 }
 function strikeLabel(k) { return Number.isInteger(k) ? String(k) : k.toFixed(2); }
+// numpy's rint: halves to even (Math.round takes them up), so scores match the REST model's exactly.
+function rint(x) { const r = Math.round(x); return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r; }
+// Reward/risk of a debit structure, as agents/publish/assemble.py `scores` computes it.
+function score(v, w) { return w > 0 && v > 0 ? rint(((w - v) / v) * 1e4) / 1e4 : null; }
+
+// --- the model, by position -------------------------------------------------------------------
+
+function takeGeometry(g) {
+  g.seriesOf = Int16Array.from(g.series_of);
+  g.strikeK = Float64Array.from(g.strike);
+  g.widthW = Float64Array.from(g.width);
+  g.legPos = Int32Array.from(g.legs);
+  g.size = g.strikeK.length;
+  state.geom = g;
+  state.view = null;
+}
+
+function reset(k) {
+  const g = state.geom;
+  state.k = k;
+  state.vals = new Float64Array((g ? g.size : 0) * k).fill(NaN);
+  state.cts = new Float64Array(g ? g.contracts.length : 0);
+  state.view = null;
+}
+
+function setTimes(cpos, ago, asofNs) {
+  const asofMs = asofNs / 1e6;
+  for (let i = 0; i < cpos.length; i++) state.cts[cpos[i]] = ago[i] === null ? 0 : asofMs - ago[i] / 1e6;
+}
+
+function onSnapshot(s) {
+  reset(s.k);
+  const v = s.vals;
+  for (let i = 0; i < v.length; i++) state.vals[i] = v[i] === null ? NaN : v[i];
+  setTimes(s.cts_ago_ns.map((_, i) => i), s.cts_ago_ns, s.header.asof_ns);
+  state.header = s.header;
+  state.version = s.version;
+  schedule();
+}
+
+function onDiff(d) {
+  if (d.reset) reset(d.k);
+  const k = d.k;
+  let p = 0;
+  for (let i = 0; i < d.pos.length; i++) {
+    p += d.pos[i];
+    for (let j = 0; j < k; j++) { const x = d.vals[i * k + j]; state.vals[p * k + j] = x === null ? NaN : x; }
+    state.dirty.add(p);
+  }
+  let c = 0;
+  const cpos = d.cpos.map((gap) => (c += gap));
+  setTimes(cpos, d.cts_ago_ns, d.asof_ns);
+  state.header = d.header;
+  state.version = d.version;
+  schedule();
+}
+
+function tileAt(p) {
+  const g = state.geom, v = state.vals[p * state.k];
+  if (!g || Number.isNaN(v)) return null;
+  const s = g.series[g.seriesOf[p]], n = g.n_legs;
+  const legs = [], ts = [];
+  for (let j = 0; j < n; j++) { const c = g.legPos[p * n + j]; legs.push(g.contracts[c]); ts.push(state.cts[c]); }
+  return { expiry: s.expiry, side: s.side, strike: g.strikeK[p], width: g.widthW[p], value: v, score: score(v, g.widthW[p]), legs, ts };
+}
 
 // --- connection ------------------------------------------------------------------------------
 
 function connect() {
   if (state.source) state.source.close();
-  state.tiles = new Map();
-  state.header = null;
-  state.version = null;
-  state.structure = "";
+  state.geom = null; state.header = null; state.version = null; state.view = null;
+  state.vals = new Float64Array(0);
   setConn("retry", "connecting");
   const url = state.strategy === "gex"
     ? `/sse/gex?underlying=${encodeURIComponent(state.underlying)}`
@@ -52,32 +124,10 @@ function connect() {
   state.source = es;
   es.onopen = () => setConn("up", "live");
   es.onerror = () => setConn(es.readyState === EventSource.CLOSED ? "down" : "retry", es.readyState === EventSource.CLOSED ? "disconnected" : "reconnecting");
-  es.addEventListener("snapshot", (e) => {
-    const model = JSON.parse(e.data);
-    state.tiles = new Map();
-    const rows = model.tiles || model.by_strike || [];
-    for (const t of rows) state.tiles.set(keyOf(t), t);
-    delete model.tiles; delete model.by_strike;
-    state.header = model;
-    state.version = model.version;
-    state.structure = "";
-    schedule();
-  });
-  es.addEventListener("diff", (e) => {
-    const d = JSON.parse(e.data);
-    if (d.reset) { state.tiles = new Map(); state.structure = ""; }
-    for (const [k, t] of Object.entries(d.upserts || {})) { state.tiles.set(k, t); state.dirty.add(k); }
-    for (const [k, v] of Object.entries(d.values || {})) {
-      const t = state.tiles.get(k);  // a tile we have: only its numbers changed
-      if (t) { t.value = v[0]; t.score = v[1]; t.legs_ts_ns = v[2]; state.dirty.add(k); }
-    }
-    for (const k of d.removes || []) { state.tiles.delete(k); state.dirty.add(k); }
-    if (d.header) state.header = d.header;
-    state.version = d.version;
-    schedule();
-  });
+  es.addEventListener("geometry", (e) => takeGeometry(JSON.parse(e.data)));
+  es.addEventListener("snapshot", (e) => onSnapshot(JSON.parse(e.data)));
+  es.addEventListener("diff", (e) => onDiff(JSON.parse(e.data)));
 }
-function keyOf(t) { return t.k || `s|${String(Math.round(t.strike * 1000)).padStart(12, "0")}`; }
 function setConn(cls, text) { const c = $("conn"); c.className = "pill " + cls; c.textContent = text; }
 
 let pending = false;
@@ -92,6 +142,8 @@ function render() {
   $("asof").textContent = h && h.asof ? h.asof.replace("T", " ").replace("Z", "") : "-";
   freshness();
   if (state.strategy === "gex") renderGex(); else renderHeatmap();
+  state.dirty.clear();
+  unflash(performance.now());
 }
 
 function freshness() {
@@ -102,14 +154,9 @@ function freshness() {
   el.className = "pill " + (age < 5 ? "fresh" : age < 60 ? "lagging" : "stale");
 }
 
-function visibleTiles() {
-  const out = [];
-  for (const t of state.tiles.values()) if (t.expiry === state.expiry && t.side === state.side) out.push(t);
-  return out;
-}
-
-function renderHeatmap() {
-  const expiries = [...new Set([...state.tiles.values()].map((t) => t.expiry))].sort();
+function seriesIndex() {
+  const g = state.geom;
+  const expiries = [...new Set(g.series.map((s) => s.expiry))].sort();
   const sel = $("expiry");
   if (sel.dataset.list !== expiries.join(",")) {
     sel.innerHTML = expiries.map((e) => `<option>${e}</option>`).join("");
@@ -117,45 +164,89 @@ function renderHeatmap() {
   }
   if (!expiries.includes(state.expiry)) state.expiry = expiries[0] || null;
   sel.value = state.expiry || "";
-  const tiles = visibleTiles();
-  $("empty").hidden = tiles.length > 0;
-  const strikes = [...new Set(tiles.map((t) => t.strike))].sort((a, b) => b - a);
-  const widths = [...new Set(tiles.map((t) => t.width))].sort((a, b) => a - b);
-  const structure = `${state.strategy}|${state.expiry}|${state.side}|${strikes.join(",")}|${widths.join(",")}`;
-  const vals = tiles.map((t) => (state.colorBy === "score" ? t.score : t.value)).filter((v) => v !== null && Number.isFinite(v)).sort((a, b) => a - b);
-  const lo = vals.length ? vals[Math.floor(vals.length * 0.05)] : 0;
-  const hi = vals.length ? vals[Math.min(vals.length - 1, Math.floor(vals.length * 0.95))] : 1;
-  legend(lo, hi);
-  const byKey = new Map(tiles.map((t) => [`${t.strike}|${t.width}`, t]));
-  if (structure !== state.structure) {
-    state.structure = structure;
-    const head = `<tr><th class="strike">${state.strategy === "butterfly" ? "center" : "strike"}</th>` +
-      widths.map((w) => `<th>${state.strategy === "single" ? "mid" : "w " + strikeLabel(w)}</th>`).join("") + "</tr>";
-    $("heatmap").querySelector("thead").innerHTML = head;
-    const spot = state.header ? state.header.spot : null;
-    let spotStrike = null;
-    if (spot) spotStrike = strikes.reduce((best, k) => (best === null || Math.abs(k - spot) < Math.abs(best - spot) ? k : best), null);
-    const body = strikes.map((k) => `<tr${k === spotStrike ? ' class="spot"' : ""}><td class="strike">${strikeLabel(k)}</td>` +
-      widths.map((w) => `<td data-k="${k}|${w}"></td>`).join("") + "</tr>").join("");
-    const tbody = $("heatmap").querySelector("tbody");
-    tbody.innerHTML = body;
-    state.cells = new Map([...tbody.querySelectorAll("td[data-k]")].map((td) => [td.dataset.k, td]));
-    for (const [k, td] of state.cells) paint(td, byKey.get(k), lo, hi, false);
-  } else {
-    for (const [k, td] of state.cells) paint(td, byKey.get(k), lo, hi, state.dirty.has(byKey.get(k)?.k));
-  }
-  state.dirty.clear();
+  return g.series.findIndex((s) => s.expiry === state.expiry && s.side === state.side);
 }
 
-function paint(td, t, lo, hi, flash) {
-  if (!t) { td.className = "none"; td.textContent = ""; td.removeAttribute("data-tile"); return; }
-  const v = state.colorBy === "score" ? t.score : t.value;
-  const x = v === null || !Number.isFinite(v) ? null : hi > lo ? (v - lo) / (hi - lo) : 0.5;
-  td.className = "cell" + (x !== null && x < 0.45 ? " dim" : "");
-  td.style.background = x === null ? "#1b232d" : color(x);
-  td.textContent = fmt(t.value, 2);
-  td.dataset.tile = t.k;
-  if (flash) { td.classList.add("flash"); setTimeout(() => td.classList.remove("flash"), 400); }
+function shown(p) {
+  const v = state.vals[p * state.k];
+  if (Number.isNaN(v)) return null;
+  return state.colorBy === "score" ? score(v, state.geom.widthW[p]) : v;
+}
+
+function rescale(positions, now) {
+  const xs = [];
+  for (const p of positions) { const x = shown(p); if (x !== null && Number.isFinite(x)) xs.push(x); }
+  xs.sort((a, b) => a - b);
+  const lo = xs.length ? xs[Math.floor(xs.length * 0.05)] : 0;
+  const hi = xs.length ? xs[Math.min(xs.length - 1, Math.floor(xs.length * 0.95))] : 1;
+  const moved = lo !== state.scale.lo || hi !== state.scale.hi;
+  state.scale = { lo, hi, at: now };
+  legend(lo, hi);
+  return moved;
+}
+
+function buildTable(si) {
+  const g = state.geom;
+  const positions = [];
+  for (let p = 0; p < g.size; p++) if (g.seriesOf[p] === si) positions.push(p);
+  const strikes = [...new Set(positions.map((p) => g.strikeK[p]))].sort((a, b) => b - a);
+  const widths = [...new Set(positions.map((p) => g.widthW[p]))].sort((a, b) => a - b);
+  const head = `<tr><th class="strike">${state.strategy === "butterfly" ? "center" : "strike"}</th>` +
+    widths.map((w) => `<th>${state.strategy === "single" ? "mid" : "w " + strikeLabel(w)}</th>`).join("") + "</tr>";
+  $("heatmap").querySelector("thead").innerHTML = head;
+  const spot = state.header ? state.header.spot : null;
+  const spotStrike = spot ? strikes.reduce((best, k) => (best === null || Math.abs(k - spot) < Math.abs(best - spot) ? k : best), null) : null;
+  const tbody = $("heatmap").querySelector("tbody");
+  tbody.innerHTML = strikes.map((k) => `<tr${k === spotStrike ? ' class="spot"' : ""}><td class="strike">${strikeLabel(k)}</td>` +
+    widths.map((w) => `<td data-k="${k}|${w}"></td>`).join("") + "</tr>").join("");
+  const byKey = new Map([...tbody.querySelectorAll("td[data-k]")].map((td) => [td.dataset.k, td]));
+  const cells = new Map();
+  for (const p of positions) {
+    const td = byKey.get(`${g.strikeK[p]}|${g.widthW[p]}`);
+    if (td) { td.dataset.pos = p; cells.set(p, td); }
+  }
+  for (const td of byKey.values()) if (!td.dataset.pos) td.className = "none";
+  return { key: `${state.strategy}|${g.epoch}|${si}|${state.colorBy}`, series: si, cells };
+}
+
+function renderHeatmap() {
+  const g = state.geom;
+  if (!g || !state.header) { $("empty").hidden = false; return; }
+  const si = seriesIndex();
+  const key = `${state.strategy}|${g.epoch}|${si}|${state.colorBy}`;
+  const now = performance.now();
+  let full = false;
+  if (!state.view || state.view.key !== key) { state.view = buildTable(si); state.flashed = []; full = true; }
+  const cells = state.view.cells;
+  if (full || now - state.scale.at > SCALE_EVERY_MS) full = rescale(cells.keys(), now) || full;
+  const { lo, hi } = state.scale;
+  if (full) {
+    for (const [p, td] of cells) paint(td, p, lo, hi, false);
+  } else {
+    for (const p of state.dirty) { const td = cells.get(p); if (td) paint(td, p, lo, hi, true); }
+  }
+  let any = false;
+  for (const p of cells.keys()) if (!Number.isNaN(state.vals[p * state.k])) { any = true; break; }
+  $("empty").hidden = any;
+}
+
+function paint(td, p, lo, hi, flash) {
+  const v = state.vals[p * state.k];
+  if (Number.isNaN(v)) { td.className = "none"; td.textContent = ""; td.style.background = ""; return; }
+  const x = shown(p);
+  const t = x === null || !Number.isFinite(x) ? null : hi > lo ? (x - lo) / (hi - lo) : 0.5;
+  td.className = "cell" + (t !== null && t < 0.45 ? " dim" : "");
+  td.style.background = t === null ? "#1b232d" : color(t);
+  td.textContent = fmt(v, 2);
+  if (flash && !td.classList.contains("flash")) { td.classList.add("flash"); state.flashed.push([td, performance.now()]); }
+}
+
+// Cells flash for FLASH_MS after a change; one sweep per frame instead of a timer per cell.
+function unflash(now) {
+  let i = 0;
+  while (i < state.flashed.length && now - state.flashed[i][1] > FLASH_MS) state.flashed[i++][0].classList.remove("flash");
+  if (i) state.flashed.splice(0, i);
+  if (state.flashed.length) schedule();
 }
 
 function legend(lo, hi) {
@@ -168,7 +259,7 @@ function legend(lo, hi) {
 function renderGex() {
   const h = state.header;
   const cards = $("gex-cards");
-  if (!h) { cards.innerHTML = '<div class="empty">Waiting for the first published GEX...</div>'; return; }
+  if (!h || !state.geom) { cards.innerHTML = '<div class="empty">Waiting for the first published GEX...</div>'; return; }
   const card = (k, v, cls = "") => `<div class="card"><div class="k">${k}</div><div class="v ${cls}">${v}</div></div>`;
   const sign = (v) => (v > 0 ? "pos" : v < 0 ? "neg" : "");
   cards.innerHTML = [
@@ -181,7 +272,13 @@ function renderGex() {
     card("0DTE net", h.zero_dte ? money(h.zero_dte.total) : "-", h.zero_dte ? sign(h.zero_dte.total) : ""),
     card("Data", h.stale ? "STALE" : "current", h.stale ? "neg" : "pos"),
   ].join("");
-  const rows = [...state.tiles.values()].filter((r) => h.spot && Math.abs(r.strike / h.spot - 1) < 0.06).sort((a, b) => b.strike - a.strike);
+  const g = state.geom, rows = [];
+  for (let p = 0; p < g.size; p++) {
+    const call = state.vals[p * 3];
+    if (Number.isNaN(call) || !h.spot || Math.abs(g.strikeK[p] / h.spot - 1) >= 0.06) continue;
+    rows.push({ strike: g.strikeK[p], call, put: state.vals[p * 3 + 1], net: state.vals[p * 3 + 2] });
+  }
+  rows.sort((a, b) => b.strike - a.strike);
   drawGex(rows, h);
 }
 
@@ -241,23 +338,26 @@ async function init() {
   $("underlying").value = state.underlying;
   $("underlying").onchange = (e) => { state.underlying = e.target.value; localStorage.setItem("ms.underlying", state.underlying); connect(); };
   for (const b of document.querySelectorAll("#tabs button")) b.onclick = () => setStrategy(b.dataset.strategy);
-  for (const b of document.querySelectorAll("#side button")) b.onclick = () => { state.side = b.dataset.side; localStorage.setItem("ms.side", state.side); activate("side", "side", state.side); state.structure = ""; schedule(); };
-  for (const b of document.querySelectorAll("#colorby button")) b.onclick = () => { state.colorBy = b.dataset.color; localStorage.setItem("ms.colorBy", state.colorBy); activate("colorby", "color", state.colorBy); state.structure = ""; schedule(); };
-  $("expiry").onchange = (e) => { state.expiry = e.target.value; state.structure = ""; schedule(); };
+  for (const b of document.querySelectorAll("#side button")) b.onclick = () => { state.side = b.dataset.side; localStorage.setItem("ms.side", state.side); activate("side", "side", state.side); schedule(); };
+  for (const b of document.querySelectorAll("#colorby button")) b.onclick = () => { state.colorBy = b.dataset.color; localStorage.setItem("ms.colorBy", state.colorBy); activate("colorby", "color", state.colorBy); schedule(); };
+  $("expiry").onchange = (e) => { state.expiry = e.target.value; schedule(); };
   activate("side", "side", state.side);
   activate("colorby", "color", state.colorBy);
   const tip = $("tip");
   $("heatmap").addEventListener("mousemove", (e) => {
-    const td = e.target.closest("td[data-tile]");
-    if (!td) { tip.hidden = true; return; }
-    const t = state.tiles.get(td.dataset.tile);
+    const td = e.target.closest("td[data-pos]");
+    const t = td ? tileAt(Number(td.dataset.pos)) : null;
     if (!t) { tip.hidden = true; return; }
-    tip.textContent = `${t.expiry} ${t.side} ${strikeLabel(t.strike)}${t.width ? " w " + strikeLabel(t.width) : ""}\nvalue ${fmt(t.value, 3)}  score ${fmt(t.score, 2)}\n${t.legs.join("\n")}`;
+    const legs = t.legs.map((s, i) => `${s}  ${t.ts[i] ? new Date(t.ts[i]).toISOString().slice(11, 23) : "-"}`).join("\n");
+    tip.textContent = `${t.expiry} ${t.side} ${strikeLabel(t.strike)}${t.width ? " w " + strikeLabel(t.width) : ""}\nvalue ${fmt(t.value, 3)}  score ${fmt(t.score, 2)}\n${legs}`;
     tip.style.left = e.clientX + 14 + "px"; tip.style.top = e.clientY + 14 + "px"; tip.hidden = false;
   });
   $("heatmap").addEventListener("mouseleave", () => { tip.hidden = true; });
   setInterval(freshness, 1000);
   setStrategy(state.strategy);
 }
+
+// For tests and the curious: the tile at a position, as the REST model has it.
+window.marketswarm = { state, tileAt, score };
 
 init();

@@ -1,0 +1,130 @@
+"""Server-Sent Events for the gateway: preformatted events, shared compression, prompt disconnects.
+
+Every event is formatted once and shared by every client that gets it (the hub renders a diff once,
+the model cache a snapshot once per version). A client that accepts gzip gets the same events
+compressed: each event is deflated once, independently of the others, into a run of non-final
+deflate blocks ending on a byte boundary (a sync flush), so one compressed copy of an event serves
+every client, concatenated behind each client's own gzip header; the client's trailer (CRC-32 and
+length of what it was sent) closes its stream. Nothing is buffered: a browser's EventSource sees
+each event as soon as it is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+PING_S = 15.0  # a comment line this often keeps proxies from closing an idle stream
+GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # gzip, deflate, no name or time, unknown OS
+DEFLATE_LEVEL = 6
+HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
+
+
+@dataclass
+class Segment:
+    """One or more SSE events, as sent; ``deflated`` is computed once, on first use."""
+
+    raw: bytes
+    _deflated: bytes | None = field(default=None, repr=False)
+
+    @property
+    def deflated(self) -> bytes:
+        if self._deflated is None:
+            c = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15)
+            self._deflated = c.compress(self.raw) + c.flush(zlib.Z_SYNC_FLUSH)
+        return self._deflated
+
+
+def sse_event(event: str, version: int, data: bytes) -> bytes:
+    """One SSE event, preformatted: the JSON goes out as stored, without a str round trip."""
+    return b"event: " + event.encode() + b"\r\nid: " + str(version).encode() + b"\r\ndata: " + data + b"\r\n\r\n"
+
+
+PING = Segment(b": ping\r\n\r\n")
+
+
+def accepts_gzip(request: Request) -> bool:
+    for part in request.headers.get("accept-encoding", "").lower().split(","):
+        name, _, params = part.strip().partition(";")
+        if name.strip() == "gzip":
+            return params.replace(" ", "") not in ("q=0", "q=0.0")
+    return False
+
+
+class SseResponse(Response):
+    """A stream of ``Segment``s as ``text/event-stream``, gzip'd when the client accepts it, with
+    pings while idle; it stops as soon as the client disconnects."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, segments: AsyncIterator[Segment], gzip: bool) -> None:
+        self.segments = segments
+        self.gzip = gzip
+        headers = dict(HEADERS)
+        if gzip:
+            headers["Content-Encoding"] = "gzip"
+            headers["Vary"] = "Accept-Encoding"
+        self.status_code = 200
+        self.background = None
+        self.init_headers(headers)  # no body: no Content-Length, the stream ends when it ends
+        self.sent_bytes = 0
+
+    async def _stream(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        crc, size = 0, 0
+        if self.gzip:
+            await send({"type": "http.response.body", "body": GZIP_HEADER, "more_body": True})
+        pending: asyncio.Task[Segment] | None = None
+        try:
+            while True:
+                pending = pending or asyncio.ensure_future(anext(self.segments))
+                done, _ = await asyncio.wait([pending], timeout=PING_S)
+                if pending in done:
+                    try:
+                        seg = pending.result()
+                    except StopAsyncIteration:
+                        break
+                    pending = None
+                else:
+                    seg = PING
+                if self.gzip:
+                    crc, size = zlib.crc32(seg.raw, crc), size + len(seg.raw)
+                    body = seg.deflated
+                else:
+                    body = seg.raw
+                self.sent_bytes += len(body)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+        finally:
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
+            with contextlib.suppress(BaseException):
+                await self.segments.aclose()  # type: ignore[attr-defined]
+        end = b""
+        if self.gzip:
+            end = b"\x03\x00" + crc.to_bytes(4, "little") + (size & 0xFFFFFFFF).to_bytes(4, "little")
+        await send({"type": "http.response.body", "body": end, "more_body": False})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def disconnected() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        async with anyio.create_task_group() as tg:
+
+            async def run(func: object) -> None:
+                with contextlib.suppress(OSError):
+                    await func()  # type: ignore[operator]
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(run, lambda: self._stream(send))
+            await run(disconnected)

@@ -1,0 +1,312 @@
+"""`make bench`, end to end: the simulated market through every agent to a browser-like SSE client.
+
+The topology runs as `marketswarm run` starts it (one process per agent kind, default settings, the
+gateway included). A recorded market is offered at increasing rates, paced by event time; SSE
+clients read every heatmap stream of the gateway the way a browser does (gzip accepted, events
+parsed), and each offered event's latency is measured to the moment a client receives the first diff
+whose as-of time covers it. Per rate: what was sustained, how long the backlog took to drain, the
+latency percentiles, the bytes one dashboard tab receives, and where the cores went.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+from prometheus_client import CollectorRegistry
+
+from marketswarm.agents.normalize import WS
+from marketswarm.agents.sources.simulated import SimMarket
+from marketswarm.agents.sources.writer import RawWriter
+from marketswarm.topology import graph
+from marketswarm.topology.bench import Row
+from marketswarm.topology.connections import create_redis
+from marketswarm.topology.embedded import free_port
+from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.pipeline import group_backlog
+from marketswarm.topology.settings import Settings
+
+NS = 1_000_000_000
+E2E_RATES = (1_000, 5_000, 10_000, 20_000, 40_000, 60_000)
+E2E_SECONDS = 8.0  # offered per rate
+E2E_DRAIN_S = 20.0  # the longest wait for the backlog after offering stops
+SUSTAINED_DRAIN_S = 5.0  # a rate counts as sustained when its backlog drained within this
+E2E_UNDERLYINGS = ("SPX", "NDX")
+HEATMAPS = ("single", "vertical", "butterfly")
+TAB = ("SPX", "butterfly")  # the dashboard tab whose bytes are measured
+PACE_S = 0.005  # the offering loop's tick
+
+
+@dataclass
+class Feed:
+    """What one SSE client received: per diff (as-of event time, receive time), and bytes by time."""
+
+    asof: list[int] = field(default_factory=list)
+    recv: list[int] = field(default_factory=list)
+    wire: list[tuple[int, int]] = field(default_factory=list)  # (receive time, bytes on the wire)
+    plain: list[tuple[int, int]] = field(default_factory=list)  # (receive time, bytes decompressed)
+
+    def bytes_between(self, t0: int, t1: int, plain: bool = False) -> int:
+        return sum(n for t, n in (self.plain if plain else self.wire) if t0 <= t < t1)
+
+
+def process_groups() -> list[list[str]]:
+    """Agents per process, as `marketswarm run` starts them (MARKETSWARM_PROCESSES)."""
+    from marketswarm.topology.supervisor import group_agents
+
+    return group_agents([s.name for s in graph.agents()], Settings().processes)
+
+
+def e2e_suite(url: str, shared: dict[str, float]) -> list[Row]:
+    """The simulated market at increasing rates through every agent and the gateway, as `run`."""
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        MARKETSWARM_REDIS_URL=url,
+        MARKETSWARM_UNDERLYINGS=",".join(E2E_UNDERLYINGS),
+        MARKETSWARM_GATEWAY_PORT=str(port),
+        MARKETSWARM_LOG_LEVEL="WARNING",
+    )
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    exe = shutil.which("marketswarm", path=str(Path(sys.executable).parent)) or "marketswarm"
+    groups = process_groups()
+    procs = [subprocess.Popen([exe, "agent", *group], env=env) for group in groups]
+    procs.append(subprocess.Popen([exe, "gateway"], env=env))
+    pids = {"+".join(g): p.pid for g, p in zip(groups, procs, strict=False)}
+    pids["gateway"] = procs[-1].pid
+    if "server_pid" in shared:
+        pids["valkey"] = int(shared["server_pid"])
+    try:
+        return asyncio.run(_e2e(url, f"http://127.0.0.1:{port}", shared, pids))
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(20)
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _read_sse(base: str, u: str, strategy: str, feed: Feed, stop: asyncio.Event) -> None:
+    """A browser's EventSource: gzip accepted, events parsed as they arrive."""
+    url = f"{base}/sse/heatmap/{strategy}?underlying={u}"
+    async with (
+        httpx.AsyncClient(timeout=None) as client,
+        client.stream("GET", url, headers={"Accept-Encoding": "gzip"}) as resp,
+    ):
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) if resp.headers.get("content-encoding") == "gzip" else None
+        buf = b""
+        async for chunk in resp.aiter_raw():
+            now = time.time_ns()
+            feed.wire.append((now, len(chunk)))
+            text = inflate.decompress(chunk) if inflate is not None else chunk
+            feed.plain.append((now, len(text)))
+            buf += text
+            while b"\r\n\r\n" in buf:
+                event, buf = buf.split(b"\r\n\r\n", 1)
+                if event.startswith(b"event: diff"):
+                    data = event.split(b"\r\ndata: ", 1)[1]
+                    feed.asof.append(int(orjson.loads(data)["asof_ns"]))
+                    feed.recv.append(now)
+            if stop.is_set():
+                return
+
+
+def _offered_times(frames: list[tuple[str, bytes]]) -> tuple[list[int], np.ndarray]:
+    """(per frame the time it may be written: its newest event; every event's time), in ns."""
+    at: list[int] = []
+    times: list[int] = []
+    for fmt, data in frames:
+        if fmt != WS:
+            at.append(at[-1] if at else 0)
+            continue
+        ts = [int(e["t"]) * 1_000_000 for e in orjson.loads(data)]
+        times.extend(ts)
+        at.append(max(ts))
+    return at, np.array(times, dtype=np.int64)
+
+
+def _latencies_ms(events: np.ndarray, feed: Feed) -> tuple[np.ndarray, int]:
+    """Each event's latency to the first received diff whose as-of covers it; and events never covered."""
+    if not feed.asof or not len(events):
+        return np.zeros(0), len(events)
+    covered = np.maximum.accumulate(np.array(feed.asof, dtype=np.int64))
+    recv = np.array(feed.recv, dtype=np.int64)
+    i = np.searchsorted(covered, events, side="left")
+    ok = i < len(covered)
+    return (recv[i[ok]] - events[ok]) / 1e6, int((~ok).sum())
+
+
+async def _e2e(url: str, base: str, shared: dict[str, float], pids: dict[str, int]) -> list[Row]:
+    r = create_redis(url, block_ms=1000)
+    writer = RawWriter(r, Metrics(CollectorRegistry()), "bench")
+    specs = graph.agents()
+    rows: list[Row] = []
+    now = time.time_ns()
+    markets = {u: SimMarket(u, 5, 500, now) for u in E2E_UNDERLYINGS}
+    # Warm up: chain snapshots, epochs, the first versions, the gateway answering.
+    for _ in range(40):
+        tick = time.time_ns()
+        for u, m in markets.items():
+            await writer.write(u, m.advance(tick), tick)
+        await asyncio.sleep(0.05)
+    await _wait_drained(r, specs, 60)
+    async with httpx.AsyncClient() as http:
+        for _ in range(600):
+            ready = 0
+            for u in E2E_UNDERLYINGS:
+                for s in HEATMAPS:
+                    with contextlib.suppress(httpx.HTTPError):
+                        ready += (await http.get(f"{base}/api/models/{u}/{s}")).status_code == 200
+            if ready == len(E2E_UNDERLYINGS) * len(HEATMAPS):
+                break
+            await asyncio.sleep(0.1)
+    feeds = {(u, s): Feed() for u in E2E_UNDERLYINGS for s in HEATMAPS}
+    stop = asyncio.Event()
+    readers = [asyncio.create_task(_read_sse(base, u, s, f, stop)) for (u, s), f in feeds.items()]
+    await asyncio.sleep(1.0)
+    sustained: list[float] = []
+    gen_rate = 0.0
+    for rate in E2E_RATES:
+        # A recorded market, generated before it is offered (the generator must not share the cores
+        # with the topology while it runs), then written paced by its event times.
+        lead_s = 1.0 + (rate * E2E_SECONDS / gen_rate if gen_rate else 3.0)
+        t0 = time.time_ns() + int(lead_s * NS)
+        g0 = time.perf_counter()
+        plan: dict[str, tuple[list[tuple[str, bytes]], list[int]]] = {}
+        events: dict[str, np.ndarray] = {}
+        for u, m in markets.items():
+            m.rate = rate / len(markets)
+            m.skip_to(t0)
+            frames = m.advance(t0 + int(E2E_SECONDS * NS))
+            at, events[u] = _offered_times(frames)
+            plan[u] = (frames, at)
+        n_events = sum(len(e) for e in events.values())
+        gen_rate = n_events / (time.perf_counter() - g0)
+        await asyncio.sleep(max(0.0, (t0 - time.time_ns()) / NS))
+        cpu0 = {name: _cpu_s(pid) for name, pid in pids.items()}
+        lags: list[int] = []
+        next_lag = time.monotonic()
+        cursor = dict.fromkeys(markets, 0)
+        w0 = time.time_ns()
+        while any(cursor[u] < len(plan[u][0]) for u in markets):
+            tick = time.time_ns()
+            for u, (frames, at) in plan.items():
+                j = cursor[u]
+                while j < len(frames) and at[j] <= tick:
+                    j += 1
+                if j > cursor[u]:
+                    await writer.write(u, frames[cursor[u] : j], tick)
+                    cursor[u] = j
+            if time.monotonic() >= next_lag:
+                lags.append(await group_backlog(r, specs, E2E_UNDERLYINGS))
+                next_lag += 0.5
+            await asyncio.sleep(PACE_S)
+        w1 = time.time_ns()
+        gen_s = (w1 - w0) / NS
+        cpu = {name: (_cpu_s(pid) - cpu0[name]) / gen_s for name, pid in pids.items()}
+        drained = await _wait_drained(r, specs, E2E_DRAIN_S)
+        drain_s = (time.time_ns() - w1) / NS
+        await asyncio.sleep(1.0)  # the last versions reach the clients
+        offered = n_events / gen_s
+        if drained and drain_s <= SUSTAINED_DRAIN_S:
+            sustained.append(offered)
+        lat = [_latencies_ms(events[u], feeds[(u, s)]) for u in E2E_UNDERLYINGS for s in HEATMAPS]
+        ms = np.concatenate([x for x, _ in lat]) if lat else np.zeros(0)
+        uncovered = sum(n for _, n in lat)
+        tab = feeds[TAB]
+        wire, plain = tab.bytes_between(w0, w1), tab.bytes_between(w0, w1, plain=True)
+        label = f"offered {rate:,}/s"
+        outcome = f"{'drained' if drained else 'NOT drained'} {drain_s:.1f}s after"
+        rows.append(
+            Row(
+                "e2e",
+                f"{label}: offered {offered:,.0f} events/s, {outcome}",
+                offered if drained else n_events / (gen_s + drain_s),
+                "events/s",
+                shared.get("runtime_ceiling_1000"),
+                "runtime ceiling (batch 1000)",
+            )
+        )
+        rows.append(Row("e2e", f"{label}: max consumer lag", float(max(lags or [0])), "entries"))
+        if len(ms):
+            p50, p99 = np.percentile(ms, [50, 99])
+            key = f"e2e_sse_p99_ms_at_{rate}" if rate in (5_000, 20_000) else ""
+            target = {5_000: "<= 100 ms", 20_000: "<= 250 ms"}.get(rate, "")
+            rows.append(Row("e2e", f"{label}: event-to-browser p50", float(p50), "ms"))
+            rows.append(Row("e2e", f"{label}: event-to-browser p99", float(p99), "ms", target=target, key=key))
+        if uncovered:
+            rows.append(Row("e2e", f"{label}: events no diff covered before the next rate", float(uncovered), "events"))
+        rows.append(
+            Row(
+                "e2e",
+                f"{label}: SSE bytes/s, one tab ({TAB[0]} {TAB[1]}), gzip",
+                wire / gen_s,
+                "B/s",
+                plain / gen_s,
+                "the same events uncompressed",
+                "<= 150,000" if rate == 5_000 else "",
+                key="sse_bytes_per_s_at_5000" if rate == 5_000 else "",
+            )
+        )
+        n_diffs = sum(1 for t in tab.recv if w0 <= t < w1)
+        rows.append(Row("e2e", f"{label}: diffs/s, one tab", n_diffs / gen_s, "diffs/s"))
+        if rate == 5_000:  # where the cores go, at the rate of the latency target
+            publish = sum(v for k, v in cpu.items() if k.startswith("publish."))
+            rows.append(
+                Row(
+                    "e2e",
+                    f"{label}: CPU of all publish agents",
+                    publish * 100,
+                    "% of a core",
+                    target="<= 15",
+                    key="publish_cpu_pct_at_5000",
+                )
+            )
+            for name, share in sorted(cpu.items(), key=lambda kv: -kv[1]):
+                rows.append(Row("e2e", f"{label}: CPU of {name}", share * 100, "% of a core"))
+    stop.set()
+    for task in readers:
+        task.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+    rows.append(
+        Row(
+            "e2e",
+            f"highest offered rate drained within {SUSTAINED_DRAIN_S:.0f} s",
+            max(sustained or [0.0]),
+            "events/s",
+            target=">= 40,000",
+            key="e2e_sustained_events_per_s",
+        )
+    )
+    await r.aclose()
+    return rows
+
+
+async def _wait_drained(r: Any, specs: Any, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await group_backlog(r, specs, E2E_UNDERLYINGS) == 0:
+            return True
+        await asyncio.sleep(0.05)
+    return False

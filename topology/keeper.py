@@ -1,0 +1,99 @@
+"""Heartbeat and lease renewal from a thread, so a long CPU-bound step can never starve them.
+
+An agent's event loop is busy while a step runs (a full recompute, a large staged batch); a renewal
+task on that loop would wait for it, and a lease could expire under an agent that is working. The
+keeper renews on its own thread with its own (blocking) connection: Python switches threads every few
+milliseconds even while another thread computes, and numpy releases the lock in its kernels. The
+event loop still takes and gives up leases; the keeper only keeps them, and drops one it finds lost
+(someone else holds it), which the next commit then sees as LeaseLostError through its WATCH.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+RENEW_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# Connection settings carried over from the agent's client (the rest are asyncio-specific).
+_SHARED_KWARGS = ("host", "port", "db", "username", "password", "path", "socket_connect_timeout", "ssl_ca_certs")
+
+
+def blocking_twin(client: aioredis.Redis) -> redis.Redis:
+    """A blocking client for the same server as an asyncio one."""
+    pool = client.connection_pool
+    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k in _SHARED_KWARGS}
+    if "path" in kwargs:
+        return redis.Redis(unix_socket_path=kwargs.pop("path"), socket_timeout=10, **kwargs)
+    ssl = pool.connection_class.__name__ == "SSLConnection"
+    return redis.Redis(socket_timeout=10, ssl=ssl, **kwargs)
+
+
+class Keeper:
+    """Writes ``heartbeat_key`` every ``interval_s`` and renews the leases it holds."""
+
+    def __init__(
+        self, client: redis.Redis, name: str, heartbeat_key: str, heartbeat_ttl_s: int, lease_ttl_ms: int
+    ) -> None:
+        self.client = client
+        self.name = name
+        self.heartbeat_key = heartbeat_key
+        self.heartbeat_ttl_s = heartbeat_ttl_s
+        self.lease_ttl_ms = lease_ttl_ms
+        # Written this often relative to the shorter TTL, so two renewals can be missed before "dead".
+        self.interval_s = min(heartbeat_ttl_s, lease_ttl_ms / 1000) / 3
+        self._leases: dict[str, str] = {}  # lease key -> our value
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"keeper:{name}", daemon=True)
+        self.renewals = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.interval_s + 5)
+        self.client.close()
+
+    def hold(self, lease_key: str, value: str) -> None:
+        with self._lock:
+            self._leases[lease_key] = value
+
+    def drop(self, lease_key: str) -> None:
+        with self._lock:
+            self._leases.pop(lease_key, None)
+
+    def holds(self, lease_key: str) -> bool:
+        with self._lock:
+            return lease_key in self._leases
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.client.set(self.heartbeat_key, str(time.time()), ex=self.heartbeat_ttl_s)
+                with self._lock:
+                    held = list(self._leases.items())
+                for key, value in held:
+                    if self.client.eval(RENEW_LEASE, 1, key, value, self.lease_ttl_ms):
+                        self.renewals += 1
+                    else:
+                        log.warning("%s: lease %s expired before renewal", self.name, key)
+                        self.drop(key)
+            except (RedisError, OSError):
+                log.warning("%s: heartbeat or lease renewal failed", self.name, exc_info=True)
+            self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
