@@ -96,3 +96,6 @@ class AgentSpec:
     # Entries per read when each is heavy (a staged batch of thousands of tiles): a read must stay
     # short next to the lease TTL, since the step holds the event loop while it runs.
     max_batch: int | None = None
+    # A cheap test of an entry's raw fields: entries it rejects are acknowledged without being
+    # decoded or stepped (an agent that needs only some kinds of changes skips the rest).
+    accepts: Callable[[Mapping[bytes, bytes]], bool] | None = None

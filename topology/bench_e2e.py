@@ -34,6 +34,7 @@ from marketswarm.topology import graph
 from marketswarm.topology.bench import Row
 from marketswarm.topology.connections import create_redis
 from marketswarm.topology.embedded import free_port
+from marketswarm.topology.inspect import group_rows
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.pipeline import group_backlog
 from marketswarm.topology.settings import Settings
@@ -205,6 +206,7 @@ async def _e2e(url: str, base: str, shared: dict[str, float], pids: dict[str, in
         gen_rate = n_events / (time.perf_counter() - g0)
         await asyncio.sleep(max(0.0, (t0 - time.time_ns()) / NS))
         cpu0 = {name: _cpu_s(pid) for name, pid in pids.items()}
+        read0 = await _entries_read(r)
         lags: list[int] = []
         next_lag = time.monotonic()
         cursor = dict.fromkeys(markets, 0)
@@ -225,6 +227,7 @@ async def _e2e(url: str, base: str, shared: dict[str, float], pids: dict[str, in
         w1 = time.time_ns()
         gen_s = (w1 - w0) / NS
         cpu = {name: (_cpu_s(pid) - cpu0[name]) / gen_s for name, pid in pids.items()}
+        read = {a: n - read0.get(a, 0) for a, n in (await _entries_read(r)).items()}
         drained = await _wait_drained(r, specs, E2E_DRAIN_S)
         drain_s = (time.time_ns() - w1) / NS
         await asyncio.sleep(1.0)  # the last versions reach the clients
@@ -285,6 +288,9 @@ async def _e2e(url: str, base: str, shared: dict[str, float], pids: dict[str, in
             )
             for name, share in sorted(cpu.items(), key=lambda kv: -kv[1]):
                 rows.append(Row("e2e", f"{label}: CPU of {name}", share * 100, "% of a core"))
+            for agent, n in sorted(read.items()):
+                per = f", {cpu[agent] * gen_s / n * 1e6:,.0f} us CPU each" if n and agent in cpu else ""
+                rows.append(Row("e2e", f"{label}: entries read by {agent}{per}", n / gen_s, "entries/s"))
     stop.set()
     for task in readers:
         task.cancel()
@@ -301,6 +307,15 @@ async def _e2e(url: str, base: str, shared: dict[str, float], pids: dict[str, in
     )
     await r.aclose()
     return rows
+
+
+async def _entries_read(r: Any) -> dict[str, int]:
+    """Entries each agent's groups have read so far (XINFO GROUPS entries-read), over the underlyings."""
+    out: dict[str, int] = {}
+    for row in await group_rows(r, E2E_UNDERLYINGS):
+        if row["exists"] and row.get("entries_read") is not None:
+            out[row["agent"]] = out.get(row["agent"], 0) + int(row["entries_read"])
+    return out
 
 
 async def _wait_drained(r: Any, specs: Any, timeout_s: float) -> bool:

@@ -215,8 +215,7 @@ class Runtime:
                     await self._handle(u, key, processor, response[0][1], redelivered=False)
                 held_since = self._held_since(processor, held_since)
                 if self.settings.idle_flush and (
-                    not response
-                    or (held_since is not None and time.monotonic() - held_since >= processor.max_hold_s)  # type: ignore[attr-defined]
+                    not response or (held_since is not None and time.monotonic() - held_since >= processor.max_hold_s)  # type: ignore[attr-defined]
                 ):
                     # Input went quiet, or work was held as long as it may be: out with it.
                     await self.flush(u, key, processor)
@@ -282,6 +281,7 @@ class Runtime:
         if redelivered:
             counts = await self._delivery_counts(key, raw_entries)
         good: list[Entry] = []
+        skipped: list[str] = []  # entries the agent does not take (AgentSpec.accepts): acked as they are
         originals: dict[str, dict[bytes, bytes]] = {}
         for raw_id, fields in raw_entries:
             entry_id = _s(raw_id)
@@ -292,6 +292,9 @@ class Runtime:
             deliveries = counts.get(entry_id, 1)
             if deliveries > self.settings.max_deliveries:
                 dead.append((entry_id, fields, deliveries))
+                continue
+            if self.spec.accepts is not None and not self.spec.accepts(fields):
+                skipped.append(entry_id)
                 continue
             try:
                 value = codec.decode(self.spec.reads.payload, fields)
@@ -309,14 +312,20 @@ class Runtime:
         if dead:
             await self._dead_letter(key, dead)
         if good:
-            await self._process(u, key, processor, good)
+            await self._process(u, key, processor, good, skipped)
+        elif skipped:
+            await self._commit(u, key, Effects(), skipped)
         self.metrics.batch_duration.labels(*labels).observe(time.perf_counter() - started)
 
-    async def _process(self, u: str, key: str, processor: Processor, good: list[Entry]) -> None:
+    async def _process(
+        self, u: str, key: str, processor: Processor, good: list[Entry], skipped: Sequence[str] = ()
+    ) -> None:
         try:
             effects = processor.process(good)
         except Exception as exc:  # the step failed: isolate the poison entries, commit the rest
             self.metrics.step_failures.labels(self.group, key).inc()
+            if skipped:
+                await self._commit(u, key, Effects(), list(skipped))
             if len(good) == 1:
                 log.warning("%s: entry %s of %s failed: %r", self.group, good[0].id, key, exc)
                 await self._record_failure(key, good[0].id, _describe(exc))
@@ -327,7 +336,7 @@ class Runtime:
                 await self._process(u, key, processor, [entry])
             return
         try:
-            await self._commit(u, key, effects, [e.id for e in good])
+            await self._commit(u, key, effects, [e.id for e in good] + list(skipped))
             await self._trim(u, processor, effects)
         except LeaseLostError:
             await processor.restore(self.redis)

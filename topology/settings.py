@@ -49,7 +49,10 @@ class Settings(BaseSettings):
     )
     metrics_port: int = Field(default=0, ge=0, description="Agent /metrics port; 0 disables it.")
     processes: int = Field(
-        default=0, ge=0, description="Agent processes `marketswarm run` starts: 0 = one per agent kind."
+        default=0,
+        ge=0,
+        description="Agent processes `marketswarm run` starts, agent kinds dealt among them: 0 = one per CPU "
+        "core plus one (one per kind on a machine with as many cores as kinds).",
     )
     log_level: str = Field(default="INFO", description="Python logging level.")
 

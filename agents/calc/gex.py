@@ -23,7 +23,7 @@ older than the as-of time.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -375,6 +375,16 @@ class GexCalc:
         return Output(self.out_spec, self.out_key, codec.encode_staged(staged))
 
 
+# GEX moves with chain analytics, spot and epochs, never with quotes or trades: a changes entry
+# without one of those records is skipped undecoded (the record tags, as schemas/events.py writes them).
+_WANTED = (b'"c":"g"', b'"c":"s"', b'"c":"e"')
+
+
+def wants(fields: Mapping[bytes, bytes]) -> bool:
+    data = fields.get(b"data", b"")
+    return any(tag in data for tag in _WANTED)
+
+
 GEX_AGENT = AgentSpec(
     name="calc.gex",
     reads=streams.CHANGES,
@@ -382,4 +392,5 @@ GEX_AGENT = AgentSpec(
     make=GexCalc,
     stateful=True,
     doc="Dealer gamma exposure by strike and expiry, flip level and walls.",
+    accepts=wants,
 )

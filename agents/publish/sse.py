@@ -17,7 +17,6 @@ import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -119,12 +118,13 @@ class SseResponse(Response):
             while (await receive())["type"] != "http.disconnect":
                 pass
 
-        async with anyio.create_task_group() as tg:
-
-            async def run(func: object) -> None:
-                with contextlib.suppress(OSError):
-                    await func()  # type: ignore[operator]
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(run, lambda: self._stream(send))
-            await run(disconnected)
+        stream = asyncio.ensure_future(self._stream(send))
+        watch = asyncio.ensure_future(disconnected())
+        try:
+            await asyncio.wait([stream, watch], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (stream, watch):
+                task.cancel()
+            for result in await asyncio.gather(stream, watch, return_exceptions=True):
+                if isinstance(result, Exception) and not isinstance(result, OSError):
+                    raise result

@@ -37,6 +37,7 @@ from marketswarm.topology.settings import Settings
 NS = 1_000_000_000
 RATE = 0.045  # risk-free rate used for fair values
 FRAME_EVENTS = 100  # the provider batches events into frames; we do too
+FRAME_SPAN_MS = 20  # ...sending as it goes: a frame holds at most this much event time
 SPOT_INTERVAL_NS = NS  # an index value every second
 STEP_NS = 100_000_000  # spot path resolution
 
@@ -232,8 +233,7 @@ class SimMarket:
             n = int(self.rng.poisson(self.rate * (step_end - self.t_ns) / NS))
             if n:
                 elements.extend(self._events(n, self.t_ns, step_end))
-            for i in range(0, len(elements), FRAME_EVENTS):
-                out.append(("massive.ws", orjson.dumps(elements[i : i + FRAME_EVENTS])))
+            out.extend(("massive.ws", orjson.dumps(f)) for f in _frames(elements))
             self.t_ns = step_end
         return out
 
@@ -292,8 +292,21 @@ class SimMarket:
         return events
 
 
+def _frames(elements: list[dict[str, object]]) -> list[list[dict[str, object]]]:
+    """Elements (in time order) in frames of at most FRAME_EVENTS and FRAME_SPAN_MS of event time."""
+    frames: list[list[dict[str, object]]] = []
+    span = None
+    for el in elements:
+        slot = int(el["t"]) // FRAME_SPAN_MS  # type: ignore[call-overload]
+        if not frames or len(frames[-1]) >= FRAME_EVENTS or slot != span:
+            frames.append([])
+            span = slot
+        frames[-1].append(el)
+    return frames
+
+
 # Wall-clock cadence of the simulated source: frames for the elapsed time are written every tick.
-TICK_S = 0.05
+TICK_S = 0.02
 
 
 async def run_simulated(settings: Settings, redis: aioredis.Redis, metrics: Metrics, stop: asyncio.Event) -> None:

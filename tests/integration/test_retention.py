@@ -1,0 +1,130 @@
+"""Bounded for a whole session, and nothing lost in the middle: byte-bounded retention that never trims
+what a group still needs, backpressure at the sources, and leases a long step cannot starve."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+
+from marketswarm.agents.sources.writer import RawWriter
+from marketswarm.schemas import codec
+from marketswarm.topology import streams
+from marketswarm.topology.agent import AgentSpec, Effects, Entry
+from marketswarm.topology.backpressure import Gate
+from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.retention import Trimmer, plan
+from marketswarm.topology.runtime import Runtime
+from marketswarm.topology.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+SMALL = replace(streams.TEST_IN, max_bytes=512 * 1024, max_age_s=None)
+PAYLOAD = {"key": "k", "n": 1, "pad": "x" * 400}
+
+
+async def fill(r: aioredis.Redis, key: str, n: int) -> None:
+    async with r.pipeline(transaction=False) as pipe:
+        for _ in range(n):
+            pipe.xadd(key, codec.encode_test(PAYLOAD))
+        await pipe.execute()
+
+
+def test_plan_cuts_by_bytes_and_age_but_not_past_a_group() -> None:
+    spec = replace(SMALL, max_bytes=1000, max_age_s=10)
+    p = plan(spec, 4000, (1000, 0), (5000, 0), [], None)
+    assert p.cut == (4001, 0) and p.safe is None  # three quarters of the bytes, spread over the time
+    assert plan(spec, 500, (1000, 0), (30000, 0), [], None).cut == (20000, 0)  # age alone
+    held = plan(spec, 4000, (1000, 0), (5000, 0), [((2000, 3), (4000, 0)), (None, (3000, 7))], (9000, 0))
+    assert held.safe == (2000, 3)  # the oldest entry a group has not acknowledged
+    assert plan(spec, 4000, (1000, 0), (5000, 0), [(None, (3000, 7))], None).safe == (3000, 8)
+
+
+async def test_a_stream_is_trimmed_to_its_bytes_never_past_unacked_entries(aredis: aioredis.Redis) -> None:
+    key = SMALL.key("RET")
+    metrics = Metrics(CollectorRegistry())
+    await aredis.xgroup_create(key, "slow", id="0", mkstream=True)
+    for _ in range(10):
+        await fill(aredis, key, 300)
+        await asyncio.sleep(0.003)  # entries spread over time, as a live stream's are
+    trimmer = Trimmer(aredis, metrics, "test")
+    assert await trimmer.trim(SMALL, key) == 0, "the group has read nothing: nothing may go"
+    assert await aredis.xlen(key) == 3000
+    # The group reads and acknowledges the first 2000; the rest stay unread.
+    got = await aredis.xreadgroup("slow", "c", {key: ">"}, count=2000)
+    await aredis.xack(key, "slow", *[i for i, _ in got[0][1]])
+    removed = await trimmer.trim(SMALL, key)
+    assert 0 < removed <= 2000  # acknowledged entries only
+    assert await aredis.xlen(key) >= 1000
+    rest = await aredis.xreadgroup("slow", "c", {key: ">"}, count=5000)
+    assert len(rest[0][1]) == 1000
+    await aredis.xack(key, "slow", *[i for i, _ in rest[0][1]])
+    await trimmer.trim(SMALL, key)
+    usage = int(await aredis.execute_command("MEMORY", "USAGE", key))
+    assert usage <= SMALL.max_bytes * 1.5, usage  # approximate trimming: whole stream nodes
+    assert metrics.retention_held.labels("test", key)._value.get() >= 1
+
+
+async def test_past_the_hard_bound_the_bound_wins_and_says_so(aredis: aioredis.Redis) -> None:
+    key = SMALL.key("HARD")
+    metrics = Metrics(CollectorRegistry())
+    await aredis.xgroup_create(key, "never", id="0", mkstream=True)
+    for _ in range(12):
+        await fill(aredis, key, 1000)
+        await asyncio.sleep(0.003)
+    assert int(await aredis.execute_command("MEMORY", "USAGE", key)) > 4 * SMALL.max_bytes
+    removed = await Trimmer(aredis, metrics, "test").trim(SMALL, key)
+    assert removed > 0
+    assert metrics.trimmed_unread.labels("test", key)._value.get() > 0
+
+
+async def test_sources_shed_market_frames_while_agents_are_behind(aredis: aioredis.Redis) -> None:
+    key = streams.RAW.key("SHED")
+    await aredis.xgroup_create(key, "normalize", id="$", mkstream=True)
+    metrics = Metrics(CollectorRegistry())
+    writer = RawWriter(aredis, metrics, "test", Gate(aredis, max_backlog=5))
+    ws = [("massive.ws", b'[{"ev":"Q"},{"ev":"Q"}]')] * 10
+    assert len(await writer.write("SHED", ws, time.time_ns())) == 10  # the backlog was 0 when checked
+    await asyncio.sleep(0.3)  # the gate reads the backlog at most every 0.25 s
+    ids = await writer.write("SHED", [*ws, ("massive.rest.chain", b"[]")], time.time_ns())
+    assert len(ids) == 1, "only the chain snapshot goes through while 10 entries wait"
+    assert metrics.shed.labels("test", key)._value.get() == 10
+    assert metrics.shed_events.labels("test", key)._value.get() == 20
+
+
+class Slow:
+    """A stateful step that holds the event loop far longer than the lease's TTL."""
+
+    def __init__(self, settings: Settings, u: str, metrics: Metrics) -> None:
+        self.key = streams.test_sums_key(u)
+
+    async def restore(self, redis: aioredis.Redis) -> None:
+        return None
+
+    def process(self, batch: Sequence[Entry]) -> Effects:
+        time.sleep(1.5)  # CPU-bound, as far as the event loop is concerned
+        return Effects(commands=[("HINCRBY", self.key, "n", len(batch))])
+
+
+async def test_a_long_step_does_not_lose_its_lease(redis_url: str, aredis: aioredis.Redis) -> None:
+    spec = AgentSpec(name="slow", reads=streams.TEST_IN, writes=(), make=Slow, stateful=True)
+    st = Settings(underlyings=["LEASE"], consumer="c1", block_ms=50, lease_ttl_ms=600, heartbeat_ttl_s=2)
+    key = streams.TEST_IN.key("LEASE")
+    await aredis.xgroup_create(key, "slow", id="0", mkstream=True)
+    for _ in range(3):
+        await aredis.xadd(key, codec.encode_test({"key": "k", "n": 1}))
+    client: Any = aioredis.Redis.from_url(redis_url)
+    try:
+        done = await Runtime(spec, st, client, Metrics(CollectorRegistry())).run(max_entries=3, idle_timeout_s=5)
+    finally:
+        await client.aclose()
+    assert done == 3
+    assert await aredis.hget(streams.test_sums_key("LEASE"), "n") == b"3"
+    # One token was ever handed out: the lease never lapsed while the step ran.
+    assert await aredis.get(streams.lease_token_key("LEASE", "slow")) == b"1"
