@@ -137,6 +137,9 @@ class Runtime:
         return self.processed
 
     async def _watch_bounds(self, max_entries: int | None, idle_timeout_s: float | None) -> None:
+        if max_entries is None and idle_timeout_s is None:
+            await self.stop.wait()  # unbounded (every deployed agent): nothing to poll
+            return
         while not self.stop.is_set():
             if max_entries is not None and self.processed >= max_entries:
                 break
