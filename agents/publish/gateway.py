@@ -50,7 +50,7 @@ from marketswarm.topology.settings import Settings
 TOKEN_COOKIE = "ms_token"
 HEATMAPS = {s.value for s in streams.HEATMAP_STRATEGIES}
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/auth", "/login")
-RENDERED_DIFFS = 1024  # diffs kept rendered as SSE events, shared by every client
+RENDERED_DIFFS = 256  # diffs kept rendered as SSE events, shared by every client (and reconnects)
 
 
 def _static() -> Any:

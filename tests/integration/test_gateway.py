@@ -191,6 +191,17 @@ async def test_rest_models_validate_and_match_published_state(sim: Sim, gateway_
         assert (await c.get("/readyz")).json()["ready"] is True
         assert (await c.get("/api/underlyings")).json() == ["SPX"]
         assert b"marketswarm_versions_published_total" in (await c.get("/metrics")).content
+        for accept, encoding in (("gzip, deflate", "gzip"), ("identity", None)):
+            async with c.stream(
+                "GET", "/sse/heatmap/butterfly?underlying=SPX", headers={"Accept-Encoding": accept}
+            ) as sse:
+                assert sse.headers.get("content-encoding") == encoding
+                first = b""
+                async for chunk in sse.aiter_bytes():  # decompressed by httpx when gzip'd
+                    first += chunk
+                    if b"event: snapshot" in first:
+                        break
+                assert first.startswith(b"event: geometry\r\nid: ")
         page = await c.get("/")
         assert page.status_code == 200 and "/static/app.js" in page.text and "http" not in page.text.split("<body>")[1]
 

@@ -9,10 +9,9 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from marketswarm.agents.calc.strategies import TileCalc
-from marketswarm.schemas import codec
-
 from marketswarm.agents.sources.files import Recorded, write_recorded
 from marketswarm.agents.sources.simulated import SimMarket
+from marketswarm.schemas import codec
 from marketswarm.topology import graph, streams
 from marketswarm.topology.connections import create_redis
 from marketswarm.topology.metrics import Metrics
@@ -38,16 +37,22 @@ async def payloads(r: aioredis.Redis, key: str) -> list[bytes]:
     return [f[b"data"] for _, f in await r.xrange(key)]
 
 
-async def test_calc_and_publisher_resume_exactly(redis_url: str, aredis: aioredis.Redis) -> None:
-    m = SimMarket("SPX", 8, 600, T0, chain_interval_s=3)
+async def recorded_market(r: aioredis.Redis, seed: int, rate: float, chain_interval_s: float, steps: int) -> None:
+    """A simulated SPX market, ``steps`` quarter seconds of it, written in event-time order after every
+    agent's group exists (so each sees it from the start)."""
+    m = SimMarket("SPX", seed, rate, T0, chain_interval_s=chain_interval_s)
     frames = []
     t = T0
-    for _ in range(30):
+    for _ in range(steps):
         t += SECOND // 4
         frames += [Recorded("SPX", f, t, d) for f, d in m.advance(t)]
     for spec in graph.agents():
-        await Runtime.ensure_group(aredis, spec.reads.key("SPX"), spec.name)
-    await write_recorded(aredis, frames)
+        await Runtime.ensure_group(r, spec.reads.key("SPX"), spec.name)
+    await write_recorded(r, frames)
+
+
+async def test_calc_and_publisher_resume_exactly(redis_url: str, aredis: aioredis.Redis) -> None:
+    await recorded_market(aredis, seed=8, rate=600, chain_interval_s=3, steps=30)
     await run(redis_url, "normalize", idle_timeout_s=0.5)
     await run(redis_url, "hydrate", idle_timeout_s=0.5)
     changes = await aredis.xlen(streams.CHANGES.key("SPX"))
@@ -86,18 +91,10 @@ async def test_calc_and_publisher_resume_exactly(redis_url: str, aredis: aioredi
 async def test_a_calc_restored_after_live_flushes_holds_what_it_emitted(redis_url: str, aredis: aioredis.Redis) -> None:
     """Live runs flush held buckets on a deadline (not at an entry a restore re-applies): the flush
     points are recorded, so a restored calc knows exactly which values it already sent."""
-    m = SimMarket("SPX", 9, 400, T0, chain_interval_s=30)
-    frames = []
-    t = T0
-    for _ in range(12):
-        t += SECOND // 4
-        frames += [Recorded("SPX", f, t, d) for f, d in m.advance(t)]
-    for spec in graph.agents():
-        await Runtime.ensure_group(aredis, spec.reads.key("SPX"), spec.name)
+    await recorded_market(aredis, seed=9, rate=400, chain_interval_s=30, steps=12)
     live = Settings(underlyings=["SPX"], block_ms=20, idle_flush=True, batch_size=3, calc_bucket_ms=5_000)
     client = create_redis(redis_url, live.block_ms)
     try:
-        await write_recorded(aredis, frames)
         for name in ("normalize", "hydrate", "calc.butterfly"):
             await Runtime(graph.by_name(name), live, client, Metrics(CollectorRegistry())).run(idle_timeout_s=0.5)
     finally:

@@ -29,11 +29,14 @@ SMALL = replace(streams.TEST_IN, max_bytes=512 * 1024, max_age_s=None)
 PAYLOAD = {"key": "k", "n": 1, "pad": "x" * 400}
 
 
-async def fill(r: aioredis.Redis, key: str, n: int) -> None:
-    async with r.pipeline(transaction=False) as pipe:
-        for _ in range(n):
-            pipe.xadd(key, codec.encode_test(PAYLOAD))
-        await pipe.execute()
+async def fill(r: aioredis.Redis, key: str, batches: int, n: int) -> None:
+    """``batches`` of ``n`` entries a few milliseconds apart: spread over time, as a live stream's are."""
+    for _ in range(batches):
+        async with r.pipeline(transaction=False) as pipe:
+            for _ in range(n):
+                pipe.xadd(key, codec.encode_test(PAYLOAD))
+            await pipe.execute()
+        await asyncio.sleep(0.003)
 
 
 def test_plan_cuts_by_bytes_and_age_but_not_past_a_group() -> None:
@@ -50,9 +53,7 @@ async def test_a_stream_is_trimmed_to_its_bytes_never_past_unacked_entries(aredi
     key = SMALL.key("RET")
     metrics = Metrics(CollectorRegistry())
     await aredis.xgroup_create(key, "slow", id="0", mkstream=True)
-    for _ in range(10):
-        await fill(aredis, key, 300)
-        await asyncio.sleep(0.003)  # entries spread over time, as a live stream's are
+    await fill(aredis, key, 10, 300)
     trimmer = Trimmer(aredis, metrics, "test")
     assert await trimmer.trim(SMALL, key) == 0, "the group has read nothing: nothing may go"
     assert await aredis.xlen(key) == 3000
@@ -75,9 +76,7 @@ async def test_past_the_hard_bound_the_bound_wins_and_says_so(aredis: aioredis.R
     key = SMALL.key("HARD")
     metrics = Metrics(CollectorRegistry())
     await aredis.xgroup_create(key, "never", id="0", mkstream=True)
-    for _ in range(12):
-        await fill(aredis, key, 1000)
-        await asyncio.sleep(0.003)
+    await fill(aredis, key, 12, 1000)
     assert int(await aredis.execute_command("MEMORY", "USAGE", key)) > 4 * SMALL.max_bytes
     removed = await Trimmer(aredis, metrics, "test").trim(SMALL, key)
     assert removed > 0
