@@ -101,8 +101,20 @@ async def _hop(url: str, u: str, n: int, batch: int) -> float:
     return rate
 
 
+async def _round_trip_us(url: str, n: int = 3000) -> float:
+    """One command's round trip with the asyncio client (PING): the floor under every hop."""
+    r = create_redis(url)
+    await r.ping()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        await r.ping()
+    us = (time.perf_counter() - t0) / n * 1e6
+    await r.aclose()
+    return us
+
+
 def runtime_suite(url: str, shared: dict[str, float]) -> list[Row]:
-    rows = []
+    rows = [Row("runtime", "one command round trip (PING, asyncio client)", asyncio.run(_round_trip_us(url)), "us")]
     for batch, n in ((1, 5_000), (100, 50_000), (1000, 200_000)):
         ceiling = asyncio.run(_ceiling(url, f"bench:bare:{batch}", n, batch))
         rate = asyncio.run(_hop(url, f"B{batch}", n, batch))

@@ -57,15 +57,19 @@ class Keeper:
         self._leases: dict[str, str] = {}  # lease key -> our value
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"keeper:{name}", daemon=True)
+        self._thread: threading.Thread | None = None
         self.renewals = 0
 
     def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=f"keeper:{self.name}", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread.is_alive():
+        if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout=self.interval_s + 5)
         self.client.close()
 

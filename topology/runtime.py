@@ -217,8 +217,9 @@ class Runtime:
                 if response:
                     await self._handle(u, key, processor, response[0][1], redelivered=False)
                 held_since = self._held_since(processor, held_since)
+                held_s = time.monotonic() - held_since if held_since is not None else 0.0
                 if self.settings.idle_flush and (
-                    not response or (held_since is not None and time.monotonic() - held_since >= processor.max_hold_s)  # type: ignore[attr-defined]
+                    not response or (held_since is not None and held_s >= getattr(processor, "max_hold_s", 0.0))
                 ):
                     # Input went quiet, or work was held as long as it may be: out with it.
                     await self.flush(u, key, processor)

@@ -58,7 +58,7 @@ function takeGeometry(g) {
   g.legPos = Int32Array.from(g.legs);
   g.size = g.strikeK.length;
   state.geom = g;
-  state.view = null;
+  reset(state.k); // numbers for the new grid follow (a snapshot, or the diff that starts its epoch)
 }
 
 function reset(k) {
