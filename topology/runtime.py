@@ -11,8 +11,8 @@ server-side scripts. The step does no I/O. Everything else is here, written once
 * a batch's effects and its XACK are committed in ONE MULTI/EXEC on keys that share the
   underlying's hash slot, so no input is acked without its effects and a crash before EXEC leaves
   the entries pending, to be read again with the same result;
-* a batch whose step raises is split: the failing entries stay pending (their error recorded in
-  ``<stream>.errors``) and the others commit;
+* a batch whose step raises is split in halves until the failing entries are alone: they stay
+  pending (their error recorded in ``<stream>.errors``) and the others commit;
 * a reclaimer takes entries idle past ``min_idle_ms`` (XAUTOCLAIM, cursor followed to ``0-0``) and
   any entry delivered more than ``max_deliveries`` times is moved to ``<stream>.dlq`` with its error;
 * stateful agents own each underlying through a lease with a fencing token; every commit WATCHes
@@ -335,9 +335,12 @@ class Runtime:
                 await self._record_failure(key, good[0].id, _describe(exc))
                 await processor.restore(self.redis)
                 return
+            # Bisect, in order: one poison entry in a batch of n costs about 2·log2(n) commits, not n,
+            # so a batch that holds one is through quickly (and rarely caught by a crash half-way).
             await processor.restore(self.redis)
-            for entry in good:
-                await self._process(u, key, processor, [entry])
+            half = len(good) // 2
+            await self._process(u, key, processor, good[:half])
+            await self._process(u, key, processor, good[half:])
             return
         try:
             await self._commit(u, key, effects, [e.id for e in good] + list(skipped))
