@@ -12,7 +12,6 @@ each event as soon as it is sent.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -74,14 +73,13 @@ class SseResponse(Response):
         self.status_code = 200
         self.background = None
         self.init_headers(headers)  # no body: no Content-Length, the stream ends when it ends
-        self.sent_bytes = 0
 
     async def _stream(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         crc, size = 0, 0
         if self.gzip:
             await send({"type": "http.response.body", "body": GZIP_HEADER, "more_body": True})
-        pending: asyncio.Task[Segment] | None = None
+        pending: asyncio.Future[Segment] | None = None
         try:
             while True:
                 pending = pending or asyncio.ensure_future(anext(self.segments))
@@ -90,26 +88,23 @@ class SseResponse(Response):
                     try:
                         seg = pending.result()
                     except StopAsyncIteration:
+                        pending = None
                         break
                     pending = None
                 else:
                     seg = PING
                 if self.gzip:
                     crc, size = zlib.crc32(seg.raw, crc), size + len(seg.raw)
-                    body = seg.deflated
-                else:
-                    body = seg.raw
-                self.sent_bytes += len(body)
-                await send({"type": "http.response.body", "body": body, "more_body": True})
+                await send(
+                    {"type": "http.response.body", "body": seg.deflated if self.gzip else seg.raw, "more_body": True}
+                )
         finally:
             if pending is not None:
+                # Cancelled (a disconnect): the generator unwinds (and unsubscribes) as its task ends.
                 pending.cancel()
-                with contextlib.suppress(BaseException):
-                    await pending
-            with contextlib.suppress(BaseException):
-                await self.segments.aclose()  # type: ignore[attr-defined]
+                pending.add_done_callback(_retrieve)
         end = b""
-        if self.gzip:
+        if self.gzip:  # the last (empty) block, then the gzip trailer: CRC-32 and length of what was sent
             end = b"\x03\x00" + crc.to_bytes(4, "little") + (size & 0xFFFFFFFF).to_bytes(4, "little")
         await send({"type": "http.response.body", "body": end, "more_body": False})
 
@@ -128,3 +123,9 @@ class SseResponse(Response):
             for result in await asyncio.gather(stream, watch, return_exceptions=True):
                 if isinstance(result, Exception) and not isinstance(result, OSError):
                     raise result
+
+
+def _retrieve(task: asyncio.Future[Segment]) -> None:
+    """Collect an abandoned read's outcome so it is never reported as unretrieved."""
+    if not task.cancelled():
+        task.exception()
