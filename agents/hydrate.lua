@@ -1,8 +1,11 @@
 -- Hydrate: admission of a batch of events into an underlying's market state, atomically.
+-- The body of a step function (K, first, last) of the commit script (topology/commit.lua): it runs
+-- after the lease check and before the XACK of the batch, in the same script.
 --
--- KEYS[1] epoch pointer   KEYS[2] changes stream   KEYS[3] fills ledger (zset)   KEYS[4] spot
--- ARGV[1] key prefix "ms:{U}:"   ARGV[2] retire TTL (s)   ARGV[3] fill window (ms)
--- (the changes stream is trimmed after the commit, to its byte and age bounds: topology/retention.py)
+-- K[1] epoch pointer   K[2] changes stream   K[3] fills ledger (zset)   K[4] spot   K[5] epochs index
+-- K[4 + 2j] and K[5 + 2j]: the meta hash and the state hash of the j-th declared epoch (j = 1..n)
+-- ARGV[first] the active epoch the step assumed ('' for none)   then retire TTL (s), fill window (ms),
+-- n, the n declared epoch ids (the assumed active one and every epoch of the batch's snapshots),
 -- then records, each starting with an opcode:
 --   G src rx_ns                       start the output group of one input entry
 --   C epoch geometry ts_ns n [sym meta]*n epoch_change_json
@@ -15,17 +18,34 @@
 --   P newness change_json             admission of the spot value
 -- Newness is a fixed-width string "<ts_ns:20><seq:12>", so string order is (event time, sequence) order
 -- and nanosecond times never pass through Lua's doubles.
--- Returns {A, B, C, X (outside the epoch), promotions, fills counted, fills seen before, stale fills}.
+-- If the active epoch is not the one assumed (another replica promoted one), it returns MSCONFLICT
+-- before writing anything. Returns {A, B, C, X (outside the epoch), promotions, fills counted, fills
+-- seen before, stale fills, the active epoch after the batch}.
 
-local prefix = ARGV[1]
-local retire_ttl = tonumber(ARGV[2])
-local fill_window = tonumber(ARGV[3])
-local active = redis.call('GET', KEYS[1])
+local assumed = ARGV[first]
+local retire_ttl = tonumber(ARGV[first + 1])
+local fill_window = tonumber(ARGV[first + 2])
+local active = redis.call('GET', K[1])
+if (active or '') ~= assumed then
+  return {err = 'MSCONFLICT hydrate: the active epoch is ' .. tostring(active) .. ', the step assumed ' .. assumed}
+end
+local metas, states = {}, {}
+local nepochs = tonumber(ARGV[first + 3])
+for j = 1, nepochs do
+  local e = ARGV[first + 3 + j]
+  metas[e], states[e] = K[4 + 2 * j], K[5 + 2 * j]
+end
+local function meta_of(e)
+  return metas[e] or error('hydrate: epoch ' .. e .. ' was not declared')
+end
+local function state_of(e)
+  return states[e] or error('hydrate: epoch ' .. e .. ' was not declared')
+end
 local target = active
 local counts = {0, 0, 0, 0, 0, 0, 0, 0}
 
 local fill_floor = nil
-local top = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
+local top = redis.call('ZRANGE', K[3], -1, -1, 'WITHSCORES')
 if top[2] then
   fill_floor = tonumber(top[2]) - fill_window
 end
@@ -35,16 +55,15 @@ local out = {}
 
 local function flush()
   if group_src ~= nil and #out > 0 then
-    redis.call('XADD', KEYS[2], '*',
+    redis.call('XADD', K[2], '*',
       'kind', 'changes', 'v', '1', 'src', group_src, 'rx_ns', group_rx,
       'epoch', target or '', 'data', '[' .. table.concat(out, ',') .. ']')
   end
   out = {}
 end
 
-local i = 4
-local n = #ARGV
-while i <= n do
+local i = first + 4 + nepochs
+while i <= last do
   local op = ARGV[i]
   if op == 'G' then
     flush()
@@ -55,13 +74,13 @@ while i <= n do
     local first = i + 5
     local change_json = ARGV[first + 2 * count]
     if epoch ~= active then
-      local meta = prefix .. 'epoch:' .. epoch
-      local state = prefix .. 'state:' .. epoch
+      local meta = meta_of(epoch)
+      local state = state_of(epoch)
       redis.call('PERSIST', meta)
       redis.call('PERSIST', state)
       redis.call('HSET', meta, 'geometry', geometry, 'status', 'warming', 'created_ns', ts, 'contracts', count)
-      redis.call('ZADD', prefix .. 'epochs', ts, epoch)
-      local old = active and (prefix .. 'state:' .. active) or nil
+      redis.call('ZADD', K[5], ts, epoch)
+      local old = active and state_of(active) or nil
       for j = 0, count - 1 do
         local sym = ARGV[first + 2 * j]
         redis.call('HSET', state, sym, ARGV[first + 2 * j + 1])
@@ -88,12 +107,12 @@ while i <= n do
   elseif op == 'W' then
     local epoch, ts = ARGV[i + 1], ARGV[i + 2]
     if epoch ~= active then
-      redis.call('SET', KEYS[1], epoch)
-      redis.call('HSET', prefix .. 'epoch:' .. epoch, 'status', 'active', 'promoted_ns', ts)
+      redis.call('SET', K[1], epoch)
+      redis.call('HSET', meta_of(epoch), 'status', 'active', 'promoted_ns', ts)
       if active then
-        redis.call('HSET', prefix .. 'epoch:' .. active, 'status', 'retired', 'retired_ns', ts)
-        redis.call('EXPIRE', prefix .. 'epoch:' .. active, retire_ttl)
-        redis.call('EXPIRE', prefix .. 'state:' .. active, retire_ttl)
+        redis.call('HSET', meta_of(active), 'status', 'retired', 'retired_ns', ts)
+        redis.call('EXPIRE', meta_of(active), retire_ttl)
+        redis.call('EXPIRE', state_of(active), retire_ttl)
       end
       active = epoch
       counts[5] = counts[5] + 1
@@ -101,7 +120,7 @@ while i <= n do
     i = i + 3
   elseif op == 'S' then
     local sym, slot, newness, change_json = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-    local state = target and (prefix .. 'state:' .. target) or nil
+    local state = target and state_of(target) or nil
     if state == nil or redis.call('HEXISTS', state, sym) == 0 then
       counts[4] = counts[4] + 1
     else
@@ -122,11 +141,11 @@ while i <= n do
     i = i + 5
   elseif op == 'F' then
     local sym, fill_id, size, score = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
-    local state = target and (prefix .. 'state:' .. target) or nil
+    local state = target and state_of(target) or nil
     if state ~= nil and redis.call('HEXISTS', state, sym) == 1 then
       if fill_floor ~= nil and score < fill_floor then
         counts[8] = counts[8] + 1
-      elseif redis.call('ZADD', KEYS[3], 'NX', score, fill_id) == 1 then
+      elseif redis.call('ZADD', K[3], 'NX', score, fill_id) == 1 then
         redis.call('HINCRBY', state, sym .. '|v', size)
         counts[6] = counts[6] + 1
         if fill_floor == nil or score - fill_window > fill_floor then
@@ -139,9 +158,9 @@ while i <= n do
     i = i + 5
   elseif op == 'P' then
     local newness, change_json = ARGV[i + 1], ARGV[i + 2]
-    local cur = redis.call('GET', KEYS[4])
+    local cur = redis.call('GET', K[4])
     if (not cur) or newness > string.sub(cur, 1, 32) then
-      redis.call('SET', KEYS[4], newness .. change_json)
+      redis.call('SET', K[4], newness .. change_json)
       counts[cur and 2 or 1] = counts[cur and 2 or 1] + 1
       table.insert(out, change_json)
     else
@@ -154,6 +173,7 @@ while i <= n do
 end
 flush()
 if fill_floor ~= nil then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. fill_floor)
+  redis.call('ZREMRANGEBYSCORE', K[3], '-inf', '(' .. fill_floor)
 end
+counts[9] = active or ''
 return counts

@@ -11,8 +11,11 @@ A a new slot is admitted; B an existing slot takes only a strictly newer (event 
 C older or equal is discarded. Each distinct fill adds its size to the volume once (a fill ledger
 keyed by symbol, time, sequence, price and size, kept for ``fill_window_s`` of event time).
 
-All of it runs in one server-side script per batch, inside the runtime's MULTI with the XACK, so
-replicas and redelivery cannot regress state. The step itself only builds the script's arguments.
+All of it runs as a step function of the batch's commit script (topology/commit.py), before its XACK,
+so replicas and redelivery cannot regress state. The step itself only builds the function's keys and
+arguments; every key it touches is declared, including the epochs' hashes: the step names the active
+epoch it read at restore, and the script refuses the batch (MSCONFLICT, before writing) when another
+replica promoted one since, so the runtime restores and steps again.
 """
 
 from __future__ import annotations
@@ -112,10 +115,12 @@ def chain_args(snap: ChainSnapshot, args: list[Any]) -> str:
     return epoch
 
 
-def batch_args(batch: Sequence[Entry]) -> tuple[list[Any], int]:
-    """The script's records for a batch of events entries, and how many events they carry."""
+def batch_args(batch: Sequence[Entry]) -> tuple[list[Any], int, list[str]]:
+    """The script's records for a batch of events entries, how many events they carry, and the epochs
+    of its chain snapshots."""
     args: list[Any] = []
     n = 0
+    epochs: list[str] = []
     for entry in batch:
         eb: EventBatch = entry.value
         args += ["G", entry.id, eb.rx_ns]
@@ -132,10 +137,10 @@ def batch_args(batch: Sequence[Entry]) -> tuple[list[Any], int]:
             elif isinstance(ev, Spot):
                 args += ["P", newness(ev.ts_ns), codec.encode_json(SpotChange(ts_ns=ev.ts_ns, value=ev.value))]
             elif isinstance(ev, ChainSnapshot):
-                chain_args(ev, args)
+                epochs.append(chain_args(ev, args))
             elif isinstance(ev, ProviderStatus):
                 pass  # statuses are for operators (metrics at the source), not for the market state
-    return args, n
+    return args, n, epochs
 
 
 class Hydrator:
@@ -147,22 +152,28 @@ class Hydrator:
             streams.CHANGES.key(underlying),
             streams.fills_key(underlying),
             streams.spot_key(underlying),
+            streams.epochs_index_key(underlying),
         ]
-        self.header = [
-            streams.state_key(underlying, "")[: -len("state:")],
-            settings.epoch_retire_ttl_s,
-            int(settings.fill_window_s * 1000),
-        ]
+        self.header = [settings.epoch_retire_ttl_s, int(settings.fill_window_s * 1000)]
         self.events_key = streams.EVENTS.key(underlying)
+        self.active = ""  # the active epoch as last read or committed ("" for none)
 
     async def restore(self, redis: aioredis.Redis) -> None:
-        return None  # no in-memory state: the state lives in Redis
+        """The state lives in Redis; only the active epoch's id is kept, to declare its keys."""
+        active = await redis.get(streams.epoch_pointer_key(self.u))
+        self.active = active.decode() if active is not None else ""
 
     def process(self, batch: Sequence[Entry]) -> Effects:
-        records, n = batch_args(batch)
+        records, n, snapshot_epochs = batch_args(batch)
+        epochs = list(dict.fromkeys([e for e in (self.active, *snapshot_epochs) if e]))
+        keys = list(self.keys)
+        for e in epochs:
+            keys += [streams.epoch_meta_key(self.u, e), streams.state_key(self.u, e)]
+        args = [self.active, *self.header, len(epochs), *epochs, *records]
 
         def committed(results: list[Any]) -> None:
-            counts = [int(x) for x in results[0]]
+            counts = [int(x) for x in results[0][:8]]
+            self.active = results[0][8].decode() if isinstance(results[0][8], bytes) else str(results[0][8])
             for outcome, c in zip(OUTCOMES, counts[:4], strict=True):
                 if c:
                     self.metrics.admissions.labels("hydrate", self.events_key, outcome).inc(c)
@@ -173,9 +184,7 @@ class Hydrator:
             if counts[7]:
                 self.metrics.dropped.labels("hydrate", self.events_key, "fill_beyond_window").inc(counts[7])
 
-        return Effects(
-            scripts=[ScriptCall(SCRIPT, self.keys, [*self.header, *records])], on_commit=committed, events_out=n
-        )
+        return Effects(scripts=[ScriptCall("hydrate", SCRIPT, keys, args)], on_commit=committed, events_out=n)
 
 
 HYDRATE = AgentSpec(

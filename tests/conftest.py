@@ -15,6 +15,7 @@ import redis
 import redis.asyncio as aioredis
 
 from marketswarm.topology.embedded import EmbeddedServer, find_binary
+from tests.cluster import LocalCluster
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "real"
@@ -116,3 +117,22 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"{SHARED_DATA} is not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """A cluster of 3 masters with 2 replicas each, of the suite's server binary on loopback (see
+    tests/cluster.py): after a failover every master still has a replica to WAIT for."""
+    cluster = LocalCluster(os.environ.get("MARKETSWARM_TEST_REDIS_SERVER") or find_binary(), replicas_per_master=2)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: LocalCluster) -> str:
+    """A flushed cluster for one test: the URL of one of its nodes."""
+    redis_cluster.wait_ok()
+    redis_cluster.flush()
+    return redis_cluster.url

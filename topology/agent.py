@@ -1,7 +1,8 @@
 """What an agent is, as data: its spec, the entries it reads, the effects its step returns.
 
 A step is ``Processor.process``: a batch of typed entries in, ``Effects`` out, no I/O. The runtime
-(topology/runtime.py) commits the effects and the XACK of the batch in one MULTI/EXEC.
+(topology/runtime.py) commits the effects and the XACK of the batch in one server-side script
+(topology/commit.py), the XACK last.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from marketswarm.topology.settings import Settings
 class Delivery(Enum):
     """What happens to an entry after its step; the runtime's acknowledgement policy."""
 
-    COMMIT = "commit"  # effects and XACK in one MULTI/EXEC
+    COMMIT = "commit"  # effects, then XACK, in one script (topology/commit.py); an effect that fails
+    # stops it before the XACK
     RETRY = "retry"  # no ack: stays pending, reclaimed after min_idle_ms, delivery count grows
     DEAD_LETTER = "dead_letter"  # delivered more than max_deliveries times: to <stream>.dlq, acked
 
@@ -45,8 +47,14 @@ class Output:
 
 @dataclass(frozen=True)
 class ScriptCall:
-    """A server-side script run inside the commit (EVAL with its body, so it can never be missing)."""
+    """A step function of the agent, run inside the commit script (topology/commit.lua).
 
+    ``body`` is the body of a Lua function ``(K, first, last)``: ``K`` its keys (every key it touches,
+    declared here), ``ARGV[first..last]`` its arguments. It may return ``{err = 'MSCONFLICT ...'}``
+    before writing anything when the state it was built for changed: the runtime restores the
+    processor and steps the batch again."""
+
+    name: str
     body: str
     keys: Sequence[str]
     args: Sequence[Any]
@@ -59,7 +67,7 @@ class Effects:
     outputs: list[Output] = field(default_factory=list)
     commands: list[tuple[Any, ...]] = field(default_factory=list)  # raw commands, e.g. ("HSET", k, f, v)
     scripts: list[ScriptCall] = field(default_factory=list)
-    # Called with the results of ``commands`` then ``scripts`` once EXEC succeeded (metrics, state).
+    # Called with the results of ``scripts``, in order, once the commit succeeded (metrics, state).
     on_commit: Callable[[list[Any]], None] | None = None
     events_out: int = 0  # events carried by the outputs, for metrics
 

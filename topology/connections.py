@@ -1,25 +1,79 @@
-"""Redis connections, the same for every agent and source, and reading what a group acknowledged."""
+"""Redis connections, the same for every agent and source, and reading what a group acknowledged.
+
+One URL for a single server and for a cluster: ``create_redis`` asks the server it names whether
+cluster mode is on (``INFO cluster``) and, if so, returns a cluster client that discovers the other
+nodes from it. ``rediss://`` (TLS) and ``user:password@`` work for both.
+"""
 
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Any
+from urllib.parse import urlsplit
 
+import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
+
+log = logging.getLogger(__name__)
+
+# Commands whose keys redis-py would otherwise look up on a server (COMMAND GETKEYS, "movable
+# keys"): outside its retry loop, on one fixed node, so a dead node stalls every read for a failover.
+_STREAMS_KEYWORD = {"XREADGROUP": 3, "XREAD": 0}  # after GROUP group consumer  # where to start looking for STREAMS
+
+
+class Cluster(RedisCluster):  # type: ignore[misc]
+    """redis-py's asyncio cluster client, finding the keys of XREAD/XREADGROUP locally."""
+
+    async def _determine_slot(self, command: Any, *args: Any) -> int:
+        name = str(command).upper()
+        if name in _STREAMS_KEYWORD:
+            words = [a.decode() if isinstance(a, bytes) else str(a) for a in args]
+            at = next(i for i in range(_STREAMS_KEYWORD[name], len(words)) if words[i].upper() == "STREAMS")
+            keys = words[at + 1 :][: (len(words) - at - 1) // 2]
+            slots = {self.keyslot(k) for k in keys}
+            if len(slots) != 1:
+                raise RedisClusterException(f"{name} keys must share one slot: {keys}")
+            return int(slots.pop())
+        slot: int = await super()._determine_slot(command, *args)
+        return slot
+
+
+@functools.lru_cache(maxsize=32)
+def is_cluster(url: str) -> bool:
+    """Whether the server at ``url`` runs in cluster mode (False when it cannot be asked now: the
+    single-node client then reports the connection error on first use, as it always did)."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=5.0, socket_timeout=5.0)
+    try:
+        info = client.info("cluster")
+    except RedisError:
+        is_cluster.cache_clear()  # ask again next time
+        return False
+    finally:
+        client.close()
+    return bool(info.get("cluster_enabled"))
 
 
 def create_redis(url: str, block_ms: int = 0, **kwargs: Any) -> aioredis.Redis:
-    """A client whose socket timeout always exceeds the longest BLOCK it will issue."""
+    """A client whose socket timeout always exceeds the longest BLOCK it will issue: for one server,
+    or for the whole cluster when ``url`` names any node of one."""
     # Generous: a CPU-bound step can hold the event loop for seconds, and a reply that arrived in
     # the meantime must not count as a timeout.
     timeout_s = block_ms / 1000 + 30.0
-    return aioredis.Redis.from_url(
-        url,
-        decode_responses=False,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=5.0,
-        health_check_interval=30,
-        **kwargs,
-    )
+    common: dict[str, Any] = {
+        "decode_responses": False,
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": 5.0,
+        "health_check_interval": 30,
+    }
+    if is_cluster(url):
+        if urlsplit(url).path not in ("", "/", "/0"):
+            raise ValueError(f"{url}: a Redis Cluster has only database 0")
+        client: Any = Cluster.from_url(url, **common, **kwargs)
+        return client
+    return aioredis.Redis.from_url(url, **common, **kwargs)
 
 
 async def acked_since(

@@ -23,12 +23,12 @@ from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
 
-# One HINCRBY per distinct key, in one script call per batch (one command carries the batch).
+# One HINCRBY per distinct key, in one step function of the commit (one command carries the batch).
 _ADD = """
-for i = 1, #ARGV, 2 do
-  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+for i = first, last, 2 do
+  redis.call('HINCRBY', K[1], ARGV[i], ARGV[i + 1])
 end
-return #ARGV / 2
+return (last - first + 1) / 2
 """
 
 
@@ -53,7 +53,7 @@ class Counter:
         args: list[Any] = []
         for k, n in totals.items():
             args += [k, n]
-        return Effects(scripts=[ScriptCall(_ADD, [self.sums_key], args)], events_out=len(batch))
+        return Effects(scripts=[ScriptCall("add", _ADD, [self.sums_key], args)], events_out=len(batch))
 
 
 COUNT = AgentSpec(

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -71,12 +72,14 @@ class EmbeddedServer:
         port: int | None = None,
         appendonly: bool = True,
         record: bool = True,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.data_dir = Path(data_dir)
         self.binary = binary or find_binary()
         self.port = port or free_port()
         self.appendonly = appendonly
         self.record = record
+        self.extra_args = list(extra_args)  # e.g. cluster mode, for the test suite's cluster
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -98,6 +101,7 @@ class EmbeddedServer:
             "--save", "",
             "--daemonize", "no",
             "--logfile", "server.log",
+            *self.extra_args,
         ]  # fmt: skip
         # Own session: a Ctrl-C in the terminal reaches `marketswarm run`, which stops the agents
         # first and the server last, so nothing is written to a server that is going away.

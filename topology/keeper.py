@@ -5,7 +5,8 @@ task on that loop would wait for it, and a lease could expire under an agent tha
 keeper renews on its own thread with its own (blocking) connection: Python switches threads every few
 milliseconds even while another thread computes, and numpy releases the lock in its kernels. The
 event loop still takes and gives up leases; the keeper only keeps them, and drops one it finds lost
-(someone else holds it), which the next commit then sees as LeaseLostError through its WATCH.
+(someone else holds it), which the next commit then sees as LeaseLostError: its script checks the
+lease first.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as AsyncCluster
 from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
@@ -32,7 +35,13 @@ _SHARED_KWARGS = ("host", "port", "db", "username", "password", "path", "socket_
 
 
 def blocking_twin(client: aioredis.Redis) -> redis.Redis:
-    """A blocking client for the same server as an asyncio one."""
+    """A blocking client for the same server (or cluster) as an asyncio one."""
+    if isinstance(client, AsyncCluster):
+        kw = {k: v for k, v in client.connection_kwargs.items() if k in _SHARED_KWARGS and k not in ("host", "port")}
+        node = next(iter(client.nodes_manager.startup_nodes.values()))
+        ssl = client.connection_kwargs["connection_class"].__name__ == "SSLConnection"
+        twin: Any = redis.RedisCluster(host=node.host, port=node.port, socket_timeout=10, ssl=ssl, **kw)
+        return twin
     pool = client.connection_pool
     kwargs = {k: v for k, v in pool.connection_kwargs.items() if k in _SHARED_KWARGS}
     if "path" in kwargs:

@@ -58,6 +58,18 @@ class Metrics:
         self.step_failures = Counter(
             "marketswarm_step_failures_total", "Batches whose step raised (entries isolated).", AS, registry=r
         )
+        self.commit_failures = Counter(
+            "marketswarm_commit_failures_total",
+            "Commits whose effects failed (nothing acked; the entries isolated and retried).",
+            AS,
+            registry=r,
+        )
+        self.replica_lag = Counter(
+            "marketswarm_replica_ack_timeouts_total",
+            "Writes (raw batches, commits) that fewer replicas than MARKETSWARM_MIN_REPLICAS_ACK acknowledged in time.",
+            ["writer"],
+            registry=r,
+        )
         self.dead_letters = Counter("marketswarm_dead_letters_total", "Entries moved to <stream>.dlq.", AS, registry=r)
         self.reclaimed = Counter(
             "marketswarm_reclaimed_total", "Pending entries claimed from idle consumers.", AS, registry=r

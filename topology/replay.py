@@ -68,7 +68,7 @@ async def _replay(
             load = progress.add_task("input frames", total=len(frames))
             drain = progress.add_task("topology backlog", total=None)
             writer = asyncio.create_task(
-                write_recorded(redis, frames, paced=paced, progress=lambda n: progress.advance(load, n))
+                write_recorded(redis, frames, paced=paced, progress=lambda n: progress.advance(load, n), settings=st)
             )
             backlog_max = [1]
 

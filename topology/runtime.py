@@ -8,16 +8,18 @@ server-side scripts. The step does no I/O. Everything else is here, written once
 * the consumer group is created from the stream's start with MKSTREAM (BUSYGROUP tolerated);
 * a consumer first drains its own pending entries, then reads new ones in batches
   (XREADGROUP COUNT n BLOCK ms);
-* a batch's effects and its XACK are committed in ONE MULTI/EXEC on keys that share the
-  underlying's hash slot, so no input is acked without its effects and a crash before EXEC leaves
-  the entries pending, to be read again with the same result;
-* a batch whose step raises is split in halves until the failing entries are alone: they stay
-  pending (their error recorded in ``<stream>.errors``) and the others commit;
+* a batch's effects and its XACK are committed in ONE server-side script on keys that share the
+  underlying's hash slot (topology/commit.py), the XACK last: no input is acked without its effects,
+  an effect that fails stops the script before the XACK, and a crash leaves the entries pending, to
+  be read again with the same result;
+* a batch whose step raises, or whose effects fail for good, is split in halves until the failing
+  entries are alone: they stay pending (their error recorded in ``<stream>.errors``) and the others
+  commit; a step that assumed state another replica changed is restored and stepped again;
 * a reclaimer takes entries idle past ``min_idle_ms`` (XAUTOCLAIM, cursor followed to ``0-0``) and
   any entry delivered more than ``max_deliveries`` times is moved to ``<stream>.dlq`` with its error;
-* stateful agents own each underlying through a lease with a fencing token; every commit WATCHes
-  the lease, so a replica that lost it cannot write; leases and the heartbeat are renewed from a
-  thread (topology/keeper.py), so a long step cannot let them expire;
+* stateful agents own each underlying through a lease with a fencing token; every commit checks
+  the lease first, inside its script, so a replica that lost it cannot write; leases and the
+  heartbeat are renewed from a thread (topology/keeper.py), so a long step cannot let them expire;
 * after a commit, the streams the agent writes are trimmed to their byte and age bounds, never past
   an entry a group has not acknowledged (topology/retention.py);
 * SIGTERM/SIGINT set an event: the loop finishes the in-flight batch and returns.
@@ -38,11 +40,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError, TimeoutError, WatchError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError, TimeoutError
 
 from marketswarm.schemas import codec
 from marketswarm.topology import streams
-from marketswarm.topology.agent import AgentSpec, Effects, Entry, Processor
+from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output, Processor
+from marketswarm.topology.commit import Committer, ConflictError, EffectError, LeaseLostError, Replication, encode
 from marketswarm.topology.keeper import Keeper, blocking_twin
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.retention import Trimmer
@@ -56,18 +59,14 @@ CONSUME_ERROR_BACKOFF_S = 0.5
 # Error texts kept for pending entries expire after this long (they only matter until the entry
 # is acked or dead-lettered, which happens within max_deliveries * min_idle_ms).
 ERROR_TTL_S = 24 * 3600
-# A commit whose WATCH on the lease fired is retried this often before the lease counts as lost.
-COMMIT_WATCH_RETRIES = 5
+# A step whose commit met state another replica changed is restored and stepped again this often.
+CONFLICT_RETRIES = 5
 # Dead-letter entries keep at most this much of the error text.
 MAX_ERROR_CHARS = 2000
 
 
 class GroupMissingError(RuntimeError):
     """Raised when the group disappears under a running agent (NOGROUP): the agent must restart."""
-
-
-class LeaseLostError(RuntimeError):
-    """Raised when a stateful agent commits after another replica took its lease: it stops writing."""
 
 
 class Runtime:
@@ -93,8 +92,19 @@ class Runtime:
         self.processed = 0  # entries acked or dead-lettered by this runtime
         self._last_activity = time.monotonic()
         self._errors: dict[str, str] = {}
+        # Entries whose last attempt here met the server, not their own fault (a connection lost, a
+        # failover, a resharding): read again after the pause, they do not count toward dead-lettering.
+        self._interrupted: set[str] = set()
         self._tokens: dict[str, str] = {}  # underlying -> our lease value
         self.trimmer = Trimmer(redis, metrics, spec.name)
+        self.committer = Committer(
+            redis,
+            Replication(
+                settings.min_replicas_ack,
+                settings.replica_ack_timeout_ms,
+                lambda _: metrics.replica_lag.labels(spec.name).inc(),
+            ),
+        )
         self.keeper = Keeper(
             blocking_twin(redis),
             spec.name,
@@ -152,14 +162,16 @@ class Runtime:
     async def _partition(self, u: str) -> None:
         key = self.spec.reads.key(u)
         processor = self.spec.make(self.settings, u, self.metrics)
-        await self.ensure_group(self.redis, key, self.group)
-        await self.redis.sadd(streams.underlyings_key(), u)
-        backoff = False
+        backoff = ready = False
         while not self.stop.is_set():
             try:
                 if backoff:
                     await self._sleep(CONSUME_ERROR_BACKOFF_S)
                     backoff = False
+                if not ready:
+                    await self.ensure_group(self.redis, key, self.group)
+                    await self.redis.sadd(streams.underlyings_key(), u)
+                    ready = True
                 if self.spec.stateful:
                     if not await self._acquire_lease(u):
                         await self._sleep(self.settings.lease_ttl_ms / 3000)
@@ -171,7 +183,7 @@ class Runtime:
                     await processor.restore(self.redis)
                 await self._drain_own_pending(u, key, processor)
                 await self._consume(u, key, processor)
-            except ResponseError as exc:
+            except (ResponseError, EffectError, ConflictError) as exc:
                 if "NOGROUP" in str(exc):
                     raise GroupMissingError(f"group {self.group} on {key} vanished: {exc}") from exc
                 log.exception("redis error in %s on %s; retrying", self.group, key)
@@ -185,6 +197,14 @@ class Runtime:
                 if self.stop.is_set():
                     return
                 log.exception("connection error in %s on %s; retrying", self.group, key)
+                self.metrics.redis_errors.labels(self.group, key).inc()
+                backoff = True
+            except (RedisError, RedisClusterException) as exc:
+                # A cluster in motion: a failover (CLUSTERDOWN, a slot not covered yet), a resharding
+                # (TRYAGAIN). The entries stay pending; the client refreshes its slot map on retry.
+                if self.stop.is_set():
+                    return
+                log.warning("%s on %s: %s; retrying", self.group, key, exc)
                 self.metrics.redis_errors.labels(self.group, key).inc()
                 backoff = True
 
@@ -294,7 +314,7 @@ class Runtime:
                 continue
             originals[entry_id] = fields
             deliveries = counts.get(entry_id, 1)
-            if deliveries > self.settings.max_deliveries:
+            if deliveries > self.settings.max_deliveries and entry_id not in self._interrupted:
                 dead.append((entry_id, fields, deliveries))
                 continue
             if self.spec.accepts is not None and not self.spec.accepts(fields):
@@ -314,48 +334,70 @@ class Runtime:
             await self.redis.xack(key, self.group, *gone)
             self.metrics.trimmed_pending.labels(*labels).inc(len(gone))
         if dead:
-            await self._dead_letter(key, dead)
-        if good:
-            await self._process(u, key, processor, good, skipped)
-        elif skipped:
-            await self._commit(u, key, Effects(), skipped)
+            await self._dead_letter(u, key, dead)
+        try:
+            if good:
+                await self._process(u, key, processor, good, skipped)
+            elif skipped:
+                await self._commit(u, key, Effects(), skipped)
+        except (RedisError, RedisClusterException, OSError):
+            self._interrupted.update(e.id for e in good)
+            self._interrupted.update(skipped)
+            raise
         self.metrics.batch_duration.labels(*labels).observe(time.perf_counter() - started)
 
     async def _process(
         self, u: str, key: str, processor: Processor, good: list[Entry], skipped: Sequence[str] = ()
     ) -> None:
-        try:
-            effects = processor.process(good)
-        except Exception as exc:  # the step failed: isolate the poison entries, commit the rest
-            self.metrics.step_failures.labels(self.group, key).inc()
-            if skipped:
-                await self._commit(u, key, Effects(), list(skipped))
-            if len(good) == 1:
-                log.warning("%s: entry %s of %s failed: %r", self.group, good[0].id, key, exc)
-                await self._record_failure(key, good[0].id, _describe(exc))
-                await processor.restore(self.redis)
+        for attempt in range(CONFLICT_RETRIES + 1):
+            try:
+                effects = processor.process(good)
+            except Exception as exc:  # the step failed: isolate the poison entries, commit the rest
+                self.metrics.step_failures.labels(self.group, key).inc()
+                await self._isolate(u, key, processor, good, skipped, _describe(exc))
                 return
-            # Bisect, in order: one poison entry in a batch of n costs about 2·log2(n) commits, not n,
-            # so a batch that holds one is through quickly (and rarely caught by a crash half-way).
-            await processor.restore(self.redis)
-            half = len(good) // 2
-            await self._process(u, key, processor, good[:half])
-            await self._process(u, key, processor, good[half:])
-            return
-        try:
-            await self._commit(u, key, effects, [e.id for e in good] + list(skipped))
-            await self._trim(u, processor, effects)
-        except LeaseLostError:
-            await processor.restore(self.redis)
-            raise LeaseLostError(key) from None
-        except ResponseError:
-            await processor.restore(self.redis)
-            raise
-        except BaseException:
-            # Connection dropped mid-commit: the entries stay pending; in-memory state is reloaded.
-            with contextlib.suppress(Exception):
+            try:
+                await self._commit(u, key, effects, [e.id for e in good] + list(skipped))
+            except ConflictError as exc:
                 await processor.restore(self.redis)
-            raise
+                if attempt == CONFLICT_RETRIES:
+                    raise RuntimeError(f"{self.group}: {key} kept changing under the step: {exc}") from exc
+                continue
+            except EffectError as exc:  # the effects failed for good and nothing was acked
+                log.warning("%s: the commit of %d entries of %s failed: %s", self.group, len(good), key, exc)
+                self.metrics.commit_failures.labels(self.group, key).inc()
+                await processor.restore(self.redis)
+                await self._isolate(u, key, processor, good, skipped, f"commit failed: {exc}")
+                return
+            except (LeaseLostError, ResponseError):
+                await processor.restore(self.redis)
+                raise
+            except BaseException:
+                # Connection dropped mid-commit: the entries stay pending; in-memory state is reloaded.
+                with contextlib.suppress(Exception):
+                    await processor.restore(self.redis)
+                raise
+            await self._trim(u, processor, effects)
+            return
+
+    async def _isolate(
+        self, u: str, key: str, processor: Processor, good: list[Entry], skipped: Sequence[str], error: str
+    ) -> None:
+        """A batch failed (its step raised, or its effects did): split it until the failing entries
+        are alone. They stay pending with their error (Delivery.RETRY) and the others commit."""
+        if skipped:
+            await self._commit(u, key, Effects(), list(skipped))
+        if len(good) == 1:
+            log.warning("%s: entry %s of %s failed: %s", self.group, good[0].id, key, error)
+            await self._record_failure(key, good[0].id, error)
+            await processor.restore(self.redis)
+            return
+        # Bisect, in order: one poison entry in a batch of n costs about 2·log2(n) commits, not n,
+        # so a batch that holds one is through quickly (and rarely caught by a crash half-way).
+        await processor.restore(self.redis)
+        half = len(good) // 2
+        await self._process(u, key, processor, good[:half])
+        await self._process(u, key, processor, good[half:])
 
     async def flush(self, u: str, key: str, processor: Processor) -> bool:
         """Commit what the processor held back, without an input to ack; True if there was any."""
@@ -393,45 +435,25 @@ class Runtime:
         return n
 
     async def _commit(self, u: str, key: str, effects: Effects, ack_ids: list[str]) -> None:
-        for _attempt in range(COMMIT_WATCH_RETRIES):
-            try:
-                results = await self._exec(u, key, effects, ack_ids)
-                break
-            except WatchError:
-                # The lease key was touched between WATCH and EXEC. Our own renewal (PEXPIRE) does
-                # that too, so it only means "lost" if someone else holds it now.
-                continue
-        else:
-            raise LeaseLostError(streams.lease_key(u, self.spec.name))
+        """Effects, then the XACK, in one script (topology/commit.py); raises LeaseLostError,
+        ConflictError or EffectError, and leaves the entries pending whenever it raises."""
+        lease = token = None
+        if self.spec.stateful:
+            lease = streams.lease_key(u, self.spec.name)
+            token = self._tokens.get(u)
+            if token is None:
+                raise LeaseLostError(lease)
+        # Errors of acked entries are cleared with the XACK (also those another process recorded).
+        call = encode(key, self.group, effects, ack_ids, lease=lease, token=token, clear_errors=bool(ack_ids))
+        results = await self.committer(call)
         self._committed(key, effects, ack_ids, results)
-
-    async def _exec(self, u: str, key: str, effects: Effects, ack_ids: list[str]) -> list[Any]:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            if self.spec.stateful:
-                lease = streams.lease_key(u, self.spec.name)
-                await pipe.watch(lease)
-                holder = await pipe.get(lease)
-                if holder is None or _s(holder) != self._tokens.get(u):
-                    raise LeaseLostError(lease)
-                pipe.multi()
-            for cmd in effects.commands:
-                pipe.execute_command(*cmd)
-            for script in effects.scripts:
-                pipe.eval(script.body, len(script.keys), *script.keys, *script.args)
-            for out in effects.outputs:
-                pipe.xadd(out.key, dict(out.fields), id=out.id)
-            if ack_ids:
-                pipe.xack(key, self.group, *ack_ids)
-            if self._errors and any(i in self._errors for i in ack_ids):
-                pipe.hdel(streams.errors_key(key), *ack_ids)
-            return await pipe.execute()  # type: ignore[no-any-return]
 
     def _committed(self, key: str, effects: Effects, ack_ids: list[str], results: list[Any]) -> None:
         for i in ack_ids:
             self._errors.pop(i, None)
+            self._interrupted.discard(i)
         if effects.on_commit is not None:
-            n = len(effects.commands) + len(effects.scripts)
-            effects.on_commit(results[:n])
+            effects.on_commit(results)
         self.processed += len(ack_ids)
         labels = (self.group, key)
         self.metrics.entries_acked.labels(*labels).inc(len(ack_ids))
@@ -443,6 +465,7 @@ class Runtime:
     async def _record_failure(self, key: str, entry_id: str, error: str) -> None:
         """Leave the entry pending (Delivery.RETRY) and keep its error for the dead letter."""
         self._errors[entry_id] = error
+        self._interrupted.discard(entry_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(streams.errors_key(key), entry_id, error[:MAX_ERROR_CHARS])
             pipe.expire(streams.errors_key(key), ERROR_TTL_S)
@@ -457,26 +480,31 @@ class Runtime:
         )
         return {_s(r["message_id"]): int(r["times_delivered"]) for r in rows}
 
-    async def _dead_letter(self, key: str, dead: list[tuple[str, dict[bytes, bytes], int]]) -> None:
-        """Delivery.DEAD_LETTER: move entries to ``<stream>.dlq`` with their error, and ack them."""
+    async def _dead_letter(self, u: str, key: str, dead: list[tuple[str, dict[bytes, bytes], int]]) -> None:
+        """Delivery.DEAD_LETTER: move entries to ``<stream>.dlq`` with their error, and ack them, in
+        one commit."""
         dlq = streams.dlq_key(key)
         errors = await self.redis.hmget(streams.errors_key(key), [d[0] for d in dead])
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for (entry_id, fields, deliveries), err in zip(dead, errors, strict=True):
-                error = _s(err) if err is not None else self._errors.get(entry_id, "no error recorded (consumer died)")
-                record: dict[str, Any] = {f"orig.{_s(k)}": v for k, v in fields.items()}
-                record.update(
-                    {"id": entry_id, "group": self.group, "deliveries": deliveries, "error": error[:MAX_ERROR_CHARS]}
-                )
-                pipe.xadd(dlq, record)
-                log.error(
-                    "%s: dead-lettered %s of %s after %d deliveries: %s", self.group, entry_id, key, deliveries, error
-                )
-            pipe.xack(key, self.group, *[d[0] for d in dead])
-            pipe.hdel(streams.errors_key(key), *[d[0] for d in dead])
-            await pipe.execute()
-        for entry_id, _, _ in dead:
+        outputs = []
+        for (entry_id, fields, deliveries), err in zip(dead, errors, strict=True):
+            error = _s(err) if err is not None else self._errors.get(entry_id, "no error recorded (consumer died)")
+            record: dict[str, Any] = {f"orig.{_s(k)}": v for k, v in fields.items()}
+            record.update(
+                {"id": entry_id, "group": self.group, "deliveries": deliveries, "error": error[:MAX_ERROR_CHARS]}
+            )
+            outputs.append(Output(streams.DLQ, dlq, record))
+            log.error(
+                "%s: dead-lettered %s of %s after %d deliveries: %s", self.group, entry_id, key, deliveries, error
+            )
+        ids = [d[0] for d in dead]
+        lease = token = None
+        if self.spec.stateful:  # fenced like every commit: a replica that lost the lease moves nothing
+            lease, token = streams.lease_key(u, self.spec.name), self._tokens.get(u, "-")
+        call = encode(key, self.group, Effects(outputs=outputs), ids, lease=lease, token=token, clear_errors=True)
+        await self.committer(call)
+        for entry_id in ids:
             self._errors.pop(entry_id, None)
+            self._interrupted.discard(entry_id)
         self.processed += len(dead)
         self.metrics.dead_letters.labels(self.group, key).inc(len(dead))
         await self.trimmer.after_write(streams.DLQ, dlq)

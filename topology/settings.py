@@ -47,6 +47,15 @@ class Settings(BaseSettings):
         ge=100,
         description="Lease of stateful per-underlying work: a standby takes over within this long.",
     )
+    min_replicas_ack: int = Field(
+        default=0,
+        ge=0,
+        description="Replicas that must acknowledge every raw write and every commit (WAIT) before it "
+        "counts as done, so a failover loses nothing acknowledged; 0: asynchronous replication.",
+    )
+    replica_ack_timeout_ms: int = Field(
+        default=1000, ge=1, description="Longest wait for those replicas; a timeout is logged and counted."
+    )
     metrics_port: int = Field(default=0, ge=0, description="Agent /metrics port; 0 disables it.")
     processes: int = Field(
         default=0,

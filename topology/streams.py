@@ -1,7 +1,7 @@
 """Every stream key, group name and key prefix of MarketSwarm: the one source of truth for names.
 
 Per-underlying keys carry the Redis Cluster hash tag of their underlying (``ms:{SPX}:...``), so one
-underlying's streams and state share a slot and one MULTI/EXEC can touch all of them.
+underlying's streams and state share a slot and one commit script can touch all of them.
 The ``.v1`` suffix is the major version of the schema the stream carries.
 """
 
@@ -167,17 +167,22 @@ def lease_token_key(u: str, agent: str) -> str:
     return f"{PREFIX}:{{{u}}}:lease:{agent}:token"
 
 
+# Global keys (not of one underlying) share one hash tag, GLOBAL_TAG: on Redis Cluster they live in
+# one slot, so a failover or a resharding moves them together, and the few commands that read them
+# together (the inspector, `marketswarm check`, the gateway's list of underlyings) ask one node. They
+# are small and written rarely (a SADD per new underlying, a heartbeat per process every few seconds),
+# so one slot is no hot spot. No commit touches them: a commit stays in its underlying's slot.
+GLOBAL_TAG = "{ms}"
+
+
 def heartbeat_key(agent: str, consumer: str) -> str:
     """String with TTL: an agent process is alive (``marketswarm check AGENT``)."""
-    return f"{PREFIX}:hb:{agent}:{consumer}"
-
-
-HEARTBEAT_PATTERN = f"{PREFIX}:hb:*"
+    return f"{PREFIX}:{GLOBAL_TAG}:hb:{agent}:{consumer}"
 
 
 def underlyings_key() -> str:
     """Set: every underlying that has ever had a stream, for the inspector and the gateway."""
-    return f"{PREFIX}:underlyings"
+    return f"{PREFIX}:{GLOBAL_TAG}:underlyings"
 
 
 def test_sums_key(u: str) -> str:

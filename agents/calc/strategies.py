@@ -135,7 +135,8 @@ class TileCalc:
         """The last checkpoint, then the changes acked since it re-applied (their outputs were
         committed then), with the flushes made since it done again: the state is exactly that of
         the acked position."""
-        async with redis.pipeline(transaction=True) as pipe:
+        # Without a transaction: only this lease holder writes these keys.
+        async with redis.pipeline(transaction=False) as pipe:
             pipe.hget(self.checkpoint, STATE_FIELD)
             pipe.lrange(self.flushes, 0, -1)
             raw, flushed = await pipe.execute()

@@ -86,7 +86,9 @@ class Publisher:
         staging is never written tile by tile, it is re-derived from the stream."""
         self._clear()
         published = await load_published(redis, self.u, self.strategy)
-        async with redis.pipeline(transaction=True) as pipe:
+        # Read together, without a transaction: only this lease holder writes its state (a cluster
+        # transaction would be a slow path for no gain).
+        async with redis.pipeline(transaction=False) as pipe:
             pipe.hget(self.state_key, STATE_FIELD)
             pipe.xinfo_groups(self.staged_key)
             state_raw, groups = await pipe.execute()

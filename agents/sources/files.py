@@ -22,6 +22,7 @@ from marketswarm.agents.normalize import CBOE_CSV
 from marketswarm.agents.sources.writer import RawWriter
 from marketswarm.schemas.codec import RawFrame
 from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.settings import Settings
 
 WRITE_BATCH = 200
 
@@ -90,9 +91,10 @@ async def write_recorded(
     *,
     paced: bool = False,
     progress: Callable[[int], None] | None = None,
+    settings: Settings | None = None,
 ) -> None:
     """Write frames to the raw streams, as fast as possible or at their recorded pace."""
-    writer = RawWriter(redis, Metrics(), "replay")
+    writer = RawWriter.of(settings or Settings(), redis, Metrics(), "replay")
     start_wall = time.monotonic()
     start_rx = frames[0].rx_ns if frames else 0
     i = 0

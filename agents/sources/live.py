@@ -98,7 +98,7 @@ class LiveSource:
         self.redis = redis
         self.metrics = metrics
         self.stop = stop
-        self.writer = RawWriter(redis, metrics, "massive", Gate(redis, settings.max_backlog))
+        self.writer = RawWriter.of(settings, redis, metrics, "massive", Gate(redis, settings.max_backlog))
         self.rest = RESTClient(api_key=self.key, base=settings.massive_rest_base, retries=0, read_timeout=30.0)
         self.spot: dict[str, float] = {}
         self.targets: dict[str, list[str]] = {}

@@ -11,8 +11,10 @@ from marketswarm.schemas import codec
 from marketswarm.schemas.codec import RawFrame
 from marketswarm.topology import streams
 from marketswarm.topology.backpressure import Gate
+from marketswarm.topology.commit import Replication
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.retention import Trimmer
+from marketswarm.topology.settings import Settings
 
 # Never shed: chain snapshots declare the contracts; index values are one small frame per second.
 KEEP_FRAMES = (REST_CHAIN, REST_INDICES, CBOE_CSV)
@@ -27,15 +29,39 @@ class RawWriter:
     """Appends frames to ``ms:{U}:raw.v1`` in one round trip, then keeps the stream within its bounds.
 
     With a ``gate`` (topology/backpressure.py) it sheds market frames, counted, while the agents of the
-    underlying are too far behind; chain snapshots and index values always go through."""
+    underlying are too far behind; chain snapshots and index values always go through. With
+    ``replicas`` it waits (WAIT, on the same connection) until that many replicas have the frames."""
 
-    def __init__(self, redis: aioredis.Redis, metrics: Metrics, source: str, gate: Gate | None = None) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        metrics: Metrics,
+        source: str,
+        gate: Gate | None = None,
+        *,
+        replicas: int = 0,
+        timeout_ms: int = 1000,
+    ) -> None:
         self.redis = redis
         self.metrics = metrics
         self.source = source
         self.gate = gate
+        self.replication = (
+            Replication(replicas, timeout_ms, lambda _: metrics.replica_lag.labels(f"source.{source}").inc())
+            if replicas
+            else None
+        )
         self.trimmer = Trimmer(redis, metrics, f"source.{source}")
         self._known: set[str] = set()
+
+    @classmethod
+    def of(
+        cls, settings: Settings, redis: aioredis.Redis, metrics: Metrics, source: str, gate: Gate | None = None
+    ) -> RawWriter:
+        """A writer with the deployment's replication setting."""
+        return cls(
+            redis, metrics, source, gate, replicas=settings.min_replicas_ack, timeout_ms=settings.replica_ack_timeout_ms
+        )
 
     async def write(self, underlying: str, frames: Sequence[tuple[str, bytes]], rx_ns: int) -> list[bytes]:
         """Write (format, bytes) frames received at ``rx_ns``; returns the entry ids."""
@@ -50,13 +76,18 @@ class RawWriter:
             frames = [(f, d) for f, d in frames if f in KEEP_FRAMES]
             if not frames:
                 return []
+        if underlying not in self._known:  # a global key: its own slot, its own command
+            await self.redis.sadd(streams.underlyings_key(), underlying)
+            self._known.add(underlying)
+        # One key, so one slot and one connection (on a cluster too), and the WAIT on the same one.
         async with self.redis.pipeline(transaction=False) as pipe:
-            if underlying not in self._known:
-                pipe.sadd(streams.underlyings_key(), underlying)
             for fmt, data in frames:
                 pipe.xadd(key, codec.encode_raw(RawFrame(src=fmt, rx_ns=rx_ns, data=data)))
+            if self.replication is not None:
+                self.replication.queue_wait(pipe, self.redis, key)
             results = await pipe.execute()
-        self._known.add(underlying)
+        if self.replication is not None:
+            self.replication.check(results.pop())
         self.metrics.source_frames.labels(self.source, key).inc(len(frames))
         self.metrics.source_bytes.labels(self.source, key).inc(sum(len(d) for _, d in frames))
         await self.trimmer.after_write(streams.RAW, key)

@@ -16,6 +16,7 @@ from marketswarm.schemas import codec
 from marketswarm.schemas.events import ChainContract, ChainSnapshot, EventBatch, Quote, Spot, Trade
 from marketswarm.topology import streams
 from marketswarm.topology.agent import Entry
+from marketswarm.topology.commit import Committer, encode
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
 
@@ -40,14 +41,18 @@ def chain(strikes: Sequence[int] = STRIKES, ts: int = T0, spot: float = 4700.0) 
 
 
 async def apply(r: aioredis.Redis, batches: Sequence[Sequence[object]], start: int = 0) -> list[int]:
-    """Run hydrate's script for each batch of events (one entry per batch), as the runtime would."""
+    """Commit hydrate's step for each batch of events (one entry per batch), as the runtime would."""
     h = Hydrator(Settings(underlyings=[U]), U, Metrics(CollectorRegistry()))
+    await h.restore(r)
+    commit = Committer(r)
     totals = [0] * 8
     for i, events in enumerate(batches):
         entry = Entry(f"{start + i + 1}-0", EventBatch(src=f"{start + i + 1}-0", rx_ns=T0, events=tuple(events)))  # type: ignore[arg-type]
-        call = h.process([entry]).scripts[0]
-        counts = await r.eval(call.body, len(call.keys), *call.keys, *call.args)
-        totals = [a + int(b) for a, b in zip(totals, counts, strict=True)]
+        effects = h.process([entry])
+        results = await commit(encode(streams.EVENTS.key(U), "hydrate", effects, []))
+        assert effects.on_commit is not None
+        effects.on_commit(results)
+        totals = [a + int(b) for a, b in zip(totals, results[0][:8], strict=True)]
     return totals
 
 

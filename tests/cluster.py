@@ -1,0 +1,141 @@
+"""A real Redis Cluster on loopback for the test suite: 3 masters and 3 replicas of one server binary.
+
+Formed with the cluster commands themselves (MEET, ADDSLOTSRANGE, REPLICATE), so it needs nothing
+but the server binary: Debian's redis-server in CI's second pass, the embedded valkey-server otherwise.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+from marketswarm.topology.embedded import EmbeddedServer, free_port
+
+SLOTS = 16384
+NODE_TIMEOUT_MS = 2000
+
+
+class LocalCluster:
+    def __init__(self, binary: str, masters: int = 3, replicas_per_master: int = 1) -> None:
+        self.binary = binary
+        self.dir = Path(tempfile.mkdtemp(prefix="ms-test-cluster-"))
+        self.masters = masters
+        self.servers: list[EmbeddedServer] = []
+        self.bus_ports: list[int] = []
+        for i in range(masters * (1 + replicas_per_master)):
+            self.bus_ports.append(free_port())
+            extra = [
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf",
+                "--cluster-port", str(self.bus_ports[-1]),  # else port + 10000, which may not exist
+                "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                "--cluster-require-full-coverage", "no",
+                "--cluster-allow-replica-migration", "no",
+            ]  # fmt: skip
+            self.servers.append(
+                EmbeddedServer(self.dir / f"n{i}", binary=binary, appendonly=False, record=False, extra_args=extra)
+            )
+
+    @property
+    def url(self) -> str:
+        return self.servers[0].url
+
+    def client(self, i: int) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.servers[i].port, socket_timeout=5)
+
+    def start(self) -> LocalCluster:
+        for s in self.servers:
+            s.start()
+        first = self.client(0)
+        for s, bus in zip(self.servers[1:], self.bus_ports[1:], strict=True):
+            first.execute_command("CLUSTER", "MEET", "127.0.0.1", s.port, bus)
+        per = SLOTS // self.masters
+        for m in range(self.masters):
+            lo, hi = m * per, (SLOTS - 1 if m == self.masters - 1 else (m + 1) * per - 1)
+            self.client(m).execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
+        self._wait(lambda: all(self._known(i) == len(self.servers) for i in range(len(self.servers))))
+        for r in range(self.masters, len(self.servers)):
+            master_id = self.client(r % self.masters).execute_command("CLUSTER", "MYID")
+            self.client(r).execute_command("CLUSTER", "REPLICATE", master_id)
+        self.wait_ok()
+        return self
+
+    def _known(self, i: int) -> int:
+        return len(self.client(i).execute_command("CLUSTER", "NODES").splitlines())
+
+    def wait_ok(self, timeout_s: float = 30.0) -> None:
+        """Every live node sees the cluster ok, and every live replica's link to its master is up."""
+
+        def ok() -> bool:
+            for s in self.servers:
+                if s.proc is None:
+                    continue
+                info = redis.Redis(host="127.0.0.1", port=s.port, socket_timeout=2).execute_command("CLUSTER", "INFO")
+                text = info.decode() if isinstance(info, bytes) else str(info)
+                if "cluster_state:ok" not in text:
+                    return False
+                repl = redis.Redis(host="127.0.0.1", port=s.port, socket_timeout=2).info("replication")
+                if repl.get("role") == "slave" and repl.get("master_link_status") != "up":
+                    return False
+            return True
+
+        self._wait(ok, timeout_s)
+
+    def _wait(self, cond: object, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if cond():  # type: ignore[operator]
+                    return
+            except redis.RedisError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError("the test cluster did not converge")
+
+    def flush(self) -> None:
+        for m in range(len(self.servers)):
+            if self.servers[m].proc is None:
+                continue
+            client = self.client(m)
+            role = client.execute_command("ROLE")[0]
+            if role in (b"master", "master"):
+                client.flushall()
+
+    def master_of(self, key: str) -> int:
+        """The index of the server that owns ``key``'s slot now."""
+        slot = int(self.client(0).execute_command("CLUSTER", "KEYSLOT", key))
+        for i, s in enumerate(self.servers):
+            if s.proc is None:
+                continue
+            c = self.client(i)
+            if c.execute_command("ROLE")[0] not in (b"master", "master"):
+                continue
+            for row in c.execute_command("CLUSTER", "SLOTS"):
+                if row[0] <= slot <= row[1] and int(row[2][1]) == s.port:
+                    return i
+        raise LookupError(key)
+
+    def kill(self, i: int) -> None:
+        """kill -9 of one server."""
+        proc = self.servers[i].proc
+        assert proc is not None
+        proc.kill()
+        proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+        self.servers[i].proc = None
+
+    def revive(self, i: int) -> None:
+        """Start a killed server again: it rejoins from its nodes.conf (as a replica of whoever
+        took its slots)."""
+        self.servers[i].start()
+        self.wait_ok()
+
+    def stop(self) -> None:
+        for s in self.servers:
+            s.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
