@@ -16,7 +16,9 @@ import redis
 from marketswarm.topology.embedded import EmbeddedServer, free_port
 
 SLOTS = 16384
-NODE_TIMEOUT_MS = 2000
+# Longer than the longest commit script (a chain snapshot of thousands of contracts, on a machine
+# busy with the whole suite): a master busy in a script must not look dead to its replicas.
+NODE_TIMEOUT_MS = 5000
 
 
 class LocalCluster:
@@ -106,17 +108,20 @@ class LocalCluster:
                 client.flushall()
 
     def master_of(self, key: str) -> int:
-        """The index of the server that owns ``key``'s slot now."""
-        slot = int(self.client(0).execute_command("CLUSTER", "KEYSLOT", key))
+        """The index of the server that owns ``key``'s slot now (by its own account, and agreed by
+        the others' slot maps)."""
+        slot = int(self.client(0 if self.servers[0].proc else 1).execute_command("CLUSTER", "KEYSLOT", key))
         for i, s in enumerate(self.servers):
             if s.proc is None:
                 continue
-            c = self.client(i)
-            if c.execute_command("ROLE")[0] not in (b"master", "master"):
-                continue
-            for row in c.execute_command("CLUSTER", "SLOTS"):
-                if row[0] <= slot <= row[1] and int(row[2][1]) == s.port:
-                    return i
+            for line in self.client(i).execute_command("CLUSTER", "NODES").decode().splitlines():
+                parts = line.split()
+                if "myself" not in parts[2] or "master" not in parts[2]:
+                    continue
+                for r in parts[8:]:
+                    lo, _, hi = r.partition("-")
+                    if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                        return i
         raise LookupError(key)
 
     def kill(self, i: int) -> None:
@@ -133,6 +138,7 @@ class LocalCluster:
         """Start a killed server again: it rejoins from its nodes.conf (as a replica of whoever
         took its slots)."""
         self.servers[i].start()
+        self._wait(lambda: self.client(i).info("replication").get("role") == "slave")
         self.wait_ok()
 
     def stop(self) -> None:

@@ -286,14 +286,13 @@ def check(
     ready: Annotated[bool, typer.Option("--ready", help="Readiness: Redis answers and the group exists.")] = False,
 ) -> None:
     """Liveness: exit 0 if this consumer's heartbeat for AGENT is fresh, else 1 (--ready: readiness)."""
-    import redis as syncredis
-
     from marketswarm.topology import graph, streams
+    from marketswarm.topology.connections import create_blocking_redis
 
     settings = load_settings()
     url = redis_url_of(settings)
     try:
-        client = syncredis.Redis.from_url(url, socket_timeout=5)
+        client = create_blocking_redis(url, socket_timeout=5)
         if ready:
             spec = graph.by_name(name)
             missing = []

@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+import redis.cluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
 log = logging.getLogger(__name__)
@@ -42,18 +43,34 @@ class Cluster(RedisCluster):  # type: ignore[misc]
 
 
 @functools.lru_cache(maxsize=32)
-def is_cluster(url: str) -> bool:
-    """Whether the server at ``url`` runs in cluster mode (False when it cannot be asked now: the
-    single-node client then reports the connection error on first use, as it always did)."""
+def cluster_seeds(url: str) -> tuple[tuple[str, int], ...] | None:
+    """The nodes of the cluster the server at ``url`` belongs to, or None when it is a single server
+    (or cannot be asked now: the single-node client then reports the connection error on first use,
+    as it always did). The seeds let clients made later in this process find the cluster even when
+    the node the URL names has died since."""
     client = redis.Redis.from_url(url, socket_connect_timeout=5.0, socket_timeout=5.0)
     try:
-        info = client.info("cluster")
+        if not client.info("cluster").get("cluster_enabled"):
+            return None
+        lines = client.execute_command("CLUSTER", "NODES")
     except RedisError:
-        is_cluster.cache_clear()  # ask again next time
-        return False
+        cluster_seeds.cache_clear()  # ask again next time
+        return None
     finally:
         client.close()
-    return bool(info.get("cluster_enabled"))
+    text = lines.decode() if isinstance(lines, bytes) else str(lines)
+    seeds = []
+    for line in text.splitlines():
+        addr = line.split()[1].split("@", 1)[0]  # ip:port@bus-port[,hostname]
+        host, _, port = addr.rpartition(":")
+        if host and port.isdigit() and "fail" not in line.split()[2]:
+            seeds.append((host, int(port)))
+    return tuple(seeds)
+
+
+def is_cluster(url: str) -> bool:
+    """Whether the server at ``url`` runs in cluster mode."""
+    return cluster_seeds(url) is not None
 
 
 def create_redis(url: str, block_ms: int = 0, **kwargs: Any) -> aioredis.Redis:
@@ -68,12 +85,27 @@ def create_redis(url: str, block_ms: int = 0, **kwargs: Any) -> aioredis.Redis:
         "socket_connect_timeout": 5.0,
         "health_check_interval": 30,
     }
-    if is_cluster(url):
+    seeds = cluster_seeds(url)
+    if seeds is not None:
         if urlsplit(url).path not in ("", "/", "/0"):
             raise ValueError(f"{url}: a Redis Cluster has only database 0")
-        client: Any = Cluster.from_url(url, **common, **kwargs)
+        nodes = [ClusterNode(host, port) for host, port in seeds]
+        client: Any = Cluster.from_url(url, startup_nodes=nodes, **common, **kwargs)
         return client
     return aioredis.Redis.from_url(url, **common, **kwargs)
+
+
+def create_blocking_redis(url: str, socket_timeout: float = 10.0) -> redis.Redis:
+    """A blocking client for one server or a whole cluster, like ``create_redis`` (for threads and
+    short commands: the keeper, `marketswarm check`)."""
+    seeds = cluster_seeds(url)
+    if seeds is not None:
+        nodes = [redis.cluster.ClusterNode(host, port) for host, port in seeds]
+        client: Any = redis.RedisCluster.from_url(
+            url, startup_nodes=nodes, socket_timeout=socket_timeout, socket_connect_timeout=5.0
+        )
+        return client
+    return redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=5.0)
 
 
 async def acked_since(

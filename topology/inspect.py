@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from marketswarm.agents.publish.models import load_published
@@ -31,22 +32,49 @@ def id_ms(entry_id: Any) -> int | None:
         return None
 
 
+# Entries counted, at most, for a group whose lag the server does not know (a bound, not a scan).
+LAG_COUNT_MAX = 100_000
+
+
 async def server_info(redis: aioredis.Redis, url: str) -> dict[str, Any]:
-    """Which server this is: URL (password masked), name and version, role."""
-    info = await redis.info("server")
-    repl = await redis.info("replication")
+    """Which server this is: URL (password masked), name and version, role (for a cluster: how many
+    masters and replicas)."""
+    cluster = isinstance(redis, RedisCluster)
+    target = {"target_nodes": RedisCluster.DEFAULT_NODE} if cluster else {}
+    info = await redis.info("server", **target)
+    repl = await redis.info("replication", **target)
     name = "valkey" if "valkey_version" in info else "redis"
     masked = url
     if "@" in url:
         scheme, rest = url.split("://", 1)
         masked = f"{scheme}://***@{rest.split('@', 1)[1]}"
+    role = repl.get("role")
+    if cluster:
+        role = f"cluster of {len(redis.get_primaries())} masters, {len(redis.get_replicas())} replicas"
     return {
         "url": masked,
         "server": name,
         "version": info.get("valkey_version") or info.get("redis_version"),
-        "role": repl.get("role"),
+        "role": role,
         "uptime_s": info.get("uptime_in_seconds"),
     }
+
+
+def placement(redis: aioredis.Redis, underlyings: Sequence[str]) -> list[dict[str, Any]]:
+    """Which node holds each underlying (all its keys share one slot): the master that owns its slot
+    on a cluster, the one server otherwise."""
+    rows = []
+    for u in underlyings:
+        key = streams.RAW.key(u)
+        if isinstance(redis, RedisCluster):
+            node = redis.get_node_from_key(key)
+            rows.append({"underlying": u, "slot": redis.keyslot(key), "node": node.name if node else None})
+        else:
+            kw = redis.connection_pool.connection_kwargs
+            rows.append(
+                {"underlying": u, "slot": None, "node": f"{kw.get('host', kw.get('path'))}:{kw.get('port', '')}"}
+            )
+    return rows
 
 
 async def known_underlyings(redis: aioredis.Redis, configured: Sequence[str] = ()) -> list[str]:
@@ -104,17 +132,28 @@ async def group_rows(
         infos = await pipe.execute(raise_on_error=False)
     found: list[tuple[str, str, str, dict[Any, Any] | None]] = []
     for (name, u, key), info in zip(pairs, infos, strict=True):
+        if isinstance(info, BaseException) and not isinstance(info, ResponseError):
+            raise info  # the server, not the key: a connection lost, a failover in progress
         groups = [] if isinstance(info, ResponseError) else info
         found.append((name, u, key, next((g for g in groups if _s(g["name"]) == name), None)))
     waiting = [(name, key) for name, _, key, g in found if g is not None and int(g["pending"])]
+    # A group's lag is unknown (nil) when the server cannot derive it from its read counter: after a
+    # failover, an XDEL or a trim inside the unread part. Counted then from the entries themselves.
+    unknown = [(name, key, g) for name, _, key, g in found if g is not None and g.get("lag") is None]
     oldest: dict[tuple[str, str], int] = {}
-    if waiting:
+    counted: dict[tuple[str, str], int] = {}
+    if waiting or unknown:
         async with redis.pipeline(transaction=False) as pipe:
             for name, key in waiting:
                 pipe.xpending_range(key, name, min="-", max="+", count=1)
-            for (name, key), pend in zip(waiting, await pipe.execute(), strict=True):
-                if pend:
-                    oldest[(name, key)] = int(pend[0]["time_since_delivered"])
+            for _, key, row in unknown:
+                pipe.xrange(key, min="(" + _s(row["last-delivered-id"]), count=LAG_COUNT_MAX)
+            results = await pipe.execute()
+        for (name, key), pend in zip(waiting, results, strict=False):
+            if pend:
+                oldest[(name, key)] = int(pend[0]["time_since_delivered"])
+        for (name, key, _), entries in zip(unknown, results[len(waiting) :], strict=True):
+            counted[(name, key)] = len(entries)
     rows = []
     for name, u, key, g in found:
         if g is None:
@@ -127,7 +166,7 @@ async def group_rows(
                 "stream": key,
                 "exists": True,
                 "consumers": int(g["consumers"]),
-                "lag": None if g.get("lag") is None else int(g["lag"]),  # Redis >= 7 reports it
+                "lag": int(g["lag"]) if g.get("lag") is not None else counted[(name, key)],
                 "pending": int(g["pending"]),
                 "entries_read": None if g.get("entries-read") is None else int(g["entries-read"]),
                 "last_delivered": _s(g["last-delivered-id"]),

@@ -18,6 +18,7 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+import redis.cluster
 from redis.asyncio.cluster import RedisCluster as AsyncCluster
 from redis.exceptions import RedisError
 
@@ -38,9 +39,9 @@ def blocking_twin(client: aioredis.Redis) -> redis.Redis:
     """A blocking client for the same server (or cluster) as an asyncio one."""
     if isinstance(client, AsyncCluster):
         kw = {k: v for k, v in client.connection_kwargs.items() if k in _SHARED_KWARGS and k not in ("host", "port")}
-        node = next(iter(client.nodes_manager.startup_nodes.values()))
+        nodes = [redis.cluster.ClusterNode(n.host, n.port) for n in client.nodes_manager.startup_nodes.values()]
         ssl = client.connection_kwargs["connection_class"].__name__ == "SSLConnection"
-        twin: Any = redis.RedisCluster(host=node.host, port=node.port, socket_timeout=10, ssl=ssl, **kw)
+        twin: Any = redis.RedisCluster(startup_nodes=nodes, socket_timeout=10, ssl=ssl, **kw)
         return twin
     pool = client.connection_pool
     kwargs = {k: v for k, v in pool.connection_kwargs.items() if k in _SHARED_KWARGS}

@@ -89,7 +89,11 @@ def overview(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     async def fetch(args: Any) -> dict[str, Any]:
         redis, settings = args
         us = await insp.known_underlyings(redis, settings.underlyings)
-        return {"streams": await insp.stream_rows(redis, us), "groups": await insp.group_rows(redis, us)}
+        return {
+            "streams": await insp.stream_rows(redis, us),
+            "groups": await insp.group_rows(redis, us),
+            "placement": insp.placement(redis, us),
+        }
 
     server, _, data = _run(fetch)
 
@@ -100,6 +104,7 @@ def overview(ctx: typer.Context, as_json: JsonOpt = False) -> None:
             _table("streams", [r for r in rows if r not in bad], ["stream", "length", "first", "last", "retention"]),
             _table("groups", d["groups"], ["agent", "stream", "consumers", "lag", "pending", "oldest_pending_idle_ms"]),
             _table("dead letters and rejects", bad, ["stream", "length", "last"]),
+            _table("underlyings", d["placement"], ["underlying", "node", "slot"]),
         ]
 
     _emit(server, data, as_json, render)

@@ -11,11 +11,12 @@ import contextlib
 from collections.abc import Callable, Sequence
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisClusterException, RedisError
 
 from marketswarm.topology import graph
 from marketswarm.topology.agent import AgentSpec
 from marketswarm.topology.connections import create_redis
-from marketswarm.topology.inspect import _s, group_rows
+from marketswarm.topology.inspect import group_rows
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
@@ -33,11 +34,7 @@ async def group_backlog(redis: aioredis.Redis, specs: Sequence[AgentSpec], under
         if not row["exists"]:
             total += 1  # stream or group not there yet
             continue
-        lag = row["lag"]
-        if lag is None:  # Redis < 7 has no lag field; compare with the stream's last id instead
-            last = (await redis.xinfo_stream(row["stream"]))["last-generated-id"]
-            lag = 0 if row["last_delivered"] == _s(last) else 1
-        total += lag + row["pending"]
+        total += row["lag"] + row["pending"]
     return total
 
 
@@ -63,8 +60,11 @@ async def _drain(
             for t in tasks:
                 if t.done() and t.exception() is not None:
                     raise t.exception()  # type: ignore[misc]
-            backlog = await group_backlog(probe, specs, underlyings)
-            if progress is not None:
+            try:
+                backlog = await group_backlog(probe, specs, underlyings)
+            except (RedisError, RedisClusterException, OSError):
+                backlog = None  # the server is failing over or restarting: not calm, ask again
+            if progress is not None and backlog is not None:
                 progress(backlog)
             calm = calm + 1 if backlog == 0 else 0
             if loop.time() > deadline:

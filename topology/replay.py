@@ -110,8 +110,9 @@ async def record(
     try:
         with out.open("ab") as f:
             while not stop.is_set() and (max_frames is None or n < max_frames):
-                resp = await redis.xread(cursors, count=500, block=200)
-                for key, entries in resp or ():
+                # One XREAD per stream: on a cluster, underlyings live in different slots.
+                replies = await asyncio.gather(*(redis.xread({k: c}, count=500, block=200) for k, c in cursors.items()))
+                for key, entries in (kv for resp in replies for kv in (resp or ())):
                     k = key.decode()
                     for entry_id, fields in entries:
                         cursors[k] = entry_id

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from marketswarm.topology import streams
 from marketswarm.topology.metrics import Metrics
@@ -98,7 +98,7 @@ class Trimmer:
         self._next[key] = now + self.interval_s
         try:
             await self.trim(spec, key, floor)
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:
             log.warning("%s: trimming %s failed: %s", self.writer, key, exc)
 
     async def trim(self, spec: streams.StreamSpec, key: str, floor: str | None = None) -> int:
@@ -108,6 +108,9 @@ class Trimmer:
             pipe.xinfo_stream(key)
             pipe.xinfo_groups(key)
             usage, info, groups = await pipe.execute(raise_on_error=False)
+        for reply in (usage, info, groups):
+            if isinstance(reply, BaseException) and not isinstance(reply, ResponseError):
+                raise reply  # the server, not the key: a connection lost, a failover in progress
         if isinstance(info, ResponseError) or not info or not info.get("first-entry"):
             return 0  # no such stream, or empty
         usage_bytes = int(usage or 0) if not isinstance(usage, ResponseError) else 0

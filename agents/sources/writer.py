@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections.abc import Sequence
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from marketswarm.agents.normalize import CBOE_CSV, REST_CHAIN, REST_INDICES, WS
 from marketswarm.schemas import codec
@@ -15,6 +21,17 @@ from marketswarm.topology.commit import Replication
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.retention import Trimmer
 from marketswarm.topology.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# A write the server could not take now (connection lost, a failover or resharding in progress) is
+# tried again for this long, pausing RETRY_PAUSE_S between attempts, before the error reaches the
+# source. A batch retried after the server applied it appears twice in the raw stream: harmless, since
+# hydrate admits a value only when it is strictly newer and counts each fill once.
+RETRY_FOR_S = 60.0
+RETRY_PAUSE_S = 0.5
+_RETRIED = (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError)
+_TRANSIENT_REPLIES = ("CLUSTERDOWN", "TRYAGAIN", "MOVED", "ASK", "LOADING", "MASTERDOWN", "READONLY")
 
 # Never shed: chain snapshots declare the contracts; index values are one small frame per second.
 KEEP_FRAMES = (REST_CHAIN, REST_INDICES, CBOE_CSV)
@@ -79,16 +96,32 @@ class RawWriter:
         if underlying not in self._known:  # a global key: its own slot, its own command
             await self.redis.sadd(streams.underlyings_key(), underlying)
             self._known.add(underlying)
-        # One key, so one slot and one connection (on a cluster too), and the WAIT on the same one.
+        deadline = time.monotonic() + RETRY_FOR_S
+        while True:
+            try:
+                results = await self._append(key, frames, rx_ns)
+                break
+            except (*_RETRIED, ResponseError) as exc:
+                transient = not isinstance(exc, ResponseError) or str(exc).startswith(_TRANSIENT_REPLIES)
+                if not transient or time.monotonic() > deadline:
+                    raise
+                log.warning("%s: writing %s failed (%s); trying again", self.source, key, exc)
+                self.metrics.redis_errors.labels(f"source.{self.source}", key).inc()
+                await asyncio.sleep(RETRY_PAUSE_S)
+        self.metrics.source_frames.labels(self.source, key).inc(len(frames))
+        self.metrics.source_bytes.labels(self.source, key).inc(sum(len(d) for _, d in frames))
+        await self.trimmer.after_write(streams.RAW, key)
+        return [r for r in results if isinstance(r, bytes)]
+
+    async def _append(self, key: str, frames: Sequence[tuple[str, bytes]], rx_ns: int) -> list[object]:
+        """One round trip: the XADDs of one key (one slot, one connection, on a cluster too), then
+        the WAIT on that same connection when replicas must acknowledge."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for fmt, data in frames:
                 pipe.xadd(key, codec.encode_raw(RawFrame(src=fmt, rx_ns=rx_ns, data=data)))
             if self.replication is not None:
                 self.replication.queue_wait(pipe, self.redis, key)
-            results = await pipe.execute()
+            results: list[object] = await pipe.execute()
         if self.replication is not None:
             self.replication.check(results.pop())
-        self.metrics.source_frames.labels(self.source, key).inc(len(frames))
-        self.metrics.source_bytes.labels(self.source, key).inc(sum(len(d) for _, d in frames))
-        await self.trimmer.after_write(streams.RAW, key)
-        return [r for r in results if isinstance(r, bytes)]
+        return results

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import redis
 from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisClusterException, RedisError
 
@@ -22,7 +23,7 @@ from marketswarm.topology.counting import COUNT
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.runtime import Runtime
 from tests.cluster import LocalCluster
-from tests.integration.test_replay import tree
+from tests.integration.test_replay import sim_capture, tree
 from tests.integration.test_runtime import KEY, settings
 
 pytestmark = pytest.mark.integration
@@ -106,3 +107,41 @@ async def until(read: Callable[[], Awaitable[int]], want: int, timeout_s: float)
                 return
         await asyncio.sleep(0.2)
     raise AssertionError(f"{got} after {timeout_s}s, wanted {want}")
+
+
+@pytest.mark.slow
+def test_replay_through_a_master_failover_equals_an_undisturbed_run(
+    tmp_path: Path, shared_data: Path, redis_cluster: LocalCluster, cluster_url: str
+) -> None:
+    """kill -9 of the master that holds SPX while a replay runs into the cluster: with every write and
+    commit waiting for a replica, the models exported at the end equal those of an undisturbed run."""
+    cboe = shared_data / "cboe"
+    inputs = [
+        *(cboe / f for f in ("spx_2023-09-14_1631ET.csv", "spx_2024-01-07_1052ET.csv")),
+        sim_capture(tmp_path / "s.jsonl"),
+    ]
+    replay_into(inputs, tmp_path / "one", None)
+    env = dict(os.environ, MARKETSWARM_MIN_REPLICAS_ACK="1", MARKETSWARM_REPLICA_ACK_TIMEOUT_MS="5000")
+    env.pop("MARKETSWARM_REDIS_URL", None)
+    cmd = [sys.executable, "-m", "marketswarm.topology", "replay", *map(str, inputs), "--export", str(tmp_path / "c")]
+    proc = subprocess.Popen([*cmd, "--redis-url", cluster_url], env=env, stderr=subprocess.PIPE)
+    probe = redis.RedisCluster.from_url(cluster_url)
+    victim = None
+    try:
+        deadline = time.monotonic() + 120
+        while probe.xlen(streams.DIFFS["butterfly"].key("SPX")) < 1 and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert proc.poll() is None, "the replay ended before the failover"
+        victim = redis_cluster.master_of(streams.RAW.key("SPX"))
+        redis_cluster.kill(victim)
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err.decode()[-3000:]
+        assert b"connection error" in err or b"retrying" in err  # it did meet the failover
+    finally:
+        probe.close()
+        if proc.poll() is None:
+            proc.kill()
+        if victim is not None:
+            redis_cluster.revive(victim)
+    assert tree(tmp_path / "c") == tree(tmp_path / "one")
