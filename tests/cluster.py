@@ -1,103 +1,17 @@
-"""A real Redis Cluster on loopback for the test suite: 3 masters and 3 replicas of one server binary.
-
-Formed with the cluster commands themselves (MEET, ADDSLOTSRANGE, REPLICATE), so it needs nothing
-but the server binary: Debian's redis-server in CI's second pass, the embedded valkey-server otherwise.
-"""
+"""The test suite's Redis Cluster: the embedded one (topology/embedded.py) with what tests do to it:
+flush, find a slot's master, kill -9 and revive a node, migrate a slot."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
+import contextlib
 import time
-from pathlib import Path
 
 import redis
 
-from marketswarm.topology.embedded import EmbeddedServer, free_port
-
-SLOTS = 16384
-# Longer than the longest commit script (a chain snapshot of thousands of contracts, on a machine
-# busy with the whole suite): a master busy in a script must not look dead to its replicas.
-NODE_TIMEOUT_MS = 5000
+from marketswarm.topology.embedded import EmbeddedCluster
 
 
-class LocalCluster:
-    def __init__(self, binary: str, masters: int = 3, replicas_per_master: int = 1) -> None:
-        self.binary = binary
-        self.dir = Path(tempfile.mkdtemp(prefix="ms-test-cluster-"))
-        self.masters = masters
-        self.servers: list[EmbeddedServer] = []
-        self.bus_ports: list[int] = []
-        for i in range(masters * (1 + replicas_per_master)):
-            self.bus_ports.append(free_port())
-            extra = [
-                "--cluster-enabled", "yes",
-                "--cluster-config-file", "nodes.conf",
-                "--cluster-port", str(self.bus_ports[-1]),  # else port + 10000, which may not exist
-                "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
-                "--cluster-require-full-coverage", "no",
-                "--cluster-allow-replica-migration", "no",
-            ]  # fmt: skip
-            self.servers.append(
-                EmbeddedServer(self.dir / f"n{i}", binary=binary, appendonly=False, record=False, extra_args=extra)
-            )
-
-    @property
-    def url(self) -> str:
-        return self.servers[0].url
-
-    def client(self, i: int) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.servers[i].port, socket_timeout=5)
-
-    def start(self) -> LocalCluster:
-        for s in self.servers:
-            s.start()
-        first = self.client(0)
-        for s, bus in zip(self.servers[1:], self.bus_ports[1:], strict=True):
-            first.execute_command("CLUSTER", "MEET", "127.0.0.1", s.port, bus)
-        per = SLOTS // self.masters
-        for m in range(self.masters):
-            lo, hi = m * per, (SLOTS - 1 if m == self.masters - 1 else (m + 1) * per - 1)
-            self.client(m).execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
-        self._wait(lambda: all(self._known(i) == len(self.servers) for i in range(len(self.servers))))
-        for r in range(self.masters, len(self.servers)):
-            master_id = self.client(r % self.masters).execute_command("CLUSTER", "MYID")
-            self.client(r).execute_command("CLUSTER", "REPLICATE", master_id)
-        self.wait_ok()
-        return self
-
-    def _known(self, i: int) -> int:
-        return len(self.client(i).execute_command("CLUSTER", "NODES").splitlines())
-
-    def wait_ok(self, timeout_s: float = 30.0) -> None:
-        """Every live node sees the cluster ok, and every live replica's link to its master is up."""
-
-        def ok() -> bool:
-            for s in self.servers:
-                if s.proc is None:
-                    continue
-                info = redis.Redis(host="127.0.0.1", port=s.port, socket_timeout=2).execute_command("CLUSTER", "INFO")
-                text = info.decode() if isinstance(info, bytes) else str(info)
-                if "cluster_state:ok" not in text:
-                    return False
-                repl = redis.Redis(host="127.0.0.1", port=s.port, socket_timeout=2).info("replication")
-                if repl.get("role") == "slave" and repl.get("master_link_status") != "up":
-                    return False
-            return True
-
-        self._wait(ok, timeout_s)
-
-    def _wait(self, cond: object, timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                if cond():  # type: ignore[operator]
-                    return
-            except redis.RedisError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError("the test cluster did not converge")
-
+class LocalCluster(EmbeddedCluster):
     def flush(self) -> None:
         for m in range(len(self.servers)):
             if self.servers[m].proc is None:
@@ -124,6 +38,33 @@ class LocalCluster:
                         return i
         raise LookupError(key)
 
+    def migrate_slot_of(self, key: str, to: int, batch: int = 10, pause_s: float = 0.0) -> int:
+        """Move the slot of ``key`` to master ``to`` as redis-cli --cluster reshard does: IMPORTING and
+        MIGRATING, MIGRATE of its keys a few at a time, then SETSLOT NODE everywhere. Returns the
+        number of keys moved."""
+        src = self.master_of(key)
+        assert src != to
+        a, b = self.client(src), self.client(to)
+        slot = int(a.execute_command("CLUSTER", "KEYSLOT", key))
+        a_id, b_id = a.execute_command("CLUSTER", "MYID"), b.execute_command("CLUSTER", "MYID")
+        b.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", a_id)
+        a.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", b_id)
+        moved = 0
+        while True:
+            keys = a.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch)
+            if not keys:
+                break
+            a.execute_command("MIGRATE", "127.0.0.1", self.servers[to].port, "", 0, 5000, "KEYS", *keys)
+            moved += len(keys)
+            time.sleep(pause_s)
+        for c in (b, a):
+            c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", b_id)
+        for i, s in enumerate(self.servers):
+            if s.proc is not None and i not in (src, to):
+                with contextlib.suppress(redis.ResponseError):  # replicas learn it from their masters
+                    self.client(i).execute_command("CLUSTER", "SETSLOT", slot, "NODE", b_id)
+        return moved
+
     def kill(self, i: int) -> None:
         """kill -9 of one server."""
         proc = self.servers[i].proc
@@ -140,8 +81,3 @@ class LocalCluster:
         self.servers[i].start()
         self._wait(lambda: self.client(i).info("replication").get("role") == "slave")
         self.wait_ok()
-
-    def stop(self) -> None:
-        for s in self.servers:
-            s.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)

@@ -26,7 +26,7 @@ from marketswarm.schemas import codec
 from marketswarm.topology import streams
 from marketswarm.topology.connections import create_redis
 from marketswarm.topology.counting import COUNT
-from marketswarm.topology.embedded import EmbeddedServer
+from marketswarm.topology.embedded import EmbeddedCluster, EmbeddedServer
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
@@ -83,13 +83,16 @@ async def _ceiling(url: str, key: str, n: int, batch: int) -> float:
     return rate
 
 
-async def _hop(url: str, u: str, n: int, batch: int) -> float:
+async def _hop(url: str, u: str, n: int, batch: int, min_replicas_ack: int = 0) -> float:
     key = streams.TEST_IN.key(u)
     r = create_redis(url)
     await r.delete(key, streams.test_sums_key(u))
     await _fill(r, key, n)
     await r.xgroup_create(key, COUNT.name, id="0")
-    st = Settings(underlyings=[u], consumer="bench", batch_size=batch, block_ms=100, redis_url=url)
+    st = Settings(
+        underlyings=[u], consumer="bench", batch_size=batch, block_ms=100, redis_url=url,
+        min_replicas_ack=min_replicas_ack,
+    )  # fmt: skip
     runtime = Runtime(COUNT, st, r, Metrics(CollectorRegistry()))
     t0 = time.perf_counter()
     await runtime.run(max_entries=n)
@@ -142,12 +145,53 @@ def runtime_suite(url: str, shared: dict[str, float]) -> list[Row]:
     return rows
 
 
+def cluster_suite(url: str, shared: dict[str, float]) -> list[Row]:
+    """One agent hop on a 3-master cluster (one replica each) against the same hop on one server,
+    both without an append-only file, in this run; and the cost of waiting for a replica (WAIT 1
+    after every commit) on the cluster."""
+    n, batch = 50_000, 100
+    with tempfile.TemporaryDirectory(prefix="ms-bench-one-") as tmp:
+        with EmbeddedServer(Path(tmp), appendonly=False, record=False) as single:
+            one = asyncio.run(_hop(single.url, "C1", n, batch))
+    with EmbeddedCluster(masters=3, replicas_per_master=1) as cluster:
+        clustered = asyncio.run(_hop(cluster.url, "C1", n, batch))
+        replicated = asyncio.run(_hop(cluster.url, "C2", n, batch, min_replicas_ack=1))
+    return [
+        Row("cluster", f"one agent hop, one server, batch {batch}", one, "events/s"),
+        Row(
+            "cluster",
+            f"one agent hop, 3-master cluster, batch {batch}",
+            clustered,
+            "events/s",
+            one,
+            "the same hop on one server",
+            target=">= 50% of one server",
+        ),  # fmt: skip
+        Row("cluster", "cluster hop / one-server hop", clustered / one, "ratio", key="cluster_hop_ratio"),
+        Row(
+            "cluster",
+            f"one agent hop, cluster, WAIT 1 per commit, batch {batch}",
+            replicated,
+            "events/s",
+            clustered,
+            "the same hop without WAIT",
+        ),  # fmt: skip
+        Row("cluster", "hop with WAIT 1 / without", replicated / clustered, "ratio", key="replica_ack_hop_ratio"),
+    ]
+
+
 def suites() -> dict[str, Suite]:
     """Every benchmark suite, in report order."""
     from marketswarm.topology.bench_e2e import e2e_suite
     from marketswarm.topology.bench_models import columns_suite, normalize_suite
 
-    return {"runtime": runtime_suite, "normalize": normalize_suite, "columns": columns_suite, "e2e": e2e_suite}
+    return {
+        "runtime": runtime_suite,
+        "cluster": cluster_suite,
+        "normalize": normalize_suite,
+        "columns": columns_suite,
+        "e2e": e2e_suite,
+    }
 
 
 def main(out: Path, only: list[str] | None = None) -> list[Row]:

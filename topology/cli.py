@@ -323,7 +323,7 @@ def check(
 def bench(
     out: Annotated[Path, typer.Option(help="Where to write the JSON report.")] = Path(".bench/results.json"),
     suite: Annotated[
-        list[str] | None, typer.Option(help="Run only these suites (runtime, normalize, columns, e2e).")
+        list[str] | None, typer.Option(help="Run only these suites (runtime, cluster, normalize, columns, e2e).")
     ] = None,
 ) -> None:
     """Run the benchmarks on an embedded server and print ratios against same-run ceilings."""

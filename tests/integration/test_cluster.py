@@ -145,3 +145,44 @@ def test_replay_through_a_master_failover_equals_an_undisturbed_run(
         if victim is not None:
             redis_cluster.revive(victim)
     assert tree(tmp_path / "c") == tree(tmp_path / "one")
+
+
+async def test_a_slot_migration_mid_run_loses_nothing(redis_cluster: LocalCluster, cluster_url: str) -> None:
+    """The slot of the agent's underlying moves to another master while it consumes: ASK, TRYAGAIN
+    and MOVED are followed, entries stay pending until committed, and every entry counts once."""
+    st = settings(block_ms=100, batch_size=20)
+    client = create_redis(cluster_url, st.block_ms)
+    producer = create_redis(cluster_url)
+    stop = asyncio.Event()
+    await Runtime.ensure_group(producer, KEY, COUNT.name)
+    task = asyncio.create_task(Runtime(COUNT, st, client, Metrics(CollectorRegistry()), stop=stop).run())
+    produced = 0
+    try:
+        src = redis_cluster.master_of(KEY)
+        dst = next(i for i in range(redis_cluster.masters) if i != src and redis_cluster.servers[i].proc)
+        for i in range(150):  # keys of the same slot, so that the migration takes a while
+            await producer.set(f"ms:{{T1}}:filler:{i}", "x")
+        migration = asyncio.create_task(asyncio.to_thread(redis_cluster.migrate_slot_of, KEY, dst, 1, 0.01))
+        while not migration.done():
+            with contextlib.suppress(RedisError, RedisClusterException):
+                await producer.xadd(KEY, codec.encode_test({"key": "k", "n": 1}))
+                produced += 1
+            await asyncio.sleep(0.005)
+        assert await migration > 150
+        assert produced > 50  # written while the slot was moving
+        for _ in range(50):
+            await producer.xadd(KEY, codec.encode_test({"key": "k", "n": 1}))
+            produced += 1
+
+        async def total() -> int:
+            return int(await producer.hget(streams.test_sums_key("T1"), "k") or 0)
+
+        await until(total, produced, 30)
+        assert redis_cluster.master_of(KEY) == dst
+        assert int((await producer.xinfo_groups(KEY))[0]["pending"]) == 0
+        assert not task.done()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await client.aclose()
+        await producer.aclose()

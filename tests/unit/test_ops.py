@@ -132,3 +132,17 @@ def test_dashboard_is_valid_grafana_json() -> None:
     titles = " ".join(p["title"].lower() for p in dash["panels"])
     for word in ("lag", "latency", "errors", "events in"):
         assert word in titles
+
+
+def test_cluster_overlay_reads_lag_from_whichever_node_holds_each_stream() -> None:
+    overlay = yaml.safe_load((OPS / "k8s" / "overlays" / "cluster" / "kustomization.yaml").read_text())
+    patched = {p["target"]["name"]: yaml.safe_load(p["patch"]) for p in overlay["patches"]}
+    config = {op["path"]: op["value"] for op in patched["marketswarm-config"]}
+    assert config["/data/MARKETSWARM_MIN_REPLICAS_ACK"] == "1"
+    base = {d["metadata"]["name"]: d for _, d in manifests() if d["kind"] == "ScaledObject" and "k8s/base" in str(_)}
+    for name, doc in base.items():
+        [op] = patched[name]
+        triggers = op["value"]
+        assert {t["metadata"]["stream"] for t in triggers} == {t["metadata"]["stream"] for t in doc["spec"]["triggers"]}
+        for t in triggers:
+            assert t["type"] == "redis-cluster-streams" and len(t["metadata"]["addresses"].split(",")) >= 3
