@@ -41,14 +41,14 @@ def blocking_twin(client: aioredis.Redis) -> redis.Redis:
         kw = {k: v for k, v in client.connection_kwargs.items() if k in _SHARED_KWARGS and k not in ("host", "port")}
         nodes = [redis.cluster.ClusterNode(n.host, n.port) for n in client.nodes_manager.startup_nodes.values()]
         ssl = client.connection_kwargs["connection_class"].__name__ == "SSLConnection"
-        twin: Any = redis.RedisCluster(startup_nodes=nodes, socket_timeout=10, ssl=ssl, **kw)
+        twin: Any = redis.RedisCluster(startup_nodes=nodes, socket_timeout=10, ssl=ssl, driver_info=None, **kw)
         return twin
     pool = client.connection_pool
     kwargs = {k: v for k, v in pool.connection_kwargs.items() if k in _SHARED_KWARGS}
     if "path" in kwargs:
-        return redis.Redis(unix_socket_path=kwargs.pop("path"), socket_timeout=10, **kwargs)
+        return redis.Redis(unix_socket_path=kwargs.pop("path"), socket_timeout=10, driver_info=None, **kwargs)
     ssl = pool.connection_class.__name__ == "SSLConnection"
-    return redis.Redis(socket_timeout=10, ssl=ssl, **kwargs)
+    return redis.Redis(socket_timeout=10, ssl=ssl, driver_info=None, **kwargs)
 
 
 class Keeper:

@@ -61,6 +61,8 @@ CONSUME_ERROR_BACKOFF_S = 0.5
 ERROR_TTL_S = 24 * 3600
 # A step whose commit met state another replica changed is restored and stepped again this often.
 CONFLICT_RETRIES = 5
+# Interrupted entries remembered at most (see Runtime._interrupted).
+MAX_INTERRUPTED = 100_000
 # Dead-letter entries keep at most this much of the error text.
 MAX_ERROR_CHARS = 2000
 
@@ -341,6 +343,8 @@ class Runtime:
             elif skipped:
                 await self._commit(u, key, Effects(), skipped)
         except (RedisError, RedisClusterException, OSError):
+            if len(self._interrupted) > MAX_INTERRUPTED:  # bounded: ids another consumer acked since
+                self._interrupted.clear()
             self._interrupted.update(e.id for e in good)
             self._interrupted.update(skipped)
             raise
@@ -358,10 +362,10 @@ class Runtime:
                 return
             try:
                 await self._commit(u, key, effects, [e.id for e in good] + list(skipped))
-            except ConflictError as exc:
+            except ConflictError:
                 await processor.restore(self.redis)
                 if attempt == CONFLICT_RETRIES:
-                    raise RuntimeError(f"{self.group}: {key} kept changing under the step: {exc}") from exc
+                    raise  # kept changing under the step: the loop pauses, the entries stay pending
                 continue
             except EffectError as exc:  # the effects failed for good and nothing was acked
                 log.warning("%s: the commit of %d entries of %s failed: %s", self.group, len(good), key, exc)

@@ -46,20 +46,20 @@ def acl_server() -> Iterator[dict[str, str]]:
     server = EmbeddedServer(tmp, binary=os.environ.get("MARKETSWARM_TEST_REDIS_SERVER") or find_binary(),
                             appendonly=False, record=False)  # fmt: skip
     server.start()
-    admin = redis.Redis(port=server.port)
-    admin.execute_command("ACL", "SETUSER", "ms-test-admin", "on", ">admin", "~*", "&*", "+@all")
-    admin.execute_command("AUTH", "ms-test-admin", "admin")
-    for line in ACL_FILE.read_text().splitlines():
-        words = line.split()
-        if not words:
-            continue
-        assert words[0] == "user"
-        rules = [w.replace("CHANGE-ME-", "pw-") for w in words[2:]]
-        admin.execute_command("ACL", "SETUSER", words[1], "reset", *rules)
-    admin.close()
-    urls = {role: f"redis://ms-{role}:pw-{role}@127.0.0.1:{server.port}/0" for role in ROLES}
-    urls["admin"] = f"redis://ms-test-admin:admin@127.0.0.1:{server.port}/0"
     try:
+        admin = redis.Redis(port=server.port)
+        admin.execute_command("ACL", "SETUSER", "ms-test-admin", "on", ">admin", "~*", "&*", "+@all")
+        admin.execute_command("AUTH", "ms-test-admin", "admin")
+        for line in ACL_FILE.read_text().splitlines():
+            words = line.split()
+            if not words:
+                continue
+            assert words[0] == "user"
+            rules = [w.replace("CHANGE-ME-", "pw-") for w in words[2:]]
+            admin.execute_command("ACL", "SETUSER", words[1], "reset", *rules)
+        admin.close()
+        urls = {role: f"redis://ms-{role}:pw-{role}@127.0.0.1:{server.port}/0" for role in ROLES}
+        urls["admin"] = f"redis://ms-test-admin:admin@127.0.0.1:{server.port}/0"
         yield urls
     finally:
         server.proc.kill() if server.proc else None  # the default user is off: SIGKILL, not SHUTDOWN
