@@ -71,8 +71,8 @@ while i <= last do
     i = i + 3
   elseif op == 'C' then
     local epoch, geometry, ts, count = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
-    local first = i + 5
-    local change_json = ARGV[first + 2 * count]
+    local at = i + 5
+    local change_json = ARGV[at + 2 * count]
     if epoch ~= active then
       local meta = meta_of(epoch)
       local state = state_of(epoch)
@@ -82,8 +82,8 @@ while i <= last do
       redis.call('ZADD', K[5], ts, epoch)
       local old = active and state_of(active) or nil
       for j = 0, count - 1 do
-        local sym = ARGV[first + 2 * j]
-        redis.call('HSET', state, sym, ARGV[first + 2 * j + 1])
+        local sym = ARGV[at + 2 * j]
+        redis.call('HSET', state, sym, ARGV[at + 2 * j + 1])
         if old then
           for _, slot in ipairs({'q', 't', 'g'}) do
             local v = redis.call('HGET', old, sym .. '|' .. slot)
@@ -103,7 +103,7 @@ while i <= last do
     -- Announced with every snapshot, new or not: a calc agent that starts late (or after its input
     -- was trimmed) learns the grid at the next snapshot.
     table.insert(out, change_json)
-    i = first + 2 * count + 1
+    i = at + 2 * count + 1
   elseif op == 'W' then
     local epoch, ts = ARGV[i + 1], ARGV[i + 2]
     if epoch ~= active then
