@@ -93,12 +93,12 @@ class RawWriter:
             frames = [(f, d) for f, d in frames if f in KEEP_FRAMES]
             if not frames:
                 return []
-        if underlying not in self._known:  # a global key: its own slot, its own command
-            await self.redis.sadd(streams.underlyings_key(), underlying)
-            self._known.add(underlying)
         deadline = time.monotonic() + RETRY_FOR_S
         while True:
             try:
+                if underlying not in self._known:  # a global key: its own slot, its own command
+                    await self.redis.sadd(streams.underlyings_key(), underlying)
+                    self._known.add(underlying)
                 results = await self._append(key, frames, rx_ns)
                 break
             except (*_RETRIED, ResponseError) as exc:
