@@ -39,8 +39,8 @@ SPLITTABLE = {"HSET": 2, "RPUSH": 1}  # command -> arguments per item
 # Error replies of the script itself (the prefix is the reply's first word).
 LEASE_LOST = "MSLEASE"
 CONFLICT = "MSCONFLICT"
-# Replies that say "not now" rather than "not ever": the batch stays pending and is committed again as
-# it is, after a pause, without counting as a failure of its entries.
+# Replies that say "not now" rather than "not ever": the batch stays pending and is read and committed
+# again after a pause, without counting as a failure of its entries.
 TRANSIENT = (
     "OOM",
     "LOADING",
