@@ -7,7 +7,9 @@ the right. Quirks handled: the line-3 date formats (``February 5 2022, 8:09 PM E
 ``June 11, 2022, 8:47 PM EDT``, ``February 7, 2023 at 5:34 PM EST``, day-first ``9 June 2023, 1:40 PM
 EDT``); SPX/SPXW and NDX/NDXP roots mixed; IV = 0 means "no IV"; bid or ask 0 means that side is
 absent; a leg with an empty symbol is absent. The download time is the snapshot's event time; it is
-not the trading day (weekend downloads show the previous close).
+not the trading day (weekend downloads show the previous close). The spot is timed by it; the quotes
+carry no time of their own (so a provider-timed quote beats them), and all of it is flagged delayed,
+as the table is.
 """
 
 from __future__ import annotations
@@ -107,6 +109,9 @@ def parse_cboe_csv(data: bytes, underlying: str, configured: Collection[str]) ->
                 underlying=underlying,
                 ts_ns=ts_ns,
                 spot=spot,
+                spot_ts_ns=ts_ns,  # the file states its spot as of its download time
+                spot_delayed=True,  # Cboe's delayed quote table: quotes and last are delayed
+                delayed=True,
                 source="cboe.csv",
                 contracts=tuple(sorted(contracts, key=lambda c: c.symbol)),
             )  # fmt: skip

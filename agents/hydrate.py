@@ -8,8 +8,12 @@ outside the active epoch is counted (outcome X) and dropped.
 
 Admission, per contract slot (``q`` bid/ask, ``t`` last trade, ``g`` chain analytics) and for spot:
 A a new slot is admitted; B an existing slot takes only a strictly newer (event time, sequence);
-C older or equal is discarded. Each distinct fill adds its size to the volume once (a fill ledger
-keyed by symbol, time, sequence, price and size, kept for ``fill_window_s`` of event time).
+C older or equal is discarded. Times are the provider's: a value it gave no time (a chain quote
+without ``last_updated``) goes in at the poll's time but never beats a provider-timed one, so a poll
+cannot overwrite a newer streamed quote or spot with an older value (``newness``). Each distinct fill
+adds its size to the volume once (a fill ledger keyed by symbol, time, sequence, price and size, kept
+for ``fill_window_s`` of event time), and only when its conditions count toward volume; only prints
+whose conditions allow it set the last trade (agents/trade_conditions.py).
 
 All of it runs as a step function of the batch's commit script (topology/commit.py), before its XACK,
 so replicas and redelivery cannot regress state. The step itself only builds the function's keys and
@@ -21,13 +25,14 @@ replica promoted one since, so the runtime restores and steps again.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 
+from marketswarm.agents import trade_conditions
 from marketswarm.schemas import codec
 from marketswarm.schemas.events import (
     ChainSnapshot,
@@ -51,16 +56,27 @@ SCRIPT = resources.files("marketswarm.agents").joinpath("hydrate.lua").read_text
 OUTCOMES = ("A", "B", "C", "X")
 
 
-def newness(ts_ns: int, seq: int = 0) -> str:
-    """Fixed width, so that string order is (event time, sequence) order inside the script."""
-    return f"{ts_ns:020d}{seq:012d}"
+NEWNESS_TS_MAX = 10**19 - 1
+NEWNESS_SEQ_MAX = 10**12 - 1
 
 
-def epoch_id(underlying: str, symbols: Sequence[str]) -> str:
-    """The geometry's hash: the same listed contracts always give the same epoch id."""
+def newness(ts_ns: int, seq: int = 0, *, rx_time: bool = False) -> str:
+    """Admission order as a fixed-width string ``<class:1><ts_ns:19><seq:12>``, so that string order is
+    admission order inside the script. Class ``1`` is a time the provider gave, class ``0`` a receive
+    time (the provider gave none): a value only stamped on receipt never beats a provider-timed one,
+    however late it arrived. Out-of-range numbers are clamped to the width."""
+    ts = min(max(ts_ns, 0), NEWNESS_TS_MAX)
+    return f"{0 if rx_time else 1}{ts:019d}{min(max(seq, 0), NEWNESS_SEQ_MAX):012d}"
+
+
+def epoch_id(underlying: str, symbols: Sequence[str], deliverables: Mapping[str, int] | None = None) -> str:
+    """The geometry's hash: the same listed contracts (and the same adjusted deliverables, which
+    change what a contract is) always give the same epoch id."""
     h = hashlib.sha1(underlying.encode())
     for s in symbols:
         h.update(b"\n" + s.encode())
+    for s, shares in sorted((deliverables or {}).items()):
+        h.update(f"\n{s}={shares}".encode())
     return h.hexdigest()[:12]
 
 
@@ -80,47 +96,50 @@ def geometry_summary(snap: ChainSnapshot) -> bytes:
 
 
 def chain_args(snap: ChainSnapshot, args: list[Any]) -> str:
-    """Append the C / S... / W / P records of a chain snapshot; return its epoch id."""
+    """Append the C / S... / W / P records of a chain snapshot; return its epoch id. Quotes, last
+    trades and spot go in at the provider's times (the poll's time, marked, where it gave none)."""
     symbols = [c.symbol for c in snap.contracts]
-    epoch = epoch_id(snap.underlying, symbols)
+    deliverables = {c.symbol: c.shares for c in snap.contracts if c.shares is not None}
+    epoch = epoch_id(snap.underlying, symbols, deliverables)
     args += ["C", epoch, geometry_summary(snap), snap.ts_ns, len(symbols)]
     for c in snap.contracts:
         args += [c.symbol, f"{c.expiry}|{c.side}|{c.strike_x1000}|{c.root}"]
-    args.append(codec.encode_json(EpochChange(epoch=epoch, ts_ns=snap.ts_ns, symbols=tuple(symbols), spot=snap.spot)))
+    announce = EpochChange(
+        epoch=epoch,
+        ts_ns=snap.ts_ns,
+        symbols=tuple(symbols),
+        spot=snap.spot,
+        deliverables=deliverables,
+        delayed=snap.delayed,
+    )
+    args.append(codec.encode_json(announce))
     for c in snap.contracts:
-        qts = c.quote_ts_ns or snap.ts_ns
-        args += [
-            "S",
-            c.symbol,
-            "q",
-            newness(qts),
-            codec.encode_json(QuoteChange(sym=c.symbol, ts_ns=qts, bid=c.bid, ask=c.ask)),
-        ]
+        qts, q_rx = (c.quote_ts_ns, False) if c.quote_ts_ns is not None else (snap.ts_ns, True)
+        quote = QuoteChange(sym=c.symbol, ts_ns=qts, bid=c.bid, ask=c.ask, rx_time=q_rx)
+        args += ["S", c.symbol, "q", newness(qts, rx_time=q_rx), codec.encode_json(quote)]
         g = GreeksChange(
             sym=c.symbol, ts_ns=snap.ts_ns, iv=c.iv, delta=c.delta, gamma=c.gamma, oi=c.oi, volume=c.volume
         )
         args += ["S", c.symbol, "g", newness(snap.ts_ns), codec.encode_json(g)]
-        if c.last is not None:
-            tts = c.trade_ts_ns or snap.ts_ns
-            args += [
-                "S",
-                c.symbol,
-                "t",
-                newness(tts),
-                codec.encode_json(TradeChange(sym=c.symbol, ts_ns=tts, px=c.last)),
-            ]
+        if c.last is not None and trade_conditions.effect(c.trade_conditions).last:
+            tts, t_rx = (c.trade_ts_ns, False) if c.trade_ts_ns is not None else (snap.ts_ns, True)
+            trade = TradeChange(sym=c.symbol, ts_ns=tts, px=c.last, rx_time=t_rx)
+            args += ["S", c.symbol, "t", newness(tts, rx_time=t_rx), codec.encode_json(trade)]
     args += ["W", epoch, snap.ts_ns]
     if snap.spot is not None:
-        args += ["P", newness(snap.ts_ns), codec.encode_json(SpotChange(ts_ns=snap.ts_ns, value=snap.spot))]
+        sts, s_rx = (snap.spot_ts_ns, False) if snap.spot_ts_ns is not None else (snap.ts_ns, True)
+        spot = SpotChange(ts_ns=sts, value=snap.spot, rx_time=s_rx, delayed=snap.spot_delayed)
+        args += ["P", newness(sts, rx_time=s_rx), codec.encode_json(spot)]
     return epoch
 
 
-def batch_args(batch: Sequence[Entry]) -> tuple[list[Any], int, list[str]]:
-    """The script's records for a batch of events entries, how many events they carry, and the epochs
-    of its chain snapshots."""
+def batch_args(batch: Sequence[Entry]) -> tuple[list[Any], int, list[str], dict[str, int]]:
+    """The script's records for a batch of events entries, how many events they carry, the epochs
+    of its chain snapshots, and its trade prints counted by what their conditions make them."""
     args: list[Any] = []
     n = 0
     epochs: list[str] = []
+    prints: dict[str, int] = {}
     for entry in batch:
         eb: EventBatch = entry.value
         args += ["G", entry.id, eb.rx_ns]
@@ -130,17 +149,22 @@ def batch_args(batch: Sequence[Entry]) -> tuple[list[Any], int, list[str]]:
                 change = QuoteChange(sym=ev.symbol, ts_ns=ev.ts_ns, seq=ev.seq, bid=ev.bid, ask=ev.ask)
                 args += ["S", ev.symbol, "q", newness(ev.ts_ns, ev.seq), codec.encode_json(change)]
             elif isinstance(ev, Trade):
-                fill = f"{ev.symbol}|{ev.ts_ns}|{ev.seq}|{ev.px!r}|{ev.size}"
-                args += ["F", ev.symbol, fill, ev.size, ev.ts_ns // 1_000_000]
-                change_t = TradeChange(sym=ev.symbol, ts_ns=ev.ts_ns, seq=ev.seq, px=ev.px, size=ev.size)
-                args += ["S", ev.symbol, "t", newness(ev.ts_ns, ev.seq), codec.encode_json(change_t)]
+                effect = trade_conditions.effect(ev.conditions)
+                prints[effect.label] = prints.get(effect.label, 0) + 1
+                if effect.volume:
+                    fill = f"{ev.symbol}|{ev.ts_ns}|{ev.seq}|{ev.px!r}|{ev.size}"
+                    args += ["F", ev.symbol, fill, ev.size, ev.ts_ns // 1_000_000]
+                if effect.last:
+                    change_t = TradeChange(sym=ev.symbol, ts_ns=ev.ts_ns, seq=ev.seq, px=ev.px, size=ev.size)
+                    args += ["S", ev.symbol, "t", newness(ev.ts_ns, ev.seq), codec.encode_json(change_t)]
             elif isinstance(ev, Spot):
-                args += ["P", newness(ev.ts_ns), codec.encode_json(SpotChange(ts_ns=ev.ts_ns, value=ev.value))]
+                spot = SpotChange(ts_ns=ev.ts_ns, value=ev.value, rx_time=ev.rx_time, delayed=ev.delayed)
+                args += ["P", newness(ev.ts_ns, rx_time=ev.rx_time), codec.encode_json(spot)]
             elif isinstance(ev, ChainSnapshot):
                 epochs.append(chain_args(ev, args))
             elif isinstance(ev, ProviderStatus):
                 pass  # statuses are for operators (metrics at the source), not for the market state
-    return args, n, epochs
+    return args, n, epochs, prints
 
 
 class Hydrator:
@@ -164,7 +188,7 @@ class Hydrator:
         self.active = active.decode() if active is not None else ""
 
     def process(self, batch: Sequence[Entry]) -> Effects:
-        records, n, snapshot_epochs = batch_args(batch)
+        records, n, snapshot_epochs, prints = batch_args(batch)
         epochs = list(dict.fromkeys([e for e in (self.active, *snapshot_epochs) if e]))
         keys = list(self.keys)
         for e in epochs:
@@ -183,6 +207,8 @@ class Hydrator:
                 self.metrics.dropped.labels("hydrate", self.events_key, "duplicate_fill").inc(counts[6])
             if counts[7]:
                 self.metrics.dropped.labels("hydrate", self.events_key, "fill_beyond_window").inc(counts[7])
+            for label, c in prints.items():
+                self.metrics.trade_conditions.labels(self.u, label).inc(c)
 
         return Effects(scripts=[ScriptCall("hydrate", SCRIPT, keys, args)], on_commit=committed, events_out=n)
 

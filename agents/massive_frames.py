@@ -7,12 +7,19 @@ WebSocket frames are JSON arrays of events: options ``T`` (trade: sym, p, s, x, 
 ``underlying_asset`` (``price`` for equities, ``value`` for indices such as ``I:SPX``).
 Greeks: provider gamma is taken as per 1.00 of the underlying (the values match Black-Scholes per
 point; the spec's "per $0.01" wording does not match its own numbers).
+
+Provider time: every value keeps the time the provider gave it (``underlying_asset.last_updated``,
+``last_quote.last_updated``, ``last_trade.sip_timestamp``, the indices' ``last_updated``); a value
+without one is marked ``rx_time`` and stamped with the receive time, and never beats a timed value
+(agents/hydrate.py). A REST time beyond ``max_future_ns`` of the receive time rejects that value only.
+``timeframe: DELAYED`` is carried as ``delayed``. A chain page without ``results`` is an empty page
+(the provider omits the key when a page is empty): it is counted, and the poll keeps its other pages.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +30,7 @@ from marketswarm.schemas.events import ChainContract, ChainSnapshot, ProviderSta
 from marketswarm.schemas.occ import INDEX_PREFIX, OptionSymbol, SymbolError, parse_occ
 
 MS_TO_NS = 1_000_000
+STANDARD_SHARES = 100  # deliverable shares of a standard equity or index option contract
 
 
 @dataclass(frozen=True)
@@ -56,9 +64,15 @@ def _check_time(out: Parsed, ts_ns: int, rx_ns: int, limits: Limits, el: Any) ->
 
 
 def parse_ws_frame(
-    data: bytes, rx_ns: int, underlying: str, configured: Collection[str], limits: Limits = Limits()
+    data: bytes,
+    rx_ns: int,
+    underlying: str,
+    configured: Collection[str],
+    limits: Limits = Limits(),
+    delayed: bool = False,
 ) -> Parsed:
-    """One WebSocket text frame to events. One bad element loses only that element."""
+    """One WebSocket text frame to events (``delayed``: it came from the provider's delayed feed).
+    One bad element loses only that element."""
     out = Parsed()
     try:
         elements = loads(data)
@@ -72,7 +86,7 @@ def parse_ws_frame(
         return out
     for el in elements:
         try:
-            _ws_element(out, el, rx_ns, underlying, configured, limits)
+            _ws_element(out, el, rx_ns, underlying, configured, limits, delayed)
         except _Skip:
             pass
         except (KeyError, TypeError, AttributeError) as exc:
@@ -105,7 +119,9 @@ def _route(out: Parsed, sym: Any, underlying: str, configured: Collection[str], 
     return osym
 
 
-def _ws_element(out: Parsed, el: Any, rx_ns: int, underlying: str, configured: Collection[str], limits: Limits) -> None:
+def _ws_element(
+    out: Parsed, el: Any, rx_ns: int, underlying: str, configured: Collection[str], limits: Limits, delayed: bool
+) -> None:
     if not isinstance(el, dict):
         out.reject(RejectReason.MALFORMED_ELEMENT, f"element is a {type(el).__name__}, not an object", el)
         return
@@ -170,7 +186,7 @@ def _ws_element(out: Parsed, el: Any, rx_ns: int, underlying: str, configured: C
             out.reject(RejectReason.NEGATIVE_PRICE, f"index value {value}", el)
             return
         _check_time(out, ts_ns, rx_ns, limits, el)
-        out.events.append(Spot(underlying=underlying, value=value, ts_ns=ts_ns))
+        out.events.append(Spot(underlying=underlying, value=value, ts_ns=ts_ns, delayed=delayed))
     elif ev == "status":
         out.events.append(ProviderStatus(status=str(el["status"]), message=str(el.get("message", "")), ts_ns=rx_ns))
     elif ev in ("A", "AM"):
@@ -182,10 +198,13 @@ def _ws_element(out: Parsed, el: Any, rx_ns: int, underlying: str, configured: C
 # --- REST -----------------------------------------------------------------------------------
 
 
-def parse_rest_chain(data: bytes, rx_ns: int, underlying: str, configured: Collection[str]) -> Parsed:
+def parse_rest_chain(
+    data: bytes, rx_ns: int, underlying: str, configured: Collection[str], limits: Limits = Limits()
+) -> Parsed:
     """A chain poll: a JSON array of the REST pages' bodies (each ``{"results": [...]}``), in page
-    order, to one ChainSnapshot. The snapshot's event time is the poll's receive time; each contract
-    keeps its own quote and trade times."""
+    order, to one ChainSnapshot. The snapshot's time is the poll's receive time (the time of its
+    analytics: IV, greeks, open interest); each contract keeps its own quote and trade times, and the
+    spot its own. One bad page or element loses only itself."""
     out = Parsed()
     try:
         pages = loads(data)
@@ -194,38 +213,61 @@ def parse_rest_chain(data: bytes, rx_ns: int, underlying: str, configured: Colle
         return out
     if isinstance(pages, dict):
         pages = [pages]
-    if not isinstance(pages, list) or not all(isinstance(p, dict) and "results" in p for p in pages):
-        out.reject(RejectReason.MALFORMED_FRAME, "a chain poll is a list of pages with 'results'", data)
+    if not isinstance(pages, list):
+        out.reject(RejectReason.MALFORMED_FRAME, "a chain poll is a list of pages", data)
         return out
     contracts: dict[str, ChainContract] = {}
-    spot: float | None = None
+    spot: _Timed | None = None
+    delayed = False
     for page in pages:
-        results = page["results"]
+        if not isinstance(page, dict):
+            out.reject(RejectReason.MALFORMED_FRAME, f"a chain page is a {type(page).__name__}, not an object", page)
+            continue
+        results = page.get("results")
+        if results is None:
+            out.drop(DropReason.EMPTY_PAGE)
+            continue
         if not isinstance(results, list):
             out.reject(RejectReason.MALFORMED_FRAME, "'results' is not a list", page)
             continue
         for el in results:
             try:
-                c, s = _chain_element(out, el, underlying, configured)
+                c, s, d = _chain_element(out, el, rx_ns, underlying, configured, limits)
             except _Skip:
                 continue
             except (KeyError, TypeError, AttributeError) as exc:
                 out.reject(RejectReason.MALFORMED_ELEMENT, f"missing or mistyped field: {exc}", el)
                 continue
             contracts[c.symbol] = c  # a contract repeated across pages keeps its last record
-            if s is not None:
+            delayed |= d
+            if s is not None and (spot is None or s.order() >= spot.order()):
                 spot = s
     if contracts:
         out.events.append(
             ChainSnapshot(
                 underlying=underlying,
                 ts_ns=rx_ns,
-                spot=spot,
+                spot=spot.value if spot else None,
+                spot_ts_ns=None if spot is None or spot.ts_ns is None else spot.ts_ns,
+                spot_delayed=bool(spot and spot.delayed),
+                delayed=delayed,
                 source="massive.rest",
                 contracts=tuple(sorted(contracts.values(), key=lambda c: c.symbol)),
             )  # fmt: skip
         )
     return out
+
+
+@dataclass(frozen=True)
+class _Timed:
+    """A value with the provider's time (None: it gave none) and its timeframe."""
+
+    value: float
+    ts_ns: int | None
+    delayed: bool
+
+    def order(self) -> tuple[bool, int]:
+        return (self.ts_ns is not None, self.ts_ns or 0)
 
 
 def _opt_num(out: Parsed, el: Any, name: str, value: Any) -> float | None:
@@ -236,9 +278,23 @@ def _opt_num(out: Parsed, el: Any, name: str, value: Any) -> float | None:
         return None
 
 
+def _provider_ns(out: Parsed, el: Any, name: str, value: Any, rx_ns: int, limits: Limits) -> tuple[bool, int | None]:
+    """(usable, the provider's time in ns or None). A time too far after receipt rejects the value."""
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        return True, None
+    if value > rx_ns + limits.max_future_ns:
+        out.reject(RejectReason.FUTURE_TIMESTAMP, f"{name} {value} is after receive time {rx_ns}", el)
+        return False, None
+    return True, value
+
+
+def _delayed(block: Mapping[str, Any]) -> bool:
+    return block.get("timeframe") == "DELAYED"
+
+
 def _chain_element(
-    out: Parsed, el: Any, underlying: str, configured: Collection[str]
-) -> tuple[ChainContract, float | None]:
+    out: Parsed, el: Any, rx_ns: int, underlying: str, configured: Collection[str], limits: Limits
+) -> tuple[ChainContract, _Timed | None, bool]:
     if not isinstance(el, dict):
         out.reject(RejectReason.MALFORMED_ELEMENT, "chain result is not an object", el)
         raise _Skip
@@ -255,12 +311,22 @@ def _chain_element(
     if bid is not None and ask is not None and ask > 0 and bid > ask:
         out.reject(RejectReason.CROSSED_QUOTE, f"bid {bid} > ask {ask}", el)
         bid = ask = None
+    ok, quote_ts = _provider_ns(out, el, "last_quote.last_updated", q.get("last_updated"), rx_ns, limits)
+    if not ok:
+        bid = ask = None
     iv = _opt_num(out, el, "implied_volatility", el.get("implied_volatility"))
     oi = el.get("open_interest")
     day = el.get("day") or {}
     ua = el.get("underlying_asset") or {}
-    spot = _opt_num(out, el, "underlying", ua.get("value", ua.get("price")))
+    value = _opt_num(out, el, "underlying", ua.get("value", ua.get("price")))
+    ok, spot_ts = _provider_ns(out, el, "underlying_asset.last_updated", ua.get("last_updated"), rx_ns, limits)
+    spot = _Timed(value, spot_ts, _delayed(ua)) if ok and value is not None and value > 0 else None
     last = _opt_num(out, el, "last_trade.price", t.get("price"))
+    ok, trade_ts = _provider_ns(out, el, "last_trade.sip_timestamp", t.get("sip_timestamp"), rx_ns, limits)
+    if not ok:
+        last = None
+    conditions = t.get("conditions") or ()
+    shares = details.get("shares_per_contract")
     contract = ChainContract(
         symbol=osym.occ,
         underlying=osym.underlying,
@@ -276,20 +342,26 @@ def _chain_element(
         gamma=_opt_num(out, el, "gamma", g.get("gamma")),
         oi=int(oi) if isinstance(oi, int | float) and oi >= 0 else None,
         volume=int(day["volume"]) if isinstance(day.get("volume"), int | float) else None,
-        quote_ts_ns=int(q["last_updated"]) if isinstance(q.get("last_updated"), int) else None,
-        trade_ts_ns=int(t["sip_timestamp"]) if isinstance(t.get("sip_timestamp"), int) else None,
+        quote_ts_ns=quote_ts,
+        trade_ts_ns=trade_ts,
+        trade_conditions=tuple(int(c) for c in conditions if isinstance(c, int) and not isinstance(c, bool)),
+        shares=int(shares) if isinstance(shares, int | float) and shares > 0 and shares != STANDARD_SHARES else None,
     )
-    return contract, spot if spot is not None and spot > 0 else None
+    return contract, spot, _delayed(q) or (last is not None and _delayed(t))
 
 
-def parse_rest_indices(data: bytes, rx_ns: int, underlying: str) -> Parsed:
-    """The indices snapshot (``/v3/snapshot/indices``) to Spot events; NOT_FOUND items are dropped."""
+def parse_rest_indices(data: bytes, rx_ns: int, underlying: str, limits: Limits = Limits()) -> Parsed:
+    """The indices snapshot (``/v3/snapshot/indices``) to Spot events at the provider's
+    ``last_updated``; NOT_FOUND items are dropped."""
     out = Parsed()
     try:
         body = loads(data)
         results = body["results"]
     except (ValueError, UnicodeDecodeError, KeyError, TypeError) as exc:
         out.reject(RejectReason.MALFORMED_JSON, f"indices snapshot: {exc}", data)
+        return out
+    if not isinstance(results, list):
+        out.reject(RejectReason.MALFORMED_FRAME, "indices snapshot: 'results' is not a list", data)
         return out
     for el in results:
         if not isinstance(el, dict):
@@ -311,5 +383,8 @@ def parse_rest_indices(data: bytes, rx_ns: int, underlying: str) -> Parsed:
         if value is None or value <= 0:
             out.reject(RejectReason.MALFORMED_ELEMENT, "index without a positive value", el)
             continue
-        out.events.append(Spot(underlying=underlying, value=value, ts_ns=rx_ns))
+        ok, ts = _provider_ns(out, el, "last_updated", el.get("last_updated"), rx_ns, limits)
+        if ok:
+            spot = Spot(underlying=underlying, value=value, ts_ns=ts or rx_ns, rx_time=ts is None, delayed=_delayed(el))
+            out.events.append(spot)
     return out

@@ -25,10 +25,11 @@ from marketswarm.topology.settings import Settings
 
 # Raw frame formats (RawFrame.src); sources name the format they wrote.
 WS = "massive.ws"
+WS_DELAYED = "massive.ws.delayed"  # the same frames from the provider's delayed feed
 REST_CHAIN = "massive.rest.chain"
 REST_INDICES = "massive.rest.indices"
 CBOE_CSV = "cboe.csv"
-FORMATS = (WS, REST_CHAIN, REST_INDICES, CBOE_CSV)
+FORMATS = (WS, WS_DELAYED, REST_CHAIN, REST_INDICES, CBOE_CSV)
 
 # Trade prints remembered for duplicate detection, per underlying. Hydrate's fill ledger is the
 # authority (it counts each fill once whatever normalize does); this catches a provider's repeated
@@ -65,15 +66,15 @@ def parse_frame(frame: RawFrame, underlying: str, settings: Settings) -> Parsed:
         )
         return out
     configured = settings.underlyings
-    if frame.src == WS:
-        limits = Limits(
-            max_future_ns=int(settings.max_event_future_s * 1e9), max_age_ns=int(settings.max_event_age_s * 1e9)
-        )
-        return parse_ws_frame(frame.data, frame.rx_ns, underlying, configured, limits)
+    limits = Limits(
+        max_future_ns=int(settings.max_event_future_s * 1e9), max_age_ns=int(settings.max_event_age_s * 1e9)
+    )
+    if frame.src in (WS, WS_DELAYED):
+        return parse_ws_frame(frame.data, frame.rx_ns, underlying, configured, limits, frame.src == WS_DELAYED)
     if frame.src == REST_CHAIN:
-        return parse_rest_chain(frame.data, frame.rx_ns, underlying, configured)
+        return parse_rest_chain(frame.data, frame.rx_ns, underlying, configured, limits)
     if frame.src == REST_INDICES:
-        return parse_rest_indices(frame.data, frame.rx_ns, underlying)
+        return parse_rest_indices(frame.data, frame.rx_ns, underlying, limits)
     if frame.src == CBOE_CSV:
         return parse_cboe_csv(frame.data, underlying, configured)
     out = Parsed()

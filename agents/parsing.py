@@ -41,6 +41,7 @@ class DropReason(StrEnum):
     UNCONFIGURED_UNDERLYING = "unconfigured_underlying"
     DUPLICATE_PRINT = "duplicate_print"
     UNUSED_EVENT = "unused_event"  # aggregates: valid, not used by any model
+    EMPTY_PAGE = "empty_page"  # a chain page without results (the provider omits them when empty)
     PROVIDER_ERROR_ITEM = "provider_error_item"  # e.g. NOT_FOUND entries of the indices snapshot
 
 

@@ -4,6 +4,11 @@ Events travel at tens of thousands per second, so the contract is held by msgspe
 unknown fields forbidden, a ``kind`` tag and a version ``v``); schemas/models.py holds the published
 models in pydantic for the HTTP API. Times are event times in epoch nanoseconds UTC (``ts_ns``);
 ``seq`` is the provider's sequence number, which orders events that share a timestamp.
+
+Provider time: a value's ``ts_ns`` is the time the provider gave it. When the provider gave none
+(a chain quote without ``last_updated``), ``ts_ns`` is the receive time and ``rx_time`` is true:
+such a value never beats one the provider timed (agents/hydrate.py). ``delayed`` marks values the
+provider flagged ``timeframe: DELAYED`` (a plan without real-time data).
 """
 
 from __future__ import annotations
@@ -38,14 +43,19 @@ class ChainContract(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     volume: int | None = None  # the provider's day volume
     quote_ts_ns: int | None = None  # time of bid/ask when the provider gives it
     trade_ts_ns: int | None = None  # time of last when the provider gives it
+    trade_conditions: tuple[int, ...] = ()  # the last trade's condition codes
+    shares: int | None = None  # deliverable shares per contract when not the standard 100 (adjusted)
 
 
 class ChainSnapshot(_Event, tag="chain", frozen=True, kw_only=True):
     """A chain snapshot declares topology: which contracts exist (see DESIGN.md)."""
 
     underlying: str
-    ts_ns: int
+    ts_ns: int  # the poll's (or file's) time: the time of the chain analytics
     spot: float | None = None
+    spot_ts_ns: int | None = None  # the provider's time of ``spot``; None = only received at ts_ns
+    spot_delayed: bool = False
+    delayed: bool = False  # some quote or trade of the chain is DELAYED
     source: str
     contracts: tuple[ChainContract, ...]
 
@@ -76,6 +86,8 @@ class Spot(_Event, tag="spot", frozen=True, kw_only=True):
     underlying: str
     value: float
     ts_ns: int
+    rx_time: bool = False  # ts_ns is the receive time: the provider gave none
+    delayed: bool = False
 
 
 class ProviderStatus(_Event, tag="status", frozen=True, kw_only=True):
@@ -110,6 +122,7 @@ class QuoteChange(_Change, tag="q", frozen=True, kw_only=True):
     seq: int = 0
     bid: float | None = None
     ask: float | None = None
+    rx_time: bool = False
 
 
 class TradeChange(_Change, tag="t", frozen=True, kw_only=True):
@@ -120,6 +133,7 @@ class TradeChange(_Change, tag="t", frozen=True, kw_only=True):
     seq: int = 0
     px: float
     size: int | None = None
+    rx_time: bool = False
 
 
 class GreeksChange(_Change, tag="g", frozen=True, kw_only=True):
@@ -137,6 +151,8 @@ class GreeksChange(_Change, tag="g", frozen=True, kw_only=True):
 class SpotChange(_Change, tag="s", frozen=True, kw_only=True):
     ts_ns: int
     value: float
+    rx_time: bool = False
+    delayed: bool = False
 
 
 class EpochChange(_Change, tag="e", frozen=True, kw_only=True):
@@ -148,6 +164,8 @@ class EpochChange(_Change, tag="e", frozen=True, kw_only=True):
     ts_ns: int
     symbols: tuple[str, ...]
     spot: float | None = None  # the chain's spot: fixes the epoch's heatmap strike window
+    deliverables: dict[str, int] = msgspec.field(default_factory=dict)  # symbol -> shares, when not 100
+    delayed: bool = False  # the chain's quotes or trades are DELAYED
 
 
 Change = QuoteChange | TradeChange | GreeksChange | SpotChange | EpochChange

@@ -195,6 +195,8 @@ class HeatmapModel(_Api):
     asof: str  # ISO 8601 UTC of the newest event behind the version
     asof_ns: int
     spot: float | None
+    delayed: bool = False  # spot or chain data the provider flagged DELAYED
+    nonstandard: int = 0  # adjusted contracts (non-standard deliverable) left out of the grid
     tiles: list[TileOut]
 
 
@@ -228,6 +230,8 @@ class GexModel(_Api):
     asof: str
     asof_ns: int
     spot: float | None
+    delayed: bool = False  # spot or chain data the provider flagged DELAYED
+    nonstandard: int = 0  # adjusted contracts, weighted by their own shares per contract
     units: str
     convention: str
     total: float

@@ -163,6 +163,19 @@ class Metrics:
         self.ws_statuses = Counter(
             "marketswarm_ws_status_total", "Provider status frames, by status.", ("feed", "status"), registry=r
         )
+        self.ws_evictions = Counter(
+            "marketswarm_ws_evictions_total",
+            "WebSocket connections the provider closed for its connection limit (max_connections).",
+            ("feed",),
+            registry=r,
+        )
+        self.ws_subscriptions = Gauge(
+            "marketswarm_ws_subscriptions_entries",
+            "Option contracts the WebSocket connections are subscribed to.",
+            ("feed",),
+            registry=r,
+            **mpmax,
+        )
         self.ws_buffer_depth = Gauge(
             "marketswarm_ws_buffer_entries",
             "Frames waiting in the WebSocket buffer for the Redis writer.",
@@ -183,6 +196,13 @@ class Metrics:
             "marketswarm_admissions_total",
             "Admission outcomes: A new slot, B newer, C older/equal (discarded), X outside the epoch.",
             (*AS, "outcome"),
+            registry=r,
+        )
+        self.trade_conditions = Counter(
+            "marketswarm_trade_prints_total",
+            "Trade prints by what their conditions make them: regular, no_last (volume only), cancel and "
+            "excluded (neither volume nor last), unknown (a code not in the table, counted as regular).",
+            ("underlying", "kind"),
             registry=r,
         )
         self.epoch_promotions = Counter(

@@ -134,7 +134,7 @@ def state_key(u: str, epoch: str) -> str:
 
 
 def spot_key(u: str) -> str:
-    """String: the latest admitted spot, ``<newness>|<value>``."""
+    """String: the latest admitted spot, ``<newness><SpotChange JSON>``."""
     return f"{PREFIX}:{{{u}}}:spot"
 
 

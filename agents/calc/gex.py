@@ -4,7 +4,10 @@ Convention (Perfiliev, "How to Calculate Gamma Exposure (GEX) and Zero Gamma Lev
 are assumed long the calls and short the puts their customers trade, so call GEX is positive and put
 GEX negative. Per contract, in USD per 1% move of the underlying:
 
-    GEX = gamma x open interest x 100 x S^2 x 0.01
+    GEX = gamma x open interest x shares per contract x S^2 x 0.01
+
+(shares per contract: 100, or the provider's ``shares_per_contract`` of an adjusted contract; the
+model counts those in ``nonstandard``)
 
 with gamma per 1.00 of the underlying: the provider's when present, otherwise Black-Scholes from the
 contract's IV (r = 0, q = 0) with our time-to-expiry convention (agents/calc/blackscholes.py:
@@ -42,7 +45,7 @@ from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
 
-CONTRACT_SIZE = 100
+CONTRACT_SIZE = 100  # shares per standard contract
 PROFILE_POINTS = 81
 PROFILE_RANGE = 0.10  # +/- 10 % of spot
 # The profile is re-priced when the chain data changes or spot moved this far since it was built.
@@ -50,7 +53,7 @@ PROFILE_REUSE_MOVE = 0.005
 UNITS = "USD per 1% move of the underlying"
 CONVENTION = (
     "dealers long calls, short puts: call GEX positive, put GEX negative; "
-    "per contract gamma x open interest x 100 x S^2 x 0.01"
+    "per contract gamma x open interest x shares per contract (100 unless adjusted) x S^2 x 0.01"
 )
 
 _greeks_dec = msgspec.json.Decoder(GreeksChange)
@@ -72,10 +75,16 @@ class Book:
     oi: np.ndarray
     ts: np.ndarray
     pos: dict[str, int]
+    mult: np.ndarray  # shares per contract
+    deliverables: dict[str, int]  # the adjusted contracts' shares per contract
+    delayed: bool = False  # the chain is DELAYED data
     gen: int = 0  # bumped whenever chain data changes: the profile cache's key
 
     @classmethod
-    def of(cls, epoch: str, symbols: Sequence[str]) -> Book:
+    def of(
+        cls, epoch: str, symbols: Sequence[str], deliverables: Mapping[str, int] | None = None, delayed: bool = False
+    ) -> Book:
+        deliverables = dict(deliverables or {})
         parsed = []
         for s in symbols:
             try:
@@ -96,6 +105,9 @@ class Book:
             oi=np.zeros(n),
             ts=np.zeros(n, dtype=np.int64),
             pos={s: i for i, (s, _) in enumerate(parsed)},
+            mult=np.array([deliverables.get(s, CONTRACT_SIZE) for s, _ in parsed], dtype=np.float64),
+            deliverables=deliverables,
+            delayed=delayed,
         )
 
     def apply(self, g: GreeksChange) -> bool:
@@ -136,7 +148,7 @@ def live(book: Book, now_ns: int) -> np.ndarray:
 
 def gex_per_contract(book: Book, s: float, now_ns: int) -> np.ndarray:
     sign = np.where(book.is_call, 1.0, -1.0)
-    g = sign * spot_gamma(book, s, now_ns) * book.oi * CONTRACT_SIZE * s * s * 0.01
+    g = sign * spot_gamma(book, s, now_ns) * book.oi * book.mult * s * s * 0.01
     return np.where(live(book, now_ns), g, 0.0)
 
 
@@ -144,11 +156,11 @@ def profile(book: Book, mask: np.ndarray, s: float, now_ns: int) -> tuple[np.nda
     """(spots, net GEX at each spot) with gamma re-priced from IV."""
     spots = s * np.linspace(1 - PROFILE_RANGE, 1 + PROFILE_RANGE, PROFILE_POINTS)
     use = mask & np.isfinite(book.iv) & (book.oi > 0) & live(book, now_ns)
-    k, iv, oi = book.strike[use], book.iv[use], book.oi[use]
+    k, iv, size = book.strike[use], book.iv[use], book.oi[use] * book.mult[use]
     sign = np.where(book.is_call[use], 1.0, -1.0)
     t = bs.years_to_expiry(book.close_ns[use], now_ns)
     g = bs.gamma(spots[:, None], k[None, :], t[None, :], 0.0, iv[None, :])
-    net = (g * (sign * oi)[None, :]).sum(axis=1) * CONTRACT_SIZE * spots * spots * 0.01
+    net = (g * (sign * size)[None, :]).sum(axis=1) * spots * spots * 0.01
     return spots, net
 
 
@@ -277,7 +289,8 @@ class GexCalc:
             self.spot = _spot_dec.decode(fields["_spot"])
         if "_epoch" in fields:
             symbols = orjson.loads(fields["_symbols"])
-            self._set_book(Book.of(fields["_epoch"].decode(), symbols))
+            deliverables = orjson.loads(fields.get("_deliverables", b"{}"))
+            self._set_book(Book.of(fields["_epoch"].decode(), symbols, deliverables, fields.get("_delayed") == b"1"))
             assert self.book is not None
             for s in symbols:
                 if s in fields:
@@ -302,21 +315,30 @@ class GexCalc:
                         ckpt[ch.sym] = codec.encode_json(ch)
                 elif isinstance(ch, SpotChange):
                     ts_ns = max(ts_ns, ch.ts_ns)
-                    if self.spot is None or ch.ts_ns > self.spot.ts_ns:
-                        self.spot = ch
-                        ckpt["_spot"] = codec.encode_json(ch)
-                        touched = True
+                    self.spot = ch  # hydrate admits only newer values, in its order (provider time first)
+                    ckpt["_spot"] = codec.encode_json(ch)
+                    touched = True
                 elif isinstance(ch, EpochChange):
                     ts_ns = max(ts_ns, ch.ts_ns)
-                    if self.book is None or self.book.epoch != ch.epoch:
-                        book = Book.of(ch.epoch, ch.symbols)
+                    if self.book is not None and self.book.epoch == ch.epoch and self.book.delayed != ch.delayed:
+                        self.book.delayed = ch.delayed  # the same contracts, now (or no longer) delayed
+                        ckpt["_delayed"] = b"1" if ch.delayed else b"0"
+                        touched = True
+                    elif self.book is None or self.book.epoch != ch.epoch:
+                        book = Book.of(ch.epoch, ch.symbols, ch.deliverables, ch.delayed)
                         if self.book is not None:
                             book.carry_from(self.book)
                         self._set_book(book)
                         reset = touched = chain_changed = True
                         commands.append(("DEL", self.checkpoint))
                         keep = {k: v for k, v in ckpt.items() if k == "_spot"}
-                        ckpt = {"_epoch": ch.epoch.encode(), "_symbols": orjson.dumps(book.symbols), **keep}
+                        ckpt = {
+                            "_epoch": ch.epoch.encode(),
+                            "_symbols": orjson.dumps(book.symbols),
+                            "_deliverables": orjson.dumps(book.deliverables),
+                            "_delayed": b"1" if book.delayed else b"0",
+                            **keep,
+                        }
                         ckpt.update(
                             {
                                 s: codec.encode_json(
@@ -355,7 +377,15 @@ class GexCalc:
         model = compute(self.book, s, asof, asof - chain_ts > self.stale_ns, self.inputs, self.profiles)
         rows = model.pop("by_strike")
         header = orjson.dumps(
-            {"spot": s, "spot_ts_ns": self.spot.ts_ns, "units": UNITS, "convention": CONVENTION, **model}
+            {
+                "spot": s,
+                "spot_ts_ns": self.spot.ts_ns,
+                "delayed": self.book.delayed or self.spot.delayed,
+                "nonstandard": len(self.book.deliverables),
+                "units": UNITS,
+                "convention": CONVENTION,
+                **model,
+            }
         )
         new = np.full_like(self.vals, np.nan)
         if rows:

@@ -97,11 +97,11 @@ class Grid:
         return len(self.symbols)
 
     def apply(self, q: QuoteChange) -> int | None:
-        """Take a quote if it is newer than what the position holds; return the position if taken."""
+        """Take an admitted quote; return its position (None outside the grid). Hydrate admits only
+        strictly newer values, in its own order (a provider's time beats a receive time, whatever the
+        numbers), so the changes stream is already in that order and the grid takes every one."""
         p = self.pos.get(q.sym)
         if p is None:
-            return None
-        if self.seen[p] and (q.ts_ns, q.seq) <= (int(self.ts[p]), int(self.seq[p])):
             return None
         self.bid[p] = np.nan if q.bid is None else q.bid
         self.ask[p] = np.nan if q.ask is None else q.ask

@@ -60,6 +60,8 @@ class CalcState(msgspec.Struct, frozen=True, kw_only=True):
     checkpoint_ns: int
     spot: bytes | None = None  # SpotChange JSON
     header: bytes | None = None  # a header change not yet emitted
+    chain_delayed: bool = False  # the epoch's chain is DELAYED data
+    nonstandard: int = 0  # the epoch's contracts with a non-standard deliverable (left out of the grid)
     epoch: str | None = None
     symbols: tuple[str, ...] = ()
     bid: bytes = b""  # float64 per position (NaN = none)
@@ -104,6 +106,8 @@ class TileCalc:
         self.values = np.zeros(0)  # value per tile as last emitted; nan = absent
         self.sent_ts = np.zeros(0, dtype=np.int64)  # quote time per position as last emitted
         self.spot: SpotChange | None = None
+        self.chain_delayed = False
+        self.nonstandard = 0
         # Coalescing: changes since the last emitted update, and the event-time bucket they are in.
         self.dirty: set[int] = set()
         self.header: bytes | None = None
@@ -147,6 +151,7 @@ class TileCalc:
             st = codec.decode_packed(raw, CalcState)
             through = st.through
             self.open_bucket, self.checkpoint_ns, self.header = st.open_bucket, st.checkpoint_ns, st.header
+            self.chain_delayed, self.nonstandard = st.chain_delayed, st.nonstandard
             self.last = {"src": st.last_src, "rx_ns": st.last_rx_ns, "ts_ns": st.last_ts_ns}
             if st.spot is not None:
                 self.spot = _spot_dec.decode(st.spot)
@@ -184,6 +189,8 @@ class TileCalc:
             "checkpoint_ns": self.checkpoint_ns,
             "spot": codec.encode_json(self.spot) if self.spot is not None else None,
             "header": self.header,
+            "chain_delayed": self.chain_delayed,
+            "nonstandard": self.nonstandard,
         }
         grid = self.grid
         if grid is not None:
@@ -235,23 +242,41 @@ class TileCalc:
                     if p is not None:
                         self.dirty.add(p)
             elif isinstance(ch, SpotChange):
-                if self.spot is None or ch.ts_ns > self.spot.ts_ns:
-                    self.spot = ch
-                    self.header = orjson.dumps({"spot": ch.value, "spot_ts_ns": ch.ts_ns})
-            elif isinstance(ch, EpochChange) and (self.grid is None or ch.epoch != self.grid.epoch):
+                self.spot = ch  # hydrate admits only newer values, in its order (provider time first)
+                self._set_header()
+            elif isinstance(ch, EpochChange) and self.grid is not None and ch.epoch == self.grid.epoch:
+                if ch.delayed != self.chain_delayed:  # the same contracts, now (or no longer) delayed
+                    self.chain_delayed = ch.delayed
+                    self._set_header()
+            elif isinstance(ch, EpochChange):
                 if self.dirty or self.header is not None:
                     outputs.extend(self._emit(reset=False))  # the old epoch's last values first
                 spot = ch.spot if ch.spot is not None else (self.spot.value if self.spot else None)
-                grid = Grid(ch.epoch, ch.symbols, spot, self.window)
+                # Adjusted contracts (another deliverable) are priced on another basis: no structure
+                # mixes them with standard ones, so they stay out of the grid, counted.
+                standard = [s for s in ch.symbols if s not in ch.deliverables]
+                grid = Grid(ch.epoch, standard, spot, self.window)
                 if self.grid is not None:
                     grid.carry_from(self.grid)
                 self._set_grid(grid)
                 self.dirty = set()
+                self.chain_delayed, self.nonstandard = ch.delayed, len(ch.deliverables)
+                self._set_header()
                 reset_now = True
         self.last = {"src": entry.id, "rx_ns": cb.rx_ns, "ts_ns": max(self.last["ts_ns"], ts_max)}
         if reset_now:
             outputs.extend(self._emit(reset=True))
         return outputs
+
+    def _set_header(self) -> None:
+        """The model-level fields: spot, whether the data is DELAYED, adjusted contracts left out."""
+        h: dict[str, Any] = {
+            "delayed": self.chain_delayed or (self.spot is not None and self.spot.delayed),
+            "nonstandard": self.nonstandard,
+        }
+        if self.spot is not None:
+            h.update(spot=self.spot.value, spot_ts_ns=self.spot.ts_ns)
+        self.header = orjson.dumps(h)
 
     def holding(self) -> bool:
         """Changes applied but not yet emitted (the open bucket)."""

@@ -12,7 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from marketswarm.agents.normalize import CBOE_CSV, REST_CHAIN, REST_INDICES, WS
+from marketswarm.agents.normalize import CBOE_CSV, REST_CHAIN, REST_INDICES, WS, WS_DELAYED
 from marketswarm.schemas import codec
 from marketswarm.schemas.codec import RawFrame
 from marketswarm.topology import streams
@@ -39,7 +39,7 @@ KEEP_FRAMES = (REST_CHAIN, REST_INDICES, CBOE_CSV)
 
 def events_in(fmt: str, data: bytes) -> int:
     """Market events in a raw frame (approximate: elements of a WebSocket frame), for the shed count."""
-    return data.count(b'"ev"') if fmt == WS else 1
+    return data.count(b'"ev"') if fmt in (WS, WS_DELAYED) else 1
 
 
 class RawWriter:

@@ -1,5 +1,6 @@
 """The dashboard in a real headless Chromium (Debian's, driven by Playwright) over the whole topology
-started with `marketswarm run`: heatmap cells appear, a diff changes a cell, screenshots are saved."""
+started with `marketswarm run`: heatmap cells appear, a diff changes a cell, DELAYED data is flagged,
+screenshots are saved."""
 
 from __future__ import annotations
 
@@ -67,8 +68,13 @@ def topology(redis_url: str, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.mark.timeout(600)  # the first run may install Chromium
-async def test_dashboard_shows_a_live_heatmap(topology: str, chromium: str) -> None:
+async def test_dashboard_shows_a_live_heatmap(topology: str, chromium: str, redis_url: str) -> None:
+    import orjson
+    import redis.asyncio as aioredis
     from playwright.async_api import async_playwright
+
+    from marketswarm.agents.normalize import WS_DELAYED
+    from marketswarm.agents.sources.files import Recorded, write_recorded
 
     exe = chromium
     ARTIFACTS.mkdir(exist_ok=True)
@@ -90,7 +96,17 @@ async def test_dashboard_shows_a_live_heatmap(topology: str, chromium: str) -> N
         )
         spot_row = await page.query_selector("tr.spot")
         assert spot_row is not None, "spot is marked"
+        assert await page.is_hidden("#delayed"), "real-time data is not flagged"
         await page.screenshot(path=str(ARTIFACTS / "dashboard-butterfly.png"))
+        # An index value from the provider's delayed feed (timed ahead of the simulated ones, so it is
+        # admitted): the models say delayed and the dashboard flags it.
+        t_ms = time.time_ns() // 1_000_000 + 20_000
+        frame = orjson.dumps([{"ev": "V", "val": 6001.25, "T": "I:SPX", "t": t_ms}])
+        r = aioredis.Redis.from_url(redis_url)
+        await write_recorded(r, [Recorded("SPX", WS_DELAYED, time.time_ns(), frame)])
+        await r.aclose()
+        await page.wait_for_selector("#delayed", state="visible", timeout=30_000)
+        await page.screenshot(path=str(ARTIFACTS / "dashboard-delayed.png"))
         await page.click("button[data-strategy=gex]")
         await page.wait_for_selector("#gex-chart rect", timeout=30_000)
         assert "Flip" in (await page.text_content("#gex-cards") or "")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+import msgspec
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
@@ -176,3 +178,56 @@ async def test_shuffled_and_duplicated_equals_in_order_once(
         assert (await state(r), await r.get(streams.spot_key(U))) == expected
     finally:
         await r.aclose()
+
+
+def _value(raw: bytes | None) -> dict[str, object]:
+    """A stored slot or spot: the 32-character newness, then the change's JSON."""
+    assert raw is not None
+    return orjson.loads(raw[32:])  # type: ignore[no-any-return]
+
+
+async def test_provider_time_decides_and_a_receive_time_never_beats_it(aredis: aioredis.Redis) -> None:
+    sym = "SPXW231115C04700000"
+    second = 1_000_000_000
+    await apply(aredis, [[chain()]])  # quotes without a provider time; spot received at T0
+    streamed = Spot(underlying=U, value=4710.0, ts_ns=T0 + 5 * second)
+    ws = Quote(symbol=sym, underlying=U, bid=2.0, ask=2.1, ts_ns=T0 + 5 * second, seq=1)
+    await apply(aredis, [[streamed, ws]], start=1)
+    # A later poll: its underlying value the provider timed before the streamed one (the documented
+    # example is months old), its quotes without a time at all. Neither may regress the state.
+    cs = tuple(ChainContract(**{**msgspec.structs.asdict(c), "bid": 9.0, "ask": 9.5}) for c in chain().contracts)
+    later = ChainSnapshot(
+        underlying=U, ts_ns=T0 + 60 * second, spot=4600.0, spot_ts_ns=T0 + second, source="test", contracts=cs
+    )
+    counts = await apply(aredis, [[later]], start=2)
+    assert _value(await aredis.get(streams.spot_key(U)))["value"] == 4710.0
+    assert _value((await state(aredis))[f"{sym}|q".encode()])["bid"] == 2.0
+    assert counts[2] >= 2  # both discarded (C)
+    # A poll whose spot the provider timed after the streamed value wins, and says it was delayed.
+    newer = msgspec.structs.replace(later, spot=4720.0, spot_ts_ns=T0 + 10 * second, spot_delayed=True)
+    await apply(aredis, [[newer]], start=3)
+    assert _value(await aredis.get(streams.spot_key(U))) == {
+        "c": "s",
+        "ts_ns": T0 + 10 * second,
+        "value": 4720.0,
+        "delayed": True,
+    }
+
+
+async def test_trade_conditions_decide_volume_and_last(aredis: aioredis.Redis) -> None:
+    sym = "SPXW231115C04700000"
+    await apply(aredis, [[chain()]])
+
+    def t(seq: int, px: float, conditions: tuple[int, ...]) -> Trade:
+        return Trade(symbol=sym, underlying=U, px=px, size=3, ts_ns=T0 + seq, seq=seq, conditions=conditions)
+
+    regular, cancel, out_of_sequence, compression = (
+        t(1, 1.5, (209,)),
+        t(2, 9.9, (201,)),
+        t(3, 1.0, (202,)),
+        t(4, 5, (247,)),
+    )
+    await apply(aredis, [[regular, cancel, out_of_sequence, compression]], start=1)
+    st_ = await state(aredis)
+    assert int(st_[f"{sym}|v".encode()]) == 6  # the regular and the out-of-sequence print
+    assert _value(st_[f"{sym}|t".encode()])["px"] == 1.5  # an out-of-sequence print is not the last

@@ -133,3 +133,52 @@ def test_cboe_capture_round_trip(tmp_path: Path, shared_data: Path) -> None:
     csv = shared_data / "cboe/qqq_2024-03-22_2146ET.csv"
     [rec] = read_inputs([csv])
     assert rec.src == CBOE_CSV and rec.underlying == "QQQ" and rec.data == csv.read_bytes()
+
+
+def provider_time_capture(path: Path, *, empty_page: bool = False, delayed: bool = False) -> tuple[Path, float, str]:
+    """A capture with a streamed index value followed by a chain poll received later whose
+    ``underlying_asset.last_updated`` is older; returns it, the streamed value and the symbol of the
+    one adjusted contract of the poll."""
+    from marketswarm.agents.sources.files import capture_line
+
+    m = SimMarket("SPX", 21, 300, T0)
+    frames: list[tuple[str, int, bytes]] = []
+    t = T0
+    for step in range(1, 9):
+        t = T0 + step * SECOND // 4
+        frames += [(fmt, t, data) for fmt, data in m.advance(t)]
+    streamed = round(m.spot + 7.5, 2)
+    t_v = t + SECOND
+    frames.append(("massive.ws", t_v, orjson.dumps([{"ev": "V", "val": streamed, "T": "I:SPX", "t": t_v // 10**6}])))
+    pages = orjson.loads(m.chain_frame())
+    for r in pages[0]["results"]:
+        r["underlying_asset"].update(value=round(m.spot - 40, 2), last_updated=T0)  # before the streamed value
+        if delayed:
+            r["last_quote"]["timeframe"] = "DELAYED"
+    near = min(pages[0]["results"], key=lambda r: abs(r["details"]["strike_price"] - m.spot))
+    near["details"]["shares_per_contract"] = 150  # an adjusted contract, at the money
+    if empty_page:
+        pages.append({})  # the provider's empty last page: no results key
+    frames.append(("massive.rest.chain", t_v + 2 * SECOND, orjson.dumps(pages)))
+    with path.open("wb") as f:
+        for fmt, rx, data in frames:
+            f.write(capture_line("SPX", RawFrame(src=fmt, rx_ns=rx, data=data)) + b"\n")
+    return path, streamed, near["details"]["ticker"].removeprefix("O:")
+
+
+def test_an_older_polled_spot_never_replaces_the_streamed_one(tmp_path: Path) -> None:
+    plain, streamed, adjusted = provider_time_capture(tmp_path / "plain.jsonl")
+    with_empty_page, _, _ = provider_time_capture(tmp_path / "empty.jsonl", empty_page=True)
+    delayed, _, _ = provider_time_capture(tmp_path / "delayed.jsonl", delayed=True)
+    replay([plain], tmp_path / "a")
+    replay([with_empty_page], tmp_path / "b")
+    replay([delayed], tmp_path / "c")
+    a, b, c = tree(tmp_path / "a"), tree(tmp_path / "b"), tree(tmp_path / "c")
+    assert a == b  # a poll framed [page, {}] is the poll [page]
+    for name in ("SPX/gex.json", "SPX/butterfly.json", "SPX/single.json"):
+        model = orjson.loads(a[name])
+        assert model["spot"] == streamed and model["delayed"] is False, name
+        assert model["nonstandard"] == 1, name  # the adjusted contract is counted (and left out of the grid)
+        assert orjson.loads(c[name])["delayed"] is True, name  # DELAYED quotes are flagged
+    singles = orjson.loads(a["SPX/single.json"])["tiles"]
+    assert singles and adjusted not in {leg for t in singles for leg in t["legs"]}

@@ -9,6 +9,7 @@ from pathlib import Path
 import orjson
 
 from marketswarm.agents.massive_frames import parse_rest_chain, parse_rest_indices, parse_ws_frame
+from marketswarm.agents.parsing import DropReason
 from marketswarm.schemas.events import ChainSnapshot, ProviderStatus, Quote, Spot, Trade
 
 MS = 1_000_000
@@ -99,9 +100,12 @@ def test_malformed_json_is_one_reject() -> None:
 
 def test_rest_chain_fixtures(shared_data: Path) -> None:
     aapl = (shared_data / "massive/snapshot_options_chain_AAPL_fixture.json").read_bytes()
-    parsed = parse_rest_chain(b"[" + aapl + b"]", 1651254263172073152, "AAPL", ["AAPL"])
+    rx = 1678718527714665700 + 10**9  # the fixture's newest time (its last trade) plus a second
+    parsed = parse_rest_chain(b"[" + aapl + b"]", rx, "AAPL", ["AAPL"])
     [snap] = parsed.events
     assert isinstance(snap, ChainSnapshot) and snap.spot == 159.9606
+    # Every value keeps the provider's own time, not the receive time.
+    assert snap.spot_ts_ns == 1651254263172073152 and not snap.spot_delayed and not snap.delayed
     [c] = snap.contracts
     assert (c.symbol, c.expiry, c.side, c.strike_x1000) == ("AAPL230616C00150000", "2023-06-16", "call", 150_000)
     assert (c.bid, c.ask, c.oi, c.iv, c.gamma, c.last) == (
@@ -113,15 +117,63 @@ def test_rest_chain_fixtures(shared_data: Path) -> None:
         29.25,
     )
     assert c.quote_ts_ns == 1651254260800059648 and c.volume == 8
+    assert c.trade_ts_ns == 1678718527714665700 and c.trade_conditions == (209,) and c.shares is None
+    # Received before its last trade's time (the client's mock mixes dates): that value alone is refused.
+    early = parse_rest_chain(b"[" + aapl + b"]", 1651254263172073152, "AAPL", ["AAPL"])
+    [snap_early] = early.events
+    assert isinstance(snap_early, ChainSnapshot)
+    assert snap_early.contracts[0].last is None and snap_early.contracts[0].bid == 28.9
+    assert [r[0].value for r in early.rejects] == ["future_timestamp"]
     spx = (shared_data / "massive/snapshot_options_I_SPX_kb_example.json").read_bytes()
     [snap] = parse_rest_chain(spx, 1689174023516476700, "SPX", ["SPX"]).events
     assert isinstance(snap, ChainSnapshot)
     assert snap.spot == 4483.78  # index underlyings carry `value`, not `price`
+    assert snap.spot_ts_ns is not None and snap.spot_ts_ns < snap.contracts[0].quote_ts_ns  # months older
     assert snap.contracts[0].symbol == "SPXW230712C04500000" and snap.contracts[0].root == "SPXW"
 
 
 def test_rest_indices_fixture(shared_data: Path) -> None:
     data = (shared_data / "massive/snapshot_indices_SPX_fixture.json").read_bytes()
     parsed = parse_rest_indices(data, 5, "SPX")
-    assert parsed.events == [Spot(underlying="SPX", value=3822.39, ts_ns=5)]
+    # The mock has no last_updated: the value is stamped with its receive time, and marked so.
+    assert parsed.events == [Spot(underlying="SPX", value=3822.39, ts_ns=5, rx_time=True)]
     assert sum(parsed.drops.values()) == 2  # NOT_FOUND and NOT_ENTITLED
+
+
+def test_rest_indices_keep_the_provider_time_and_timeframe(shared_data: Path) -> None:
+    spec = orjson.loads((shared_data / "massive/rest_spec_snapshot_subset.json").read_bytes())
+    get = spec["paths"]["/v3/snapshot/indices"]["get"]
+    example = get["responses"]["200"]["content"]["application/json"]["example"]
+    example["results"][0].update(ticker="I:SPX", timeframe="DELAYED")
+    rx = example["results"][0]["last_updated"] + 900 * 10**9
+    [spot] = parse_rest_indices(orjson.dumps(example), rx, "SPX").events
+    assert spot == Spot(underlying="SPX", value=3822.39, ts_ns=1679597116344223500, delayed=True)
+
+
+def _aapl_page(shared_data: Path) -> bytes:
+    return (shared_data / "massive/snapshot_options_chain_AAPL_fixture.json").read_bytes()
+
+
+def test_a_page_without_results_is_an_empty_page(shared_data: Path) -> None:
+    page, rx = _aapl_page(shared_data), 1678718527714665700 + 10**9
+    one = parse_rest_chain(b"[" + page + b"]", rx, "AAPL", ["AAPL"])
+    two = parse_rest_chain(b"[" + page + b",{}]", rx, "AAPL", ["AAPL"])
+    assert two.events == one.events and two.rejects == []
+    assert two.drops == {DropReason.EMPTY_PAGE: 1}
+    # A page that is not an object loses only itself.
+    odd = parse_rest_chain(b"[" + page + b',[1,2],{"results":5}]', rx, "AAPL", ["AAPL"])
+    assert odd.events == one.events and [r[0].value for r in odd.rejects] == ["malformed_frame"] * 2
+    assert parse_rest_chain(b"[{}]", rx, "AAPL", ["AAPL"]).events == []
+
+
+def test_chain_spot_takes_the_newest_provider_time_and_marks_untimed_values(shared_data: Path) -> None:
+    page = orjson.loads(_aapl_page(shared_data))
+    el = page["results"][0]
+    del el["last_quote"]["last_updated"], el["underlying_asset"]["last_updated"]
+    el["last_quote"]["timeframe"] = "DELAYED"
+    el["details"]["shares_per_contract"] = 150
+    [snap] = parse_rest_chain(orjson.dumps([page]), 1678718527714665700 + 10**9, "AAPL", ["AAPL"]).events
+    assert isinstance(snap, ChainSnapshot)
+    assert snap.spot == 159.9606 and snap.spot_ts_ns is None and snap.delayed
+    c = snap.contracts[0]
+    assert c.quote_ts_ns is None and c.bid == 28.9 and c.shares == 150

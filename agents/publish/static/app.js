@@ -139,6 +139,7 @@ function render() {
   const h = state.header;
   $("version").textContent = state.version ?? "-";
   $("spot").textContent = h && h.spot ? fmt(h.spot, 2) : "-";
+  $("delayed").hidden = !(h && h.delayed);
   $("asof").textContent = h && h.asof ? h.asof.replace("T", " ").replace("Z", "") : "-";
   freshness();
   if (state.strategy === "gex") renderGex(); else renderHeatmap();
