@@ -1,5 +1,7 @@
 """The official massive client against the loopback fake provider: REST chain polls and the WebSocket,
-through the raw streams and normalize into typed events, including after a dropped connection."""
+through the raw streams and normalize into typed events, including after a dropped connection; the
+provider's connection limit (eviction of the oldest), subscriptions by difference and at the close,
+a plan without access, and the fake's own protocol (auth timeout, page limit, opaque cursor)."""
 
 from __future__ import annotations
 
@@ -15,9 +17,11 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from marketswarm.agents.normalize import NORMALIZE
-from marketswarm.agents.sources.fake_provider import FakeProvider
+from marketswarm.agents.sources import live
+from marketswarm.agents.sources.fake_provider import FakeProvider, provider_shapes
 from marketswarm.agents.sources.live import LiveSource, chain_filter, next_interval
 from marketswarm.agents.sources.simulated import SimMarket
+from marketswarm.agents.sources.subscriptions import Target
 from marketswarm.schemas import codec
 from marketswarm.schemas.events import ChainSnapshot, Quote, Spot, Trade
 from marketswarm.topology import streams
@@ -37,7 +41,7 @@ def sim_results(n_strikes: int = 40) -> list[dict[str, Any]]:
 
 @pytest.fixture
 async def provider() -> AsyncIterator[FakeProvider]:
-    fake = FakeProvider(chains={"I:SPX": sim_results()}, indices={"I:SPX": 5900.0})
+    fake = FakeProvider(chains={"I:SPX": provider_shapes(sim_results(), time.time_ns())}, indices={"I:SPX": 5900.0})
     await fake.start()
     try:
         yield fake
@@ -90,7 +94,7 @@ async def test_live_source_end_to_end_with_a_dropped_connection(
     try:
         await wait_for(lambda: provider.connected("options") >= 1 and provider.connected("indices") >= 1)
         await wait_for(lambda: any(m == "options" and "Q.O:SPXW" in p for m, p in provider.subscriptions))
-        sym = source.targets["SPX"][0]
+        sym = source.targets["SPX"][0].ticker
         now_ms = time.time_ns() // 1_000_000
         await provider.broadcast("options", [
             {"ev": "Q", "sym": sym, "bx": 1, "ax": 1, "bp": 10.0, "ap": 10.5, "bs": 5, "as": 7, "t": now_ms, "q": 1},
@@ -112,6 +116,11 @@ async def test_live_source_end_to_end_with_a_dropped_connection(
     events = await events_of(redis_url, st)
     chains = [e for e in events if isinstance(e, ChainSnapshot)]
     assert chains and len(chains[0].contracts) > 100 and chains[0].spot == pytest.approx(5900, abs=50)
+    # The provider's shapes came through: empty greeks, quotes without a time, last trades.
+    cs = chains[0].contracts
+    assert any(c.gamma is None for c in cs) and any(c.quote_ts_ns is None for c in cs)
+    assert any(c.last is not None and c.trade_conditions == (209,) for c in cs)
+    assert chains[0].spot_ts_ns is not None and not chains[0].delayed
     occ = sym.removeprefix("O:")
     quotes = [e for e in events if isinstance(e, Quote)]
     assert [(q.symbol, q.bid, q.ask, q.seq) for q in quotes] == [(occ, 10.0, 10.5, 1), (occ, 11.0, 11.5, 4)]
@@ -126,26 +135,150 @@ async def test_live_source_end_to_end_with_a_dropped_connection(
     assert all(sum(1 for s in p.split(",") if s.startswith("Q.")) <= 1000 for s in [subs] for p in s)
 
 
-async def test_auth_failure_and_max_connections_surface(
+async def run_source(st: Settings, aredis: aioredis.Redis) -> tuple[LiveSource, asyncio.Event, asyncio.Task[None]]:
+    stop = asyncio.Event()
+    source = LiveSource(st, aredis, Metrics(CollectorRegistry()), stop)
+    return source, stop, asyncio.create_task(source.run())
+
+
+async def test_an_eviction_by_another_process_is_logged_once_and_never_flaps(
+    provider: FakeProvider, redis_url: str, aredis: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    provider.max_connections = 1
+    st = live_settings(provider, redis_url)
+    a, stop_a, task_a = await run_source(st, aredis)
+    await wait_for(lambda: provider.connected("options") == 1 and provider.connected("indices") == 1)
+    b, stop_b, task_b = await run_source(st, aredis)  # another process on the same key
+    try:
+
+        def evictions(src: LiveSource) -> float:
+            return sum(src.metrics.ws_evictions.labels(f)._value.get() for f in ("massive.options", "massive.indices"))
+
+        await wait_for(lambda: evictions(a) == 2)  # the provider evicted the oldest of each market
+        opened = provider.connections_opened
+        await asyncio.sleep(4)
+        # No storm: the evicted process waits (at least EVICTED_BACKOFF_S) instead of evicting back.
+        assert provider.connections_opened == opened and provider.evictions == 2
+        assert provider.connected("options") == provider.connected("indices") == 1
+        assert a.metrics.ws_statuses.labels("massive", "max_connections")._value.get() == 2
+        told = [r for r in caplog.records if "another process is using the same key" in r.getMessage()]
+        assert len(told) == 2 and all(r.levelname == "ERROR" for r in told)  # once per feed
+    finally:
+        stop_a.set()
+        stop_b.set()
+        await asyncio.wait_for(asyncio.gather(task_a, task_b), 10)
+
+
+async def test_own_connections_over_the_plan_shrink_to_it(
+    provider: FakeProvider, redis_url: str, aredis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(live, "MAX_QUOTES_PER_CONNECTION", 40)  # two connections' worth of contracts
+    provider.max_connections = 1
+    source, stop, task = await run_source(live_settings(provider, redis_url, ws_connections=2), aredis)
+    try:
+        await wait_for(lambda: source.option_slots == 1, timeout=20)
+        await asyncio.sleep(3)
+        evictions = provider.evictions
+        await asyncio.sleep(3)
+        assert provider.evictions == evictions and provider.connected("options") == 1  # settled, no flapping
+        assert source.metrics.ws_subscriptions.labels("massive.options")._value.get() == 40
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_subscriptions_change_by_difference_and_drop_at_the_close(
     provider: FakeProvider, redis_url: str, aredis: aioredis.Redis
 ) -> None:
-    provider.max_connections = 0
-    st = live_settings(provider, redis_url)
-    stop = asyncio.Event()
-    metrics = Metrics(CollectorRegistry())
-    task = asyncio.create_task(LiveSource(st, aredis, metrics, stop).run())
-    await wait_for(lambda: metrics.ws_statuses.labels("massive", "max_connections")._value.get() >= 1, timeout=20)
+    source, stop, task = await run_source(
+        live_settings(provider, redis_url, chain_poll_min_s=30, chain_poll_max_s=60), aredis
+    )
+    try:
+        await wait_for(lambda: any(a == "subscribe" and "Q.O:SPXW" in p for _, a, p in provider.actions))
+        await asyncio.sleep(1.5)
+        before = len(provider.actions)
+        # Two contracts close one second from now (as today's expiry does at 16:00 ET).
+        soon = time.time_ns() + 1_000_000_000
+        closing = [Target(t.ticker, soon, 0.0) for t in source.targets["SPX"][:2]]
+        source.targets["SPX"] = closing + source.targets["SPX"][2:]
+        source.targets_changed.set()
+        await wait_for(lambda: any(a == "unsubscribe" for _, a, _ in provider.actions[before:]), timeout=10)
+        changes = [(a, p) for m, a, p in provider.actions[before:] if m == "options"]
+        assert [a for a, _ in changes] == ["unsubscribe"]  # only the difference, nothing re-subscribed
+        gone = set(changes[0][1].split(","))
+        assert gone == {f"{ch}.{t.ticker}" for t in closing for ch in ("Q", "T")}
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_auth_failure_and_a_plan_without_access_surface(
+    provider: FakeProvider, redis_url: str, aredis: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    provider.not_authorized = {"I:SPX"}
+    source, stop, task = await run_source(live_settings(provider, redis_url, chain_poll_max_s=0.3), aredis)
+    await wait_for(lambda: source.metrics.chain_poll_failures.labels("SPX", "not_authorized")._value.get() >= 2)
     stop.set()
     await asyncio.wait_for(task, 10)
-    provider.max_connections = 4
+    told = [r for r in caplog.records if "does not include this data" in r.getMessage() and r.levelname == "ERROR"]
+    assert len(told) == 1
+    provider.not_authorized = set()
     bad = live_settings(provider, redis_url, massive_api_key=SecretStr("wrong"))
-    stop = asyncio.Event()
-    metrics = Metrics(CollectorRegistry())
-    task = asyncio.create_task(LiveSource(bad, aredis, metrics, stop).run())
-    await wait_for(lambda: metrics.ws_statuses.labels("massive.indices", "auth_failed")._value.get() >= 1, timeout=20)
-    await wait_for(lambda: metrics.chain_poll_failures.labels("SPX", "bad_response")._value.get() >= 1, timeout=20)
+    source, stop, task = await run_source(bad, aredis)
+    await wait_for(lambda: source.metrics.ws_statuses.labels("massive.indices", "auth_failed")._value.get() >= 1)
+    await wait_for(lambda: source.metrics.chain_poll_failures.labels("SPX", "bad_response")._value.get() >= 1)
     stop.set()
     await asyncio.wait_for(task, 10)
+
+
+async def test_delayed_data_is_carried_as_delayed(
+    provider: FakeProvider, redis_url: str, aredis: aioredis.Redis
+) -> None:
+    provider.timeframe = "DELAYED"
+    st = live_settings(provider, redis_url)
+    source, stop, task = await run_source(st, aredis)
+    await wait_for(lambda: source.metrics.chain_poll_duration.labels("SPX")._sum.get() > 0)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    events = await events_of(redis_url, st)
+    [chain, *_] = [e for e in events if isinstance(e, ChainSnapshot)]
+    assert chain.delayed and chain.spot_delayed
+    assert any(isinstance(e, Spot) and e.delayed and not e.rx_time for e in events)  # the indices snapshot
+
+
+async def test_the_fake_speaks_the_provider_protocol(provider: FakeProvider) -> None:
+    import websockets
+    from massive import RESTClient
+    from massive.exceptions import BadResponse
+
+    provider.auth_timeout_s = 0.3
+    async with websockets.connect(f"ws://{provider.ws_feed}/options") as ws:
+        assert orjson.loads(await ws.recv())[0]["status"] == "connected"
+        assert orjson.loads(await ws.recv())[0]["status"] == "auth_timeout"
+    rest = RESTClient(api_key=provider.api_key, base=provider.rest_base, retries=0)
+    with pytest.raises(BadResponse, match="Limit must be less than or equal to 250"):
+        await asyncio.to_thread(rest.list_snapshot_options_chain, "I:SPX", params={"limit": 1000}, raw=True)
+    n = len(provider.chains["I:SPX"])
+    first = orjson.loads(
+        (await asyncio.to_thread(rest.list_snapshot_options_chain, "I:SPX", params={"limit": 250}, raw=True)).data
+    )
+    assert len(first["results"]) == min(n, 250) and set(first["next_url"].split("?")[1].split("=")[0:1]) == {"cursor"}
+    provider.chains["I:SPX"] = provider.chains["I:SPX"][:10]
+    full = orjson.loads(
+        (await asyncio.to_thread(rest.list_snapshot_options_chain, "I:SPX", params={"limit": 10}, raw=True)).data
+    )
+    assert len(full["results"]) == 10 and "next_url" in full  # a full page always has a next page
+    last = orjson.loads(
+        (
+            await asyncio.to_thread(
+                rest.list_snapshot_options_chain,
+                "I:SPX",
+                params={"cursor": full["next_url"].split("cursor=")[1]},
+                raw=True,
+            )
+        ).data
+    )
+    assert "results" not in last and "next_url" not in last  # the empty last page omits results
 
 
 def test_cadence_and_filters() -> None:
