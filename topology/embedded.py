@@ -27,6 +27,9 @@ import redis
 RUN_FILE = "embedded.json"
 # Loading the append-only file of a long session takes seconds; the server answers LOADING until done.
 START_TIMEOUT_S = 120.0
+# A port picked free can be taken before the server binds it (the kernel hands it out again as the
+# local port of some connection): a server whose ports were picked here retries with new ones.
+PORT_RETRIES = 3
 STOP_TIMEOUT_S = 20.0
 # The append-only file is rewritten (an RDB preamble plus what came after) whenever it grew by this
 # percentage over its size after the last rewrite: with every stream bounded in bytes
@@ -64,6 +67,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class PortInUseError(RuntimeError):
+    """The server could not bind one of its ports."""
+
+
 class EmbeddedServer:
     """A child valkey/redis server process on 127.0.0.1."""
 
@@ -80,6 +87,7 @@ class EmbeddedServer:
         self.data_dir = Path(data_dir)
         self.binary = binary or find_binary()
         self.port = port or free_port()
+        self.picked_port = port is None  # ours to change when it turns out taken
         self.appendonly = appendonly
         self.record = record
         self.extra_args = list(extra_args)  # e.g. cluster mode, for the test suite's cluster
@@ -90,6 +98,20 @@ class EmbeddedServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> str:
+        for attempt in range(PORT_RETRIES):
+            try:
+                return self._start()
+            except PortInUseError:
+                if not self.picked_port or attempt == PORT_RETRIES - 1:
+                    raise
+                self.port = free_port()
+                if "--cluster-port" in self.extra_args:
+                    self.extra_args[self.extra_args.index("--cluster-port") + 1] = str(free_port())
+                for leftover in ("server.log", "nodes.conf"):  # of the failed start: a new node starts clean
+                    (self.data_dir / leftover).unlink(missing_ok=True)
+        raise AssertionError("unreachable")
+
+    def _start(self) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
             self.binary,
@@ -114,10 +136,14 @@ class EmbeddedServer:
         try:
             while True:
                 if self.proc.poll() is not None:
-                    err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                    err = ""
+                    if self.proc.stderr is not None:
+                        err = self.proc.stderr.read().decode()
+                        self.proc.stderr.close()
                     log = self.data_dir / "server.log"
                     tail = log.read_text()[-2000:] if log.exists() else ""
-                    raise RuntimeError(f"{self.binary} exited with {self.proc.returncode}: {err}{tail}")
+                    error = PortInUseError if "Address already in use" in err + tail else RuntimeError
+                    raise error(f"{self.binary} exited with {self.proc.returncode}: {err}{tail}")
                 try:
                     # LOADING (replaying the AOF) answers an error until done: wait for a real PONG.
                     if client.ping():
@@ -201,13 +227,11 @@ class EmbeddedCluster:
         self.dir = Path(tempfile.mkdtemp(prefix="ms-cluster-"))
         self.masters = masters
         self.servers: list[EmbeddedServer] = []
-        self.bus_ports: list[int] = []
         for i in range(masters * (1 + replicas_per_master)):
-            self.bus_ports.append(free_port())
             extra = [
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", "nodes.conf",
-                "--cluster-port", str(self.bus_ports[-1]),  # else port + 10000, which may not exist
+                "--cluster-port", str(free_port()),  # else port + 10000, which may not exist
                 "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
                 "--cluster-require-full-coverage", "no",
                 "--cluster-allow-replica-migration", "no",
@@ -219,6 +243,11 @@ class EmbeddedCluster:
     @property
     def url(self) -> str:
         return self.servers[0].url
+
+    @property
+    def bus_ports(self) -> list[int]:
+        """Each node's cluster bus port (as finally bound: a start may have picked a new one)."""
+        return [int(s.extra_args[s.extra_args.index("--cluster-port") + 1]) for s in self.servers]
 
     def client(self, i: int) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.servers[i].port, socket_timeout=5)

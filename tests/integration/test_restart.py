@@ -3,6 +3,8 @@ stopped and restarted equal those of a run that never stopped."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
@@ -117,3 +119,20 @@ async def test_a_calc_restored_after_live_flushes_holds_what_it_emitted(redis_ur
     assert values is not None and not calc.holding()
     np.testing.assert_array_equal(calc.values, values)
     np.testing.assert_array_equal(calc.sent_ts, sent)
+
+
+def test_an_embedded_server_whose_picked_port_was_taken_starts_on_another(tmp_path: Path) -> None:
+    import socket
+
+    from marketswarm.topology.embedded import EmbeddedServer, PortInUseError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))  # bound, not listening: a bind fails, a connect is refused
+        port = taken.getsockname()[1]
+        server = EmbeddedServer(tmp_path / "a", appendonly=False, record=False)
+        server.port = port  # as if the kernel had handed the picked port to someone else meanwhile
+        with server:
+            assert server.port != port
+        # A port the user chose is never changed behind their back.
+        with pytest.raises(PortInUseError, match="Address already in use"):
+            EmbeddedServer(tmp_path / "b", port=port, appendonly=False, record=False).start()
