@@ -486,7 +486,9 @@ class LiveSource:
                 for slot in [s for s, t in running.items() if t.done()]:
                     del running[slot]  # given up (the plan allows fewer connections)
                 alive = sorted(running)[: self.option_slots]
-                fresh = (i for i in itertools.count() if i not in running)
+                for extra in sorted(running)[self.option_slots :]:  # more than the plan allows
+                    running.pop(extra).cancel()
+                fresh = (i for i in itertools.count() if i not in running and i not in alive)
                 slots = alive + [next(fresh) for _ in range(self.option_slots - len(alive))]
                 capacity = len(slots) * MAX_QUOTES_PER_CONNECTION
                 plan = self.assignment.assign(wanted(self.targets, time.time_ns(), capacity), slots)
