@@ -20,7 +20,17 @@ import math
 import re
 from collections.abc import Collection
 
-from marketswarm.agents.parsing import DropReason, Parsed, RejectReason
+from marketswarm.agents.parsing import (
+    MAX_GREEK,
+    MAX_IV,
+    MAX_PRICE,
+    MAX_SIZE,
+    DropReason,
+    Parsed,
+    RangeError,
+    RejectReason,
+    bounded,
+)
 from marketswarm.schemas.events import ChainContract, ChainSnapshot
 from marketswarm.schemas.occ import SymbolError, parse_occ, strike_to_x1000
 
@@ -73,6 +83,8 @@ def parse_header(lines: list[list[str]], line3: str) -> tuple[float, int]:
         spot = float(last.split(":", 1)[1].strip().replace(",", ""))
     except (StopIteration, ValueError, IndexError) as exc:
         raise CboeFormatError(f"line 2 has no 'Last: <spot>': {lines[1] if len(lines) > 1 else ''}") from exc
+    if not 0 < spot <= MAX_PRICE:  # also NaN
+        raise CboeFormatError(f"line 2's spot {spot!r} is not a price")
     return spot, parse_download_time(date_cell(line3))
 
 
@@ -137,6 +149,9 @@ def _rows(
             except SymbolError as exc:
                 out.reject(RejectReason.BAD_SYMBOL, f"line {lineno}: {exc}", ",".join(row))
                 continue
+            except RangeError as exc:
+                out.reject(RejectReason.OUT_OF_RANGE, f"line {lineno}: {exc}", ",".join(row))
+                continue
             except ValueError as exc:
                 reason = RejectReason.NON_FINITE if "non-finite" in str(exc) else RejectReason.BAD_CSV
                 out.reject(reason, f"line {lineno}: {exc}", ",".join(row))
@@ -173,7 +188,13 @@ def _leg(
     if b is not None and a is not None and a > 0 and b > a:
         out.reject(RejectReason.CROSSED_QUOTE, f"line {lineno}: {symbol} bid {bid} > ask {ask}", ",".join(row))
         b = a = None
-    ivf, lastf, oif, vol = _f(iv), _f(last), _f(oi), _f(volume)
+    if max(b or 0, a or 0) > MAX_PRICE:
+        out.reject(RejectReason.OUT_OF_RANGE, f"line {lineno}: {symbol} bid/ask {bid}/{ask}", ",".join(row))
+        b = a = None
+    lastf = bounded(_f(last), "last", 0, MAX_PRICE)
+    ivf = bounded(_f(iv), "iv", -MAX_IV, MAX_IV)
+    oif = bounded(_f(oi), "open interest", 0, MAX_SIZE)
+    vol = bounded(_f(volume), "volume", 0, MAX_SIZE)
     return ChainContract(
         symbol=osym.occ,
         underlying=osym.underlying,
@@ -185,8 +206,8 @@ def _leg(
         ask=a if a else None,
         last=lastf if lastf else None,
         iv=ivf if ivf else None,
-        delta=_f(delta),
-        gamma=_f(gamma),
+        delta=bounded(_f(delta), "delta", -MAX_GREEK, MAX_GREEK),
+        gamma=bounded(_f(gamma), "gamma", -MAX_GREEK, MAX_GREEK),
         oi=int(oif) if oif is not None else None,
         volume=int(vol) if vol is not None else None,
     )

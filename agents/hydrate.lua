@@ -5,13 +5,17 @@
 -- K[1] epoch pointer   K[2] changes stream   K[3] fills ledger (zset)   K[4] spot   K[5] epochs index
 -- K[4 + 2j] and K[5 + 2j]: the meta hash and the state hash of the j-th declared epoch (j = 1..n)
 -- ARGV[first] the active epoch the step assumed ('' for none)   then retire TTL (s), fill window (ms),
--- n, the n declared epoch ids (the assumed active one and every epoch of the batch's snapshots),
+-- shrink ratio, confirmation time (ns), n, the n declared epoch ids (the assumed active one and every epoch of the batch's snapshots),
 -- then records, each starting with an opcode:
 --   G src rx_ns                       start the output group of one input entry
 --   C epoch geometry ts_ns n [sym meta]*n epoch_change_json
 --                                     a chain snapshot's geometry: create the epoch as warming (or reuse
 --                                     it), carry the newer slot values over from the active epoch; the
---                                     epoch is announced on the changes stream either way
+--                                     epoch is announced on the changes stream either way. A geometry
+--                                     under shrink ratio × the active one's contracts is held (its
+--                                     values go to the active epoch, nothing is announced) until it
+--                                     has come in every snapshot for the confirmation time: one
+--                                     truncated poll must not replace the grid
 --   W epoch ts_ns                     promote: one pointer switch; the old epoch is retired with a TTL
 --   S sym slot newness change_json    admission of one slot value: A new, B strictly newer, C discarded
 --   F sym fill_id size score_ms       count a fill's size into the volume once
@@ -20,19 +24,21 @@
 -- and nanosecond times never pass through Lua's doubles.
 -- If the active epoch is not the one assumed (another replica promoted one), it returns MSCONFLICT
 -- before writing anything. Returns {A, B, C, X (outside the epoch), promotions, fills counted, fills
--- seen before, stale fills, the active epoch after the batch}.
+-- seen before, stale fills, the active epoch after the batch, snapshots held}.
 
 local assumed = ARGV[first]
 local retire_ttl = tonumber(ARGV[first + 1])
 local fill_window = tonumber(ARGV[first + 2])
+local shrink_ratio = tonumber(ARGV[first + 3])
+local confirm_ns = tonumber(ARGV[first + 4])
 local active = redis.call('GET', K[1])
 if (active or '') ~= assumed then
   return {err = 'MSCONFLICT hydrate: the active epoch is ' .. tostring(active) .. ', the step assumed ' .. assumed}
 end
 local metas, states = {}, {}
-local nepochs = tonumber(ARGV[first + 3])
+local nepochs = tonumber(ARGV[first + 5])
 for j = 1, nepochs do
-  local e = ARGV[first + 3 + j]
+  local e = ARGV[first + 5 + j]
   metas[e], states[e] = K[4 + 2 * j], K[5 + 2 * j]
 end
 local function meta_of(e)
@@ -43,6 +49,35 @@ local function state_of(e)
 end
 local target = active
 local counts = {0, 0, 0, 0, 0, 0, 0, 0}
+local held_snapshots = 0
+local held = {}
+
+-- Whether a snapshot of this geometry must wait for confirmation: a far smaller grid than the active
+-- one that has not yet come in every snapshot for confirm_ns of event time (so a burst of copies
+-- confirms nothing); records the sighting on the active epoch.
+local function hold(epoch, count, ts)
+  if not active then
+    return false
+  end
+  local meta = meta_of(active)
+  if epoch == active then
+    redis.call('HDEL', meta, 'candidate', 'candidate_since')
+    return false
+  end
+  local have = tonumber(redis.call('HGET', meta, 'contracts') or '0') or 0
+  if count >= have * shrink_ratio then
+    return false
+  end
+  local since = tonumber(ts)
+  if redis.call('HGET', meta, 'candidate') == epoch then
+    since = tonumber(redis.call('HGET', meta, 'candidate_since')) or since
+  end
+  if tonumber(ts) - since >= confirm_ns then
+    return false
+  end
+  redis.call('HSET', meta, 'candidate', epoch, 'candidate_since', since)
+  return true
+end
 
 local fill_floor = nil
 local top = redis.call('ZRANGE', K[3], -1, -1, 'WITHSCORES')
@@ -62,7 +97,7 @@ local function flush()
   out = {}
 end
 
-local i = first + 4 + nepochs
+local i = first + 6 + nepochs
 while i <= last do
   local op = ARGV[i]
   if op == 'G' then
@@ -73,7 +108,10 @@ while i <= last do
     local epoch, geometry, ts, count = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
     local at = i + 5
     local change_json = ARGV[at + 2 * count]
-    if epoch ~= active then
+    held[epoch] = hold(epoch, count, ts)
+    if held[epoch] then
+      held_snapshots = held_snapshots + 1
+    elseif epoch ~= active then
       local meta = meta_of(epoch)
       local state = state_of(epoch)
       redis.call('PERSIST', meta)
@@ -102,11 +140,13 @@ while i <= last do
     end
     -- Announced with every snapshot, new or not: a calc agent that starts late (or after its input
     -- was trimmed) learns the grid at the next snapshot.
-    table.insert(out, change_json)
+    if not held[epoch] then
+      table.insert(out, change_json)
+    end
     i = at + 2 * count + 1
   elseif op == 'W' then
     local epoch, ts = ARGV[i + 1], ARGV[i + 2]
-    if epoch ~= active then
+    if epoch ~= active and not held[epoch] then
       redis.call('SET', K[1], epoch)
       redis.call('HSET', meta_of(epoch), 'status', 'active', 'promoted_ns', ts)
       if active then
@@ -176,4 +216,5 @@ if fill_floor ~= nil then
   redis.call('ZREMRANGEBYSCORE', K[3], '-inf', '(' .. fill_floor)
 end
 counts[9] = active or ''
+counts[10] = held_snapshots
 return counts

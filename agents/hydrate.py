@@ -58,6 +58,12 @@ OUTCOMES = ("A", "B", "C", "X")
 
 NEWNESS_TS_MAX = 10**19 - 1
 NEWNESS_SEQ_MAX = 10**12 - 1
+# Geometry plausibility: a snapshot listing fewer than this share of the active epoch's contracts (one
+# page of a multi-page poll, a truncated response) is held, its values admitted into the active
+# epoch, until the same geometry has come in every snapshot for SHRINK_CONFIRM_S of event time (a
+# real change persists over polls; a burst of copies confirms nothing).
+SHRINK_CONFIRM_RATIO = 0.5
+SHRINK_CONFIRM_S = 20
 
 
 def newness(ts_ns: int, seq: int = 0, *, rx_time: bool = False) -> str:
@@ -178,7 +184,12 @@ class Hydrator:
             streams.spot_key(underlying),
             streams.epochs_index_key(underlying),
         ]
-        self.header = [settings.epoch_retire_ttl_s, int(settings.fill_window_s * 1000)]
+        self.header = [
+            settings.epoch_retire_ttl_s,
+            int(settings.fill_window_s * 1000),
+            SHRINK_CONFIRM_RATIO,
+            SHRINK_CONFIRM_S * 1_000_000_000,
+        ]
         self.events_key = streams.EVENTS.key(underlying)
         self.active = ""  # the active epoch as last read or committed ("" for none)
 
@@ -207,6 +218,8 @@ class Hydrator:
                 self.metrics.dropped.labels("hydrate", self.events_key, "duplicate_fill").inc(counts[6])
             if counts[7]:
                 self.metrics.dropped.labels("hydrate", self.events_key, "fill_beyond_window").inc(counts[7])
+            if len(results[0]) > 9 and int(results[0][9]):
+                self.metrics.epoch_holds.labels(self.u).inc(int(results[0][9]))
             for label, c in prints.items():
                 self.metrics.trade_conditions.labels(self.u, label).inc(c)
 

@@ -25,11 +25,26 @@ from typing import Any
 
 import orjson
 
-from marketswarm.agents.parsing import DropReason, Parsed, RejectReason, num, req
+from marketswarm.agents.parsing import (
+    MAX_GREEK,
+    MAX_IV,
+    MAX_PRICE,
+    MAX_SEQ,
+    DropReason,
+    Parsed,
+    RangeError,
+    RejectReason,
+    bounded,
+    count,
+    num,
+    req,
+    text,
+)
 from marketswarm.schemas.events import ChainContract, ChainSnapshot, ProviderStatus, Quote, Spot, Trade
 from marketswarm.schemas.occ import INDEX_PREFIX, OptionSymbol, SymbolError, parse_occ
 
 MS_TO_NS = 1_000_000
+MAX_CODE = 1_000_000  # exchange ids and trade condition codes are small integers
 STANDARD_SHARES = 100  # deliverable shares of a standard equity or index option contract
 
 
@@ -37,7 +52,7 @@ STANDARD_SHARES = 100  # deliverable shares of a standard equity or index option
 class Limits:
     """Validation bounds for event times, relative to the frame's receive time."""
 
-    max_future_ns: int = 60 * 1_000_000_000
+    max_future_ns: int = 2 * 1_000_000_000
     max_age_ns: int = 18 * 3600 * 1_000_000_000
 
 
@@ -47,7 +62,10 @@ def loads(data: bytes) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        return json.loads(data)
+        try:
+            return json.loads(data)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
 
 
 class _Skip(Exception):
@@ -91,6 +109,8 @@ def parse_ws_frame(
             pass
         except (KeyError, TypeError, AttributeError) as exc:
             out.reject(RejectReason.MALFORMED_ELEMENT, f"missing or mistyped field: {exc}", el)
+        except RangeError as exc:
+            out.reject(RejectReason.OUT_OF_RANGE, str(exc), el)
         except (ValueError, OverflowError) as exc:
             text = str(exc)
             nonfinite = "non-finite" in text or "NaN" in text or "infinity" in text.lower()
@@ -137,6 +157,11 @@ def _ws_element(
         if bs < 0 or asz < 0:
             out.reject(RejectReason.BAD_SIZE, f"bid size {bs} ask size {asz}", el)
             return
+        bounded(bid, "bid", 0, MAX_PRICE)
+        bounded(ask, "ask", 0, MAX_PRICE)
+        count(bs, "bid size")
+        count(asz, "ask size")
+        seq = count(el.get("q", 0), "sequence", MAX_SEQ)
         if ask > 0 and bid > ask:
             out.reject(RejectReason.CROSSED_QUOTE, f"bid {bid} > ask {ask}", el)
             return
@@ -150,7 +175,7 @@ def _ws_element(
                 bid_size=bs,
                 ask_size=asz,
                 ts_ns=ts_ns,
-                seq=int(el.get("q", 0)),
+                seq=seq,
             )  # fmt: skip
         )
     elif ev == "T":
@@ -164,6 +189,10 @@ def _ws_element(
         if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
             out.reject(RejectReason.BAD_SIZE, f"trade size {size!r}", el)
             return
+        bounded(px, "trade price", 0, MAX_PRICE)
+        count(size, "trade size")
+        seq, exchange = count(el.get("q", 0), "sequence", MAX_SEQ), count(el.get("x", 0), "exchange", MAX_CODE)
+        conditions = tuple(count(c, "condition", MAX_CODE) for c in el.get("c") or ())
         _check_time(out, ts_ns, rx_ns, limits, el)
         out.events.append(
             Trade(
@@ -172,9 +201,9 @@ def _ws_element(
                 px=px,
                 size=size,
                 ts_ns=ts_ns,
-                seq=int(el.get("q", 0)),
-                exchange=int(el.get("x", 0)),
-                conditions=tuple(int(c) for c in el.get("c") or ()),
+                seq=seq,
+                exchange=exchange,
+                conditions=conditions,
             )  # fmt: skip
         )
     elif ev == "V":
@@ -185,10 +214,12 @@ def _ws_element(
         if value <= 0:
             out.reject(RejectReason.NEGATIVE_PRICE, f"index value {value}", el)
             return
+        bounded(value, "index value", 0, MAX_PRICE)
         _check_time(out, ts_ns, rx_ns, limits, el)
         out.events.append(Spot(underlying=underlying, value=value, ts_ns=ts_ns, delayed=delayed))
     elif ev == "status":
-        out.events.append(ProviderStatus(status=str(el["status"]), message=str(el.get("message", "")), ts_ns=rx_ns))
+        status, message = text(str(el["status"]), 100), text(str(el.get("message", "")))
+        out.events.append(ProviderStatus(status=status, message=message, ts_ns=rx_ns))
     elif ev in ("A", "AM"):
         out.drop(DropReason.UNUSED_EVENT)
     else:
@@ -238,6 +269,9 @@ def parse_rest_chain(
             except (KeyError, TypeError, AttributeError) as exc:
                 out.reject(RejectReason.MALFORMED_ELEMENT, f"missing or mistyped field: {exc}", el)
                 continue
+            except RangeError as exc:
+                out.reject(RejectReason.OUT_OF_RANGE, str(exc), el)
+                continue
             contracts[c.symbol] = c  # a contract repeated across pages keeps its last record
             delayed |= d
             if s is not None and (spot is None or s.order() >= spot.order()):
@@ -270,12 +304,33 @@ class _Timed:
         return (self.ts_ns is not None, self.ts_ns or 0)
 
 
-def _opt_num(out: Parsed, el: Any, name: str, value: Any) -> float | None:
+def _opt_num(
+    out: Parsed, el: Any, name: str, value: Any, lo: float = -MAX_PRICE, hi: float = MAX_PRICE
+) -> float | None:
+    """An optional number of a chain result; a bad one is rejected (counted) and left out."""
     try:
-        return num(value)
+        return bounded(num(value), name, lo, hi)
+    except RangeError as exc:
+        out.reject(RejectReason.OUT_OF_RANGE, str(exc), el)
     except (ValueError, TypeError) as exc:
         out.reject(RejectReason.NON_FINITE, f"{name}: {exc}", el)
+    return None
+
+
+def _opt_count(out: Parsed, el: Any, name: str, value: Any) -> int | None:
+    """An optional count (open interest, day volume, shares); None when absent or bad (a bad one
+    is rejected and counted)."""
+    if value is None:
         return None
+    try:
+        return count(value, name)
+    except RangeError as exc:
+        out.reject(RejectReason.OUT_OF_RANGE, str(exc), el)
+    except ValueError as exc:
+        out.reject(RejectReason.NON_FINITE, str(exc), el)
+    except TypeError as exc:
+        out.reject(RejectReason.MALFORMED_ELEMENT, str(exc), el)
+    return None
 
 
 def _provider_ns(out: Parsed, el: Any, name: str, value: Any, rx_ns: int, limits: Limits) -> tuple[bool, int | None]:
@@ -314,9 +369,10 @@ def _chain_element(
     ok, quote_ts = _provider_ns(out, el, "last_quote.last_updated", q.get("last_updated"), rx_ns, limits)
     if not ok:
         bid = ask = None
-    iv = _opt_num(out, el, "implied_volatility", el.get("implied_volatility"))
-    oi = el.get("open_interest")
+    iv = _opt_num(out, el, "implied_volatility", el.get("implied_volatility"), -MAX_IV, MAX_IV)
+    oi = _opt_count(out, el, "open_interest", el.get("open_interest"))
     day = el.get("day") or {}
+    volume = _opt_count(out, el, "day.volume", day.get("volume"))
     ua = el.get("underlying_asset") or {}
     value = _opt_num(out, el, "underlying", ua.get("value", ua.get("price")))
     ok, spot_ts = _provider_ns(out, el, "underlying_asset.last_updated", ua.get("last_updated"), rx_ns, limits)
@@ -326,7 +382,7 @@ def _chain_element(
     if not ok:
         last = None
     conditions = t.get("conditions") or ()
-    shares = details.get("shares_per_contract")
+    shares = _opt_count(out, el, "shares_per_contract", details.get("shares_per_contract"))
     contract = ChainContract(
         symbol=osym.occ,
         underlying=osym.underlying,
@@ -338,14 +394,16 @@ def _chain_element(
         ask=ask,
         last=last if last is not None and last > 0 else None,
         iv=iv if iv is not None and iv > 0 else None,
-        delta=_opt_num(out, el, "delta", g.get("delta")),
-        gamma=_opt_num(out, el, "gamma", g.get("gamma")),
-        oi=int(oi) if isinstance(oi, int | float) and oi >= 0 else None,
-        volume=int(day["volume"]) if isinstance(day.get("volume"), int | float) else None,
+        delta=_opt_num(out, el, "delta", g.get("delta"), -MAX_GREEK, MAX_GREEK),
+        gamma=_opt_num(out, el, "gamma", g.get("gamma"), -MAX_GREEK, MAX_GREEK),
+        oi=oi,
+        volume=volume,
         quote_ts_ns=quote_ts,
         trade_ts_ns=trade_ts,
-        trade_conditions=tuple(int(c) for c in conditions if isinstance(c, int) and not isinstance(c, bool)),
-        shares=int(shares) if isinstance(shares, int | float) and shares > 0 and shares != STANDARD_SHARES else None,
+        trade_conditions=tuple(
+            c for c in conditions if isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= MAX_CODE
+        ),
+        shares=shares if shares and shares != STANDARD_SHARES else None,
     )
     return contract, spot, _delayed(q) or (last is not None and _delayed(t))
 
@@ -376,7 +434,10 @@ def parse_rest_indices(data: bytes, rx_ns: int, underlying: str, limits: Limits 
             out.drop(DropReason.UNCONFIGURED_UNDERLYING)
             continue
         try:
-            value = num(el.get("value"))
+            value = bounded(num(el.get("value")), "index value", 0, MAX_PRICE)
+        except RangeError as exc:
+            out.reject(RejectReason.OUT_OF_RANGE, str(exc), el)
+            continue
         except (ValueError, TypeError) as exc:
             out.reject(RejectReason.NON_FINITE, str(exc), el)
             continue

@@ -8,6 +8,7 @@ event, a reject (``ms:{U}:rejects.v1``, counted by reason) or a counted drop; no
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
@@ -82,6 +83,50 @@ def parse_frame(frame: RawFrame, underlying: str, settings: Settings) -> Parsed:
     return out
 
 
+# A flood is sampled: per reason, at most this many reject entries per second of server time (the
+# entry ids' clock); the frames beyond are counted in the metrics and in the next entry's
+# ``suppressed``. The rejects stream's bytes then hold minutes of every reason, not seconds of one.
+REJECT_ENTRIES_PER_S = 50
+
+
+def entry_time_ns(entry_id: str) -> int:
+    """The server's time of a stream entry (its id's milliseconds) in ns."""
+    return int(entry_id.split("-", 1)[0]) * 1_000_000
+
+
+@dataclass
+class RejectSampler:
+    """Which rejected frames get a reject entry: REJECT_ENTRIES_PER_S per reason and second."""
+
+    second: dict[str, tuple[int, int]] = field(default_factory=dict)  # reason -> (second, entries)
+    suppressed: dict[str, int] = field(default_factory=dict)  # reason -> frames without an entry
+
+    def copy(self) -> RejectSampler:
+        return RejectSampler(dict(self.second), dict(self.suppressed))
+
+    def admit(self, entry_id: str, rx_ns: int, parsed: Parsed) -> Reject | None:
+        """The frame's one reject entry (its first reject, with every reject counted by reason),
+        or None when its reason had its entries this second."""
+        reason, detail, text = parsed.rejects[0]
+        sec = entry_time_ns(entry_id) // 1_000_000_000
+        at, n = self.second.get(reason, (sec, 0))
+        n = n if at == sec else 0
+        if n >= REJECT_ENTRIES_PER_S:
+            self.suppressed[reason] = self.suppressed.get(reason, 0) + 1
+            return None
+        self.second[reason] = (sec, n + 1)
+        counts = {r.value: c for r, c in parsed.reject_counts.items()} if parsed.rejected > 1 else {}
+        return Reject(
+            reason=reason.value,
+            detail=detail,
+            source=entry_id,
+            rx_ns=rx_ns,
+            excerpt=text,
+            counts=counts,
+            suppressed=self.suppressed.pop(reason, 0),
+        )
+
+
 class Normalizer:
     def __init__(self, settings: Settings, underlying: str, metrics: Metrics) -> None:
         self.settings = settings
@@ -91,49 +136,88 @@ class Normalizer:
         self.rejects_key = streams.REJECTS.key(underlying)
         self.raw_key = streams.RAW.key(underlying)
         self.recent = RecentSet(DEDUPE_CAPACITY)
+        self.sampler = RejectSampler()
+        self.skew_ns = int(settings.max_receive_skew_s * 1e9)
 
     async def restore(self, redis: aioredis.Redis) -> None:
-        return None  # the duplicate window is only updated on commit, so nothing to roll back
+        return None  # the duplicate window and the sampler are only updated on commit
+
+    def _parse(self, entry: Entry, frame: RawFrame) -> Parsed:
+        """The frame parsed; never raises. A receive time after the server's time of the entry (a
+        writer's clock ahead) rejects the frame: every time check after this one trusts it. A parser
+        exception (a case no parser foresaw) rejects the frame with the exception, so it costs that
+        frame alone, at once, rather than its batch's redeliveries and a dead letter."""
+        server_ns = entry_time_ns(entry.id)
+        if frame.rx_ns > server_ns + self.skew_ns:
+            out = Parsed()
+            ahead_s = (frame.rx_ns - server_ns) / 1e9
+            out.reject(
+                RejectReason.BAD_RECEIVE_TIME,
+                f"receive time {frame.rx_ns} is {ahead_s:.3f} s after the server's time of entry {entry.id}",
+                frame.data,
+            )
+            return out
+        try:
+            return parse_frame(frame, self.u, self.settings)
+        except Exception as exc:  # noqa: BLE001 - one frame's parser failure must not fail its batch
+            return _failed(f"{type(exc).__name__}: {exc}", frame)
 
     def process(self, batch: Sequence[Entry]) -> Effects:
         outputs: list[Output] = []
         seen: list[PrintKey] = []
         seen_here: set[PrintKey] = set()
+        sampler = self.sampler.copy()
         rejects: dict[str, int] = {}
         drops: dict[str, int] = {}
         n_events = 0
         for entry in batch:
             frame: RawFrame = entry.value
-            parsed = parse_frame(frame, self.u, self.settings)
+            parsed = self._parse(entry, frame)
             events = []
+            keys: dict[PrintKey, None] = {}  # this frame's prints, in order
             for ev in parsed.events:
                 if isinstance(ev, Trade):
                     key = (ev.symbol, ev.px, ev.size, ev.ts_ns, ev.seq)
-                    if key in self.recent or key in seen_here:
+                    if key in self.recent or key in seen_here or key in keys:
                         parsed.drop(DropReason.DUPLICATE_PRINT)
                         continue
-                    seen_here.add(key)
-                    seen.append(key)
+                    keys[key] = None
                 events.append(ev)
             if events:
-                n_events += len(events)
                 batch_out = EventBatch(src=entry.id, rx_ns=frame.rx_ns, events=tuple(events))
-                outputs.append(Output(streams.EVENTS, self.events_key, codec.encode_events(batch_out)))
-            for reason, detail, text in parsed.rejects:
-                reject = Reject(reason=reason.value, detail=detail, source=entry.id, rx_ns=frame.rx_ns, excerpt=text)
-                outputs.append(Output(streams.REJECTS, self.rejects_key, codec.encode_reject(reject)))
-                rejects[reason.value] = rejects.get(reason.value, 0) + 1
+                try:
+                    data = codec.encode_events(batch_out)
+                except Exception as exc:  # noqa: BLE001 - a value the parser let through that no encoder takes
+                    parsed = _failed(f"events not encodable: {type(exc).__name__}: {exc}", frame)
+                else:
+                    n_events += len(events)
+                    seen_here.update(keys)
+                    seen.extend(keys)
+                    outputs.append(Output(streams.EVENTS, self.events_key, data))
+            if parsed.rejects:
+                reject = sampler.admit(entry.id, frame.rx_ns, parsed)
+                if reject is not None:
+                    outputs.append(Output(streams.REJECTS, self.rejects_key, codec.encode_reject(reject)))
+            for reason, n in parsed.reject_counts.items():
+                rejects[reason.value] = rejects.get(reason.value, 0) + n
             for reason_d, n in parsed.drops.items():
                 drops[reason_d.value] = drops.get(reason_d.value, 0) + n
 
         def committed(_: list[object]) -> None:
             self.recent.add_all(seen)
+            self.sampler = sampler
             for reason, n in rejects.items():
                 self.metrics.rejects.labels("normalize", self.raw_key, reason).inc(n)
             for reason, n in drops.items():
                 self.metrics.dropped.labels("normalize", self.raw_key, reason).inc(n)
 
         return Effects(outputs=outputs, on_commit=committed, events_out=n_events)
+
+
+def _failed(detail: str, frame: RawFrame) -> Parsed:
+    out = Parsed()
+    out.reject(RejectReason.PARSER_ERROR, detail, frame.data)
+    return out
 
 
 NORMALIZE = AgentSpec(

@@ -158,7 +158,7 @@ class Diff(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     header: bytes = b"null"  # the version's model header JSON (version, epoch, asof, spot, ...)
 
 
-class Reject(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class Reject(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """Bad input with its reason; nothing is lost, and this says why it went no further."""
 
     reason: str  # a RejectReason value
@@ -166,6 +166,11 @@ class Reject(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     source: str  # the raw entry id or the source that produced it
     rx_ns: int
     excerpt: str  # the offending element or the frame's first bytes
+    # Every reject of the frame by reason (one frame makes one reject entry, however many of its
+    # elements were bad); empty for a frame rejected whole.
+    counts: dict[str, int] = msgspec.field(default_factory=dict)
+    # Frames rejected for this reason since its last entry that got none (a flood is sampled).
+    suppressed: int = 0
 
 
 # --- the HTTP API (schemas of the published JSON) -------------------------------------------

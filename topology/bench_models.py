@@ -56,7 +56,8 @@ def normalize_suite(url: str, shared: dict[str, float]) -> list[Row]:
     st = Settings(underlyings=["SPX"], batch_size=500, block_ms=50, redis_url=url)
     # The step alone (no Redis): parse, validate, type, encode.
     step = Normalizer(st, "SPX", Metrics(CollectorRegistry()))
-    entries = [Entry(f"{i + 1}-0", RawFrame(src=f, rx_ns=rx, data=d)) for i, (f, d) in enumerate(frames)]
+    ms = rx // 1_000_000  # entry ids carry the server's time of the entry
+    entries = [Entry(f"{ms}-{i}", RawFrame(src=f, rx_ns=rx, data=d)) for i, (f, d) in enumerate(frames)]
     t0 = time.perf_counter()
     for i in range(0, len(entries), 500):
         step.process(entries[i : i + 500])

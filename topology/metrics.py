@@ -208,6 +208,12 @@ class Metrics:
         self.epoch_promotions = Counter(
             "marketswarm_epoch_promotions_total", "Epochs promoted to active.", ("underlying",), registry=r
         )
+        self.epoch_holds = Counter(
+            "marketswarm_epoch_holds_total",
+            "Chain snapshots whose far smaller geometry was held for confirmation, not promoted.",
+            ("underlying",),
+            registry=r,
+        )
 
         # models (agents/calc/, agents/publish/)
         self.tiles_recomputed = Counter(

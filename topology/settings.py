@@ -77,7 +77,16 @@ class Settings(BaseSettings):
         default=8 * 1024 * 1024, ge=1024, description="Raw frames larger than this are rejected (oversized)."
     )
     max_event_future_s: float = Field(
-        default=60.0, gt=0, description="Events timed this far after their receive time are rejected."
+        default=2.0,
+        gt=0,
+        description="Events timed more than this after their receive time are rejected (a clock that runs "
+        "ahead would otherwise hold back every later value until it is caught up).",
+    )
+    max_receive_skew_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="A raw frame whose receive time is more than this after the server's time of its "
+        "entry is rejected (bad_receive_time): a writer's clock never outruns the server's.",
     )
     max_event_age_s: float = Field(
         default=18 * 3600.0, gt=0, description="Quotes/trades older than this at receipt are rejected (stale)."

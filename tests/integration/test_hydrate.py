@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from marketswarm.agents.hydrate import Hydrator
+from marketswarm.agents.hydrate import SHRINK_CONFIRM_S, Hydrator
 from marketswarm.schemas import codec
-from marketswarm.schemas.events import ChainContract, ChainSnapshot, EventBatch, Quote, Spot, Trade
+from marketswarm.schemas.events import ChainContract, ChainSnapshot, EpochChange, EventBatch, Quote, Spot, Trade
 from marketswarm.topology import streams
 from marketswarm.topology.agent import Entry
 from marketswarm.topology.commit import Committer, encode
@@ -231,3 +231,34 @@ async def test_trade_conditions_decide_volume_and_last(aredis: aioredis.Redis) -
     st_ = await state(aredis)
     assert int(st_[f"{sym}|v".encode()]) == 6  # the regular and the out-of-sequence print
     assert _value(st_[f"{sym}|t".encode()])["px"] == 1.5  # an out-of-sequence print is not the last
+
+
+async def test_a_far_smaller_snapshot_waits_for_confirmation_to_replace_the_grid(aredis: aioredis.Redis) -> None:
+    wide = tuple(range(4600, 4800, 5))  # 40 strikes, 80 contracts
+    await apply(aredis, [[chain(wide)]])
+    first = (await aredis.get(streams.epoch_pointer_key(U))).decode()  # type: ignore[union-attr]
+    one = ChainSnapshot(underlying=U, ts_ns=T0 + 1, spot=None, source="test", contracts=(contract(4700, bid=2.0),))
+    counts = await apply(aredis, [[one]], start=1)
+    assert (await aredis.get(streams.epoch_pointer_key(U))).decode() == first  # held, not promoted
+    assert counts[4] == 0
+    # Its values went to the active epoch (the contract is there), and nothing announced a new grid.
+    assert (await state(aredis))[b"SPXW231115C04700000|q"].endswith(b"}")
+    changes = await aredis.xrange(streams.CHANGES.key(U))
+    decoded = [codec.decode(streams.Payload.CHANGES, f) for _, f in changes]
+    assert sum(isinstance(c, EpochChange) for cb in decoded for c in cb.changes) == 1
+
+    # Copies in a burst confirm nothing; the active geometry again starts the count afresh; a real
+    # shrink, in every snapshot for SHRINK_CONFIRM_S, is promoted.
+    def later(s: int) -> ChainSnapshot:
+        return ChainSnapshot(underlying=U, ts_ns=T0 + s * 10**9, spot=None, source="test", contracts=one.contracts)
+
+    await apply(aredis, [[one, one], [later(SHRINK_CONFIRM_S - 1)], [chain(wide, ts=T0 + 30 * 10**9)]], start=2)
+    assert (await aredis.get(streams.epoch_pointer_key(U))).decode() == first
+    counts = await apply(aredis, [[later(31)], [later(31 + SHRINK_CONFIRM_S - 1)]], start=5)
+    assert counts[4] == 0 and (await aredis.get(streams.epoch_pointer_key(U))).decode() == first
+    counts = await apply(aredis, [[later(31 + SHRINK_CONFIRM_S)]], start=7)
+    assert counts[4] == 1 and (await aredis.get(streams.epoch_pointer_key(U))).decode() != first
+    # A modest shrink (an expiry passing: here a quarter of the strikes) is promoted at once.
+    await apply(aredis, [[chain(wide, ts=T0 + 60 * 10**9)]], start=8)
+    counts = await apply(aredis, [[chain(wide[:30], ts=T0 + 61 * 10**9)]], start=9)
+    assert counts[4] == 1
