@@ -73,9 +73,11 @@ def is_cluster(url: str) -> bool:
     return cluster_seeds(url) is not None
 
 
-def create_redis(url: str, block_ms: int = 0, **kwargs: Any) -> aioredis.Redis:
+def create_redis(url: str, block_ms: int = 0, *, wait_s: float | None = None, **kwargs: Any) -> aioredis.Redis:
     """A client whose socket timeout always exceeds the longest BLOCK it will issue: for one server,
-    or for the whole cluster when ``url`` names any node of one."""
+    or for the whole cluster when ``url`` names any node of one. With ``wait_s`` (one server), a
+    command finding all ``max_connections`` busy waits up to that long for one (then raises
+    ConnectionError) instead of failing at once: a bounded, queued budget."""
     # Generous: a CPU-bound step can hold the event loop for seconds, and a reply that arrived in
     # the meantime must not count as a timeout.
     timeout_s = block_ms / 1000 + 30.0
@@ -93,6 +95,11 @@ def create_redis(url: str, block_ms: int = 0, **kwargs: Any) -> aioredis.Redis:
         nodes = [ClusterNode(host, port) for host, port in seeds]
         client: Any = Cluster.from_url(url, startup_nodes=nodes, **common, **kwargs)
         return client
+    if wait_s is not None:
+        pool = aioredis.BlockingConnectionPool.from_url(url, timeout=wait_s, **common, **kwargs)
+        blocking = aioredis.Redis(connection_pool=pool)
+        blocking.auto_close_connection_pool = True  # aclose() closes the pool it was given
+        return blocking
     return aioredis.Redis.from_url(url, **common, **kwargs)
 
 

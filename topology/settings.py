@@ -163,6 +163,12 @@ class Settings(BaseSettings):
     # gateway
     gateway_host: str = Field(default="127.0.0.1", description="Gateway bind address.")
     gateway_port: int = Field(default=8000, ge=0, description="Gateway port.")
+    sse_max_resume_diffs: int = Field(
+        default=2000,
+        ge=0,
+        description="An SSE client resuming further behind than this many diffs gets a fresh snapshot instead "
+        "(what one reconnect may cost the gateway and Redis).",
+    )
     api_token: SecretStr | None = Field(
         default=None, description="Optional bearer token for the gateway (header or cookie)."
     )

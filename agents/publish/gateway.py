@@ -13,6 +13,14 @@ run as many as needed behind a load balancer; each reads Redis and never writes 
 * ``GET /healthz``, ``GET /readyz`` (Redis answers, every group exists), ``GET /metrics``.
 * ``GET /``: the dashboard (no external CDN).
 
+Each kind of work has its own Redis budget, bounded and queued: REST and SSE reads share one pool
+whose commands wait up to ``POOL_WAIT_S`` for a connection (then 503 and ``Retry-After``); health and
+metrics have their own small pool and are computed at most once per ``HEALTH_CACHE_S`` whoever asks;
+the SSE feed readers have theirs. An unknown underlying or strategy is a 404 before any Redis work,
+and SSE clients beyond ``MAX_SSE_CLIENTS`` get a 503. A resume reads its missed diffs in pages of
+``RESUME_PAGE``; more than ``sse_max_resume_diffs`` behind, or an id that is not a version, it gets a
+fresh snapshot instead.
+
 An optional bearer token (``Authorization: Bearer ...`` or the ``ms_token`` cookie set by ``POST
 /auth``; never a query string) guards everything but health and metrics. CORS is an explicit allowlist.
 """
@@ -22,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -35,6 +44,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from redis.exceptions import RedisError
 
 from marketswarm.agents.publish.assemble import diff_json, geometry_json
 from marketswarm.agents.publish.hub import Hub
@@ -51,6 +61,14 @@ TOKEN_COOKIE = "ms_token"
 HEATMAPS = {s.value for s in streams.HEATMAP_STRATEGIES}
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/auth", "/login")
 RENDERED_DIFFS = 256  # diffs kept rendered as SSE events, shared by every client (and reconnects)
+API_CONNECTIONS = 48  # REST and SSE snapshot/resume reads
+HEALTH_CONNECTIONS = 4  # /readyz, /metrics and the known-underlyings refresh
+POOL_WAIT_S = 5.0  # a request waits this long for a connection of its budget, then gets a 503
+HEALTH_CACHE_S = 1.0  # /readyz and /metrics' Redis reads are shared by every request in this window
+KNOWN_CACHE_S = 5.0  # the published underlyings, re-read at most this often
+MAX_SSE_CLIENTS = 1000  # SSE clients per gateway process; beyond, a 503
+RESUME_PAGE = 200  # missed diffs read per XRANGE
+MAX_VERSION_DIGITS = 18  # a Last-Event-ID longer than this is no version of ours (int64)
 
 
 def _static() -> Any:
@@ -143,19 +161,34 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
     metrics = metrics or Metrics(REGISTRY)
     token = settings.api_token.get_secret_value() if settings.api_token else None
 
+    feeds_max = len(settings.underlyings) * len(streams.STRATEGIES) + 8  # one blocking read per feed
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = create_redis(redis_url, block_ms=5000, max_connections=64)
-        app.state.redis = redis
-        app.state.hub = Hub(redis)
+        api = create_redis(redis_url, max_connections=API_CONNECTIONS, wait_s=POOL_WAIT_S)
+        health = create_redis(redis_url, max_connections=HEALTH_CONNECTIONS, wait_s=POOL_WAIT_S)
+        feeds = create_redis(redis_url, block_ms=5000, max_connections=feeds_max)
+        app.state.redis, app.state.health = api, health
+        app.state.hub = Hub(feeds)
         app.state.models = ModelCache()
+        app.state.ready = Recent(HEALTH_CACHE_S, lambda: _readiness(health, settings))
+        app.state.scrape = Recent(HEALTH_CACHE_S, lambda: _scrape(health, metrics, settings))
+        app.state.known = Recent(KNOWN_CACHE_S, lambda: _published(health, settings))
         try:
             yield
         finally:
             await app.state.hub.close()
-            await redis.aclose()
+            for client in (api, health, feeds):
+                await client.aclose()
 
     app = FastAPI(title="MarketSwarm gateway", lifespan=lifespan, docs_url="/api/docs", openapi_url="/api/openapi.json")
+
+    @app.exception_handler(RedisError)
+    async def busy(request: Request, exc: RedisError) -> JSONResponse:
+        # A budget's connections all busy past POOL_WAIT_S, or Redis unreachable: retry shortly.
+        return JSONResponse(
+            {"detail": f"busy or Redis unavailable, retry: {exc}"}, status_code=503, headers={"Retry-After": "1"}
+        )
 
     @app.middleware("http")
     async def auth(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -174,10 +207,14 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
     def redis_of(request: Request) -> aioredis.Redis:
         return request.app.state.redis
 
-    def check_underlying(u: str) -> str:
+    async def check_underlying(request: Request, u: str) -> str:
+        """The underlying if it is configured or published; a 404 otherwise, before any Redis work of
+        the request (the published set is shared, re-read at most every KNOWN_CACHE_S)."""
         u = u.upper()
-        if not u.isalnum() or len(u) > 12:
-            raise HTTPException(404, f"unknown underlying {u!r}")
+        if u in settings.underlyings:
+            return u
+        if not u.isascii() or not u.isalnum() or len(u) > 12 or u not in await request.app.state.known.get():
+            raise HTTPException(404, f"unknown underlying {u[:20]!r}")
         return u
 
     @app.get("/healthz")
@@ -186,32 +223,12 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
 
     @app.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:
-        from marketswarm.topology import graph
-
-        redis = redis_of(request)
-        missing = []
-        try:
-            await redis.ping()
-            for spec in graph.agents():
-                for u in settings.underlyings:
-                    key = spec.reads.key(u)
-                    try:
-                        groups = await redis.xinfo_groups(key)
-                    except aioredis.ResponseError:
-                        groups = []
-                    if not any(g["name"] in (spec.name, spec.name.encode()) for g in groups):
-                        missing.append(f"{spec.name} on {key}")
-        except (aioredis.RedisError, OSError) as exc:
-            return JSONResponse({"ready": False, "redis": str(exc)}, status_code=503)
-        return JSONResponse({"ready": not missing, "missing_groups": missing}, status_code=200 if not missing else 503)
+        body, status = await request.app.state.ready.get()
+        return JSONResponse(body, status_code=status)
 
     @app.get("/metrics")
     async def prometheus(request: Request) -> Response:
-        from marketswarm.topology.inspect import refresh_group_metrics
-
-        await refresh_group_metrics(
-            redis_of(request), metrics, settings.underlyings, settings.publish_interval_ms / 1000
-        )
+        await request.app.state.scrape.get()
         metrics.sse_clients.labels("all").set(request.app.state.hub.clients())
         registry: CollectorRegistry = metrics.registry
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -233,14 +250,15 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
     async def model(request: Request, underlying: str, strategy: str) -> Response:
         if strategy not in HEATMAPS:
             raise HTTPException(404, f"unknown strategy {strategy!r}; one of {sorted(HEATMAPS)}")
-        body = await models_of(request).body(redis_of(request), check_underlying(underlying), strategy)
+        body = await models_of(request).body(redis_of(request), await check_underlying(request, underlying), strategy)
         if body is None:
             raise HTTPException(404, f"no published {strategy} model for {underlying} yet")
         return Response(body, media_type="application/json")
 
     @app.get("/api/gex/{underlying}", response_model=GexModel)
     async def gex(request: Request, underlying: str) -> Response:
-        body = await models_of(request).body(redis_of(request), check_underlying(underlying), streams.Strategy.GEX)
+        u = await check_underlying(request, underlying)
+        body = await models_of(request).body(redis_of(request), u, streams.Strategy.GEX)
         if body is None:
             raise HTTPException(404, f"no published GEX for {underlying} yet")
         return Response(body, media_type="application/json")
@@ -251,7 +269,8 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
         strike, width and legs (heatmaps) or strike (``gex``). SSE sends the same as ``geometry``."""
         if strategy not in streams.STRATEGIES:
             raise HTTPException(404, f"unknown strategy {strategy!r}; one of {list(streams.STRATEGIES)}")
-        body = await models_of(request).geometry(redis_of(request), check_underlying(underlying), strategy)
+        u = await check_underlying(request, underlying)
+        body = await models_of(request).geometry(redis_of(request), u, strategy)
         if body is None:
             raise HTTPException(404, f"no published {strategy} model for {underlying} yet")
         return Response(body, media_type="application/json")
@@ -261,9 +280,8 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
         hub: Hub = request.app.state.hub
         models = models_of(request)
         key = streams.DIFFS[strategy].key(u)
-        last = request.headers.get("last-event-id", "")
-        version = int(last) if last.isdigit() else -1
-        q = hub.subscribe(key, f"{max(version, 0)}-0".encode())
+        version = _version(request.headers.get("last-event-id", ""))
+        q = await hub.subscribe(key)  # before the history is read: nothing falls between the two
         try:
             resume = False
             if version >= 0:
@@ -271,17 +289,25 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
                 current = await redis.xrevrange(key, count=1)
                 first_v = diff_version(first[0][0]) if first else None
                 top_v = diff_version(current[0][0]) if current else 0
-                # Resumable when the diffs after `version` are all still in the stream.
+                # Resumable when the diffs after `version` are all still in the stream, and few
+                # enough that a snapshot would not be cheaper.
                 resume = first_v is not None and first_v <= version + 1 and version <= top_v
+                resume = resume and top_v - version <= settings.sse_max_resume_diffs
             if not resume:
                 snap = await models.snapshot(redis, u, strategy)
                 version = 0
                 if snap is not None:
                     version = snap[0]
                     yield snap[1]
-            for entry_id, fields in await redis.xrange(key, min=b"(" + f"{version}-0".encode()):
-                version = diff_version(entry_id)
-                yield models.render(key, entry_id, fields)
+            sent = 0
+            while sent <= settings.sse_max_resume_diffs:  # the missed diffs, a page at a time
+                page = await redis.xrange(key, min=b"(" + f"{version}-0".encode(), count=RESUME_PAGE)
+                for entry_id, fields in page:
+                    version = diff_version(entry_id)
+                    yield models.render(key, entry_id, fields)
+                sent += len(page)
+                if len(page) < RESUME_PAGE:
+                    break
             while True:
                 item = await q.get()
                 if item is None:
@@ -302,16 +328,20 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
         finally:
             hub.unsubscribe(key, q)
 
+    def sse(request: Request, u: str, strategy: str) -> SseResponse:
+        if request.app.state.hub.clients() >= MAX_SSE_CLIENTS:
+            raise HTTPException(503, f"{MAX_SSE_CLIENTS} live clients already; retry later", {"Retry-After": "5"})
+        return SseResponse(events(request, u, strategy), accepts_gzip(request))
+
     @app.get("/sse/heatmap/{strategy}")
     async def sse_heatmap(request: Request, strategy: str, underlying: str = "SPX") -> SseResponse:
         if strategy not in HEATMAPS:
             raise HTTPException(404, f"unknown strategy {strategy!r}")
-        return SseResponse(events(request, check_underlying(underlying), strategy), accepts_gzip(request))
+        return sse(request, await check_underlying(request, underlying), strategy)
 
     @app.get("/sse/gex")
     async def sse_gex(request: Request, underlying: str = "SPX") -> SseResponse:
-        u = check_underlying(underlying)
-        return SseResponse(events(request, u, streams.Strategy.GEX), accepts_gzip(request))
+        return sse(request, await check_underlying(request, underlying), streams.Strategy.GEX)
 
     @app.get("/login", response_class=HTMLResponse)
     async def login() -> str:
@@ -341,6 +371,63 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
             allow_credentials=True,
         )
     return app
+
+
+def _version(last_event_id: str) -> int:
+    """A Last-Event-ID as a version; -1 (a fresh snapshot) for anything that is not one."""
+    if last_event_id.isascii() and last_event_id.isdigit() and len(last_event_id) <= MAX_VERSION_DIGITS:
+        return int(last_event_id)
+    return -1
+
+
+class Recent:
+    """A value computed at most once per ``ttl_s`` and shared by every concurrent caller, so a
+    burst of requests costs Redis one computation."""
+
+    def __init__(self, ttl_s: float, compute: Callable[[], Awaitable[Any]]) -> None:
+        self.ttl_s = ttl_s
+        self.compute = compute
+        self.lock = asyncio.Lock()
+        self.at: float | None = None
+        self.value: Any = None
+
+    async def get(self) -> Any:
+        async with self.lock:
+            now = time.monotonic()
+            if self.at is None or now - self.at >= self.ttl_s:
+                self.value = await self.compute()
+                self.at = time.monotonic()
+            return self.value
+
+
+async def _readiness(redis: aioredis.Redis, settings: Settings) -> tuple[dict[str, Any], int]:
+    from marketswarm.topology import graph
+
+    missing = []
+    try:
+        await redis.ping()
+        for spec in graph.agents():
+            for u in settings.underlyings:
+                key = spec.reads.key(u)
+                try:
+                    groups = await redis.xinfo_groups(key)
+                except aioredis.ResponseError:
+                    groups = []
+                if not any(g["name"] in (spec.name, spec.name.encode()) for g in groups):
+                    missing.append(f"{spec.name} on {key}")
+    except (RedisError, OSError) as exc:
+        return {"ready": False, "redis": str(exc)}, 503
+    return {"ready": not missing, "missing_groups": missing}, 200 if not missing else 503
+
+
+async def _scrape(redis: aioredis.Redis, metrics: Metrics, settings: Settings) -> None:
+    from marketswarm.topology.inspect import refresh_group_metrics
+
+    await refresh_group_metrics(redis, metrics, settings.underlyings, settings.publish_interval_ms / 1000)
+
+
+async def _published(redis: aioredis.Redis, settings: Settings) -> frozenset[str]:
+    return frozenset(m.decode() for m in await redis.smembers(streams.underlyings_key())) | set(settings.underlyings)
 
 
 async def serve(settings: Settings, redis_url: str, stop: asyncio.Event) -> None:

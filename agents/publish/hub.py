@@ -4,6 +4,10 @@ A stream's reader task starts with its first subscriber and stops with its last,
 are bounded by the number of streams watched, not the number of clients, and a client that leaves
 releases everything it held. A client too slow to keep up is cut off (its queue would grow without
 bound); it reconnects with Last-Event-ID and catches up from the diffs stream.
+
+A feed follows its stream from the entry that was last when it started, whatever its subscribers
+asked: a client's resume point is that client's alone (it reads its own history, paged, before it
+takes the live entries), so no client can move where every other client's diffs start.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ Item = tuple[bytes, dict[bytes, bytes]] | None  # (entry id, fields); None = you
 class _Feed:
     subscribers: set[asyncio.Queue[Item]] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
-    last_id: bytes = b"$"
+    last_id: bytes | None = None  # None until the reader found where the stream ends
+    started: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Hub:
@@ -39,15 +44,21 @@ class Hub:
         self.redis = redis
         self.feeds: dict[str, _Feed] = {}
 
-    def subscribe(self, key: str, after_id: bytes) -> asyncio.Queue[Item]:
-        """A queue receiving every entry of ``key`` after ``after_id`` (or after now if the feed runs)."""
+    async def subscribe(self, key: str) -> asyncio.Queue[Item]:
+        """A queue receiving every entry of ``key`` added after this returns (the feed's start, for
+        its first subscriber): read the history up to now after subscribing, and nothing is missed."""
         feed = self.feeds.get(key)
         if feed is None:
-            feed = self.feeds[key] = _Feed(last_id=after_id)
+            feed = self.feeds[key] = _Feed()
         q: asyncio.Queue[Item] = asyncio.Queue(SUBSCRIBER_QUEUE)
         feed.subscribers.add(q)
         if feed.task is None or feed.task.done():
             feed.task = asyncio.create_task(self._read(key, feed), name=f"hub:{key}")
+        try:
+            await feed.started.wait()
+        except BaseException:
+            self.unsubscribe(key, q)
+            raise
         return q
 
     def unsubscribe(self, key: str, q: asyncio.Queue[Item]) -> None:
@@ -74,6 +85,10 @@ class Hub:
     async def _read(self, key: str, feed: _Feed) -> None:
         while feed.subscribers:
             try:
+                if feed.last_id is None:
+                    top = await self.redis.xrevrange(key, count=1)
+                    feed.last_id = top[0][0] if top else b"0-0"
+                    feed.started.set()
                 resp = await self.redis.xread({key: feed.last_id}, count=READ_COUNT, block=READ_BLOCK_MS)
             except asyncio.CancelledError:
                 raise

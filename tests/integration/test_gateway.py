@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -61,12 +62,14 @@ async def sim(redis_url: str) -> Sim:
     return s
 
 
-@pytest.fixture
-def gateway_proc(redis_url: str) -> Any:
+@contextlib.contextmanager
+def gateway_at(redis_url: str, **env_extra: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A gateway process over ``redis_url`` (with extra MARKETSWARM_ settings); yields (base URL, process)."""
     port = free_port()
     env = dict(
         os.environ, MARKETSWARM_REDIS_URL=redis_url, MARKETSWARM_GATEWAY_PORT=str(port), MARKETSWARM_UNDERLYINGS="SPX"
     )
+    env.update(env_extra)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     proc = subprocess.Popen([sys.executable, "-m", "marketswarm.topology", "gateway"], env=env)
     base = f"http://127.0.0.1:{port}"
@@ -85,6 +88,12 @@ def gateway_proc(redis_url: str) -> Any:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture
+def gateway_proc(redis_url: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    with gateway_at(redis_url) as g:
+        yield g
 
 
 def geometry_of(g: dict[str, Any]) -> Geometry:
