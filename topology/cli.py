@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from marketswarm.topology.settings import Settings, env_help
+from marketswarm.topology.settings import Settings, env_help, mask_url
 
 _ENV_LINES = "\n".join(f"  {var:<34} {desc} [default: {default or '-'}]" for var, default, desc in env_help())
 
@@ -87,7 +87,7 @@ def run(
     metrics_dir = settings.data_dir / "metrics"
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
-    sup = Supervisor(child_env(url, metrics_dir), grace_s=settings.shutdown_grace_s)
+    sup = Supervisor(child_env(url, metrics_dir), grace_s=settings.shutdown_grace_s, server=server)
     for group in group_agents([spec.name for spec in graph.agents()], settings.processes):
         sup.add("+".join(group), "agent", *group)
     if settings.source != "none":
@@ -98,7 +98,7 @@ def run(
     banner.add_row("Dashboard", f"http://{host}:{settings.gateway_port}/")
     banner.add_row("API", f"http://{host}:{settings.gateway_port}/api/models/SPX/butterfly")
     banner.add_row("Metrics", f"http://{host}:{settings.gateway_port}/metrics")
-    banner.add_row("Redis", url + ("  (embedded, data in " + str(settings.data_dir) + ")" if server else ""))
+    banner.add_row("Redis", mask_url(url) + ("  (embedded, data in " + str(settings.data_dir) + ")" if server else ""))
     banner.add_row("Source", settings.source + "  underlyings " + ",".join(settings.underlyings))
     banner.add_row("Inspect", "marketswarm inspect   (Ctrl-C here stops everything)")
     Console().print(banner)
@@ -131,7 +131,14 @@ def agent(
         console.print(f"[red]{exc.args[0]}[/red]")
         raise typer.Exit(2) from exc
     url = redis_url_of(settings)
-    log.info("agents %s starting on %s as %s; settings: %s", ",".join(names), url, settings.consumer, settings.masked())
+    agents_named = ",".join(names)
+    log.info(
+        "agents %s starting on %s as %s; settings: %s",
+        agents_named,
+        mask_url(url),
+        settings.consumer,
+        settings.masked(),
+    )
 
     async def main(stop: asyncio.Event) -> None:
         from prometheus_client import REGISTRY, start_http_server
@@ -173,7 +180,7 @@ def source(
     if kind == "massive" and settings.massive_api_key is None:
         console.print("[red]MASSIVE_API_KEY is required for the live source[/red]")
         raise typer.Exit(2)
-    log.info("source %s starting on %s; settings: %s", kind, url, settings.masked())
+    log.info("source %s starting on %s; settings: %s", kind, mask_url(url), settings.masked())
 
     async def main(stop: asyncio.Event) -> None:
         metrics = Metrics(REGISTRY)
@@ -202,7 +209,7 @@ def gateway() -> None:
 
     settings = load_settings()
     url = redis_url_of(settings)
-    log.info("gateway on http://%s:%s over %s", settings.gateway_host, settings.gateway_port, url)
+    log.info("gateway on http://%s:%s over %s", settings.gateway_host, settings.gateway_port, mask_url(url))
     run_until_signal(lambda stop: serve(settings, url, stop))
 
 

@@ -160,6 +160,17 @@ class EmbeddedServer:
             (self.data_dir / RUN_FILE).write_text(json.dumps({"url": self.url, "pid": self.proc.pid}))
         return self.url
 
+    def alive(self) -> bool:
+        """The server process runs (it may have been killed or crashed since it started)."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def restart(self) -> str:
+        """Start a server that died again, on the same port and data (its append-only file)."""
+        if self.proc is not None and self.proc.stderr:
+            self.proc.stderr.close()
+        self.proc = None
+        return self._start()
+
     def stop(self) -> None:
         if self.proc is None:
             return

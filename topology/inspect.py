@@ -19,6 +19,7 @@ from marketswarm.agents.publish.models import load_published
 from marketswarm.topology import graph, streams
 from marketswarm.topology.agent import AgentSpec
 from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.settings import mask_url
 
 
 def _s(v: Any) -> Any:
@@ -44,10 +45,7 @@ async def server_info(redis: aioredis.Redis, url: str) -> dict[str, Any]:
     info = await redis.info("server", **target)
     repl = await redis.info("replication", **target)
     name = "valkey" if "valkey_version" in info else "redis"
-    masked = url
-    if "@" in url:
-        scheme, rest = url.split("://", 1)
-        masked = f"{scheme}://***@{rest.split('@', 1)[1]}"
+    masked = mask_url(url)
     role = repl.get("role")
     if cluster:
         role = f"cluster of {len(redis.get_primaries())} masters, {len(redis.get_replicas())} replicas"

@@ -176,6 +176,13 @@ class Metrics:
             registry=r,
             **mpmax,
         )
+        self.source_write_blocked = Gauge(
+            "marketswarm_source_write_blocked_entries",
+            "1 while a source holds frames because Redis does not take them (retrying with backoff), else 0.",
+            ("feed",),
+            registry=r,
+            **mpmax,
+        )
         self.ws_buffer_depth = Gauge(
             "marketswarm_ws_buffer_entries",
             "Frames waiting in the WebSocket buffer for the Redis writer.",

@@ -198,6 +198,8 @@ class Settings(BaseSettings):
             out[name] = (
                 "**********" if isinstance(value, SecretStr) else str(value) if isinstance(value, Path) else value
             )
+        if out.get("redis_url"):
+            out["redis_url"] = mask_url(out["redis_url"])
         return out
 
 
@@ -217,3 +219,11 @@ def env_help() -> list[tuple[str, str, str]]:
             default = "" if field.default is None else str(field.default)
         rows.append((var, default, field.description or ""))
     return rows
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its credentials (user:password@) masked, for logs and the command line."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"

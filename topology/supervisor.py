@@ -2,8 +2,9 @@
 
 Children are the same commands Kubernetes runs (`marketswarm agent NAME`, `marketswarm source KIND`,
 `marketswarm gateway`), so a local run exercises the deployed shape. A child that dies is restarted
-with backoff. On SIGINT/SIGTERM the children get SIGTERM (they drain their in-flight batch), then the
-embedded server stops last, flushing its append-only file.
+with backoff; so is the embedded server, on the same port (the children's URL stays valid, and they
+resume by themselves: their Redis errors are retried). On SIGINT/SIGTERM the children get SIGTERM
+(they drain their in-flight batch), then the embedded server stops last, flushing its append-only file.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +42,24 @@ class Child:
     restarts: int = field(default=0)
 
 
+class Server(Protocol):
+    """What the supervisor needs of the embedded server (topology/embedded.py)."""
+
+    def alive(self) -> bool: ...
+
+    def restart(self) -> str: ...
+
+
 class Supervisor:
-    def __init__(self, env: dict[str, str], grace_s: float) -> None:
+    def __init__(self, env: dict[str, str], grace_s: float, server: Server | None = None) -> None:
         self.env = env
         self.grace_s = grace_s
         self.children: list[Child] = []
         self.stopping = threading.Event()
+        self.server = server
+        self.server_backoff_s = RESTART_BACKOFF_S
+        self.server_restart_at: float | None = None
+        self.server_restarts = 0
 
     def add(self, name: str, *args: str) -> None:
         exe = shutil.which("marketswarm", path=str(Path(sys.executable).parent)) or "marketswarm"
@@ -60,10 +74,15 @@ class Supervisor:
     def run(self) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self.stopping.set())
+        return self.supervise()
+
+    def supervise(self) -> int:
+        """Start the children and keep them (and the embedded server) running until ``stopping``."""
         for child in self.children:
             self._spawn(child)
         while not self.stopping.wait(0.2):
             now = time.monotonic()
+            self._watch_server(now)
             for child in self.children:
                 if child.proc is not None and child.proc.poll() is not None:
                     code = child.proc.returncode
@@ -78,6 +97,26 @@ class Supervisor:
                     self._spawn(child)
         self.stop()
         return 0
+
+    def _watch_server(self, now: float) -> None:
+        if self.server is None or self.server.alive():
+            return
+        if self.server_restart_at is None:
+            log.error("the embedded server exited; restarting it in %.0fs", self.server_backoff_s)
+            self.server_restart_at = now + self.server_backoff_s
+            return
+        if now < self.server_restart_at:
+            return
+        try:
+            self.server.restart()
+        except Exception as exc:  # noqa: BLE001 - e.g. its port taken meanwhile: try again later
+            self.server_backoff_s = min(self.server_backoff_s * 2, RESTART_BACKOFF_MAX_S)
+            self.server_restart_at = time.monotonic() + self.server_backoff_s
+            log.error("the embedded server did not restart (%s); trying again in %.0fs", exc, self.server_backoff_s)
+            return
+        self.server_restarts += 1
+        self.server_restart_at, self.server_backoff_s = None, RESTART_BACKOFF_S
+        log.warning("the embedded server is back (restart %d)", self.server_restarts)
 
     def stop(self) -> None:
         live = [c for c in self.children if c.proc is not None and c.proc.poll() is None]

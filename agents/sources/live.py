@@ -52,6 +52,7 @@ import orjson
 import redis.asyncio as aioredis
 from massive import RESTClient, WebSocketClient
 from massive.exceptions import AuthError, BadResponse
+from redis.exceptions import RedisClusterException, RedisError
 from websockets.exceptions import ConnectionClosed
 
 from marketswarm.agents.calc.blackscholes import ET
@@ -79,6 +80,10 @@ log = logging.getLogger(__name__)
 CADENCE_FACTOR = 4.0  # wait this many times the last poll's latency before the next one
 PAGE_LIMIT = 250  # the provider's largest page for chain snapshots
 WRITE_BATCH_FRAMES = 200
+# A batch Redis did not take is tried again after this pause, doubling up to the maximum: a server
+# restart of a few seconds costs a few seconds, and a long outage costs Redis one attempt per 5 s.
+WRITE_RETRY_MIN_S = 0.25
+WRITE_RETRY_MAX_S = 5.0
 RECONNECT_BASE_S = 1.0  # the first reconnect waits up to this long (full jitter), doubling per failure
 RECONNECT_MAX_S = 60.0
 STABLE_CONNECTION_S = 300.0  # a connection that lived this long starts the next backoff from the base
@@ -312,8 +317,9 @@ class LiveSource:
         return {u: orjson.dumps(els) for u, els in groups.items()}, statuses
 
     async def write_frames(self) -> None:
-        """Drain the buffer in pipelined batches (off the socket's read path)."""
-        edge = streams.REJECTS.key(streams.EDGE)
+        """Drain the buffer in pipelined batches (off the socket's read path). A batch Redis cannot
+        take (the server restarting, a failover) is retried with backoff until it can, never
+        dropped: meanwhile the buffer fills, and what overflows it is counted as ``buffer_full``."""
         while not self.stop.is_set():
             try:
                 first = await asyncio.wait_for(self.buffer.get(), 0.5)
@@ -323,31 +329,53 @@ class LiveSource:
             while len(batch) < WRITE_BATCH_FRAMES and not self.buffer.empty():
                 batch.append(self.buffer.get_nowait())
             self.metrics.ws_buffer_depth.labels("massive").set(self.buffer.qsize())
-            per_u: dict[str, list[tuple[str, bytes]]] = {}
-            rx = batch[-1][0]
-            for rx_i, text in batch:
-                data = text.encode()
+            delay_s, failing = WRITE_RETRY_MIN_S, False
+            while not self.stop.is_set():
                 try:
-                    routed, statuses = self.route(data)
-                except (orjson.JSONDecodeError, ValueError) as exc:
-                    reject = Reject(
-                        reason=RejectReason.MALFORMED_JSON,
-                        detail=str(exc),
-                        source="massive.ws",
-                        rx_ns=rx_i,
-                        excerpt=excerpt(data),
-                    )
-                    await self.redis.xadd(
-                        edge, codec.encode_reject(reject), maxlen=streams.REJECTS_MAXLEN, approximate=True
-                    )
-                    self.metrics.rejects.labels("source.massive", edge, RejectReason.MALFORMED_JSON).inc()
-                    continue
-                for s in statuses:
-                    self.metrics.ws_statuses.labels("massive", s).inc()
-                for u, payload in routed.items():
-                    per_u.setdefault(u, []).append((self.ws_format, payload))
-            for u, frames in per_u.items():
-                await self.writer.write(u, frames, rx)
+                    await self._write_batch(batch)
+                    break
+                except (RedisError, RedisClusterException, OSError) as exc:
+                    if not failing:
+                        log.error("massive: Redis is not taking frames (%s); holding them and retrying", exc)
+                    failing = True
+                    self.metrics.redis_errors.labels("source.massive", "ws").inc()
+                    self.metrics.source_write_blocked.labels("massive").set(1)
+                    await self._sleep(delay_s)
+                    delay_s = min(delay_s * 2, WRITE_RETRY_MAX_S)
+            if failing:
+                log.warning("massive: Redis takes frames again; %d buffered", self.buffer.qsize())
+                self.metrics.source_write_blocked.labels("massive").set(0)
+
+    async def _write_batch(self, batch: list[tuple[int, str]]) -> None:
+        edge = streams.REJECTS.key(streams.EDGE)
+        per_u: dict[str, list[tuple[str, bytes]]] = {}
+        rx = batch[-1][0]
+        for rx_i, text in batch:
+            data = text.encode()
+            try:
+                routed, statuses = self.route(data)
+            except (orjson.JSONDecodeError, ValueError) as exc:
+                reject = Reject(
+                    reason=RejectReason.MALFORMED_JSON,
+                    detail=str(exc),
+                    source="massive.ws",
+                    rx_ns=rx_i,
+                    excerpt=excerpt(data),
+                )
+                fields = codec.encode_reject(reject)
+                await self.redis.xadd(edge, fields, maxlen=streams.REJECTS_MAXLEN, approximate=True)
+                self.metrics.rejects.labels("source.massive", edge, RejectReason.MALFORMED_JSON).inc()
+                continue
+            for s in statuses:
+                self.metrics.ws_statuses.labels("massive", s).inc()
+            for u, payload in routed.items():
+                per_u.setdefault(u, []).append((self.ws_format, payload))
+        for u, frames in per_u.items():
+            await self.writer.write(u, frames, rx)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), seconds)
 
     async def run_ws(self, conn: Connection) -> None:
         """Keep one connection up: (re)connect with its current subscriptions, back off between tries.

@@ -6,12 +6,15 @@ a plan without access, and the fake's own protocol (auth timeout, page limit, op
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import redis
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
@@ -26,9 +29,11 @@ from marketswarm.schemas import codec
 from marketswarm.schemas.events import ChainSnapshot, Quote, Spot, Trade
 from marketswarm.topology import streams
 from marketswarm.topology.connections import create_redis
+from marketswarm.topology.embedded import EmbeddedServer
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
+from marketswarm.topology.supervisor import Supervisor
 
 pytestmark = pytest.mark.integration
 
@@ -292,3 +297,23 @@ def test_cadence_and_filters() -> None:
     f = chain_filter(5000.0, st, dt.date(2025, 1, 6))
     assert f["strike_price.gte"] == 4750 and f["strike_price.lte"] == 5250
     assert f["expiration_date.gte"] == "2025-01-06" and f["expiration_date.lte"] == "2025-01-09"
+
+
+def test_run_restarts_its_embedded_server_on_the_same_port(tmp_path: Path) -> None:
+    server = EmbeddedServer(tmp_path, record=False)
+    url = server.start()
+    sup = Supervisor({}, grace_s=1.0, server=server)
+    runner = threading.Thread(target=sup.supervise)  # run() without its signal handlers
+    runner.start()
+    try:
+        assert server.proc is not None
+        server.proc.kill()
+        deadline = time.monotonic() + 20
+        while sup.server_restarts == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sup.server_restarts == 1
+        assert redis.Redis.from_url(url).ping()  # the same URL works again
+    finally:
+        sup.stopping.set()
+        runner.join(10)
+        server.stop()
