@@ -4,6 +4,7 @@ screenshots are saved."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -98,14 +99,24 @@ async def test_dashboard_shows_a_live_heatmap(topology: str, chromium: str, redi
         assert spot_row is not None, "spot is marked"
         assert await page.is_hidden("#delayed"), "real-time data is not flagged"
         await page.screenshot(path=str(ARTIFACTS / "dashboard-butterfly.png"))
-        # An index value from the provider's delayed feed (timed ahead of the simulated ones, so it is
-        # admitted): the models say delayed and the dashboard flags it.
-        t_ms = time.time_ns() // 1_000_000 + 20_000
-        frame = orjson.dumps([{"ev": "V", "val": 6001.25, "T": "I:SPX", "t": t_ms}])
+        # Index values from the provider's delayed feed, timed just ahead of the simulated ones (inside
+        # MARKETSWARM_MAX_EVENT_FUTURE_S, so admitted): the models say delayed and the dashboard flags it.
         r = aioredis.Redis.from_url(redis_url)
-        await write_recorded(r, [Recorded("SPX", WS_DELAYED, time.time_ns(), frame)])
-        await r.aclose()
-        await page.wait_for_selector("#delayed", state="visible", timeout=30_000)
+
+        async def delayed_values() -> None:
+            while True:
+                t_ms = time.time_ns() // 1_000_000 + 1_500
+                frame = orjson.dumps([{"ev": "V", "val": 6001.25, "T": "I:SPX", "t": t_ms}])
+                await write_recorded(r, [Recorded("SPX", WS_DELAYED, time.time_ns(), frame)])
+                await asyncio.sleep(0.3)
+
+        feeding = asyncio.create_task(delayed_values())
+        try:
+            await page.wait_for_selector("#delayed", state="visible", timeout=30_000)
+        finally:
+            feeding.cancel()
+            await asyncio.gather(feeding, return_exceptions=True)
+            await r.aclose()
         await page.screenshot(path=str(ARTIFACTS / "dashboard-delayed.png"))
         await page.click("button[data-strategy=gex]")
         await page.wait_for_selector("#gex-chart rect", timeout=30_000)
