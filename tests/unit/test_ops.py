@@ -121,9 +121,16 @@ def test_kustomization_lists_every_file_and_renders_when_a_tool_exists(tmp_path:
     tool = shutil.which("kubectl") or shutil.which("kustomize")
     if tool is None:
         return  # no renderer on this machine; the listing above is what it would read
-    cmd = [tool, "kustomize", str(base)] if tool.endswith("kubectl") else [tool, "build", str(base)]
-    rendered = subprocess.run(cmd, capture_output=True, text=True)
-    assert rendered.returncode == 0, rendered.stderr
+    tree = tmp_path / "k8s"
+    shutil.copytree(OPS / "k8s", tree)
+    for example in tree.glob("overlays/*/*.env.example"):  # what a user creates from the examples
+        shutil.copy(example, example.with_suffix(""))
+    for root in [tree / "base", *sorted((tree / "overlays").iterdir())]:
+        cmd = [tool, "kustomize", str(root)] if tool.endswith("kubectl") else [tool, "build", str(root)]
+        rendered = subprocess.run(cmd, capture_output=True, text=True)
+        assert rendered.returncode == 0, f"{root.name}: {rendered.stderr}"
+        docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+        assert {d["metadata"]["name"] for d in docs if d["kind"] == "Secret"} == {"marketswarm-secrets", "marketswarm-redis"}
 
 
 def test_dashboard_is_valid_grafana_json() -> None:
@@ -139,6 +146,8 @@ def test_cluster_overlay_reads_lag_from_whichever_node_holds_each_stream() -> No
     patched = {p["target"]["name"]: yaml.safe_load(p["patch"]) for p in overlay["patches"]}
     config = {op["path"]: op["value"] for op in patched["marketswarm-config"]}
     assert config["/data/MARKETSWARM_MIN_REPLICAS_ACK"] == "1"
+    urls = {op["path"]: op["value"] for op in patched["marketswarm-redis"]}
+    assert urls == {f"/stringData/{role}": "redis://valkey-cluster:6379/0" for role in ("source", "agent", "gateway")}
     base = {d["metadata"]["name"]: d for _, d in manifests() if d["kind"] == "ScaledObject" and "k8s/base" in str(_)}
     for name, doc in base.items():
         [op] = patched[name]
@@ -146,3 +155,29 @@ def test_cluster_overlay_reads_lag_from_whichever_node_holds_each_stream() -> No
         assert {t["metadata"]["stream"] for t in triggers} == {t["metadata"]["stream"] for t in doc["spec"]["triggers"]}
         for t in triggers:
             assert t["type"] == "redis-cluster-streams" and len(t["metadata"]["addresses"].split(",")) >= 3
+
+
+ROLES = {"source": "ms-source", "agent": "ms-agent", "gateway": "ms-gateway"}
+
+
+def test_redis_urls_come_from_a_secret_one_least_privilege_user_per_role() -> None:
+    docs = manifests()
+    for _, doc in docs:
+        if doc["kind"] == "ConfigMap":  # a URL may carry a password: never in a ConfigMap
+            assert not [k for k in doc.get("data", {}) if re.search(r"URL|TOKEN|KEY|PASSWORD", k)], doc["data"]
+    [secret] = [d for _, d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "marketswarm-redis"]
+    assert set(secret["stringData"]) == set(ROLES)
+    users = {line.split()[1] for line in (OPS / "redis" / "users.acl").read_text().splitlines() if line.strip()}
+    assert set(ROLES.values()) <= users
+    example = (OPS / "k8s" / "overlays" / "example" / "redis.env.example").read_text()
+    for role, user in ROLES.items():
+        assert f"{role}=redis://{user}:" in example
+    deployments = [d for _, d in docs if d["kind"] == "Deployment"]
+    assert len(deployments) >= 12
+    for d in deployments:
+        [container] = d["spec"]["template"]["spec"]["containers"]
+        [url] = [e for e in container["env"] if e["name"] == "MARKETSWARM_REDIS_URL"]
+        ref = url["valueFrom"]["secretKeyRef"]
+        args = container["args"]
+        role = "agent" if args[0] == "agent" else args[0]
+        assert ref == {"name": "marketswarm-redis", "key": role}, d["metadata"]["name"]
