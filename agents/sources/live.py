@@ -205,6 +205,11 @@ class LiveSource:
                     self.targets[u] = targets
                     self.targets_changed.set()
                 self.metrics.chain_poll_duration.labels(u).observe(time.monotonic() - t0)
+            except (RedisError, RedisClusterException) as exc:  # the writer retried for a minute first
+                failed = True
+                self.metrics.chain_poll_failures.labels(u, "redis").inc()
+                self.metrics.dropped.labels("source.massive", "rest", "redis_unavailable").inc()
+                log.error("chain poll of %s: Redis did not take the snapshot (%s); the next poll replaces it", u, exc)
             except BadResponse as exc:
                 failed = True
                 text = str(exc)
@@ -265,7 +270,11 @@ class LiveSource:
             if u in self.configured and isinstance(r.get("value"), int | float):
                 self.spot[u] = float(r["value"])
         for u in self.configured:
-            await self.writer.write(u, [(REST_INDICES, body)], rx)
+            try:
+                await self.writer.write(u, [(REST_INDICES, body)], rx)
+            except (RedisError, RedisClusterException) as exc:  # spot still comes from the indices feed
+                self.metrics.dropped.labels("source.massive", "rest", "redis_unavailable").inc()
+                log.error("indices snapshot for %s: Redis did not take it (%s); spot follows from the feed", u, exc)
 
     # --- WebSocket -------------------------------------------------------------------------
 

@@ -94,6 +94,8 @@ class RawWriter:
             if not frames:
                 return []
         deadline = time.monotonic() + RETRY_FOR_S
+        blocked = self.metrics.source_write_blocked.labels(self.source)
+        failing = False
         while True:
             try:
                 if underlying not in self._known:  # a global key: its own slot, its own command
@@ -105,9 +107,17 @@ class RawWriter:
                 transient = not isinstance(exc, ResponseError) or str(exc).startswith(_TRANSIENT_REPLIES)
                 if not transient or time.monotonic() > deadline:
                     raise
-                log.warning("%s: writing %s failed (%s); trying again", self.source, key, exc)
+                if not failing:  # once per outage, not every pause
+                    log.warning(
+                        "%s: writing %s failed (%s); trying again for up to %.0fs", self.source, key, exc, RETRY_FOR_S
+                    )
+                failing = True
+                blocked.set(1)
                 self.metrics.redis_errors.labels(f"source.{self.source}", key).inc()
                 await asyncio.sleep(RETRY_PAUSE_S)
+        if failing:
+            log.warning("%s: writing %s again", self.source, key)
+            blocked.set(0)
         self.metrics.source_frames.labels(self.source, key).inc(len(frames))
         self.metrics.source_bytes.labels(self.source, key).inc(sum(len(d) for _, d in frames))
         await self.trimmer.after_write(streams.RAW, key)

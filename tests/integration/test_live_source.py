@@ -6,12 +6,18 @@ a plan without access, and the fake's own protocol (auth timeout, page limit, op
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 import redis
@@ -29,7 +35,7 @@ from marketswarm.schemas import codec
 from marketswarm.schemas.events import ChainSnapshot, Quote, Spot, Trade
 from marketswarm.topology import streams
 from marketswarm.topology.connections import create_redis
-from marketswarm.topology.embedded import EmbeddedServer
+from marketswarm.topology.embedded import EmbeddedServer, free_port
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
@@ -317,3 +323,111 @@ def test_run_restarts_its_embedded_server_on_the_same_port(tmp_path: Path) -> No
         sup.stopping.set()
         runner.join(10)
         server.stop()
+
+
+def raw_seqs(url: str) -> list[int]:
+    """The sequence numbers of the option quotes in the raw stream, in stream order."""
+    client = redis.Redis.from_url(url)
+    try:
+        seqs = []
+        for _, fields in client.xrange(streams.RAW.key("SPX")):
+            frame = codec.decode(streams.Payload.RAW, fields)
+            if frame.src == live.WS:
+                seqs.extend(el["q"] for el in orjson.loads(frame.data) if el.get("ev") == "Q")
+        return seqs
+    finally:
+        client.close()
+
+
+async def test_the_live_source_resumes_writing_after_a_redis_outage(provider: FakeProvider, tmp_path: Path) -> None:
+    server = EmbeddedServer(tmp_path, appendonly=False, record=False)
+    url = server.start()
+    st = live_settings(provider, url)
+    client = create_redis(url, st.block_ms)
+    metrics = Metrics(CollectorRegistry())
+    stop = asyncio.Event()
+    source = LiveSource(st, client, metrics, stop)
+    task = asyncio.create_task(source.run())
+
+    async def quotes(seqs: range) -> None:
+        now_ms = time.time_ns() // 1_000_000
+        frame = [{"ev": "Q", "sym": sym, "bp": 10.0, "ap": 10.5, "bs": 1, "as": 1, "t": now_ms, "q": q} for q in seqs]
+        await provider.broadcast("options", frame)
+
+    try:
+        await wait_for(lambda: any(m == "options" and "Q.O:SPXW" in p for m, p in provider.subscriptions))
+        sym = source.targets["SPX"][0].ticker
+        await quotes(range(1, 2))
+        await wait_for(lambda: raw_seqs(url) == [1])
+        assert server.proc is not None
+        server.proc.kill()  # the server dies (no persistence: it comes back empty)
+        server.proc.wait(10)
+        for q in range(2, 7):  # received while Redis is down: held, not dropped
+            await quotes(range(q, q + 1))
+            await asyncio.sleep(0.2)
+        await wait_for(lambda: metrics.source_write_blocked.labels("massive")._value.get() == 1)
+        await asyncio.to_thread(server.restart)
+        await quotes(range(7, 13))
+        await wait_for(lambda: raw_seqs(url) == list(range(2, 13)), timeout=30)
+        await wait_for(lambda: metrics.source_write_blocked.labels("massive")._value.get() == 0)
+        errors = [
+            s.value for f in metrics.registry.collect() if f.name == "marketswarm_redis_errors" for s in f.samples
+        ]
+        assert sum(errors) >= 1
+        assert metrics.dropped.labels("source.massive", "ws", "buffer_full")._value.get() == 0
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        await client.aclose()
+        server.stop()
+
+
+@pytest.mark.timeout(240)
+def test_run_keeps_publishing_after_its_embedded_server_is_killed(tmp_path: Path) -> None:
+    """The whole of `marketswarm run` on its embedded server: SIGKILL the server; it comes back on
+    the same port with its append-only file, and the source, agents and gateway carry on by themselves."""
+    port = free_port()
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if k != "MARKETSWARM_REDIS_URL"}
+    env |= {
+        "MARKETSWARM_GATEWAY_PORT": str(port),
+        "MARKETSWARM_DATA_DIR": str(data),
+        "MARKETSWARM_UNDERLYINGS": "SPX",
+        "MARKETSWARM_SIM_RATE": "500",
+        "MARKETSWARM_LOG_LEVEL": "WARNING",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "marketswarm.topology", "run"], env=env, stdout=subprocess.DEVNULL)
+    model = f"http://127.0.0.1:{port}/api/gex/SPX"
+
+    def version(timeout_s: float, above: int = 0) -> int:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
+                r = httpx.get(model, timeout=2)
+                if r.status_code == 200 and int(r.json()["version"]) > above:
+                    return int(r.json()["version"])
+            assert proc.poll() is None, "marketswarm run exited"
+            assert time.monotonic() < deadline, f"no gex version above {above} within {timeout_s:.0f} s"
+            time.sleep(0.5)
+
+    try:
+        before = version(120)
+        server = orjson.loads((data / "embedded.json").read_bytes())
+        os.kill(server["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while orjson.loads((data / "embedded.json").read_bytes())["pid"] == server["pid"]:
+            assert time.monotonic() < deadline, "the embedded server was not restarted"
+            time.sleep(0.2)
+        assert orjson.loads((data / "embedded.json").read_bytes())["url"] == server["url"]  # same port
+        back = version(90, above=before)  # what the restarted server holds, or newer
+        assert version(90, above=back) > back  # and publishing goes on
+        r = redis.Redis.from_url(server["url"])
+        assert r.xlen(streams.DLQ.key("SPX")) == 0  # the outage cost retries, not entries
+        r.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            assert proc.wait(40) == 0, "Ctrl-C must stop the topology cleanly"
+        finally:
+            if proc.poll() is None:
+                proc.kill()

@@ -130,7 +130,10 @@ def test_kustomization_lists_every_file_and_renders_when_a_tool_exists(tmp_path:
         rendered = subprocess.run(cmd, capture_output=True, text=True)
         assert rendered.returncode == 0, f"{root.name}: {rendered.stderr}"
         docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
-        assert {d["metadata"]["name"] for d in docs if d["kind"] == "Secret"} == {"marketswarm-secrets", "marketswarm-redis"}
+        assert {d["metadata"]["name"] for d in docs if d["kind"] == "Secret"} == {
+            "marketswarm-secrets",
+            "marketswarm-redis",
+        }
 
 
 def test_dashboard_is_valid_grafana_json() -> None:
