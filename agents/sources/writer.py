@@ -117,7 +117,7 @@ class RawWriter:
                 await asyncio.sleep(RETRY_PAUSE_S)
         if failing:
             log.warning("%s: writing %s again", self.source, key)
-            blocked.set(0)
+        blocked.set(0)  # whichever write was blocked (a poll that gave up too), writes go through now
         self.metrics.source_frames.labels(self.source, key).inc(len(frames))
         self.metrics.source_bytes.labels(self.source, key).inc(sum(len(d) for _, d in frames))
         await self.trimmer.after_write(streams.RAW, key)
