@@ -5,6 +5,7 @@ screenshots are saved."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -33,6 +34,21 @@ def chromium(debian_tools: Callable[[str, str], str]) -> str:
     return debian_tools("chromium", "chromium")
 
 
+@contextlib.contextmanager
+def marketswarm_run(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """`marketswarm run` with ``env``; stopped with Ctrl-C (SIGINT), which must exit cleanly."""
+    proc = subprocess.Popen([sys.executable, "-m", "marketswarm.topology", "run"], env=env, stdout=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            assert proc.wait(40) == 0, "Ctrl-C must stop the topology cleanly"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
 @pytest.fixture
 def topology(redis_url: str, tmp_path: Path) -> Iterator[str]:
     port = free_port()
@@ -45,9 +61,8 @@ def topology(redis_url: str, tmp_path: Path) -> Iterator[str]:
         MARKETSWARM_SIM_RATE="1500",
         MARKETSWARM_LOG_LEVEL="WARNING",
     )
-    proc = subprocess.Popen([sys.executable, "-m", "marketswarm.topology", "run"], env=env, stdout=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
-    try:
+    with marketswarm_run(env) as proc:
         deadline = time.monotonic() + 90
         while True:
             try:
@@ -59,13 +74,6 @@ def topology(redis_url: str, tmp_path: Path) -> Iterator[str]:
             assert time.monotonic() < deadline, "no butterfly model within 90 s"
             time.sleep(0.5)
         yield base
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            assert proc.wait(40) == 0, "Ctrl-C must stop the topology cleanly"
-        finally:
-            if proc.poll() is None:
-                proc.kill()
 
 
 @pytest.mark.timeout(600)  # the first run may install Chromium

@@ -9,8 +9,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -40,6 +38,7 @@ from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
 from marketswarm.topology.supervisor import Supervisor
+from tests.integration.test_dashboard import marketswarm_run
 
 pytestmark = pytest.mark.integration
 
@@ -396,7 +395,6 @@ def test_run_keeps_publishing_after_its_embedded_server_is_killed(tmp_path: Path
         "MARKETSWARM_SIM_RATE": "500",
         "MARKETSWARM_LOG_LEVEL": "WARNING",
     }
-    proc = subprocess.Popen([sys.executable, "-m", "marketswarm.topology", "run"], env=env, stdout=subprocess.DEVNULL)
     model = f"http://127.0.0.1:{port}/api/gex/SPX"
 
     def version(timeout_s: float, above: int = 0) -> int:
@@ -410,7 +408,7 @@ def test_run_keeps_publishing_after_its_embedded_server_is_killed(tmp_path: Path
             assert time.monotonic() < deadline, f"no gex version above {above} within {timeout_s:.0f} s"
             time.sleep(0.5)
 
-    try:
+    with marketswarm_run(env) as proc:
         before = version(120)
         server = orjson.loads((data / "embedded.json").read_bytes())
         os.kill(server["pid"], signal.SIGKILL)
@@ -424,10 +422,3 @@ def test_run_keeps_publishing_after_its_embedded_server_is_killed(tmp_path: Path
         r = redis.Redis.from_url(server["url"])
         assert r.xlen(streams.DLQ.key("SPX")) == 0  # the outage cost retries, not entries
         r.close()
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            assert proc.wait(40) == 0, "Ctrl-C must stop the topology cleanly"
-        finally:
-            if proc.poll() is None:
-                proc.kill()
