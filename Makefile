@@ -14,7 +14,7 @@ all: lint typecheck test
 
 # Strict editable installs link each module: a new module needs a reinstall, which a change of a
 # package directory's mtime (a file added or removed) triggers.
-PKG_DIRS := topology schemas agents agents/calc agents/sources agents/publish agents/publish/static
+PKG_DIRS := topology topology/shell schemas agents agents/calc agents/sources agents/publish agents/publish/static
 
 $(STAMP): pyproject.toml $(PKG_DIRS)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 is required"; exit 1; }
@@ -40,6 +40,7 @@ test-integration: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
@@ -48,8 +49,9 @@ format: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy -p marketswarm.topology -p marketswarm.agents -p marketswarm.schemas
 
+# The benchmark is test rig (tests/bench/), run by pytest for its imports; BENCH_SUITES=runtime,e2e picks suites.
 bench: $(STAMP)
-	$(BIN)/marketswarm bench
+	$(BIN)/python -m pytest tests/bench/run.py -q -s -p no:cacheprovider --timeout=0 -W default
 
 diagram: $(STAMP)
 	$(BIN)/marketswarm topology --mermaid

@@ -18,7 +18,7 @@ from marketswarm.schemas.events import Change as _Change
 from marketswarm.schemas.events import ChangeBatch, EventBatch
 from marketswarm.schemas.events import Event as _Event
 from marketswarm.schemas.models import Diff, Geometry, Reject, Staged
-from marketswarm.topology.streams import Payload
+from marketswarm.schemas.payloads import Payload
 
 T = TypeVar("T")
 COLUMNAR = (Payload.TILES, Payload.DIFF)  # version 2: columns (v1 carried per-tile JSON)
@@ -59,19 +59,6 @@ def encode_events(batch: EventBatch) -> dict[str, Any]:
     return {"kind": "events", "v": 1, "src": batch.src, "rx_ns": batch.rx_ns, "data": _enc.encode(batch.events)}
 
 
-def encode_changes(batch: ChangeBatch) -> dict[str, Any]:
-    """The changes wire format. agents/hydrate.lua writes these entries itself, from the changes'
-    JSON the step encoded here; tests/integration/test_hydrate.py holds the two to the same bytes."""
-    return {
-        "kind": "changes",
-        "v": 1,
-        "src": batch.src,
-        "rx_ns": batch.rx_ns,
-        "epoch": batch.epoch,
-        "data": _enc.encode(batch.changes),
-    }
-
-
 def encode_staged(staged: Staged) -> dict[str, Any]:
     return {"kind": "tiles", "v": 2, "data": _pack.encode(staged)}
 
@@ -102,10 +89,6 @@ def decode_geometry(raw: bytes) -> Geometry:
 
 def encode_reject(reject: Reject) -> dict[str, Any]:
     return {"kind": "reject", "v": 1, "reason": reject.reason, "data": _enc.encode(reject)}
-
-
-def encode_test(value: Any) -> dict[str, Any]:
-    return {"kind": "test", "v": 1, "data": orjson.dumps(value)}
 
 
 def _field(fields: Mapping[bytes, bytes], name: bytes) -> bytes:
@@ -145,8 +128,6 @@ def decode(payload: Payload, fields: Mapping[bytes, bytes]) -> Any:
             return _diff_dec.decode(data)
         if payload is Payload.REJECT:
             return _reject_dec.decode(data)
-        if payload is Payload.TEST:
-            return orjson.loads(data)
     except DecodeError:
         raise
     except (

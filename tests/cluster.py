@@ -8,7 +8,7 @@ import time
 
 import redis
 
-from marketswarm.topology.embedded import EmbeddedCluster
+from marketswarm.topology.shell.embedded import EmbeddedCluster
 
 
 class LocalCluster(EmbeddedCluster):

@@ -14,7 +14,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from marketswarm.topology.embedded import EmbeddedServer, find_binary
+from marketswarm.topology.shell.embedded import EmbeddedServer, find_binary
 from tests.cluster import LocalCluster
 
 REPO = Path(__file__).resolve().parents[1]

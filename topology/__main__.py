@@ -1,5 +1,5 @@
 """``python -m marketswarm.topology``: the same command line as ``marketswarm``."""
 
-from marketswarm.topology.cli import main
+from marketswarm.topology.shell.cli import main
 
 main()

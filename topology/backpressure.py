@@ -17,29 +17,19 @@ from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 
-from marketswarm.topology import graph
 from marketswarm.topology.agent import AgentSpec
-from marketswarm.topology.inspect import group_rows
+from marketswarm.topology.observe import backlog
 
 CHECK_INTERVAL_S = 0.25  # how stale the backlog a source acts on may be
-
-
-async def backlog(redis: aioredis.Redis, u: str, specs: Sequence[AgentSpec] | None = None) -> int:
-    """Entries not yet read, or read and not acknowledged, by the agents of ``u`` (missing groups: 0)."""
-    total = 0
-    for row in await group_rows(redis, [u], specs):
-        if row["exists"]:
-            total += int(row["lag"] or 0) + int(row["pending"])
-    return total
 
 
 class Gate:
     """Admits a source's frames while the agents of their underlying keep up."""
 
-    def __init__(self, redis: aioredis.Redis, max_backlog: int) -> None:
+    def __init__(self, redis: aioredis.Redis, max_backlog: int, specs: Sequence[AgentSpec]) -> None:
         self.redis = redis
         self.max_backlog = max_backlog
-        self.specs = graph.agents()
+        self.specs = tuple(specs)  # the agents whose groups hold the backlog
         self._checked: dict[str, tuple[float, bool]] = {}
 
     async def open(self, u: str) -> bool:
@@ -50,6 +40,6 @@ class Gate:
         checked = self._checked.get(u)
         if checked is not None and now - checked[0] < CHECK_INTERVAL_S:
             return checked[1]
-        ok = await backlog(self.redis, u, self.specs) <= self.max_backlog
+        ok = await backlog(self.redis, [u], self.specs) <= self.max_backlog
         self._checked[u] = (now, ok)
         return ok

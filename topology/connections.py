@@ -116,6 +116,16 @@ def create_blocking_redis(url: str, socket_timeout: float = 10.0) -> redis.Redis
     return redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=5.0, driver_info=None)
 
 
+def text(value: bytes | str | int) -> str:
+    """A Redis reply as text (replies are bytes: clients here do not decode responses)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def find_group(groups: list[dict[Any, Any]], name: str) -> dict[Any, Any] | None:
+    """The row of group ``name`` in an XINFO GROUPS reply, or None."""
+    return next((g for g in groups if text(g["name"]) == name), None)
+
+
 async def acked_since(
     redis: aioredis.Redis, key: str, group: str, after_id: str
 ) -> list[tuple[bytes, dict[bytes, bytes]]]:
@@ -123,8 +133,7 @@ async def acked_since(
 
     Stateful agents checkpoint now and then, and on restore re-apply what they acknowledged since
     their checkpoint (entries still pending will be delivered again and are left out)."""
-    groups = await redis.xinfo_groups(key)
-    row = next((g for g in groups if g["name"] in (group, group.encode())), None)
+    row = find_group(await redis.xinfo_groups(key), group)
     if row is None:
         return []
     pending = {r["message_id"] for r in await redis.xpending_range(key, group, "-", "+", 1_000_000)}

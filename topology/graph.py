@@ -1,4 +1,5 @@
-"""The agent graph as data: who reads and writes which stream. Built without I/O; validated by tests."""
+"""The agent graph as data: who reads and writes which stream. Checks and draws a list of agent specs
+(the production list is agents/catalog.py); built without I/O."""
 
 from __future__ import annotations
 
@@ -10,26 +11,6 @@ from marketswarm.topology.agent import AgentSpec
 
 class GraphError(ValueError):
     """Raised when the agent graph is inconsistent: an unread output, a missing writer, a cycle."""
-
-
-def agents() -> tuple[AgentSpec, ...]:
-    """Every agent kind of the production topology, in data-flow order."""
-    # Imported here, not at module level, so that `marketswarm topology` and tests of the runtime do
-    # not pay for numpy/scipy imports they do not use.
-    from marketswarm.agents.calc.gex import GEX_AGENT
-    from marketswarm.agents.calc.strategies import CALC_AGENTS
-    from marketswarm.agents.hydrate import HYDRATE
-    from marketswarm.agents.normalize import NORMALIZE
-    from marketswarm.agents.publish.publisher import PUBLISH_AGENTS
-
-    return (NORMALIZE, HYDRATE, *CALC_AGENTS, GEX_AGENT, *PUBLISH_AGENTS)
-
-
-def by_name(name: str) -> AgentSpec:
-    for spec in agents():
-        if spec.name == name:
-            return spec
-    raise KeyError(f"no agent named {name!r}; known: {', '.join(a.name for a in agents())}")
 
 
 def validate(specs: Sequence[AgentSpec]) -> None:

@@ -46,6 +46,7 @@ from marketswarm.schemas import codec
 from marketswarm.topology import streams
 from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output, Processor
 from marketswarm.topology.commit import Committer, ConflictError, EffectError, LeaseLostError, Replication, encode
+from marketswarm.topology.connections import text
 from marketswarm.topology.keeper import Keeper, blocking_twin
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.retention import Trimmer
@@ -265,7 +266,7 @@ class Runtime:
             if not response or not response[0][1]:
                 return
             raw_entries = response[0][1]
-            last = _s(raw_entries[-1][0])
+            last = text(raw_entries[-1][0])
             await self._handle(u, key, processor, raw_entries, redelivered=True)
 
     async def _reclaim(self, u: str, key: str, processor: Processor, *, min_idle_ms: int) -> None:
@@ -284,7 +285,7 @@ class Runtime:
             if claimed:
                 self.metrics.reclaimed.labels(self.group, key).inc(len(claimed))
                 await self._handle(u, key, processor, claimed, redelivered=True)
-            if _s(cursor) == "0-0":
+            if text(cursor) == "0-0":
                 return
 
     # ------------------------------------------------------------------ one batch
@@ -310,7 +311,7 @@ class Runtime:
         skipped: list[str] = []  # entries the agent does not take (AgentSpec.accepts): acked as they are
         originals: dict[str, dict[bytes, bytes]] = {}
         for raw_id, fields in raw_entries:
-            entry_id = _s(raw_id)
+            entry_id = text(raw_id)
             if fields is None:
                 gone.append(entry_id)
                 continue
@@ -478,11 +479,11 @@ class Runtime:
     async def _delivery_counts(
         self, key: str, raw_entries: list[tuple[bytes, dict[bytes, bytes] | None]]
     ) -> dict[str, int]:
-        ids = [_s(i) for i, _ in raw_entries]
+        ids = [text(i) for i, _ in raw_entries]
         rows = await self.redis.xpending_range(
             key, self.group, min=ids[0], max=ids[-1], count=len(ids), consumername=self.consumer
         )
-        return {_s(r["message_id"]): int(r["times_delivered"]) for r in rows}
+        return {text(r["message_id"]): int(r["times_delivered"]) for r in rows}
 
     async def _dead_letter(self, u: str, key: str, dead: list[tuple[str, dict[bytes, bytes], int]]) -> None:
         """Delivery.DEAD_LETTER: move entries to ``<stream>.dlq`` with their error, and ack them, in
@@ -491,8 +492,8 @@ class Runtime:
         errors = await self.redis.hmget(streams.errors_key(key), [d[0] for d in dead])
         outputs = []
         for (entry_id, fields, deliveries), err in zip(dead, errors, strict=True):
-            error = _s(err) if err is not None else self._errors.get(entry_id, "no error recorded (consumer died)")
-            record: dict[str, Any] = {f"orig.{_s(k)}": v for k, v in fields.items()}
+            error = text(err) if err is not None else self._errors.get(entry_id, "no error recorded (consumer died)")
+            record: dict[str, Any] = {f"orig.{text(k)}": v for k, v in fields.items()}
             record.update(
                 {"id": entry_id, "group": self.group, "deliveries": deliveries, "error": error[:MAX_ERROR_CHARS]}
             )
@@ -569,10 +570,6 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
     """Collect an abandoned task's outcome so it is never reported as unretrieved."""
     if not task.cancelled():
         task.exception()
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _describe(exc: BaseException) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from marketswarm.schemas.payloads import Payload as Payload  # re-exported: each StreamSpec names its payload
+
 PREFIX = "ms"
 MiB = 1 << 20
 
@@ -31,19 +33,6 @@ DLQ_MAX_BYTES = 16 * MiB
 REJECTS_MAXLEN = 100_000  # sources outside the runtime trim their rejects by count at XADD as well
 
 
-class Payload(StrEnum):
-    """What a stream's entries carry; schemas/codec.py owns how each is encoded."""
-
-    RAW = "raw"  # provider bytes + receive time
-    EVENTS = "events"  # typed market events (schemas/events.py)
-    CHANGES = "changes"  # admitted state changes from hydrate
-    TILES = "tiles"  # staged tile updates from a calc agent
-    DIFF = "diff"  # a published version's diff
-    REJECT = "reject"  # bad input with its reason
-    DEAD = "dead"  # a dead letter: the original entry's fields, its group and error
-    TEST = "test"  # used by the runtime's own tests and benchmarks
-
-
 @dataclass(frozen=True)
 class StreamSpec:
     """One logical stream; per-underlying streams have one Redis key per underlying."""
@@ -59,14 +48,15 @@ class StreamSpec:
         return self.template.format(u=underlying)
 
 
-def _k(suffix: str) -> str:
+def per_underlying(suffix: str) -> str:
+    """The key template of a per-underlying stream: its underlying's hash tag, then ``suffix``."""
     return PREFIX + ":{{{u}}}:" + suffix
 
 
-RAW = StreamSpec("raw", _k("raw.v1"), Payload.RAW, RAW_MAX_BYTES, RAW_MAX_AGE_S, ingress=True)
-EVENTS = StreamSpec("events", _k("events.v1"), Payload.EVENTS, EVENTS_MAX_BYTES, FLOW_MAX_AGE_S)
-REJECTS = StreamSpec("rejects", _k("rejects.v1"), Payload.REJECT, REJECTS_MAX_BYTES)
-CHANGES = StreamSpec("changes", _k("changes.v1"), Payload.CHANGES, CHANGES_MAX_BYTES, FLOW_MAX_AGE_S)
+RAW = StreamSpec("raw", per_underlying("raw.v1"), Payload.RAW, RAW_MAX_BYTES, RAW_MAX_AGE_S, ingress=True)
+EVENTS = StreamSpec("events", per_underlying("events.v1"), Payload.EVENTS, EVENTS_MAX_BYTES, FLOW_MAX_AGE_S)
+REJECTS = StreamSpec("rejects", per_underlying("rejects.v1"), Payload.REJECT, REJECTS_MAX_BYTES)
+CHANGES = StreamSpec("changes", per_underlying("changes.v1"), Payload.CHANGES, CHANGES_MAX_BYTES, FLOW_MAX_AGE_S)
 
 
 class Strategy(StrEnum):
@@ -81,20 +71,17 @@ STRATEGIES = (*HEATMAP_STRATEGIES, Strategy.GEX)
 
 # v2: columns (schemas/models.py); v1 carried per-tile JSON.
 STAGED: dict[str, StreamSpec] = {
-    s: StreamSpec(f"staged.{s}", _k(f"staged:{s}.v2"), Payload.TILES, STAGED_MAX_BYTES, STAGED_MAX_AGE_S)
+    s: StreamSpec(f"staged.{s}", per_underlying(f"staged:{s}.v2"), Payload.TILES, STAGED_MAX_BYTES, STAGED_MAX_AGE_S)
     for s in STRATEGIES
 }
 DIFFS: dict[str, StreamSpec] = {
-    s: StreamSpec(f"diffs.{s}", _k(f"diffs:{s}.v2"), Payload.DIFF, DIFFS_MAX_BYTES, DIFFS_MAX_AGE_S) for s in STRATEGIES
+    s: StreamSpec(f"diffs.{s}", per_underlying(f"diffs:{s}.v2"), Payload.DIFF, DIFFS_MAX_BYTES, DIFFS_MAX_AGE_S)
+    for s in STRATEGIES
 }
 
 # Sources that cannot attribute a frame to an underlying (a WebSocket frame that is not JSON) write
 # its reject here; "edge" is a pseudo-underlying so the key keeps the same shape.
 EDGE = "edge"
-
-# Test stream used by the runtime's tests and benchmark (the counting agent).
-TEST_IN = StreamSpec("test.in", _k("test.in.v1"), Payload.TEST, 512 * MiB, ingress=True)
-
 
 # Dead letters of any stream (``dlq_key``): bounded like every stream; written by the runtime.
 DLQ = StreamSpec("dlq", "{u}.dlq", Payload.DEAD, DLQ_MAX_BYTES)
@@ -183,11 +170,6 @@ def heartbeat_key(agent: str, consumer: str) -> str:
 def underlyings_key() -> str:
     """Set: every underlying that has ever had a stream, for the inspector and the gateway."""
     return f"{PREFIX}:{GLOBAL_TAG}:underlyings"
-
-
-def test_sums_key(u: str) -> str:
-    """Hash: per-key sums kept by the counting agent (runtime tests and benchmark)."""
-    return f"{PREFIX}:{{{u}}}:test.sums"
 
 
 def calc_flushes_key(u: str, strategy: str) -> str:

@@ -32,12 +32,13 @@ import hmac
 import os
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Form, HTTPException, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
@@ -46,13 +47,14 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from redis.exceptions import RedisError
 
+from marketswarm.agents import catalog
 from marketswarm.agents.publish.assemble import diff_json, geometry_json
 from marketswarm.agents.publish.hub import Hub
 from marketswarm.agents.publish.models import GapError, Published, catch_up, diff_version, load_published, top_version
 from marketswarm.agents.publish.sse import Segment, SseResponse, accepts_gzip, sse_event
 from marketswarm.schemas import codec
 from marketswarm.schemas.models import GexModel, HeatmapModel
-from marketswarm.topology import streams
+from marketswarm.topology import observe, streams
 from marketswarm.topology.connections import create_redis
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
@@ -401,29 +403,41 @@ class Recent:
 
 
 async def _readiness(redis: aioredis.Redis, settings: Settings) -> tuple[dict[str, Any], int]:
-    from marketswarm.topology import graph
-
-    missing = []
     try:
         await redis.ping()
-        for spec in graph.agents():
-            for u in settings.underlyings:
-                key = spec.reads.key(u)
-                try:
-                    groups = await redis.xinfo_groups(key)
-                except aioredis.ResponseError:
-                    groups = []
-                if not any(g["name"] in (spec.name, spec.name.encode()) for g in groups):
-                    missing.append(f"{spec.name} on {key}")
+        missing = await observe.missing_groups(redis, settings.underlyings, catalog.agents())
     except (RedisError, OSError) as exc:
         return {"ready": False, "redis": str(exc)}, 503
     return {"ready": not missing, "missing_groups": missing}, 200 if not missing else 503
 
 
 async def _scrape(redis: aioredis.Redis, metrics: Metrics, settings: Settings) -> None:
-    from marketswarm.topology.inspect import refresh_group_metrics
-
     await refresh_group_metrics(redis, metrics, settings.underlyings, settings.publish_interval_ms / 1000)
+
+
+async def refresh_group_metrics(
+    redis: aioredis.Redis, metrics: Metrics, underlyings: Sequence[str], publish_interval_s: float | None = None
+) -> None:
+    """Set the lag/pending/length gauges from XINFO, and model ages (scrape time)."""
+    us = await observe.known_underlyings(redis, underlyings)
+    now_ns = time.time_ns()
+    for u in us:
+        for s in streams.STRATEGIES:
+            raw = await redis.hget(streams.publish_state_key(u, s), "state")
+            if raw is None:
+                continue
+            asof = orjson.loads(raw).get("asof_ns")
+            if asof:
+                metrics.model_age.labels(u, s).set(max(0.0, (now_ns - asof) / 1e9))
+            if publish_interval_s is not None:
+                metrics.publish_interval.labels(u, s).set(publish_interval_s)
+    for row in await observe.group_rows(redis, us, catalog.agents()):
+        if row["exists"]:
+            if row["lag"] is not None:
+                metrics.group_lag.labels(row["agent"], row["stream"]).set(row["lag"])
+            metrics.group_pending.labels(row["agent"], row["stream"]).set(row["pending"])
+    for row in await observe.stream_rows(redis, us):
+        metrics.stream_length.labels(row["stream"]).set(row["length"])
 
 
 async def _published(redis: aioredis.Redis, settings: Settings) -> frozenset[str]:

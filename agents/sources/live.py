@@ -55,6 +55,7 @@ from massive.exceptions import AuthError, BadResponse
 from redis.exceptions import RedisClusterException, RedisError
 from websockets.exceptions import ConnectionClosed
 
+from marketswarm.agents import catalog
 from marketswarm.agents.calc.blackscholes import ET
 from marketswarm.agents.normalize import REST_CHAIN, REST_INDICES, WS, WS_DELAYED
 from marketswarm.agents.parsing import RejectReason, excerpt
@@ -149,7 +150,9 @@ class LiveSource:
         self.redis = redis
         self.metrics = metrics
         self.stop = stop
-        self.writer = RawWriter.of(settings, redis, metrics, "massive", Gate(redis, settings.max_backlog))
+        self.writer = RawWriter.of(
+            settings, redis, metrics, "massive", Gate(redis, settings.max_backlog, catalog.agents())
+        )
         self.rest = RESTClient(api_key=self.key, base=settings.massive_rest_base, retries=0, read_timeout=30.0)
         self.spot: dict[str, float] = {}
         self.targets: dict[str, list[Target]] = {}

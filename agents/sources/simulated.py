@@ -26,6 +26,7 @@ import numpy as np
 import orjson
 import redis.asyncio as aioredis
 
+from marketswarm.agents import catalog
 from marketswarm.agents.calc import blackscholes as bs
 from marketswarm.agents.calc.blackscholes import ET
 from marketswarm.agents.sources.writer import RawWriter
@@ -311,7 +312,7 @@ TICK_S = 0.02
 
 async def run_simulated(settings: Settings, redis: aioredis.Redis, metrics: Metrics, stop: asyncio.Event) -> None:
     """The live simulated source: event time follows the wall clock."""
-    writer = RawWriter.of(settings, redis, metrics, "sim", Gate(redis, settings.max_backlog))
+    writer = RawWriter.of(settings, redis, metrics, "sim", Gate(redis, settings.max_backlog, catalog.agents()))
     now = time.time_ns()
     markets = {u: SimMarket(u, settings.sim_seed, settings.sim_rate, now) for u in settings.underlyings}
     while not stop.is_set():

@@ -19,16 +19,17 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
+from marketswarm.agents import catalog
 from marketswarm.agents.publish.models import read_model
 from marketswarm.agents.sources.files import Recorded, read_inputs, write_recorded
-from marketswarm.topology import graph, streams
+from marketswarm.topology import streams
 from marketswarm.topology.connections import create_redis
-from marketswarm.topology.embedded import EmbeddedServer, find_binary, free_port
-from marketswarm.topology.inspect import group_rows
 from marketswarm.topology.metrics import Metrics
-from marketswarm.topology.pipeline import run_until_idle
+from marketswarm.topology.observe import group_rows
 from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
+from marketswarm.topology.shell.embedded import EmbeddedServer, find_binary, free_port
+from marketswarm.topology.shell.inprocess import run_until_idle
 from tests.conftest import REPO
 from tests.integration.test_replay import sim_capture
 
@@ -115,7 +116,7 @@ def test_every_role_does_its_work_and_nothing_more(acl_server: dict[str, str], t
         with pytest.raises(redis.exceptions.NoPermissionError):
             client.get("other:key")
         client.close()
-    assert not sum(admin.xlen(streams.dlq_key(spec.reads.key(u))) for spec in graph.agents() for u in us)
+    assert not sum(admin.xlen(streams.dlq_key(spec.reads.key(u))) for spec in catalog.agents() for u in us)
     admin.close()
 
 
@@ -124,7 +125,7 @@ async def _source_agents_gateway(acl_server: dict[str, str], frames: list[Record
     st = Settings(underlyings=us, idle_flush=False, block_ms=100, min_replicas_ack=0)
     # The operator creates the groups (as `marketswarm run` would before the sources start).
     operator = create_redis(acl_server["operator"])
-    for spec in graph.agents():
+    for spec in catalog.agents():
         for u in us:
             await Runtime.ensure_group(operator, spec.reads.key(u), spec.name)
     await operator.aclose()
@@ -141,7 +142,7 @@ async def _source_agents_gateway(acl_server: dict[str, str], frames: list[Record
             for s in streams.STRATEGIES:
                 body = await read_model(gateway, u, s)
                 assert body is not None and orjson.loads(body)["version"] >= 1, (u, s)
-        rows = await group_rows(gateway, us)
+        rows = await group_rows(gateway, us, catalog.agents())
         assert all(r["exists"] and r["lag"] == 0 and r["pending"] == 0 for r in rows)
     finally:
         await gateway.aclose()

@@ -18,15 +18,14 @@ import redis
 from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisClusterException, RedisError
 
-from marketswarm.schemas import codec
 from marketswarm.topology import streams
 from marketswarm.topology.connections import create_redis
-from marketswarm.topology.counting import COUNT
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.runtime import Runtime
 from tests.cluster import LocalCluster
 from tests.integration.test_replay import sim_capture, tree
 from tests.integration.test_runtime import KEY, settings
+from tests.rig.counting import COUNT, encode_count, sums_key
 
 pytestmark = pytest.mark.integration
 
@@ -76,13 +75,13 @@ async def test_agents_resume_after_kill_9_of_a_master(redis_cluster: LocalCluste
     async def produce_acked(n: int) -> None:
         async with producer.pipeline(transaction=False) as pipe:
             for _ in range(n):
-                pipe.xadd(KEY, codec.encode_test({"key": "k", "n": 1}))
+                pipe.xadd(KEY, encode_count({"key": "k", "n": 1}))
             pipe.execute_command("WAIT", 1, 2000, target_nodes=producer.get_node_from_key(KEY))
             *_, acked = await pipe.execute()
         assert acked >= 1
 
     async def total() -> int:
-        return int(await producer.hget(streams.test_sums_key("T1"), "k") or 0)
+        return int(await producer.hget(sums_key("T1"), "k") or 0)
 
     task = asyncio.create_task(runtime.run())
     victim = redis_cluster.master_of(KEY)
@@ -178,17 +177,17 @@ async def test_a_slot_migration_mid_run_loses_nothing(redis_cluster: LocalCluste
         migration = asyncio.create_task(asyncio.to_thread(redis_cluster.migrate_slot_of, KEY, dst, 1, 0.01))
         while not migration.done():
             with contextlib.suppress(RedisError, RedisClusterException):
-                await producer.xadd(KEY, codec.encode_test({"key": "k", "n": 1}))
+                await producer.xadd(KEY, encode_count({"key": "k", "n": 1}))
                 produced += 1
             await asyncio.sleep(0.005)
         assert await migration > 150
         assert produced > 50  # written while the slot was moving
         for _ in range(50):
-            await producer.xadd(KEY, codec.encode_test({"key": "k", "n": 1}))
+            await producer.xadd(KEY, encode_count({"key": "k", "n": 1}))
             produced += 1
 
         async def total() -> int:
-            return int(await producer.hget(streams.test_sums_key("T1"), "k") or 0)
+            return int(await producer.hget(sums_key("T1"), "k") or 0)
 
         # Every entry in the stream counted once (a write that raised may still have been applied).
         written = int(await producer.xlen(KEY))

@@ -19,12 +19,12 @@ from marketswarm.topology import streams
 from marketswarm.topology.agent import Effects, Entry, Output
 from marketswarm.topology.commit import Committer, ConflictError, EffectError, encode, hash_tag
 from marketswarm.topology.connections import create_redis
-from marketswarm.topology.counting import COUNT
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
 from tests.integration.test_hydrate import T0, chain, contract
 from tests.integration.test_runtime import KEY, produce, run_counter, settings, sums
+from tests.rig.counting import COUNT, sums_key
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ async def pending(r: aioredis.Redis, key: str, group: str) -> int:
 async def test_failed_effect_leaves_the_batch_pending_then_commits_once(redis_url: str, aredis: aioredis.Redis) -> None:
     await Runtime.ensure_group(aredis, KEY, COUNT.name)
     await produce(aredis, [{"key": "a", "n": 1} for _ in range(40)])
-    await aredis.set(streams.test_sums_key("T1"), "not a hash")  # every HINCRBY fails with WRONGTYPE
+    await aredis.set(sums_key("T1"), "not a hash")  # every HINCRBY fails with WRONGTYPE
     # No reclaim by idle time: the failed entries stay with this consumer until its next start.
     quiet = settings(max_deliveries=1000, min_idle_ms=600_000)
     _, metrics = await run_counter(redis_url, quiet, idle_timeout_s=1.0)
@@ -45,7 +45,7 @@ async def test_failed_effect_leaves_the_batch_pending_then_commits_once(redis_ur
     assert metrics.commit_failures.labels("count", KEY)._value.get() >= 1
     errors = await aredis.hgetall(streams.errors_key(KEY))
     assert errors and all(b"WRONGTYPE" in e for e in errors.values())
-    await aredis.delete(streams.test_sums_key("T1"))  # the operator mends the key
+    await aredis.delete(sums_key("T1"))  # the operator mends the key
     n, _ = await run_counter(redis_url, quiet, max_entries=40)
     assert n == 40
     assert await sums(aredis) == {"a": 40}
@@ -56,7 +56,7 @@ async def test_failed_effect_leaves_the_batch_pending_then_commits_once(redis_ur
 async def test_failed_effect_is_dead_lettered_with_its_reason(redis_url: str, aredis: aioredis.Redis) -> None:
     await Runtime.ensure_group(aredis, KEY, COUNT.name)
     ids = await produce(aredis, [{"key": "a", "n": 1} for _ in range(3)])
-    await aredis.set(streams.test_sums_key("T1"), "not a hash")
+    await aredis.set(sums_key("T1"), "not a hash")
     n, metrics = await run_counter(redis_url, settings(max_deliveries=2), idle_timeout_s=2.0)
     assert n == 3
     dlq = await aredis.xrange(streams.dlq_key(KEY))

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from marketswarm.topology.embedded import free_port
+from marketswarm.topology.shell.embedded import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 

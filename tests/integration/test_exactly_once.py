@@ -13,14 +13,14 @@ import time
 import pytest
 import redis
 
-from marketswarm.schemas import codec
 from marketswarm.topology import streams
-from marketswarm.topology.counting import COUNT
+from tests.rig import counting
+from tests.rig.counting import COUNT, TEST_IN, encode_count, sums_key
 
 pytestmark = pytest.mark.integration
 
 U = "KILL"
-KEY = streams.TEST_IN.key(U)
+KEY = TEST_IN.key(U)
 EVENTS = 100_000
 KILLS = 20
 
@@ -39,7 +39,7 @@ def spawn(url: str, consumer: str) -> subprocess.Popen[bytes]:
             "MARKETSWARM_MAX_DELIVERIES": "3",
         }
     )
-    return subprocess.Popen([sys.executable, "-m", "marketswarm.topology.counting"], env=env)
+    return subprocess.Popen([sys.executable, counting.__file__], env=env)
 
 
 def test_sigkill_at_random_moments_loses_and_doubles_nothing(redis_url: str) -> None:
@@ -51,13 +51,13 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(redis_url: str) -> 
     pipe = r.pipeline(transaction=False)
     for i in range(EVENTS):
         if i % 20_000 == 777:  # five poison entries: the step raises on them
-            pipe.xadd(KEY, codec.encode_test({"key": "k0", "n": 10**6, "poison": True}))
+            pipe.xadd(KEY, encode_count({"key": "k0", "n": 10**6, "poison": True}))
         elif i % 25_000 == 999:  # four undecodable entries
             pipe.xadd(KEY, {"kind": "test", "v": "1", "data": b"{not json"})
         else:
             k, n = f"k{rng.randrange(100)}", rng.randrange(1, 10)
             expected[k.encode()] = expected.get(k.encode(), 0) + n
-            pipe.xadd(KEY, codec.encode_test({"key": k, "n": n}))
+            pipe.xadd(KEY, encode_count({"key": k, "n": n}))
         if i % 5000 == 4999:
             ids = pipe.execute()
             poison_ids.update(ids[j] for j in range(len(ids)) if (i - 4999 + j) % 20_000 == 777)
@@ -88,7 +88,7 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(redis_url: str) -> 
     group = r.xinfo_groups(KEY)[0]
     assert group["pending"] == 0
     assert group["lag"] == 0
-    assert r.hgetall(streams.test_sums_key(U)) == {k: str(v).encode() for k, v in expected.items()}
+    assert r.hgetall(sums_key(U)) == {k: str(v).encode() for k, v in expected.items()}
     dead = r.xrange(streams.dlq_key(KEY))
     assert {f[b"id"] for _, f in dead} == poison_ids
     for _, fields in dead:

@@ -24,10 +24,10 @@ from marketswarm.agents.sources.simulated import SimMarket
 from marketswarm.agents.sources.writer import RawWriter
 from marketswarm.schemas.models import I16, I32, I64, Geometry, GexModel, HeatmapModel, pack
 from marketswarm.topology import streams
-from marketswarm.topology.embedded import free_port
 from marketswarm.topology.metrics import Metrics
-from marketswarm.topology.pipeline import run_until_idle
 from marketswarm.topology.settings import Settings
+from marketswarm.topology.shell.embedded import free_port
+from marketswarm.topology.shell.inprocess import run_until_idle
 
 pytestmark = pytest.mark.integration
 

@@ -25,7 +25,6 @@ from pydantic import SecretStr
 
 from marketswarm.agents.normalize import NORMALIZE
 from marketswarm.agents.sources import live
-from marketswarm.agents.sources.fake_provider import FakeProvider, provider_shapes
 from marketswarm.agents.sources.live import LiveSource, chain_filter, next_interval
 from marketswarm.agents.sources.simulated import SimMarket
 from marketswarm.agents.sources.subscriptions import Target
@@ -33,12 +32,13 @@ from marketswarm.schemas import codec
 from marketswarm.schemas.events import ChainSnapshot, Quote, Spot, Trade
 from marketswarm.topology import streams
 from marketswarm.topology.connections import create_redis
-from marketswarm.topology.embedded import EmbeddedServer, free_port
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
-from marketswarm.topology.supervisor import Supervisor
+from marketswarm.topology.shell.embedded import EmbeddedServer, free_port
+from marketswarm.topology.shell.supervisor import Supervisor
 from tests.integration.test_dashboard import marketswarm_run
+from tests.rig.fake_provider import FakeProvider, provider_shapes
 
 pytestmark = pytest.mark.integration
 

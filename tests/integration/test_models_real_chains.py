@@ -19,8 +19,8 @@ from scipy.stats import norm
 from marketswarm.agents.publish.models import read_model
 from marketswarm.schemas.models import GexModel, HeatmapModel
 from marketswarm.topology import streams
-from marketswarm.topology.pipeline import run_until_idle
 from marketswarm.topology.settings import Settings
+from marketswarm.topology.shell.inprocess import run_until_idle
 
 pytestmark = pytest.mark.integration
 

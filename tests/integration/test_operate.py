@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 from marketswarm.agents.sources.files import Recorded, write_recorded
 from marketswarm.agents.sources.simulated import SimMarket
 from marketswarm.topology import streams
-from marketswarm.topology.cli import app
-from marketswarm.topology.pipeline import run_until_idle
-from marketswarm.topology.replay import export_models
 from marketswarm.topology.settings import Settings
+from marketswarm.topology.shell.cli import app
+from marketswarm.topology.shell.inprocess import run_until_idle
+from marketswarm.topology.shell.replay import export_models
 
 pytestmark = pytest.mark.integration
 

@@ -16,9 +16,10 @@ import httpx
 import pytest
 import redis
 
-from marketswarm.topology import graph, streams
-from marketswarm.topology.embedded import free_port
-from marketswarm.topology.supervisor import group_agents
+from marketswarm.agents import catalog
+from marketswarm.topology import streams
+from marketswarm.topology.shell.embedded import free_port
+from marketswarm.topology.shell.supervisor import group_agents
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -35,7 +36,7 @@ def metric(text: str, name: str) -> float:
 
 def backlog(r: redis.Redis) -> int:
     total = 0
-    for spec in graph.agents():
+    for spec in catalog.agents():
         for g in r.xinfo_groups(spec.reads.key("SPX")):
             total += int(g["lag"] or 0) + int(g["pending"])
     return total
@@ -56,7 +57,9 @@ def test_overload_sheds_at_the_edge_and_loses_nothing_inside(redis_url: str, tmp
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
     )
     exe = [sys.executable, "-m", "marketswarm.topology"]
-    agents = [subprocess.Popen([*exe, "agent", *g], env=env) for g in group_agents([s.name for s in graph.agents()], 0)]
+    agents = [
+        subprocess.Popen([*exe, "agent", *g], env=env) for g in group_agents([s.name for s in catalog.agents()], 0)
+    ]
     gateway = subprocess.Popen([*exe, "gateway"], env=env)
     source = subprocess.Popen([*exe, "source", "sim"], env=env)
     r = redis.Redis.from_url(redis_url)
@@ -89,6 +92,6 @@ def test_overload_sheds_at_the_edge_and_loses_nothing_inside(redis_url: str, tmp
     assert metric(text, "marketswarm_versions_published_total") > 0
     assert peak_memory < MAX_USED_MEMORY, peak_memory
     # Each stateful agent took its lease once: none lapsed while a step held its event loop.
-    for spec in graph.agents():
+    for spec in catalog.agents():
         if spec.stateful:
             assert r.get(streams.lease_token_key("SPX", spec.name)) == b"1", spec.name

@@ -19,8 +19,8 @@ from marketswarm.agents.sources.simulated import SimMarket
 from marketswarm.schemas import codec
 from marketswarm.schemas.codec import RawFrame
 from marketswarm.topology import streams
-from marketswarm.topology.pipeline import run_until_idle
 from marketswarm.topology.settings import Settings
+from marketswarm.topology.shell.inprocess import run_until_idle
 
 pytestmark = pytest.mark.integration
 

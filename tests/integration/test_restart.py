@@ -10,11 +10,12 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
+from marketswarm.agents import catalog
 from marketswarm.agents.calc.strategies import TileCalc
 from marketswarm.agents.sources.files import Recorded, write_recorded
 from marketswarm.agents.sources.simulated import SimMarket
 from marketswarm.schemas import codec
-from marketswarm.topology import graph, streams
+from marketswarm.topology import streams
 from marketswarm.topology.connections import create_redis
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.runtime import Runtime
@@ -30,7 +31,7 @@ ST = Settings(underlyings=["SPX"], block_ms=50, idle_flush=False, batch_size=7, 
 async def run(url: str, name: str, **bounds: float) -> int:
     client = create_redis(url, ST.block_ms)
     try:
-        return await Runtime(graph.by_name(name), ST, client, Metrics(CollectorRegistry())).run(**bounds)  # type: ignore[arg-type]
+        return await Runtime(catalog.by_name(name), ST, client, Metrics(CollectorRegistry())).run(**bounds)  # type: ignore[arg-type]
     finally:
         await client.aclose()
 
@@ -48,7 +49,7 @@ async def recorded_market(r: aioredis.Redis, seed: int, rate: float, chain_inter
     for _ in range(steps):
         t += SECOND // 4
         frames += [Recorded("SPX", f, t, d) for f, d in m.advance(t)]
-    for spec in graph.agents():
+    for spec in catalog.agents():
         await Runtime.ensure_group(r, spec.reads.key("SPX"), spec.name)
     await write_recorded(r, frames)
 
@@ -64,7 +65,7 @@ async def test_calc_and_publisher_resume_exactly(redis_url: str, aredis: aioredi
 
     async def reset(*names: str) -> None:
         for n in names:
-            spec = graph.by_name(n)
+            spec = catalog.by_name(n)
             await aredis.xgroup_setid(spec.reads.key("SPX"), spec.name, "0")
         await aredis.delete(
             staged_key,
@@ -76,7 +77,7 @@ async def test_calc_and_publisher_resume_exactly(redis_url: str, aredis: aioredi
         # Deleting the staged stream deleted the publisher's group on it. Without a group nothing
         # guards its entries from retention, and a run slower than a trim interval (a loaded
         # machine) would trim what this test compares.
-        for spec in graph.agents():
+        for spec in catalog.agents():
             await Runtime.ensure_group(aredis, spec.reads.key("SPX"), spec.name)
 
     await run(redis_url, "calc.butterfly", idle_timeout_s=0.5)
@@ -103,7 +104,7 @@ async def test_a_calc_restored_after_live_flushes_holds_what_it_emitted(redis_ur
     client = create_redis(redis_url, live.block_ms)
     try:
         for name in ("normalize", "hydrate", "calc.butterfly"):
-            await Runtime(graph.by_name(name), live, client, Metrics(CollectorRegistry())).run(idle_timeout_s=0.5)
+            await Runtime(catalog.by_name(name), live, client, Metrics(CollectorRegistry())).run(idle_timeout_s=0.5)
     finally:
         await client.aclose()
     assert await aredis.llen(streams.calc_flushes_key("SPX", "butterfly")) >= 1, "a bucket was flushed on a deadline"
@@ -129,7 +130,7 @@ async def test_a_calc_restored_after_live_flushes_holds_what_it_emitted(redis_ur
 def test_an_embedded_server_whose_picked_port_was_taken_starts_on_another(tmp_path: Path) -> None:
     import socket
 
-    from marketswarm.topology.embedded import EmbeddedServer, PortInUseError
+    from marketswarm.topology.shell.embedded import EmbeddedServer, PortInUseError
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))  # bound, not listening: a bind fails, a connect is refused

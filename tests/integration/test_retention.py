@@ -13,8 +13,8 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
+from marketswarm.agents import catalog
 from marketswarm.agents.sources.writer import RawWriter
-from marketswarm.schemas import codec
 from marketswarm.topology import streams
 from marketswarm.topology.agent import AgentSpec, Effects, Entry
 from marketswarm.topology.backpressure import Gate
@@ -22,10 +22,11 @@ from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.retention import Trimmer, plan
 from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
+from tests.rig.counting import TEST_IN, encode_count, sums_key
 
 pytestmark = pytest.mark.integration
 
-SMALL = replace(streams.TEST_IN, max_bytes=512 * 1024, max_age_s=None)
+SMALL = replace(TEST_IN, max_bytes=512 * 1024, max_age_s=None)
 PAYLOAD = {"key": "k", "n": 1, "pad": "x" * 400}
 
 
@@ -34,7 +35,7 @@ async def fill(r: aioredis.Redis, key: str, batches: int, n: int) -> None:
     for _ in range(batches):
         async with r.pipeline(transaction=False) as pipe:
             for _ in range(n):
-                pipe.xadd(key, codec.encode_test(PAYLOAD))
+                pipe.xadd(key, encode_count(PAYLOAD))
             await pipe.execute()
         await asyncio.sleep(0.003)
 
@@ -87,7 +88,7 @@ async def test_sources_shed_market_frames_while_agents_are_behind(aredis: aiored
     key = streams.RAW.key("SHED")
     await aredis.xgroup_create(key, "normalize", id="$", mkstream=True)
     metrics = Metrics(CollectorRegistry())
-    writer = RawWriter(aredis, metrics, "test", Gate(aredis, max_backlog=5))
+    writer = RawWriter(aredis, metrics, "test", Gate(aredis, max_backlog=5, specs=catalog.agents()))
     ws = [("massive.ws", b'[{"ev":"Q"},{"ev":"Q"}]')] * 10
     assert len(await writer.write("SHED", ws, time.time_ns())) == 10  # the backlog was 0 when checked
     await asyncio.sleep(0.3)  # the gate reads the backlog at most every 0.25 s
@@ -101,7 +102,7 @@ class Slow:
     """A stateful step that holds the event loop far longer than the lease's TTL."""
 
     def __init__(self, settings: Settings, u: str, metrics: Metrics) -> None:
-        self.key = streams.test_sums_key(u)
+        self.key = sums_key(u)
 
     async def restore(self, redis: aioredis.Redis) -> None:
         return None
@@ -112,18 +113,18 @@ class Slow:
 
 
 async def test_a_long_step_does_not_lose_its_lease(redis_url: str, aredis: aioredis.Redis) -> None:
-    spec = AgentSpec(name="slow", reads=streams.TEST_IN, writes=(), make=Slow, stateful=True)
+    spec = AgentSpec(name="slow", reads=TEST_IN, writes=(), make=Slow, stateful=True)
     st = Settings(underlyings=["LEASE"], consumer="c1", block_ms=50, lease_ttl_ms=600, heartbeat_ttl_s=2)
-    key = streams.TEST_IN.key("LEASE")
+    key = TEST_IN.key("LEASE")
     await aredis.xgroup_create(key, "slow", id="0", mkstream=True)
     for _ in range(3):
-        await aredis.xadd(key, codec.encode_test({"key": "k", "n": 1}))
+        await aredis.xadd(key, encode_count({"key": "k", "n": 1}))
     client: Any = aioredis.Redis.from_url(redis_url)
     try:
         done = await Runtime(spec, st, client, Metrics(CollectorRegistry())).run(max_entries=3, idle_timeout_s=5)
     finally:
         await client.aclose()
     assert done == 3
-    assert await aredis.hget(streams.test_sums_key("LEASE"), "n") == b"3"
+    assert await aredis.hget(sums_key("LEASE"), "n") == b"3"
     # One token was ever handed out: the lease never lapsed while the step ran.
     assert await aredis.get(streams.lease_token_key("LEASE", "slow")) == b"1"

@@ -9,18 +9,17 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from marketswarm.schemas import codec
 from marketswarm.topology import streams
 from marketswarm.topology.connections import create_redis
-from marketswarm.topology.counting import COUNT
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
+from tests.rig.counting import COUNT, TEST_IN, encode_count, sums_key
 
 pytestmark = pytest.mark.integration
 
 U = "T1"
-KEY = streams.TEST_IN.key(U)
+KEY = TEST_IN.key(U)
 
 
 def settings(**kw: object) -> Settings:
@@ -41,13 +40,13 @@ def settings(**kw: object) -> Settings:
 async def produce(r: aioredis.Redis, items: list[dict[str, object]]) -> list[str]:
     async with r.pipeline(transaction=False) as pipe:
         for item in items:
-            pipe.xadd(KEY, codec.encode_test(item))
+            pipe.xadd(KEY, encode_count(item))
         ids = await pipe.execute()
     return [i.decode() for i in ids]
 
 
 async def sums(r: aioredis.Redis) -> dict[str, int]:
-    raw = await r.hgetall(streams.test_sums_key(U))
+    raw = await r.hgetall(sums_key(U))
     return {k.decode(): int(v) for k, v in raw.items()}
 
 

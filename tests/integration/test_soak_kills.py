@@ -16,13 +16,14 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from marketswarm.agents import catalog
 from marketswarm.agents.sources.files import Recorded, write_recorded
 from marketswarm.agents.sources.simulated import SimMarket
-from marketswarm.topology import graph
-from marketswarm.topology.pipeline import group_backlog, run_until_idle
-from marketswarm.topology.replay import export_models
+from marketswarm.topology.observe import backlog
 from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
+from marketswarm.topology.shell.inprocess import run_until_idle
+from marketswarm.topology.shell.replay import export_models
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -57,7 +58,7 @@ def frames() -> list[Recorded]:
 async def load(url: str, recorded: list[Recorded]) -> None:
     r = aioredis.Redis.from_url(url)
     await r.flushall()
-    for spec in graph.agents():
+    for spec in catalog.agents():
         await Runtime.ensure_group(r, spec.reads.key("SPX"), spec.name)
     await write_recorded(r, recorded)
     await r.aclose()
@@ -81,7 +82,7 @@ def test_killing_agents_at_random_changes_nothing(redis_url: str, tmp_path: Path
     asyncio.run(load(redis_url, recorded))
     env = dict(os.environ, MARKETSWARM_REDIS_URL=redis_url, **ENV)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    names = [s.name for s in graph.agents()]
+    names = [s.name for s in catalog.agents()]
 
     def spawn(name: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, "-m", "marketswarm.topology", "agent", name], env=env)
@@ -102,7 +103,7 @@ def test_killing_agents_at_random_changes_nothing(redis_url: str, tmp_path: Path
             calm = 0
             while calm < 5:
                 assert time.monotonic() < deadline, "the topology did not drain after the kills"
-                calm = calm + 1 if await group_backlog(r, graph.agents(), ["SPX"]) == 0 else 0
+                calm = calm + 1 if await backlog(r, ["SPX"], catalog.agents(), missing=1) == 0 else 0
                 await asyncio.sleep(0.3)
             await r.aclose()
 

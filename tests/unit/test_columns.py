@@ -25,6 +25,7 @@ from marketswarm.schemas import codec
 from marketswarm.schemas.events import ChangeBatch, GreeksChange, QuoteChange
 from marketswarm.schemas.models import I64, Diff, Geometry, HeatmapModel, Staged, columns, pack
 from marketswarm.topology import streams
+from tests.rig.wire import encode_changes
 
 SYMS = [f"SPXW251124{s}{k * 1000:08d}" for s in "CP" for k in range(5800, 5830, 5)]
 
@@ -178,7 +179,7 @@ def test_sse_columns_carry_the_whole_model() -> None:
 def test_gex_skips_changes_without_chain_analytics_spot_or_epochs() -> None:
     def fields(*changes: object) -> dict[bytes, bytes]:
         batch = ChangeBatch(src="1-0", rx_ns=0, epoch="e", changes=changes)  # type: ignore[arg-type]
-        return {k.encode(): _b(v) for k, v in codec.encode_changes(batch).items()}
+        return {k.encode(): _b(v) for k, v in encode_changes(batch).items()}
 
     quote = QuoteChange(sym=SYMS[0], ts_ns=1, bid=1.0, ask=1.1)
     assert not wants(fields(quote, quote))

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from marketswarm.topology import graph
+from marketswarm.agents import catalog
 from marketswarm.topology.metrics import Metrics
 
 OPS = Path(__file__).resolve().parents[2] / "ops"
@@ -86,7 +86,7 @@ def test_manifests_validate_against_the_kubernetes_schemas() -> None:
 
 def test_every_agent_has_a_deployment_with_probes_and_a_drain_period() -> None:
     deployments = {d["metadata"]["name"]: d for _, d in manifests() if d["kind"] == "Deployment"}
-    for spec in graph.agents():
+    for spec in catalog.agents():
         d = deployments[f"marketswarm-{spec.name.replace('.', '-')}"]
         pod = d["spec"]["template"]["spec"]
         [container] = pod["containers"]
@@ -104,7 +104,7 @@ def test_every_agent_has_a_deployment_with_probes_and_a_drain_period() -> None:
 
 def test_keda_scales_every_stateless_agent() -> None:
     scaled = {d["spec"]["scaleTargetRef"]["name"]: d for _, d in manifests() if d["kind"] == "ScaledObject"}
-    for spec in graph.agents():
+    for spec in catalog.agents():
         name = f"marketswarm-{spec.name.replace('.', '-')}"
         if spec.stateful:
             assert name not in scaled  # one owner per underlying: more replicas would only stand by

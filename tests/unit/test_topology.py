@@ -6,12 +6,13 @@ import dataclasses
 
 import pytest
 
+from marketswarm.agents import catalog
 from marketswarm.topology import graph, streams
 from marketswarm.topology.agent import AgentSpec
 
 
 def test_production_graph_is_valid() -> None:
-    specs = graph.agents()
+    specs = catalog.agents()
     graph.validate(specs)
     names = [s.name for s in specs]
     assert names[:2] == ["normalize", "hydrate"]
@@ -22,15 +23,15 @@ def test_production_graph_is_valid() -> None:
 
 
 def test_keys_carry_the_underlying_hash_tag() -> None:
-    for spec in graph.agents():
+    for spec in catalog.agents():
         for st in (spec.reads, *spec.writes):
             assert st.key("SPX").startswith("ms:{SPX}:")
     assert streams.dlq_key(streams.RAW.key("SPX")) == "ms:{SPX}:raw.v1.dlq"
 
 
 def test_validation_catches_errors() -> None:
-    normalize = graph.by_name("normalize")
-    orphan = dataclasses.replace(graph.by_name("hydrate"), name="orphan", reads=streams.CHANGES, writes=())
+    normalize = catalog.by_name("normalize")
+    orphan = dataclasses.replace(catalog.by_name("hydrate"), name="orphan", reads=streams.CHANGES, writes=())
     with pytest.raises(graph.GraphError, match="no agent writes"):
         graph.validate([orphan])
     with pytest.raises(graph.GraphError, match="used twice"):
@@ -41,8 +42,8 @@ def test_validation_catches_errors() -> None:
 
 
 def test_mermaid_names_every_agent_and_stream() -> None:
-    text = graph.mermaid(graph.agents())
+    text = graph.mermaid(catalog.agents())
     assert text.startswith("flowchart LR")
-    for spec in graph.agents():
+    for spec in catalog.agents():
         assert f'["{spec.name}"]' in text
     assert "ms:{U}:changes.v1" in text

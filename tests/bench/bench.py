@@ -22,14 +22,12 @@ from prometheus_client import CollectorRegistry
 from rich.console import Console
 from rich.table import Table
 
-from marketswarm.schemas import codec
-from marketswarm.topology import streams
 from marketswarm.topology.connections import create_redis
-from marketswarm.topology.counting import COUNT
-from marketswarm.topology.embedded import EmbeddedCluster, EmbeddedServer
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
+from marketswarm.topology.shell.embedded import EmbeddedCluster, EmbeddedServer
+from tests.rig.counting import COUNT, TEST_IN, encode_count, sums_key
 
 
 @dataclass
@@ -57,7 +55,7 @@ Suite = Callable[[str, dict[str, float]], list[Row]]  # (server URL, figures sha
 
 
 async def _fill(r: aioredis.Redis, key: str, n: int) -> None:
-    payload = codec.encode_test({"key": "k", "n": 1})
+    payload = encode_count({"key": "k", "n": 1})
     for start in range(0, n, 5000):
         async with r.pipeline(transaction=False) as pipe:
             for _ in range(min(5000, n - start)):
@@ -84,9 +82,9 @@ async def _ceiling(url: str, key: str, n: int, batch: int) -> float:
 
 
 async def _hop(url: str, u: str, n: int, batch: int, min_replicas_ack: int = 0) -> float:
-    key = streams.TEST_IN.key(u)
+    key = TEST_IN.key(u)
     r = create_redis(url)
-    await r.delete(key, streams.test_sums_key(u))
+    await r.delete(key, sums_key(u))
     await _fill(r, key, n)
     await r.xgroup_create(key, COUNT.name, id="0")
     st = Settings(
@@ -97,7 +95,7 @@ async def _hop(url: str, u: str, n: int, batch: int, min_replicas_ack: int = 0) 
     t0 = time.perf_counter()
     await runtime.run(max_entries=n)
     rate = n / (time.perf_counter() - t0)
-    got = int(await r.hget(streams.test_sums_key(u), "k") or 0)
+    got = int(await r.hget(sums_key(u), "k") or 0)
     await r.aclose()
     if got != n:
         raise AssertionError(f"benchmark hop counted {got} of {n}")
@@ -182,8 +180,8 @@ def cluster_suite(url: str, shared: dict[str, float]) -> list[Row]:
 
 def suites() -> dict[str, Suite]:
     """Every benchmark suite, in report order."""
-    from marketswarm.topology.bench_e2e import e2e_suite
-    from marketswarm.topology.bench_models import columns_suite, normalize_suite
+    from tests.bench.e2e import e2e_suite
+    from tests.bench.models import columns_suite, normalize_suite
 
     return {
         "runtime": runtime_suite,

@@ -10,14 +10,13 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisClusterException, RedisError
 
-from marketswarm.topology import graph
+from marketswarm.agents import catalog
 from marketswarm.topology.agent import AgentSpec
 from marketswarm.topology.connections import create_redis
-from marketswarm.topology.inspect import group_rows
 from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.observe import backlog
 from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
 
@@ -25,17 +24,6 @@ IDLE_POLL_S = 0.05
 # Idle must hold for this many consecutive polls: a group can look drained between a commit upstream
 # and the downstream read.
 IDLE_CONFIRMATIONS = 3
-
-
-async def group_backlog(redis: aioredis.Redis, specs: Sequence[AgentSpec], underlyings: Sequence[str]) -> int:
-    """Entries not yet read or not yet acked, over every group of ``specs`` (missing groups count 1)."""
-    total = 0
-    for row in await group_rows(redis, underlyings, specs):
-        if not row["exists"]:
-            total += 1  # stream or group not there yet
-            continue
-        total += row["lag"] + row["pending"]
-    return total
 
 
 async def _drain(
@@ -61,14 +49,14 @@ async def _drain(
                 if t.done() and t.exception() is not None:
                     raise t.exception()  # type: ignore[misc]
             try:
-                backlog = await group_backlog(probe, specs, underlyings)
+                behind: int | None = await backlog(probe, underlyings, specs, missing=1)
             except (RedisError, RedisClusterException, OSError):
-                backlog = None  # the server is failing over or restarting: not calm, ask again
-            if progress is not None and backlog is not None:
-                progress(backlog)
-            calm = calm + 1 if backlog == 0 else 0
+                behind = None  # the server is failing over or restarting: not calm, ask again
+            if progress is not None and behind is not None:
+                progress(behind)
+            calm = calm + 1 if behind == 0 else 0
             if loop.time() > deadline:
-                raise TimeoutError(f"topology still has {backlog} entries to process")
+                raise TimeoutError(f"topology still has {behind} entries to process")
             await asyncio.sleep(IDLE_POLL_S)
     finally:
         stop.set()
@@ -105,7 +93,7 @@ async def run_until_idle(
     With ``settings.idle_flush`` off (replays), what the calc agents and publishers hold back is
     flushed at the end, stage by stage, at a point that depends only on the input: every agent has
     consumed everything. That keeps the published versions a function of the input alone."""
-    specs = graph.agents()
+    specs = catalog.agents()
     metrics = metrics or Metrics()
     deadline = asyncio.get_running_loop().time() + timeout_s
     await _drain(url, settings, specs, underlyings, metrics, deadline, progress)

@@ -24,11 +24,11 @@ from marketswarm.agents.sources.files import capture_line, read_inputs, write_re
 from marketswarm.schemas import codec
 from marketswarm.topology import streams
 from marketswarm.topology.connections import create_redis
-from marketswarm.topology.embedded import EmbeddedServer
-from marketswarm.topology.inspect import known_underlyings
-from marketswarm.topology.pipeline import run_until_idle
+from marketswarm.topology.observe import known_underlyings
 from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
+from marketswarm.topology.shell.embedded import EmbeddedServer
+from marketswarm.topology.shell.inprocess import run_until_idle
 
 
 async def export_models(redis: aioredis.Redis, out: Path, underlyings: Sequence[str]) -> list[Path]:
@@ -49,7 +49,7 @@ async def export_models(redis: aioredis.Redis, out: Path, underlyings: Sequence[
 async def _replay(
     url: str, settings: Settings, paths: Sequence[Path], export: Path | None, paced: bool, console: Console
 ) -> None:
-    from marketswarm.topology import graph
+    from marketswarm.agents import catalog
 
     frames = read_inputs(paths)
     underlyings = sorted({f.underlying for f in frames})
@@ -58,7 +58,7 @@ async def _replay(
     redis = create_redis(url)
     try:
         # Groups first, so that every agent sees the input from its first frame.
-        for spec in graph.agents():
+        for spec in catalog.agents():
             for u in underlyings:
                 await Runtime.ensure_group(redis, spec.reads.key(u), spec.name)
         with Progress(

@@ -18,9 +18,11 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from marketswarm.topology import inspect as insp
-from marketswarm.topology import operate
+from marketswarm.agents import catalog
+from marketswarm.topology import observe
 from marketswarm.topology.connections import create_redis
+from marketswarm.topology.shell import inspection as insp
+from marketswarm.topology.shell import operate
 
 inspect_app = typer.Typer(help="Look inside a running system (every view takes --json).", no_args_is_help=False)
 offsets_app = typer.Typer(help="Consumer-group offsets: show them, or move one group (replay).", no_args_is_help=True)
@@ -30,7 +32,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tab
 
 
 def _run(fn: Callable[[Any], Awaitable[Any]]) -> Any:
-    from marketswarm.topology.cli import load_settings, redis_url_of
+    from marketswarm.topology.shell.cli import load_settings, redis_url_of
 
     settings = load_settings()
     url = redis_url_of(settings)
@@ -88,17 +90,17 @@ def overview(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
     async def fetch(args: Any) -> dict[str, Any]:
         redis, settings = args
-        us = await insp.known_underlyings(redis, settings.underlyings)
+        us = await observe.known_underlyings(redis, settings.underlyings)
         return {
-            "streams": await insp.stream_rows(redis, us),
-            "groups": await insp.group_rows(redis, us),
+            "streams": await observe.stream_rows(redis, us),
+            "groups": await observe.group_rows(redis, us, catalog.agents()),
             "placement": insp.placement(redis, us),
         }
 
     server, _, data = _run(fetch)
 
     def render(d: dict[str, Any]) -> list[Any]:
-        rows = [{**r, "first": _when(insp.id_ms(r["first_id"])), "last": _when(r["last_ms"])} for r in d["streams"]]
+        rows = [{**r, "first": _when(observe.id_ms(r["first_id"])), "last": _when(r["last_ms"])} for r in d["streams"]]
         bad = [r for r in rows if r["kind"].endswith(".dlq") or r["kind"] == "rejects"]
         return [
             _table("streams", [r for r in rows if r not in bad], ["stream", "length", "first", "last", "retention"]),
@@ -194,7 +196,7 @@ def inspect_tile(
 
 def top(interval_s: Annotated[float, typer.Option(help="Refresh period, seconds.")] = 1.0) -> None:
     """A live view of per-group rates and lag (Ctrl-C to leave)."""
-    from marketswarm.topology.cli import load_settings, redis_url_of
+    from marketswarm.topology.shell.cli import load_settings, redis_url_of
 
     settings = load_settings()
     url = redis_url_of(settings)

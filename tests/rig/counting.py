@@ -1,10 +1,11 @@
 """A counting agent: per-key sums of a test stream. The runtime's proof of exactly-once-ish and its benchmark.
 
-Each entry of ``ms:{U}:test.in.v1`` carries ``{"key": str, "n": int}``; the agent adds ``n`` to
-``key`` in ``ms:{U}:test.sums``. An entry with ``"poison": true`` makes the step raise, which is how
-the tests check that one bad entry is isolated and dead-lettered without holding back its batch.
+Each entry of ``ms:{U}:test.in.v1`` is a raw frame whose bytes are ``{"key": str, "n": int}``; the
+agent adds ``n`` to ``key`` in ``ms:{U}:test.sums``. An entry with ``"poison": true`` makes the step
+raise, which is how the tests check that one bad entry is isolated and dead-lettered without holding
+back its batch. It is test rig, not part of the package: it uses the runtime as any agent does.
 
-Run it as a process: ``python -m marketswarm.topology.counting`` (settings from the environment).
+Run it as a process: ``python tests/rig/counting.py`` (settings from the environment).
 """
 
 from __future__ import annotations
@@ -14,14 +15,33 @@ import signal
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
+from marketswarm.schemas.codec import RawFrame, encode_raw
 from marketswarm.topology import streams
 from marketswarm.topology.agent import AgentSpec, Effects, Entry, ScriptCall
 from marketswarm.topology.connections import create_redis
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
+
+# Test stream of the runtime's tests and benchmark: raw frames (a payload kind the runtime knows)
+# whose bytes are the JSON of one count.
+TEST_IN = streams.StreamSpec(
+    "test.in", streams.per_underlying("test.in.v1"), streams.Payload.RAW, 512 * streams.MiB, ingress=True
+)
+
+
+def sums_key(u: str) -> str:
+    """Hash: per-key sums kept by the counting agent."""
+    return streams.per_underlying("test.sums").format(u=u)
+
+
+def encode_count(value: dict[str, Any]) -> dict[str, Any]:
+    """A test-stream entry carrying ``value`` (``key``, ``n``, and optionally ``poison``)."""
+    return encode_raw(RawFrame(src="test", rx_ns=0, data=orjson.dumps(value)))
+
 
 # One HINCRBY per distinct key, in one step function of the commit (one command carries the batch).
 _ADD = """
@@ -38,7 +58,7 @@ class PoisonError(ValueError):
 
 class Counter:
     def __init__(self, settings: Settings, underlying: str, metrics: Metrics) -> None:
-        self.sums_key = streams.test_sums_key(underlying)
+        self.sums_key = sums_key(underlying)
 
     async def restore(self, redis: aioredis.Redis) -> None:
         return None
@@ -46,7 +66,7 @@ class Counter:
     def process(self, batch: Sequence[Entry]) -> Effects:
         totals: dict[str, int] = {}
         for entry in batch:
-            value: dict[str, Any] = entry.value
+            value: dict[str, Any] = orjson.loads(entry.value.data)
             if value.get("poison"):
                 raise PoisonError(f"poison entry {entry.id}")
             totals[value["key"]] = totals.get(value["key"], 0) + int(value["n"])
@@ -58,7 +78,7 @@ class Counter:
 
 COUNT = AgentSpec(
     name="count",
-    reads=streams.TEST_IN,
+    reads=TEST_IN,
     writes=(),
     make=Counter,
     doc="Adds each entry's n to its key's sum (tests and benchmark of the runtime).",

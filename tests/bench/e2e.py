@@ -28,17 +28,16 @@ import numpy as np
 import orjson
 from prometheus_client import CollectorRegistry
 
+from marketswarm.agents import catalog
 from marketswarm.agents.normalize import WS
 from marketswarm.agents.sources.simulated import SimMarket
 from marketswarm.agents.sources.writer import RawWriter
-from marketswarm.topology import graph
-from marketswarm.topology.bench import Row
 from marketswarm.topology.connections import create_redis
-from marketswarm.topology.embedded import free_port
-from marketswarm.topology.inspect import group_rows
 from marketswarm.topology.metrics import Metrics
-from marketswarm.topology.pipeline import group_backlog
+from marketswarm.topology.observe import backlog, group_rows
 from marketswarm.topology.settings import Settings
+from marketswarm.topology.shell.embedded import free_port
+from tests.bench.bench import Row
 
 NS = 1_000_000_000
 E2E_RATES = (1_000, 5_000, 10_000, 20_000, 40_000, 60_000)
@@ -68,9 +67,9 @@ class Feed:
 
 def process_groups() -> list[list[str]]:
     """Agents per process, as `marketswarm run` starts them (MARKETSWARM_PROCESSES)."""
-    from marketswarm.topology.supervisor import group_agents
+    from marketswarm.topology.shell.supervisor import group_agents
 
-    return group_agents([s.name for s in graph.agents()], Settings().processes)
+    return group_agents([s.name for s in catalog.agents()], Settings().processes)
 
 
 def e2e_suite(url: str, shared: dict[str, float]) -> list[Row]:
@@ -91,7 +90,7 @@ def e2e_suite(url: str, shared: dict[str, float]) -> list[Row]:
     gateway = subprocess.Popen([exe, "gateway"], env=env)
     rows: list[Row] = []
     try:
-        for groups, rates in ((process_groups(), E2E_RATES), ([[s.name] for s in graph.agents()], (ATTRIBUTE_AT,))):
+        for groups, rates in ((process_groups(), E2E_RATES), ([[s.name] for s in catalog.agents()], (ATTRIBUTE_AT,))):
             procs = [subprocess.Popen([exe, "agent", *group], env=env) for group in groups]
             pids = {"+".join(g): p.pid for g, p in zip(groups, procs, strict=True)}
             pids["gateway"] = gateway.pid
@@ -180,7 +179,7 @@ async def _e2e(
     agent kind), else latency, throughput and bytes."""
     r = create_redis(url, block_ms=1000)
     writer = RawWriter(r, Metrics(CollectorRegistry()), "bench")
-    specs = graph.agents()
+    specs = catalog.agents()
     rows: list[Row] = []
     now = time.time_ns()
     markets = {u: SimMarket(u, 5, 500, now) for u in E2E_UNDERLYINGS}
@@ -240,7 +239,7 @@ async def _e2e(
                     await writer.write(u, frames[cursor[u] : j], tick)
                     cursor[u] = j
             if time.monotonic() >= next_lag:
-                lags.append(await group_backlog(r, specs, E2E_UNDERLYINGS))
+                lags.append(await backlog(r, E2E_UNDERLYINGS, specs, missing=1))
                 next_lag += 0.5
             await asyncio.sleep(PACE_S)
         w1 = time.time_ns()
@@ -341,7 +340,7 @@ def _attribution(label: str, cpu: dict[str, float], read: dict[str, int], gen_s:
 async def _entries_read(r: Any) -> dict[str, int]:
     """Entries each agent's groups have read so far (XINFO GROUPS entries-read), over the underlyings."""
     out: dict[str, int] = {}
-    for row in await group_rows(r, E2E_UNDERLYINGS):
+    for row in await group_rows(r, E2E_UNDERLYINGS, catalog.agents()):
         if row["exists"] and row.get("entries_read") is not None:
             out[row["agent"]] = out.get(row["agent"], 0) + int(row["entries_read"])
     return out
@@ -350,7 +349,7 @@ async def _entries_read(r: Any) -> dict[str, int]:
 async def _wait_drained(r: Any, specs: Any, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if await group_backlog(r, specs, E2E_UNDERLYINGS) == 0:
+        if await backlog(r, E2E_UNDERLYINGS, specs, missing=1) == 0:
             return True
         await asyncio.sleep(0.05)
     return False

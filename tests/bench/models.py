@@ -28,11 +28,11 @@ from marketswarm.schemas.events import ChainSnapshot, QuoteChange
 from marketswarm.schemas.models import Staged
 from marketswarm.topology import streams
 from marketswarm.topology.agent import Entry
-from marketswarm.topology.bench import Row
 from marketswarm.topology.connections import create_redis
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
+from tests.bench.bench import Row
 
 NS = 1_000_000_000
 SHARED_CBOE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real" / "cboe"

@@ -16,12 +16,14 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from marketswarm.agents import catalog
 from marketswarm.agents.publish.assemble import position_of, tile_json
 from marketswarm.agents.publish.models import load_published
 from marketswarm.schemas import codec
 from marketswarm.schemas.occ import parse_occ
-from marketswarm.topology import graph, streams
-from marketswarm.topology.inspect import _s, group_rows, known_underlyings
+from marketswarm.topology import streams
+from marketswarm.topology.connections import text
+from marketswarm.topology.observe import group_rows, known_underlyings
 
 
 class LiveConsumersError(RuntimeError):
@@ -46,18 +48,18 @@ def parse_position(to: str) -> str:
 async def live_consumers(redis: aioredis.Redis, agent: str) -> list[str]:
     """Consumers of an agent with a fresh heartbeat."""
     prefix = streams.heartbeat_key(agent, "")
-    return sorted([_s(k)[len(prefix) :] async for k in redis.scan_iter(match=prefix + "*")])
+    return sorted([text(k)[len(prefix) :] async for k in redis.scan_iter(match=prefix + "*")])
 
 
 async def offsets(redis: aioredis.Redis, underlyings: Sequence[str]) -> list[dict[str, Any]]:
-    return await group_rows(redis, await known_underlyings(redis, underlyings))
+    return await group_rows(redis, await known_underlyings(redis, underlyings), catalog.agents())
 
 
 async def reset_offsets(
     redis: aioredis.Redis, group: str, to: str, underlyings: Sequence[str], *, force: bool = False
 ) -> list[dict[str, Any]]:
     """XGROUP SETID for one agent's group on every underlying; refuses while consumers live."""
-    spec = graph.by_name(group)
+    spec = catalog.by_name(group)
     alive = await live_consumers(redis, group)
     if alive and not force:
         raise LiveConsumersError(f"{group} has live consumers {alive}: stop them first or pass --force")
@@ -94,14 +96,14 @@ def derived_keys(u: str) -> list[str]:
 async def rebuild(redis: aioredis.Redis, underlyings: Sequence[str], *, force: bool = False) -> dict[str, Any]:
     """Clear derived state and streams and rewind normalize to the start of the raw streams: the
     running (or next started) agents rebuild every model from the retained raw input."""
-    specs = graph.agents()
+    specs = catalog.agents()
     alive = {s.name: c for s in specs if (c := await live_consumers(redis, s.name))}
     if alive and not force:
         raise LiveConsumersError(f"agents are running {alive}: stop them first or pass --force")
     us = await known_underlyings(redis, underlyings)
     deleted = 0
     for u in us:
-        epochs = [_s(e) for e in await redis.zrange(streams.epochs_index_key(u), 0, -1)]
+        epochs = [text(e) for e in await redis.zrange(streams.epochs_index_key(u), 0, -1)]
         keys = derived_keys(u)
         keys += [streams.epoch_meta_key(u, e) for e in epochs] + [streams.state_key(u, e) for e in epochs]
         for spec in specs:
@@ -123,7 +125,8 @@ async def contract(redis: aioredis.Redis, symbol: str, history: int = 20) -> dic
     """One contract's state in the active epoch and its latest admitted changes."""
     o = parse_occ(symbol)
     u = o.underlying
-    epoch = _s(await redis.get(streams.epoch_pointer_key(u)))
+    pointer = await redis.get(streams.epoch_pointer_key(u))
+    epoch = text(pointer) if pointer is not None else None
     out: dict[str, Any] = {"symbol": o.occ, "underlying": u, "epoch": epoch, "in_epoch": False, "slots": {}}
     if epoch:
         fields = [o.occ, f"{o.occ}|q", f"{o.occ}|t", f"{o.occ}|g", f"{o.occ}|v"]
@@ -140,7 +143,7 @@ async def contract(redis: aioredis.Redis, symbol: str, history: int = 20) -> dic
             batch = codec.decode(streams.Payload.CHANGES, batch_fields)
             for ch in batch.changes:
                 if getattr(ch, "sym", None) == o.occ:
-                    changes.append({"entry": _s(entry_id), **orjson.loads(codec.encode_json(ch))})
+                    changes.append({"entry": text(entry_id), **orjson.loads(codec.encode_json(ch))})
         if len(changes) >= history:
             break
     out["history"] = changes[:history]
@@ -158,7 +161,7 @@ async def _scan_back(redis: aioredis.Redis, key: str, page: int = 200, limit: in
         for entry_id, fields in entries:
             yield entry_id, fields
         seen += len(entries)
-        last = "(" + _s(entries[-1][0])
+        last = "(" + text(entries[-1][0])
 
 
 async def tile(redis: aioredis.Redis, u: str, strategy: str, key: str) -> dict[str, Any]:

@@ -15,6 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from marketswarm.agents import catalog
+from marketswarm.topology.agent import AgentSpec
 from marketswarm.topology.settings import Settings, env_help, mask_url
 
 _ENV_LINES = "\n".join(f"  {var:<34} {desc} [default: {default or '-'}]" for var, default, desc in env_help())
@@ -44,7 +46,7 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def redis_url_of(settings: Settings) -> str:
-    from marketswarm.topology.embedded import NoServerError, resolve_url
+    from marketswarm.topology.shell.embedded import NoServerError, resolve_url
 
     try:
         return resolve_url(settings.redis_url, settings.data_dir)
@@ -72,9 +74,8 @@ def run(
 ) -> None:
     """Start everything: the embedded server (unless MARKETSWARM_REDIS_URL is set), every agent, the
     market source and the gateway. Ctrl-C stops it; the next run resumes from the same data."""
-    from marketswarm.topology import graph
-    from marketswarm.topology.embedded import EmbeddedServer
-    from marketswarm.topology.supervisor import Supervisor, child_env, group_agents
+    from marketswarm.topology.shell.embedded import EmbeddedServer
+    from marketswarm.topology.shell.supervisor import Supervisor, child_env, group_agents
 
     settings = load_settings(source=source)
     log.info("settings: %s", settings.masked())
@@ -88,7 +89,7 @@ def run(
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     sup = Supervisor(child_env(url, metrics_dir), grace_s=settings.shutdown_grace_s, server=server)
-    for group in group_agents([spec.name for spec in graph.agents()], settings.processes):
+    for group in group_agents([spec.name for spec in catalog.agents()], settings.processes):
         sup.add("+".join(group), "agent", *group)
     if settings.source != "none":
         sup.add(f"source.{settings.source}", "source", settings.source)
@@ -119,14 +120,13 @@ def agent(
 ) -> None:
     """Run agent kinds for every configured underlying: one kind per process is the unit Kubernetes
     scales; several kinds share one process (and its event loop) when cores are few."""
-    from marketswarm.topology import graph
     from marketswarm.topology.connections import create_redis
     from marketswarm.topology.metrics import Metrics
     from marketswarm.topology.runtime import Runtime
 
     settings = load_settings()
     try:
-        specs = [graph.by_name(n) for n in names]
+        specs = [catalog.by_name(n) for n in names]
     except KeyError as exc:
         console.print(f"[red]{exc.args[0]}[/red]")
         raise typer.Exit(2) from exc
@@ -221,7 +221,7 @@ def replay(
     paced: Annotated[bool, typer.Option(help="Replay at the recorded pace instead of as fast as possible.")] = False,
 ) -> None:
     """Run the whole topology over recorded input, in event-time order, until every agent is idle."""
-    from marketswarm.topology.replay import replay as do_replay
+    from marketswarm.topology.shell.replay import replay as do_replay
 
     settings = load_settings()
     do_replay(settings, paths, export, redis_url, paced, console)
@@ -231,7 +231,7 @@ def replay(
 def export_cmd(out: Annotated[Path, typer.Argument(help="Directory for {underlying}/{strategy}.json")]) -> None:
     """Write the current published models of a running system."""
     from marketswarm.topology.connections import create_redis
-    from marketswarm.topology.replay import export_models
+    from marketswarm.topology.shell.replay import export_models
 
     settings = load_settings()
     url = redis_url_of(settings)
@@ -254,7 +254,7 @@ def record(
     max_frames: Annotated[int | None, typer.Option(help="Stop after this many frames.")] = None,
 ) -> None:
     """Capture the raw frames of every configured underlying to a replayable JSON-lines file."""
-    from marketswarm.topology.replay import record as do_record
+    from marketswarm.topology.shell.replay import record as do_record
 
     settings = load_settings()
     url = redis_url_of(settings)
@@ -267,7 +267,7 @@ def topology(mermaid: Annotated[bool, typer.Option("--mermaid", help="Print a Me
     """Print the agent graph: who reads and writes which stream."""
     from marketswarm.topology import graph
 
-    specs = graph.agents()
+    specs = catalog.agents()
     graph.validate(specs)
     if mermaid:
         typer.echo(graph.mermaid(specs), nl=False)
@@ -287,13 +287,24 @@ def topology(mermaid: Annotated[bool, typer.Option("--mermaid", help="Print a Me
     Console().print(table)
 
 
+async def _missing_groups(url: str, underlyings: list[str], spec: AgentSpec) -> list[str]:
+    from marketswarm.topology.connections import create_redis
+    from marketswarm.topology.observe import missing_groups
+
+    client = create_redis(url)
+    try:
+        return await missing_groups(client, underlyings, [spec])
+    finally:
+        await client.aclose()
+
+
 @app.command()
 def check(
     name: Annotated[str, typer.Argument(help="Agent kind")],
     ready: Annotated[bool, typer.Option("--ready", help="Readiness: Redis answers and the group exists.")] = False,
 ) -> None:
     """Liveness: exit 0 if this consumer's heartbeat for AGENT is fresh, else 1 (--ready: readiness)."""
-    from marketswarm.topology import graph, streams
+    from marketswarm.topology import streams
     from marketswarm.topology.connections import create_blocking_redis
 
     settings = load_settings()
@@ -301,15 +312,10 @@ def check(
     try:
         client = create_blocking_redis(url, socket_timeout=5)
         if ready:
-            spec = graph.by_name(name)
-            missing = []
-            for u in settings.underlyings:
-                groups = client.xinfo_groups(spec.reads.key(u)) if client.exists(spec.reads.key(u)) else []
-                if not any(g["name"] in (name, name.encode()) for g in groups):
-                    missing.append(spec.reads.key(u))
             client.close()
+            missing = asyncio.run(_missing_groups(url, settings.underlyings, catalog.by_name(name)))
             if missing:
-                console.print(f"{name}: no group on {', '.join(missing)}")
+                console.print(f"not ready: no group {', '.join(missing)}")
                 raise typer.Exit(1)
             typer.echo(f"{name} ready")
             return
@@ -326,22 +332,8 @@ def check(
     typer.echo(f"{name} alive as {settings.consumer}")
 
 
-@app.command()
-def bench(
-    out: Annotated[Path, typer.Option(help="Where to write the JSON report.")] = Path(".bench/results.json"),
-    suite: Annotated[
-        list[str] | None, typer.Option(help="Run only these suites (runtime, cluster, normalize, columns, e2e).")
-    ] = None,
-) -> None:
-    """Run the benchmarks on an embedded server and print ratios against same-run ceilings."""
-    from marketswarm.topology.bench import main as bench_main
-
-    load_settings()
-    bench_main(out, suite)
-
-
 def _register_operations() -> None:
-    from marketswarm.topology import ops_cli
+    from marketswarm.topology.shell import ops_cli
 
     app.add_typer(ops_cli.inspect_app, name="inspect")
     app.add_typer(ops_cli.offsets_app, name="offsets")
