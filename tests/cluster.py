@@ -14,12 +14,12 @@ from marketswarm.topology.shell.embedded import EmbeddedCluster
 class LocalCluster(EmbeddedCluster):
     def flush(self) -> None:
         for m in range(len(self.servers)):
-            if self.servers[m].proc is None:
-                continue
-            client = self.client(m)
-            role = client.execute_command("ROLE")[0]
-            if role in (b"master", "master"):
-                client.flushall()
+            if self.is_master(m):
+                self.client(m).flushall()
+
+    def is_master(self, i: int) -> bool:
+        """Server ``i`` runs and is a master now (a failover may have promoted a replica)."""
+        return self.servers[i].proc is not None and self.client(i).execute_command("ROLE")[0] in (b"master", "master")
 
     def master_of(self, key: str) -> int:
         """The index of the server that owns ``key``'s slot now (by its own account, and agreed by

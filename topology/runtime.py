@@ -49,6 +49,7 @@ from marketswarm.topology.commit import Committer, ConflictError, EffectError, L
 from marketswarm.topology.connections import text
 from marketswarm.topology.keeper import Keeper, blocking_twin
 from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.model_settings import adopt_model_settings
 from marketswarm.topology.retention import Trimmer
 from marketswarm.topology.settings import Settings
 
@@ -86,6 +87,7 @@ class Runtime:
     ) -> None:
         self.spec = spec
         self.settings = settings
+        self._model_settings_adopted = False
         self.redis = redis
         self.metrics = metrics
         self.stop = stop or asyncio.Event()
@@ -160,21 +162,28 @@ class Runtime:
                 break
             await self._sleep(0.05)
 
+    async def _adopt_model_settings(self) -> Settings:
+        """The recorded model settings in place of the environment's, read once (topology/model_settings.py)."""
+        if not self._model_settings_adopted:
+            self.settings = await adopt_model_settings(self.redis, self.settings, self.group)
+            self._model_settings_adopted = True
+        return self.settings
+
     # ------------------------------------------------------------------ the loop
 
     async def _partition(self, u: str) -> None:
         key = self.spec.reads.key(u)
-        processor = self.spec.make(self.settings, u, self.metrics)
-        backoff = ready = False
+        processor: Processor | None = None
+        backoff = False
         while not self.stop.is_set():
             try:
                 if backoff:
                     await self._sleep(CONSUME_ERROR_BACKOFF_S)
                     backoff = False
-                if not ready:
+                if processor is None:
                     await self.ensure_group(self.redis, key, self.group)
                     await self.redis.sadd(streams.underlyings_key(), u)
-                    ready = True
+                    processor = self.spec.make(await self._adopt_model_settings(), u, self.metrics)
                 if self.spec.stateful:
                     if not await self._acquire_lease(u):
                         await self._sleep(self.settings.lease_ttl_ms / 3000)
@@ -433,7 +442,7 @@ class Runtime:
         for u in underlyings:
             if self.spec.stateful and not await self._acquire_lease(u):
                 raise LeaseLostError(streams.lease_key(u, self.spec.name))
-            processor = self.spec.make(self.settings, u, self.metrics)
+            processor = self.spec.make(await self._adopt_model_settings(), u, self.metrics)
             await processor.restore(self.redis)
             n += await self.flush(u, self.spec.reads.key(u), processor)
             await self._release_lease(u)

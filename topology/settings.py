@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, TypeAdapter, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CsvList = Annotated[list[str], NoDecode]
@@ -201,6 +202,49 @@ class Settings(BaseSettings):
         if out.get("redis_url"):
             out["redis_url"] = mask_url(out["redis_url"])
         return out
+
+    def model_settings(self) -> dict[str, Any]:
+        """The model settings (``MODEL_SETTINGS``): what the published numbers depend on."""
+        return {name: getattr(self, name) for name in MODEL_SETTINGS}
+
+    def with_model_settings(self, recorded: Mapping[str, Any]) -> Settings:
+        """These settings with recorded model settings in place of this environment's. Validated like
+        the environment: a name that is not a model setting, or a value out of range, raises
+        ModelSettingsError."""
+        unknown = set(recorded) - set(MODEL_SETTINGS)
+        if unknown:
+            raise ModelSettingsError(f"not model settings: {', '.join(sorted(unknown))}")
+        fields = type(self).model_fields
+        values: dict[str, Any] = {}
+        for name, value in recorded.items():
+            field = fields[name]
+            try:
+                adapter: TypeAdapter[Any] = TypeAdapter(Annotated[field.annotation, field])  # type: ignore[arg-type]
+                values[name] = adapter.validate_python(value)
+            except ValidationError as exc:
+                raise ModelSettingsError(f"recorded model setting {name}={value!r} is invalid: {exc}") from exc
+        return self.model_copy(update=values)
+
+
+class ModelSettingsError(ValueError):
+    """Raised when recorded model settings (in Redis or a capture) name an unknown setting or a bad value."""
+
+
+# The settings a published model depends on. They are part of the model, not of the deployment: the
+# system in force records them (streams.model_settings_key, written by the source or `marketswarm run`),
+# every agent adopts the recorded ones at start, `record` writes them into the capture and `replay`
+# adopts a capture's, so a replay reproduces the live run whatever its own environment says.
+MODEL_SETTINGS = (
+    "fill_window_s",
+    "calc_bucket_ms",
+    "heatmap_expiries",
+    "heatmap_range_pct",
+    "max_width_steps",
+    "gex_stale_s",
+    "publish_min_tiles",
+    "publish_min_changed_pct",
+    "publish_interval_ms",
+)
 
 
 def env_help() -> list[tuple[str, str, str]]:

@@ -167,6 +167,11 @@ def heartbeat_key(agent: str, consumer: str) -> str:
     return f"{PREFIX}:{GLOBAL_TAG}:hb:{agent}:{consumer}"
 
 
+def model_settings_key() -> str:
+    """String: the model settings in force (JSON; topology/model_settings.py), adopted by every agent."""
+    return f"{PREFIX}:{GLOBAL_TAG}:model-settings"
+
+
 def underlyings_key() -> str:
     """Set: every underlying that has ever had a stream, for the inspector and the gateway."""
     return f"{PREFIX}:{GLOBAL_TAG}:underlyings"

@@ -3,16 +3,19 @@
 A capture is JSON lines, one raw frame each: ``{"u": "SPX", "src": "massive.ws", "rx_ns": ..., "data": "..."}``
 (``data`` is the provider's text exactly as received). ``marketswarm record OUT`` writes them from
 the raw streams of a running system; replay writes them back, so they take the same normalize path
-as live data. A Cboe CSV file becomes one ``cboe.csv`` frame received at its download time.
+as live data. A capture's first line may be ``{"model": {...}}``: the model settings the recorded
+system ran with (topology/model_settings.py), which a replay adopts. A Cboe CSV file becomes one
+``cboe.csv`` frame received at its download time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -25,6 +28,8 @@ from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
 
 WRITE_BATCH = 200
+CAPTURE_SUFFIXES = (".jsonl", ".ndjson")
+MODEL_FIELD = "model"  # the key of a capture's model-settings line
 
 
 class InputFileError(ValueError):
@@ -59,6 +64,8 @@ def read_capture(path: Path) -> Iterator[Recorded]:
                 continue
             try:
                 rec = orjson.loads(line)
+                if MODEL_FIELD in rec and "data" not in rec:
+                    continue  # the recorded model settings (capture_model_settings)
                 data = rec["data"]
                 yield Recorded(
                     str(rec["u"]),
@@ -70,19 +77,53 @@ def read_capture(path: Path) -> Iterator[Recorded]:
                 raise InputFileError(f"{path}:{n}: not a capture line: {exc}") from exc
 
 
+def _input_files(paths: Sequence[Path]) -> Iterator[Path]:
+    for p in paths:
+        if p.is_dir():
+            yield from _input_files(sorted(q for q in p.iterdir() if q.suffix in (".csv", ".jsonl")))
+        elif p.suffix.lower() in (".csv", *CAPTURE_SUFFIXES):
+            yield p
+        else:
+            raise InputFileError(f"{p}: expected a .csv chain or a .jsonl capture")
+
+
 def read_inputs(paths: Sequence[Path]) -> list[Recorded]:
     """Every frame of every path, in event-time (receive-time) order; ties keep file order."""
     frames: list[Recorded] = []
-    for p in paths:
-        if p.is_dir():
-            frames.extend(read_inputs(sorted(q for q in p.iterdir() if q.suffix in (".csv", ".jsonl"))))
-        elif p.suffix.lower() == ".csv":
+    for p in _input_files(paths):
+        if p.suffix.lower() == ".csv":
             frames.append(read_cboe(p))
-        elif p.suffix.lower() in (".jsonl", ".ndjson"):
-            frames.extend(read_capture(p))
         else:
-            raise InputFileError(f"{p}: expected a .csv chain or a .jsonl capture")
+            frames.extend(read_capture(p))
     return sorted(frames, key=lambda r: r.rx_ns)
+
+
+def model_line(model_settings: Mapping[str, Any]) -> bytes:
+    """A capture's first line: the model settings of the system it records."""
+    return orjson.dumps({MODEL_FIELD: dict(model_settings)}, option=orjson.OPT_SORT_KEYS)
+
+
+def capture_model_settings(paths: Sequence[Path]) -> dict[str, Any] | None:
+    """The model settings recorded in the captures among ``paths`` (None if none has them). Captures
+    recorded with different model settings cannot be replayed as one run: InputFileError."""
+    found: dict[bytes, Path] = {}
+    value: dict[str, Any] | None = None
+    for p in _input_files(paths):
+        if p.suffix.lower() not in CAPTURE_SUFFIXES:
+            continue
+        with p.open("rb") as f:
+            first = next((line for line in f if line.strip()), b"")
+        try:
+            rec = orjson.loads(first) if first else None
+        except orjson.JSONDecodeError:
+            continue  # read_capture names the bad line
+        if isinstance(rec, dict) and isinstance(rec.get(MODEL_FIELD), dict) and "data" not in rec:
+            value = rec[MODEL_FIELD]
+            found.setdefault(orjson.dumps(value, option=orjson.OPT_SORT_KEYS), p)
+    if len(found) > 1:
+        a, b = list(found.values())[:2]
+        raise InputFileError(f"{a} and {b} were recorded with different model settings: replay them separately")
+    return value
 
 
 async def write_recorded(
@@ -113,13 +154,6 @@ async def write_recorded(
         i += len(group)
         if progress is not None:
             progress(len(group))
-
-
-async def load_paths(redis: aioredis.Redis, paths: Sequence[Path]) -> list[str]:
-    """Replay files into the raw streams (fast); returns the underlyings they carry."""
-    frames = read_inputs(paths)
-    await write_recorded(redis, frames)
-    return sorted({r.underlying for r in frames})
 
 
 def capture_line(u: str, frame: RawFrame) -> bytes:

@@ -108,7 +108,7 @@ async def load(r: aioredis.Redis, u: str, strategy: str) -> dict[str, Any]:
 def published(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     import asyncio
 
-    from marketswarm.agents.sources.files import load_paths
+    from marketswarm.agents.sources.files import read_inputs, write_recorded
 
     shared = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real" / "cboe"
     if not shared.exists():
@@ -118,7 +118,7 @@ def published(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> di
     async def go() -> dict[str, Any]:
         r = aioredis.Redis.from_url(redis_server)
         await r.flushall()
-        await load_paths(r, [shared / f for f in FILES.values()])
+        await write_recorded(r, read_inputs([shared / f for f in FILES.values()]))
         await run_until_idle(redis_server, st, list(FILES), timeout_s=240)
         out = {u: {s: await load(r, u, s) for s in streams.STRATEGIES} for u in FILES}
         await r.aclose()

@@ -40,8 +40,9 @@ def sim_capture(path: Path, seconds: int = 4, rate: float = 1500) -> Path:
     return path
 
 
-def replay(paths: list[Path], out: Path) -> None:
-    env = dict(os.environ)
+def replay(paths: list[Path], out: Path, **knobs: object) -> None:
+    """``marketswarm replay --export out``, with ``knobs`` as MARKETSWARM_* environment variables."""
+    env = dict(os.environ) | {f"MARKETSWARM_{k.upper()}": str(v) for k, v in knobs.items()}
     env.pop("MARKETSWARM_REDIS_URL", None)
     cmd = [sys.executable, "-m", "marketswarm.topology", "replay", *map(str, paths), "--export", str(out)]
     result = subprocess.run(cmd, env=env, capture_output=True, timeout=300)
@@ -182,3 +183,34 @@ def test_an_older_polled_spot_never_replaces_the_streamed_one(tmp_path: Path) ->
         assert orjson.loads(c[name])["delayed"] is True, name  # DELAYED quotes are flagged
     singles = orjson.loads(a["SPX/single.json"])["tiles"]
     assert singles and adjusted not in {leg for t in singles for leg in t["legs"]}
+
+
+async def test_a_replay_adopts_the_model_settings_its_capture_recorded(
+    tmp_path: Path, redis_url: str, aredis: aioredis.Redis
+) -> None:
+    """The live system's model settings travel in its capture: a replay on a machine whose environment
+    says otherwise publishes what the live system published."""
+    from marketswarm.agents.sources.files import read_inputs
+    from marketswarm.topology.model_settings import record_model_settings
+    from marketswarm.topology.shell.replay import record
+
+    live = {"heatmap_range_pct": 2.0, "publish_interval_ms": 1000, "calc_bucket_ms": 200}
+    other = {"heatmap_range_pct": 6.0, "publish_interval_ms": 20, "calc_bucket_ms": 10}
+    frames = read_inputs([sim_capture(tmp_path / "sim.jsonl", seconds=2, rate=600)])
+    # A running system with the live settings: its source recorded them, its raw streams hold the input.
+    await record_model_settings(aredis, Settings().with_model_settings(live))
+    await write_recorded(aredis, frames)
+    capture = tmp_path / "live.jsonl"
+    assert await record(redis_url, ["SPX"], capture, True, len(frames), asyncio.Event()) == len(frames)
+    assert orjson.loads(capture.read_bytes().splitlines()[0]) == {
+        "model": Settings().with_model_settings(live).model_settings()
+    }
+    bare = tmp_path / "bare.jsonl"  # the same frames without the recorded settings
+    bare.write_bytes(b"\n".join(capture.read_bytes().splitlines()[1:]) + b"\n")
+
+    replay([capture], tmp_path / "here", **other)
+    replay([bare], tmp_path / "live", **live)
+    replay([bare], tmp_path / "there", **other)
+    here, as_live, there = tree(tmp_path / "here"), tree(tmp_path / "live"), tree(tmp_path / "there")
+    assert here and here == as_live
+    assert there != as_live  # the settings matter: without the record, the environment's win

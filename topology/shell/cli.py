@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from redis.exceptions import RedisError
 from rich.console import Console
 from rich.table import Table
 
@@ -68,6 +69,17 @@ def run_until_signal(main: Callable[[asyncio.Event], Awaitable[Any]]) -> Any:
     return asyncio.run(runner())
 
 
+async def _record_model_settings(url: str, settings: Settings) -> None:
+    from marketswarm.topology.connections import create_redis
+    from marketswarm.topology.model_settings import record_model_settings
+
+    client = create_redis(url)
+    try:
+        await record_model_settings(client, settings)
+    finally:
+        await client.aclose()
+
+
 @app.command()
 def run(
     source: Annotated[str | None, typer.Option(help="sim | massive | none (default: MARKETSWARM_SOURCE)")] = None,
@@ -85,6 +97,14 @@ def run(
     else:
         server = EmbeddedServer(settings.data_dir)
         url = server.start()
+    # Before any agent starts, so none adopts the model settings a previous run recorded.
+    try:
+        asyncio.run(_record_model_settings(url, settings))
+    except (RedisError, OSError) as exc:
+        console.print(f"[red]Redis at {mask_url(url)} does not answer: {exc}[/red]")
+        if server is not None:
+            server.stop()
+        raise typer.Exit(1) from exc
     metrics_dir = settings.data_dir / "metrics"
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
@@ -171,6 +191,7 @@ def source(
 
     from marketswarm.topology.connections import create_redis
     from marketswarm.topology.metrics import Metrics
+    from marketswarm.topology.model_settings import record_model_settings
 
     settings = load_settings()
     url = redis_url_of(settings)
@@ -188,6 +209,7 @@ def source(
             start_http_server(settings.metrics_port, registry=REGISTRY)
         redis = create_redis(url)
         try:
+            await record_model_settings(redis, settings)  # input enters here: so do its model settings
             if kind == "sim":
                 from marketswarm.agents.sources.simulated import run_simulated
 
@@ -221,10 +243,16 @@ def replay(
     paced: Annotated[bool, typer.Option(help="Replay at the recorded pace instead of as fast as possible.")] = False,
 ) -> None:
     """Run the whole topology over recorded input, in event-time order, until every agent is idle."""
+    from marketswarm.agents.sources.files import InputFileError
+    from marketswarm.topology.settings import ModelSettingsError
     from marketswarm.topology.shell.replay import replay as do_replay
 
     settings = load_settings()
-    do_replay(settings, paths, export, redis_url, paced, console)
+    try:
+        do_replay(settings, paths, export, redis_url, paced, console)
+    except (InputFileError, ModelSettingsError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
 
 
 @app.command("export")

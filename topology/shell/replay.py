@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -20,15 +21,24 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from marketswarm.agents.publish.models import read_model
-from marketswarm.agents.sources.files import capture_line, read_inputs, write_recorded
+from marketswarm.agents.sources.files import (
+    capture_line,
+    capture_model_settings,
+    model_line,
+    read_inputs,
+    write_recorded,
+)
 from marketswarm.schemas import codec
 from marketswarm.topology import streams
 from marketswarm.topology.connections import create_redis
+from marketswarm.topology.model_settings import record_model_settings, recorded_model_settings
 from marketswarm.topology.observe import known_underlyings
 from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
 from marketswarm.topology.shell.embedded import EmbeddedServer
 from marketswarm.topology.shell.inprocess import run_until_idle
+
+log = logging.getLogger(__name__)
 
 
 async def export_models(redis: aioredis.Redis, out: Path, underlyings: Sequence[str]) -> list[Path]:
@@ -55,8 +65,13 @@ async def _replay(
     underlyings = sorted({f.underlying for f in frames})
     # No idle flushes mid-replay: their timing would leak into the versions. One flush at the end.
     st = settings.model_copy(update={"underlyings": underlyings, "idle_flush": False})
+    recorded = capture_model_settings(paths)
+    if recorded is not None:
+        # The recorded system's model settings, not this environment's: the same versions as live.
+        st = st.with_model_settings(recorded)
     redis = create_redis(url)
     try:
+        await record_model_settings(redis, st)  # what every agent of the replay adopts
         # Groups first, so that every agent sees the input from its first frame.
         for spec in catalog.agents():
             for u in underlyings:
@@ -104,11 +119,16 @@ async def record(
 ) -> int:
     """Append raw frames to a capture file until stopped (plain XREAD: recording takes no group)."""
     redis = create_redis(url, block_ms=1000)
+    model = await recorded_model_settings(redis)
+    if model is None:
+        log.warning("%s: the system recorded no model settings; a replay will use its own", out)
     cursors: dict[str, bytes | str] = {streams.RAW.key(u): ("0" if from_start else "$") for u in underlyings}
     under = {streams.RAW.key(u): u for u in underlyings}
     n = 0
     try:
         with out.open("ab") as f:
+            if model is not None and f.tell() == 0:  # a new capture opens with them
+                f.write(model_line(model) + b"\n")
             while not stop.is_set() and (max_frames is None or n < max_frames):
                 # One XREAD per stream: on a cluster, underlyings live in different slots.
                 replies = await asyncio.gather(*(redis.xread({k: c}, count=500, block=200) for k, c in cursors.items()))
