@@ -51,7 +51,7 @@ typecheck: $(STAMP)
 
 # The benchmark is test rig (tests/bench/), run by pytest for its imports; BENCH_SUITES=runtime,e2e picks suites.
 bench: $(STAMP)
-	$(BIN)/python -m pytest tests/bench/run.py -q -s -p no:cacheprovider --timeout=0 -W default
+	BENCH_SUITES="$(BENCH_SUITES)" $(BIN)/python -m pytest tests/bench/run.py -q -s -p no:cacheprovider --timeout=0 -W default
 
 diagram: $(STAMP)
 	$(BIN)/marketswarm topology --mermaid

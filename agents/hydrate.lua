@@ -24,7 +24,8 @@
 -- and nanosecond times never pass through Lua's doubles.
 -- If the active epoch is not the one assumed (another replica promoted one), it returns MSCONFLICT
 -- before writing anything. Returns {A, B, C, X (outside the epoch), promotions, fills counted, fills
--- seen before, stale fills, the active epoch after the batch, snapshots held}.
+-- seen before, stale fills, the active epoch after the batch, snapshots held, changes entries
+-- appended}: agents/hydrate.py reads it as an Admission.
 
 local assumed = ARGV[first]
 local retire_ttl = tonumber(ARGV[first + 1])
@@ -87,12 +88,14 @@ end
 
 local group_src, group_rx = nil, nil
 local out = {}
+local appended = 0
 
 local function flush()
   if group_src ~= nil and #out > 0 then
     redis.call('XADD', K[2], '*',
       'kind', 'changes', 'v', '1', 'src', group_src, 'rx_ns', group_rx,
       'epoch', target or '', 'data', '[' .. table.concat(out, ',') .. ']')
+    appended = appended + 1
   end
   out = {}
 end
@@ -217,4 +220,5 @@ if fill_floor ~= nil then
 end
 counts[9] = active or ''
 counts[10] = held_snapshots
+counts[11] = appended
 return counts

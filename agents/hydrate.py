@@ -27,10 +27,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
-import redis.asyncio as aioredis
 
 from marketswarm.agents import trade_conditions
 from marketswarm.schemas import codec
@@ -48,7 +47,7 @@ from marketswarm.schemas.events import (
     TradeChange,
 )
 from marketswarm.topology import streams
-from marketswarm.topology.agent import AgentSpec, Effects, Entry, ScriptCall
+from marketswarm.topology.agent import AgentSpec, Effects, Entry, Processor, Resume, ScriptCall
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
 
@@ -173,7 +172,29 @@ def batch_args(batch: Sequence[Entry]) -> tuple[list[Any], int, list[str], dict[
     return args, n, epochs, prints
 
 
-class Hydrator:
+class Admission(NamedTuple):
+    """What one hydrate commit did: the reply of agents/hydrate.lua, typed."""
+
+    new: int  # A: a slot's first value
+    newer: int  # B: a strictly newer value
+    stale: int  # C: not newer, discarded
+    unknown: int  # X: a contract outside the target epoch
+    promotions: int
+    fills: int  # counted into volume
+    duplicate_fills: int
+    fills_beyond_window: int
+    active: str  # the active epoch after the batch ("" for none)
+    held_snapshots: int  # far smaller geometries held until confirmed
+    appended: int  # entries appended to the changes stream
+
+    @classmethod
+    def of(cls, reply: Sequence[Any]) -> Admission:
+        a, b, c, x, promotions, fills, duplicates, beyond = (int(v) for v in reply[:8])
+        active = reply[8].decode() if isinstance(reply[8], bytes) else str(reply[8])
+        return cls(a, b, c, x, promotions, fills, duplicates, beyond, active, int(reply[9]), int(reply[10]))
+
+
+class Hydrator(Processor):
     def __init__(self, settings: Settings, underlying: str, metrics: Metrics) -> None:
         self.u = underlying
         self.metrics = metrics
@@ -191,12 +212,16 @@ class Hydrator:
             SHRINK_CONFIRM_S * 1_000_000_000,
         ]
         self.events_key = streams.EVENTS.key(underlying)
+        self.changes_key = streams.CHANGES.key(underlying)
         self.active = ""  # the active epoch as last read or committed ("" for none)
 
-    async def restore(self, redis: aioredis.Redis) -> None:
+    def state_reads(self) -> Sequence[tuple[Any, ...]]:
         """The state lives in Redis; only the active epoch's id is kept, to declare its keys."""
-        active = await redis.get(streams.epoch_pointer_key(self.u))
-        self.active = active.decode() if active is not None else ""
+        return [("GET", streams.epoch_pointer_key(self.u))]
+
+    def load(self, replies: Sequence[Any]) -> Sequence[Resume]:
+        self.active = replies[0].decode() if replies[0] is not None else ""
+        return ()
 
     def process(self, batch: Sequence[Entry]) -> Effects:
         records, n, snapshot_epochs, prints = batch_args(batch)
@@ -206,20 +231,24 @@ class Hydrator:
             keys += [streams.epoch_meta_key(self.u, e), streams.state_key(self.u, e)]
         args = [self.active, *self.header, len(epochs), *epochs, *records]
 
-        def committed(results: list[Any]) -> None:
-            counts = [int(x) for x in results[0][:8]]
-            self.active = results[0][8].decode() if isinstance(results[0][8], bytes) else str(results[0][8])
-            for outcome, c in zip(OUTCOMES, counts[:4], strict=True):
+        def committed(results: Mapping[str, Any]) -> None:
+            done = Admission.of(results["hydrate"])
+            self.active = done.active
+            for outcome, c in zip(OUTCOMES, (done.new, done.newer, done.stale, done.unknown), strict=True):
                 if c:
                     self.metrics.admissions.labels("hydrate", self.events_key, outcome).inc(c)
-            if counts[4]:
-                self.metrics.epoch_promotions.labels(self.u).inc(counts[4])
-            if counts[6]:
-                self.metrics.dropped.labels("hydrate", self.events_key, "duplicate_fill").inc(counts[6])
-            if counts[7]:
-                self.metrics.dropped.labels("hydrate", self.events_key, "fill_beyond_window").inc(counts[7])
-            if len(results[0]) > 9 and int(results[0][9]):
-                self.metrics.epoch_holds.labels(self.u).inc(int(results[0][9]))
+            if done.promotions:
+                self.metrics.epoch_promotions.labels(self.u).inc(done.promotions)
+            if done.duplicate_fills:
+                self.metrics.dropped.labels("hydrate", self.events_key, "duplicate_fill").inc(done.duplicate_fills)
+            if done.fills_beyond_window:
+                self.metrics.dropped.labels("hydrate", self.events_key, "fill_beyond_window").inc(
+                    done.fills_beyond_window
+                )
+            if done.held_snapshots:
+                self.metrics.epoch_holds.labels(self.u).inc(done.held_snapshots)
+            if done.appended:  # the script appends the changes entries itself
+                self.metrics.entries_out.labels("hydrate", self.changes_key).inc(done.appended)
             for label, c in prints.items():
                 self.metrics.trade_conditions.labels(self.u, label).inc(c)
 

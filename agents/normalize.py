@@ -7,10 +7,9 @@ event, a reject (``ms:{U}:rejects.v1``, counted by reason) or a counted drop; no
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-
-import redis.asyncio as aioredis
+from typing import Any
 
 from marketswarm.agents.cboe_csv import parse_cboe_csv
 from marketswarm.agents.massive_frames import Limits, parse_rest_chain, parse_rest_indices, parse_ws_frame
@@ -20,7 +19,7 @@ from marketswarm.schemas.codec import RawFrame
 from marketswarm.schemas.events import EventBatch, Trade
 from marketswarm.schemas.models import Reject
 from marketswarm.topology import streams
-from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output
+from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output, Processor
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
 
@@ -127,7 +126,9 @@ class RejectSampler:
         )
 
 
-class Normalizer:
+class Normalizer(Processor):
+    """The duplicate window and the reject sampler are updated on commit only: nothing to restore."""
+
     def __init__(self, settings: Settings, underlying: str, metrics: Metrics) -> None:
         self.settings = settings
         self.u = underlying
@@ -138,9 +139,6 @@ class Normalizer:
         self.recent = RecentSet(DEDUPE_CAPACITY)
         self.sampler = RejectSampler()
         self.skew_ns = int(settings.max_receive_skew_s * 1e9)
-
-    async def restore(self, redis: aioredis.Redis) -> None:
-        return None  # the duplicate window and the sampler are only updated on commit
 
     def _parse(self, entry: Entry, frame: RawFrame) -> Parsed:
         """The frame parsed; never raises. A receive time after the server's time of the entry (a
@@ -203,7 +201,7 @@ class Normalizer:
             for reason_d, n in parsed.drops.items():
                 drops[reason_d.value] = drops.get(reason_d.value, 0) + n
 
-        def committed(_: list[object]) -> None:
+        def committed(_: Mapping[str, Any]) -> None:
             self.recent.add_all(seen)
             self.sampler = sampler
             for reason, n in rejects.items():

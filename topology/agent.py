@@ -9,23 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, NamedTuple, Protocol
-
-import redis.asyncio as aioredis
+from typing import Any, NamedTuple
 
 from marketswarm.topology import streams
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
-
-
-class Delivery(Enum):
-    """What happens to an entry after its step; the runtime's acknowledgement policy."""
-
-    COMMIT = "commit"  # effects, then XACK, in one script (topology/commit.py); an effect that fails
-    # stops it before the XACK
-    RETRY = "retry"  # no ack: stays pending, reclaimed after min_idle_ms, delivery count grows
-    DEAD_LETTER = "dead_letter"  # delivered more than max_deliveries times: to <stream>.dlq, acked
 
 
 class Entry(NamedTuple):
@@ -67,25 +55,63 @@ class Effects:
     outputs: list[Output] = field(default_factory=list)
     commands: list[tuple[Any, ...]] = field(default_factory=list)  # raw commands, e.g. ("HSET", k, f, v)
     scripts: list[ScriptCall] = field(default_factory=list)
-    # Called with the results of ``scripts``, in order, once the commit succeeded (metrics, state).
-    on_commit: Callable[[list[Any]], None] | None = None
+    # Called once the commit succeeded (metrics, state) with each script's result by its name.
+    on_commit: Callable[[Mapping[str, Any]], None] | None = None
     events_out: int = 0  # events carried by the outputs, for metrics
 
 
-class Processor(Protocol):
-    """An agent's logic. ``process`` is the step: no I/O, deterministic given its inputs and state.
+@dataclass(frozen=True)
+class Resume:
+    """Part of a restore: re-apply the entries of ``stream`` after ``after``: those this agent's group
+    acknowledged (``acked``: its input, whose effects were committed then), or all of them (an
+    output it replays, such as the diffs after its last checkpoint)."""
 
-    A processor that coalesces may also define ``flush() -> Effects | None``, which the runtime calls
-    at the end of a replay and, with ``idle_flush``, when input went quiet; and ``holding() -> bool``
-    with ``max_hold_s``: the runtime flushes work held that long (wall time) even while input flows,
-    so a coalescing agent adds at most ``max_hold_s`` of latency."""
+    stream: streams.StreamSpec
+    after: str
+    acked: bool = True
 
-    async def restore(self, redis: aioredis.Redis) -> None:
-        """Load in-memory state from Redis: at start, on taking a lease, and after a failed commit."""
+
+class Processor:
+    """An agent's logic, and every hook the runtime calls on it. Subclasses override what they use.
+
+    ``process`` is the step: a batch of typed entries in, ``Effects`` out; no I/O, deterministic
+    given its inputs and state. State comes back the same way, through the runtime (topology/
+    restore.py), at start, on taking a lease and after a failed commit: the runtime runs the commands
+    of ``state_reads`` and hands their replies to ``load``, which rebuilds the state and names what
+    to re-apply (``Resume``); the runtime reads those entries and hands them to ``reapply``, which may
+    name more. A processor that coalesces overrides ``flush`` (called at the end of a replay and, with
+    ``idle_flush``, when input went quiet) and ``holding`` with ``max_hold_s``: work held that long
+    (wall time) is flushed even while input flows, so coalescing adds at most ``max_hold_s``."""
+
+    max_hold_s: float = 0.0
+
+    def state_reads(self) -> Sequence[tuple[Any, ...]]:
+        """Redis commands whose replies ``load`` takes (read together, in one round trip)."""
+        return ()
+
+    def load(self, replies: Sequence[Any]) -> Sequence[Resume]:
+        """Replace the whole in-memory state by the one ``replies`` hold; what to re-apply next."""
+        return ()
+
+    def reapply(self, stream: streams.StreamSpec, entries: Sequence[Entry]) -> Sequence[Resume]:
+        """Re-apply entries whose effects were committed (state only); what to re-apply next."""
+        return ()
 
     def process(self, batch: Sequence[Entry]) -> Effects:
         """Compute the effects of a batch."""
-        ...
+        raise NotImplementedError
+
+    def flush(self) -> Effects | None:
+        """Effects of work held back (coalesced), or None."""
+        return None
+
+    def holding(self) -> bool:
+        """Work is held back that ``flush`` would emit."""
+        return False
+
+    def retention_floor(self, key: str) -> str | None:
+        """The oldest entry id of ``key`` (a stream this agent writes) that retention must keep."""
+        return None
 
 
 ProcessorFactory = Callable[[Settings, str, Metrics], Processor]  # (settings, underlying, metrics)

@@ -1,4 +1,4 @@
-"""Redis connections, the same for every agent and source, and reading what a group acknowledged.
+"""Redis connections, the same for every agent and source, and reading their replies.
 
 One URL for a single server and for a cluster: ``create_redis`` asks the server it names whether
 cluster mode is on (``INFO cluster``) and, if so, returns a cluster client that discovers the other
@@ -121,21 +121,11 @@ def text(value: bytes | str | int) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def entry_id_ms(entry_id: bytes | str) -> int:
+    """The first part of a stream entry id ``<ms>-<seq>``: its time in ms (the version, on diffs)."""
+    return int(text(entry_id).partition("-")[0])
+
+
 def find_group(groups: list[dict[Any, Any]], name: str) -> dict[Any, Any] | None:
     """The row of group ``name`` in an XINFO GROUPS reply, or None."""
     return next((g for g in groups if text(g["name"]) == name), None)
-
-
-async def acked_since(
-    redis: aioredis.Redis, key: str, group: str, after_id: str
-) -> list[tuple[bytes, dict[bytes, bytes]]]:
-    """Entries of ``key`` after ``after_id`` that ``group`` has read and acknowledged, in order.
-
-    Stateful agents checkpoint now and then, and on restore re-apply what they acknowledged since
-    their checkpoint (entries still pending will be delivered again and are left out)."""
-    row = find_group(await redis.xinfo_groups(key), group)
-    if row is None:
-        return []
-    pending = {r["message_id"] for r in await redis.xpending_range(key, group, "-", "+", 1_000_000)}
-    entries = await redis.xrange(key, min="(" + after_id, max=row["last-delivered-id"])
-    return [(i, f) for i, f in entries if i not in pending]

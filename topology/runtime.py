@@ -50,6 +50,7 @@ from marketswarm.topology.connections import text
 from marketswarm.topology.keeper import Keeper, blocking_twin
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.model_settings import adopt_model_settings
+from marketswarm.topology.restore import restore
 from marketswarm.topology.retention import Trimmer
 from marketswarm.topology.settings import Settings
 
@@ -162,6 +163,10 @@ class Runtime:
                 break
             await self._sleep(0.05)
 
+    async def _restore(self, u: str, processor: Processor) -> None:
+        """The processor's state as of what this group acknowledged (topology/restore.py)."""
+        await restore(self.redis, processor, self.group, u, self.spec.accepts)
+
     async def _adopt_model_settings(self) -> Settings:
         """The recorded model settings in place of the environment's, read once (topology/model_settings.py)."""
         if not self._model_settings_adopted:
@@ -188,11 +193,11 @@ class Runtime:
                     if not await self._acquire_lease(u):
                         await self._sleep(self.settings.lease_ttl_ms / 3000)
                         continue
-                    await processor.restore(self.redis)
+                    await self._restore(u, processor)
                     # Whoever held the lease before us is gone: its pending entries are ours now.
                     await self._reclaim(u, key, processor, min_idle_ms=0)
                 else:
-                    await processor.restore(self.redis)
+                    await self._restore(u, processor)
                 await self._drain_own_pending(u, key, processor)
                 await self._consume(u, key, processor)
             except (ResponseError, EffectError, ConflictError) as exc:
@@ -231,7 +236,7 @@ class Runtime:
                     next_claim = time.monotonic() + self.settings.claim_interval_ms / 1000
                 block_ms = self.settings.block_ms
                 if held_since is not None:  # read no longer than the held work may wait
-                    wait_s = held_since + getattr(processor, "max_hold_s", 0.0) - time.monotonic()
+                    wait_s = held_since + processor.max_hold_s - time.monotonic()
                     block_ms = max(1, min(block_ms, math.ceil(wait_s * 1000)))
                 read = asyncio.ensure_future(
                     self.redis.xreadgroup(self.group, self.consumer, {key: ">"}, count=self.batch_size, block=block_ms)
@@ -251,7 +256,7 @@ class Runtime:
                 held_since = self._held_since(processor, held_since)
                 held_s = time.monotonic() - held_since if held_since is not None else 0.0
                 if self.settings.idle_flush and (
-                    not response or (held_since is not None and held_s >= getattr(processor, "max_hold_s", 0.0))
+                    not response or (held_since is not None and held_s >= processor.max_hold_s)
                 ):
                     # Input went quiet, or work was held as long as it may be: out with it.
                     await self.flush(u, key, processor)
@@ -262,8 +267,7 @@ class Runtime:
     def _held_since(self, processor: Processor, since: float | None) -> float | None:
         """When the processor began holding work it will flush (None: it holds nothing, or it does
         not hold work on a deadline; only live runs flush on one, replays flush at the end)."""
-        holding = getattr(processor, "holding", None)
-        if not self.settings.idle_flush or holding is None or not holding():
+        if not self.settings.idle_flush or not processor.holding():
             return None
         return since if since is not None else time.monotonic()
 
@@ -373,23 +377,23 @@ class Runtime:
             try:
                 await self._commit(u, key, effects, [e.id for e in good] + list(skipped))
             except ConflictError:
-                await processor.restore(self.redis)
+                await self._restore(u, processor)
                 if attempt == CONFLICT_RETRIES:
                     raise  # kept changing under the step: the loop pauses, the entries stay pending
                 continue
             except EffectError as exc:  # the effects failed for good and nothing was acked
                 log.warning("%s: the commit of %d entries of %s failed: %s", self.group, len(good), key, exc)
                 self.metrics.commit_failures.labels(self.group, key).inc()
-                await processor.restore(self.redis)
+                await self._restore(u, processor)
                 await self._isolate(u, key, processor, good, skipped, f"commit failed: {exc}")
                 return
             except (LeaseLostError, ResponseError):
-                await processor.restore(self.redis)
+                await self._restore(u, processor)
                 raise
             except BaseException:
                 # Connection dropped mid-commit: the entries stay pending; in-memory state is reloaded.
                 with contextlib.suppress(Exception):
-                    await processor.restore(self.redis)
+                    await self._restore(u, processor)
                 raise
             await self._trim(u, processor, effects)
             return
@@ -398,43 +402,41 @@ class Runtime:
         self, u: str, key: str, processor: Processor, good: list[Entry], skipped: Sequence[str], error: str
     ) -> None:
         """A batch failed (its step raised, or its effects did): split it until the failing entries
-        are alone. They stay pending with their error (Delivery.RETRY) and the others commit."""
+        are alone. They stay pending with their error (retried, then dead-lettered) and the others commit."""
         if skipped:
             await self._commit(u, key, Effects(), list(skipped))
         if len(good) == 1:
             log.warning("%s: entry %s of %s failed: %s", self.group, good[0].id, key, error)
             await self._record_failure(key, good[0].id, error)
-            await processor.restore(self.redis)
+            await self._restore(u, processor)
             return
         # Bisect, in order: one poison entry in a batch of n costs about 2·log2(n) commits, not n,
         # so a batch that holds one is through quickly (and rarely caught by a crash half-way).
-        await processor.restore(self.redis)
+        await self._restore(u, processor)
         half = len(good) // 2
         await self._process(u, key, processor, good[:half])
         await self._process(u, key, processor, good[half:])
 
     async def flush(self, u: str, key: str, processor: Processor) -> bool:
         """Commit what the processor held back, without an input to ack; True if there was any."""
-        flush = getattr(processor, "flush", None)
-        effects = flush() if flush is not None else None
+        effects = processor.flush()
         if effects is None or not (effects.outputs or effects.commands or effects.scripts):
             return False
         try:
             await self._commit(u, key, effects, [])
         except BaseException:
             with contextlib.suppress(Exception):
-                await processor.restore(self.redis)
+                await self._restore(u, processor)
             raise
         await self._trim(u, processor, effects)
         return True
 
     async def _trim(self, u: str, processor: Processor, effects: Effects) -> None:
         """Keep the streams this agent writes within their bounds (at most once a second each)."""
-        floor = getattr(processor, "retention_floor", None)
         written = {out.key: out.spec for out in effects.outputs}
         written.update({spec.key(u): spec for spec in self.spec.writes})
         for key, spec in written.items():
-            await self.trimmer.after_write(spec, key, floor(key) if floor is not None else None)
+            await self.trimmer.after_write(spec, key, processor.retention_floor(key))
 
     async def flush_all(self, underlyings: Sequence[str]) -> int:
         """One flush per underlying, for the end of a replay (taking leases as needed)."""
@@ -443,7 +445,7 @@ class Runtime:
             if self.spec.stateful and not await self._acquire_lease(u):
                 raise LeaseLostError(streams.lease_key(u, self.spec.name))
             processor = self.spec.make(await self._adopt_model_settings(), u, self.metrics)
-            await processor.restore(self.redis)
+            await self._restore(u, processor)
             n += await self.flush(u, self.spec.reads.key(u), processor)
             await self._release_lease(u)
         return n
@@ -467,7 +469,7 @@ class Runtime:
             self._errors.pop(i, None)
             self._interrupted.discard(i)
         if effects.on_commit is not None:
-            effects.on_commit(results)
+            effects.on_commit({call.name: r for call, r in zip(effects.scripts, results, strict=False)})
         self.processed += len(ack_ids)
         labels = (self.group, key)
         self.metrics.entries_acked.labels(*labels).inc(len(ack_ids))
@@ -477,7 +479,7 @@ class Runtime:
             self.metrics.events_out.labels(*labels).inc(effects.events_out)
 
     async def _record_failure(self, key: str, entry_id: str, error: str) -> None:
-        """Leave the entry pending (Delivery.RETRY) and keep its error for the dead letter."""
+        """Leave the entry pending (to be retried) and keep its error for the dead letter."""
         self._errors[entry_id] = error
         self._interrupted.discard(entry_id)
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -495,7 +497,7 @@ class Runtime:
         return {text(r["message_id"]): int(r["times_delivered"]) for r in rows}
 
     async def _dead_letter(self, u: str, key: str, dead: list[tuple[str, dict[bytes, bytes], int]]) -> None:
-        """Delivery.DEAD_LETTER: move entries to ``<stream>.dlq`` with their error, and ack them, in
+        """Dead letters: move entries to ``<stream>.dlq`` with their error, and ack them, in
         one commit."""
         dlq = streams.dlq_key(key)
         errors = await self.redis.hmget(streams.errors_key(key), [d[0] for d in dead])

@@ -33,7 +33,6 @@ from typing import Any
 import msgspec
 import numpy as np
 import orjson
-import redis.asyncio as aioredis
 
 from marketswarm.agents.calc import blackscholes as bs
 from marketswarm.schemas import codec
@@ -41,7 +40,7 @@ from marketswarm.schemas.events import ChangeBatch, EpochChange, GreeksChange, S
 from marketswarm.schemas.models import F64, I64, Geometry, Staged, columns, pack, unpack
 from marketswarm.schemas.occ import SymbolError, parse_occ
 from marketswarm.topology import streams
-from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output
+from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output, Processor, Resume
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
 
@@ -259,7 +258,7 @@ def compute(
     return out
 
 
-class GexCalc:
+class GexCalc(Processor):
     def __init__(self, settings: Settings, underlying: str, metrics: Metrics) -> None:
         self.u = underlying
         self.metrics = metrics
@@ -281,8 +280,12 @@ class GexCalc:
         self.geometry = Geometry(underlying=self.u, strategy="gex", epoch=book.epoch, strike=pack(strikes, I64))
         self.vals = np.full((len(strikes), 3), np.nan)
 
-    async def restore(self, redis: aioredis.Redis) -> None:
-        raw = await redis.hgetall(self.checkpoint)
+    def state_reads(self) -> Sequence[tuple[Any, ...]]:
+        """The checkpoint, written with every commit: nothing to re-apply after it."""
+        return [("HGETALL", self.checkpoint)]
+
+    def load(self, replies: Sequence[Any]) -> Sequence[Resume]:
+        raw = replies[0] or {}
         self.book, self.geometry, self.spot = None, None, None
         fields = {k.decode(): v for k, v in raw.items()}
         if "_spot" in fields:
@@ -298,6 +301,7 @@ class GexCalc:
             if "_vals" in fields:
                 self.vals[:] = unpack(fields["_vals"], F64).reshape(-1, 3)
         self.inputs = ProfileInputs(**orjson.loads(fields["_prof"])) if "_prof" in fields else None
+        return ()
 
     def process(self, batch: Sequence[Entry]) -> Effects:
         outputs: list[Output] = []

@@ -24,23 +24,20 @@ stream alone (bucket boundaries are event times, not read batches), which makes 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
 import msgspec
 import numpy as np
 import orjson
-import redis.asyncio as aioredis
 
 from marketswarm.agents.calc.grid import Grid, Tiles, Window, build_tiles, geometry
 from marketswarm.schemas import codec
 from marketswarm.schemas.events import ChangeBatch, EpochChange, QuoteChange, SpotChange
 from marketswarm.schemas.models import F64, I32, I64, Geometry, Staged, columns, pack, unpack
 from marketswarm.topology import streams
-from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output
-from marketswarm.topology.connections import acked_since
+from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output, Processor, Resume
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
 
@@ -82,7 +79,7 @@ def tile_values(tiles: Tiles, grid: Grid, sel: np.ndarray | slice) -> tuple[np.n
     return np.round((tiles.weights[sel] * mid).sum(axis=1), 6), valid
 
 
-class TileCalc:
+class TileCalc(Processor):
     """The step of one heatmap strategy for one underlying."""
 
     def __init__(self, settings: Settings, underlying: str, metrics: Metrics, strategy: str) -> None:
@@ -114,6 +111,8 @@ class TileCalc:
         self.open_bucket: int | None = None
         self.last: dict[str, Any] = {"src": "", "rx_ns": 0, "ts_ns": 0}
         self.checkpoint_ns = 0
+        self.recomputed = 0  # tiles recomputed since the last commit (a metric, counted on commit)
+        self.flush_points: set[str] = set()  # changes entries after which a live flush was committed
 
     # --- state ---------------------------------------------------------------------------
 
@@ -135,17 +134,16 @@ class TileCalc:
             self._pending = (self.grid.first_seen, n)
         return self._pending[1]
 
-    async def restore(self, redis: aioredis.Redis) -> None:
-        """The last checkpoint, then the changes acked since it re-applied (their outputs were
+    def state_reads(self) -> Sequence[tuple[Any, ...]]:
+        return [("HGET", self.checkpoint, STATE_FIELD), ("LRANGE", self.flushes, 0, -1)]
+
+    def load(self, replies: Sequence[Any]) -> Sequence[Resume]:
+        """The last checkpoint; then the changes acked since it are re-applied (their outputs were
         committed then), with the flushes made since it done again: the state is exactly that of
         the acked position."""
-        # Without a transaction: only this lease holder writes these keys.
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.hget(self.checkpoint, STATE_FIELD)
-            pipe.lrange(self.flushes, 0, -1)
-            raw, flushed = await pipe.execute()
-        flush_points = {f.decode() for f in flushed}
+        raw, flushed = replies
         self._clear()
+        self.flush_points = {f.decode() for f in flushed}
         through = "0-0"
         if raw is not None:
             st = codec.decode_packed(raw, CalcState)
@@ -168,14 +166,18 @@ class TileCalc:
                 self.values[:] = unpack(st.values, F64)
                 self.sent_ts[:] = unpack(st.sent_ts, I64)
                 self.dirty = set(unpack(st.dirty, I32).tolist())
-        if through in flush_points:
+        if through in self.flush_points:
             self._emit(reset=False)  # committed then: only its effect on the state is wanted
-        key = streams.CHANGES.key(self.u)
-        for entry_id, entry_fields in await acked_since(redis, key, self.agent, through):
-            with contextlib.suppress(codec.DecodeError):
-                self._step(Entry(entry_id.decode(), codec.decode(streams.Payload.CHANGES, entry_fields)))
-            if entry_id.decode() in flush_points:
+        self.recomputed = 0  # work of a restore, not of the model
+        return [Resume(streams.CHANGES, through)]
+
+    def reapply(self, stream: streams.StreamSpec, entries: Sequence[Entry]) -> Sequence[Resume]:
+        for entry in entries:
+            self._step(entry)
+            if entry.id in self.flush_points:
                 self._emit(reset=False)
+        self.recomputed = 0
+        return ()
 
     def _checkpoint(self) -> list[tuple[Any, ...]]:
         """The whole state as of the last entry: written at a new epoch and every CHECKPOINT_EVERY_S."""
@@ -222,7 +224,7 @@ class TileCalc:
         new_epoch = self.grid is not None and self.grid.epoch != epoch
         if new_epoch or int(self.last["ts_ns"]) - self.checkpoint_ns >= CHECKPOINT_EVERY_S * 1e9:
             commands = self._checkpoint()
-        return Effects(outputs=outputs, commands=commands, on_commit=self._metrics, events_out=len(outputs))
+        return Effects(outputs=outputs, commands=commands, on_commit=self._on_commit(), events_out=len(outputs))
 
     def _step(self, entry: Entry) -> list[Output]:
         """One changes entry: close the open bucket if this one is in another, then apply it."""
@@ -291,13 +293,26 @@ class TileCalc:
         outputs = self._emit(reset=False)
         after = str(self.last["src"]) or "0-0"
         return Effects(
-            outputs=outputs, commands=[("RPUSH", self.flushes, after)], on_commit=self._metrics, events_out=len(outputs)
+            outputs=outputs,
+            commands=[("RPUSH", self.flushes, after)],
+            on_commit=self._on_commit(),
+            events_out=len(outputs),
         )
 
-    def _metrics(self, _: list[Any]) -> None:
+    def _on_commit(self) -> Callable[[Mapping[str, Any]], None]:
+        """Metrics of the work since the last commit, counted once it is committed."""
+        recomputed, self.recomputed = self.recomputed, 0
+        coverage = None
         if self.tiles is not None and len(self.tiles):
             coverage = float(np.isfinite(self.values).sum()) / len(self.tiles)
-            self.metrics.tile_coverage.labels(self.u, self.strategy).set(coverage)
+
+        def committed(_: Mapping[str, Any]) -> None:
+            if recomputed:
+                self.metrics.tiles_recomputed.labels(self.agent, self.u).inc(recomputed)
+            if coverage is not None:
+                self.metrics.tile_coverage.labels(self.u, self.strategy).set(coverage)
+
+        return committed
 
     def _emit(self, *, reset: bool) -> list[Output]:
         """The staged update of everything changed since the last one (all valid tiles on a reset)."""
@@ -307,8 +322,7 @@ class TileCalc:
         positions = sorted(self.dirty)
         self.dirty = set()
         pos, vals, n = self._recompute(positions, reset)
-        if n:
-            self.metrics.tiles_recomputed.labels(self.agent, self.u).inc(n)
+        self.recomputed += n
         if not (reset or len(pos) or header is not None):
             return []
         grid = self.grid

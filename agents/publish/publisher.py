@@ -24,20 +24,26 @@ publishes the same versions as the live run. A market that stops changing publis
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 
 from marketswarm.agents.publish.assemble import COLS_FIELD, GEOMETRY_FIELD, HEADER_FIELD, header_json
-from marketswarm.agents.publish.models import CHECKPOINT_EVERY_S, CHECKPOINT_EVERY_VERSIONS, load_published
+from marketswarm.agents.publish.published import (
+    CHECKPOINT_EVERY_S,
+    CHECKPOINT_EVERY_VERSIONS,
+    Published,
+    apply_diffs,
+    checkpoint_read,
+    from_checkpoint,
+)
 from marketswarm.agents.publish.tiles import ColumnTable
 from marketswarm.schemas import codec
 from marketswarm.schemas.models import Diff, Staged
 from marketswarm.topology import streams
-from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output
+from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output, Processor, Resume
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
 
@@ -47,7 +53,7 @@ _OWN_HEADER_FIELDS = ("underlying", "strategy", "version", "epoch", "asof", "aso
 NEW_EPOCH_PATIENCE_S = 2.5  # event time a new epoch may stay incomplete before it is published anyway
 
 
-class Publisher:
+class Publisher(Processor):
     def __init__(self, settings: Settings, underlying: str, metrics: Metrics, strategy: str) -> None:
         self.u = underlying
         self.strategy = strategy
@@ -78,20 +84,28 @@ class Publisher:
         self.last_entry = "0-0"
         self.checkpoint_version = 0
         self.checkpoint_ns = 0
+        self.restoring: tuple[Published, bytes | None] = (Published(self.strategy), None)
 
     # --- state -------------------------------------------------------------------------------
 
-    async def restore(self, redis: aioredis.Redis) -> None:
-        """The last version (checkpoint + diffs), then the staged entries acked since it, re-applied:
-        staging is never written tile by tile, it is re-derived from the stream."""
+    def state_reads(self) -> Sequence[tuple[Any, ...]]:
+        return [checkpoint_read(self.u, self.strategy), ("HGET", self.state_key, STATE_FIELD)]
+
+    def load(self, replies: Sequence[Any]) -> Sequence[Resume]:
+        """The last version: the model's checkpoint, then the diffs after it (``reapply``); then the
+        staged entries acked since that version re-applied: staging is never written tile by tile,
+        it is re-derived from the stream."""
         self._clear()
-        published = await load_published(redis, self.u, self.strategy)
-        # Read together, without a transaction: only this lease holder writes its state (a cluster
-        # transaction would be a slow path for no gain).
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.hget(self.state_key, STATE_FIELD)
-            pipe.xinfo_groups(self.staged_key)
-            state_raw, groups = await pipe.execute()
+        self.restoring = (from_checkpoint(self.strategy, replies[0]), replies[1])
+        return [Resume(self.diffs_spec, f"{self.restoring[0].version}-0", acked=False)]
+
+    def reapply(self, stream: streams.StreamSpec, entries: Sequence[Entry]) -> Sequence[Resume]:
+        if stream is not self.diffs_spec:
+            for entry in entries:
+                self._apply(entry.value, entry.id)
+            return ()
+        published, state_raw = self.restoring
+        apply_diffs(published, self.diffs, [(e.id, e.value) for e in entries])
         self.tiles.load(published.geometry, published.vals, published.cts)
         through = "0-0"
         if published.header is not None:
@@ -109,19 +123,7 @@ class Publisher:
                 )
                 self.checkpoint_version, self.checkpoint_ns = state["checkpoint_version"], state["checkpoint_ns"]
         self.last_entry = through
-        group = next((g for g in groups if g["name"] in (self.group, self.group.encode())), None)
-        if group is None:
-            return
-        delivered = group["last-delivered-id"]
-        pending = {r["message_id"] for r in await redis.xpending_range(self.staged_key, self.group, "-", "+", 100_000)}
-        for entry_id, fields in await redis.xrange(self.staged_key, min=b"(" + through.encode(), max=delivered):
-            if entry_id in pending:
-                continue  # it will be delivered again and processed then
-            try:
-                staged = codec.decode(streams.Payload.TILES, fields)
-            except codec.DecodeError:
-                continue
-            self._apply(staged, entry_id.decode())
+        return [Resume(streams.STAGED[self.strategy], through)]
 
     # --- the step ----------------------------------------------------------------------------
 
@@ -146,7 +148,7 @@ class Publisher:
         }
         commands.append(("HSET", self.state_key, STAGING_FIELD, orjson.dumps(meta)))
 
-        def committed(_: list[Any]) -> None:
+        def committed(_: Mapping[str, Any]) -> None:
             now = time.time_ns()
             for reason, _version, n, rx_ns in published:
                 self.metrics.versions.labels(self.u, self.strategy, reason).inc()
@@ -172,7 +174,7 @@ class Publisher:
         if n is None:
             return None
 
-        def committed(_: list[Any]) -> None:
+        def committed(_: Mapping[str, Any]) -> None:
             self.metrics.versions.labels(self.u, self.strategy, "idle").inc()
             self.metrics.tiles_changed.labels(self.u, self.strategy).inc(n)
 

@@ -20,6 +20,7 @@ from marketswarm.topology.agent import Effects, Entry, Output
 from marketswarm.topology.commit import Committer, ConflictError, EffectError, encode, hash_tag
 from marketswarm.topology.connections import create_redis
 from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.restore import restore
 from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
 from tests.integration.test_hydrate import T0, chain, contract
@@ -83,7 +84,7 @@ async def test_hydrate_error_mid_script_acks_nothing_and_a_retry_converges(aredi
 
     async def attempt() -> list[object]:
         h = hydrator()
-        await h.restore(aredis)
+        await restore(aredis, h, HYDRATE.name, "SPX")
         entry = Entry(entry_id, EventBatch(src=entry_id, rx_ns=T0, events=(chain(),)))
         return await commit(encode(events, HYDRATE.name, h.process([entry]), [entry_id]))
 
@@ -114,7 +115,7 @@ async def test_hydrate_conflict_is_refused_before_any_write(aredis: aioredis.Red
     events = streams.EVENTS.key("SPX")
     commit = Committer(aredis)
     stale, fresh = hydrator(), hydrator()
-    await stale.restore(aredis)  # no epoch yet
+    await restore(aredis, stale, HYDRATE.name, "SPX")  # no epoch yet
     snap = Entry("1-0", EventBatch(src="1-0", rx_ns=T0, events=(chain(),)))
     await commit(encode(events, HYDRATE.name, fresh.process([snap]), []))  # another replica promotes
     sym = contract(4700).symbol
@@ -126,7 +127,7 @@ async def test_hydrate_conflict_is_refused_before_any_write(aredis: aioredis.Red
     with pytest.raises(ConflictError, match="MSCONFLICT"):
         await commit(encode(events, HYDRATE.name, stale.process([quote]), []))
     assert await aredis.xlen(streams.CHANGES.key("SPX")) == before
-    await stale.restore(aredis)
+    await restore(aredis, stale, HYDRATE.name, "SPX")
     results = await commit(encode(events, HYDRATE.name, stale.process([quote]), []))
     assert int(results[0][1]) == 1  # admitted as newer (B)
 

@@ -13,13 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from marketswarm.agents.hydrate import SHRINK_CONFIRM_S, Hydrator
+from marketswarm.agents.hydrate import HYDRATE, SHRINK_CONFIRM_S, Hydrator
 from marketswarm.schemas import codec
 from marketswarm.schemas.events import ChainContract, ChainSnapshot, EpochChange, EventBatch, Quote, Spot, Trade
 from marketswarm.topology import streams
 from marketswarm.topology.agent import Entry
 from marketswarm.topology.commit import Committer, encode
 from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.restore import restore
 from marketswarm.topology.settings import Settings
 from tests.rig.wire import encode_changes
 
@@ -46,7 +47,7 @@ def chain(strikes: Sequence[int] = STRIKES, ts: int = T0, spot: float = 4700.0) 
 async def apply(r: aioredis.Redis, batches: Sequence[Sequence[object]], start: int = 0) -> list[int]:
     """Commit hydrate's step for each batch of events (one entry per batch), as the runtime would."""
     h = Hydrator(Settings(underlyings=[U]), U, Metrics(CollectorRegistry()))
-    await h.restore(r)
+    await restore(r, h, HYDRATE.name, U)
     commit = Committer(r)
     totals = [0] * 8
     for i, events in enumerate(batches):
@@ -54,7 +55,7 @@ async def apply(r: aioredis.Redis, batches: Sequence[Sequence[object]], start: i
         effects = h.process([entry])
         results = await commit(encode(streams.EVENTS.key(U), "hydrate", effects, []))
         assert effects.on_commit is not None
-        effects.on_commit(results)
+        effects.on_commit({"hydrate": results[0]})
         totals = [a + int(b) for a, b in zip(totals, results[0][:8], strict=True)]
     return totals
 

@@ -18,6 +18,7 @@ from marketswarm.schemas import codec
 from marketswarm.topology import streams
 from marketswarm.topology.connections import create_redis
 from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.restore import restore
 from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
 
@@ -121,7 +122,7 @@ async def test_a_calc_restored_after_live_flushes_holds_what_it_emitted(redis_ur
         values[staged.cols.positions()] = staged.cols.values()[:, 0]
         sent[staged.cols.contract_positions()] = staged.cols.contract_times()
     calc = TileCalc(live, "SPX", Metrics(CollectorRegistry()), "butterfly")
-    await calc.restore(aredis)
+    await restore(aredis, calc, "calc.butterfly", "SPX")
     assert values is not None and not calc.holding()
     np.testing.assert_array_equal(calc.values, values)
     np.testing.assert_array_equal(calc.sent_ts, sent)

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from marketswarm.agents import catalog
 from marketswarm.agents.sources.writer import RawWriter
 from marketswarm.topology import streams
-from marketswarm.topology.agent import AgentSpec, Effects, Entry
+from marketswarm.topology.agent import AgentSpec, Effects, Entry, Processor
 from marketswarm.topology.backpressure import Gate
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.retention import Trimmer, plan
@@ -98,14 +98,11 @@ async def test_sources_shed_market_frames_while_agents_are_behind(aredis: aiored
     assert metrics.shed_events.labels("test", key)._value.get() == 20
 
 
-class Slow:
+class Slow(Processor):
     """A stateful step that holds the event loop far longer than the lease's TTL."""
 
     def __init__(self, settings: Settings, u: str, metrics: Metrics) -> None:
         self.key = sums_key(u)
-
-    async def restore(self, redis: aioredis.Redis) -> None:
-        return None
 
     def process(self, batch: Sequence[Entry]) -> Effects:
         time.sleep(1.5)  # CPU-bound, as far as the event loop is concerned

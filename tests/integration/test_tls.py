@@ -19,7 +19,7 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from marketswarm.agents import catalog
-from marketswarm.agents.publish.models import read_model
+from marketswarm.agents.publish.published import read_model
 from marketswarm.agents.sources.files import read_inputs, write_recorded
 from marketswarm.topology import streams
 from marketswarm.topology.connections import create_redis

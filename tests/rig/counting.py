@@ -16,11 +16,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 
 from marketswarm.schemas.codec import RawFrame, encode_raw
 from marketswarm.topology import streams
-from marketswarm.topology.agent import AgentSpec, Effects, Entry, ScriptCall
+from marketswarm.topology.agent import AgentSpec, Effects, Entry, Processor, ScriptCall
 from marketswarm.topology.connections import create_redis
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.runtime import Runtime
@@ -56,12 +55,9 @@ class PoisonError(ValueError):
     """Raised by the counting step for an entry marked poison (a test of isolation)."""
 
 
-class Counter:
+class Counter(Processor):
     def __init__(self, settings: Settings, underlying: str, metrics: Metrics) -> None:
         self.sums_key = sums_key(underlying)
-
-    async def restore(self, redis: aioredis.Redis) -> None:
-        return None
 
     def process(self, batch: Sequence[Entry]) -> Effects:
         totals: dict[str, int] = {}

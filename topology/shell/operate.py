@@ -18,7 +18,7 @@ from redis.exceptions import ResponseError
 
 from marketswarm.agents import catalog
 from marketswarm.agents.publish.assemble import position_of, tile_json
-from marketswarm.agents.publish.models import load_published
+from marketswarm.agents.publish.published import load_published
 from marketswarm.schemas import codec
 from marketswarm.schemas.occ import parse_occ
 from marketswarm.topology import streams

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from marketswarm.agents.publish.models import read_model
+from marketswarm.agents.publish.published import read_model
 from marketswarm.agents.sources.files import (
     capture_line,
     capture_model_settings,

@@ -10,7 +10,9 @@ agents/publish/assemble.py.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import orjson
@@ -20,6 +22,7 @@ from marketswarm.agents.publish.assemble import COLS_FIELD, GEOMETRY_FIELD, HEAD
 from marketswarm.schemas import codec
 from marketswarm.schemas.models import Columns, Diff, Geometry, value_columns
 from marketswarm.topology import streams
+from marketswarm.topology.connections import entry_id_ms, text
 
 log = logging.getLogger(__name__)
 
@@ -92,31 +95,42 @@ class Published:
 
 
 def diff_version(entry_id: bytes | str) -> int:
-    raw = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return int(raw.split("-")[0])
+    """A diff's version: the diffs streams use ``<version>-0`` as entry ids."""
+    return entry_id_ms(entry_id)
+
+
+def apply_diffs(published: Published, key: str, diffs: Sequence[tuple[str, Diff]], *, strict: bool = False) -> None:
+    """Apply diffs (entry id, diff) of ``key`` that follow ``published.version``, in place. A gap is
+    logged (and what remains is applied), or with ``strict`` raised as GapError before anything is
+    applied past it."""
+    for entry_id, diff in diffs:
+        v = diff_version(entry_id)
+        if v != published.version + 1:
+            if strict:
+                raise GapError(f"{key}: diffs {published.version + 1}..{v - 1} are missing")
+            log.error("%s: diffs %d..%d are missing; serving what remains", key, published.version + 1, v - 1)
+        published.apply(diff)
 
 
 async def catch_up(redis: aioredis.Redis, u: str, published: Published, *, strict: bool = False) -> Published:
-    """Apply the diffs after ``published.version``, in place. A gap is logged (and served as it is),
-    or with ``strict`` raised as GapError before anything is applied past it."""
+    """Apply the diffs after ``published.version``, in place (see ``apply_diffs``)."""
     key = streams.DIFFS[published.strategy].key(u)
     while True:
         entries = await redis.xrange(key, min=f"({published.version}-0", count=DIFFS_PER_READ)
-        for entry_id, fields in entries:
-            v = diff_version(entry_id)
-            if v != published.version + 1:
-                if strict:
-                    raise GapError(f"{key}: diffs {published.version + 1}..{v - 1} are missing")
-                log.error("%s: diffs %d..%d are missing; serving what remains", key, published.version + 1, v - 1)
-            published.apply(codec.decode(streams.Payload.DIFF, fields))
+        diffs = [(text(i), codec.decode(streams.Payload.DIFF, f)) for i, f in entries]
+        apply_diffs(published, key, diffs, strict=strict)
         if len(entries) < DIFFS_PER_READ:
             return published
 
 
-async def load_published(redis: aioredis.Redis, u: str, strategy: str) -> Published:
-    """The current canonical model: checkpoint + diffs since (an empty Published if none yet)."""
-    fields = [HEADER_FIELD, GEOMETRY_FIELD, COLS_FIELD]
-    header, geometry, cols = await redis.hmget(streams.model_key(u, strategy), fields)
+def checkpoint_read(u: str, strategy: str) -> tuple[Any, ...]:
+    """The command that reads a model's checkpoint (its reply is what ``from_checkpoint`` takes)."""
+    return ("HMGET", streams.model_key(u, strategy), HEADER_FIELD, GEOMETRY_FIELD, COLS_FIELD)
+
+
+def from_checkpoint(strategy: str, reply: Sequence[bytes | None]) -> Published:
+    """The model as of its checkpoint (an empty Published if none yet); diffs after it still apply."""
+    header, geometry, cols = reply
     out = Published(strategy=strategy)
     if header is not None:
         out.header = header
@@ -124,7 +138,14 @@ async def load_published(redis: aioredis.Redis, u: str, strategy: str) -> Publis
         if geometry is not None and cols is not None:
             out.start(codec.decode_geometry(geometry))
             out._take(codec.decode_packed(cols, Columns))
-    return await catch_up(redis, u, out)
+    return out
+
+
+async def load_published(redis: aioredis.Redis, u: str, strategy: str) -> Published:
+    """The current canonical model: checkpoint + diffs since (an empty Published if none yet)."""
+    command = checkpoint_read(u, strategy)
+    reply = await redis.hmget(command[1], list(command[2:]))
+    return await catch_up(redis, u, from_checkpoint(strategy, reply))
 
 
 async def read_model(redis: aioredis.Redis, u: str, strategy: str) -> bytes | None:
