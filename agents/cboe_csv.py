@@ -26,6 +26,7 @@ from marketswarm.agents.parsing import (
     MAX_PRICE,
     MAX_SIZE,
     DropReason,
+    NonFiniteError,
     Parsed,
     RangeError,
     RejectReason,
@@ -72,7 +73,7 @@ def _f(cell: str) -> float | None:
         return None
     v = float(cell)
     if not math.isfinite(v):
-        raise ValueError(f"non-finite value {cell!r}")
+        raise NonFiniteError(f"non-finite value {cell!r}")
     return v
 
 
@@ -152,9 +153,11 @@ def _rows(
             except RangeError as exc:
                 out.reject(RejectReason.OUT_OF_RANGE, f"line {lineno}: {exc}", ",".join(row))
                 continue
+            except NonFiniteError as exc:
+                out.reject(RejectReason.NON_FINITE, f"line {lineno}: {exc}", ",".join(row))
+                continue
             except ValueError as exc:
-                reason = RejectReason.NON_FINITE if "non-finite" in str(exc) else RejectReason.BAD_CSV
-                out.reject(reason, f"line {lineno}: {exc}", ",".join(row))
+                out.reject(RejectReason.BAD_CSV, f"line {lineno}: {exc}", ",".join(row))
                 continue
             if c is None:
                 out.drop(DropReason.UNCONFIGURED_UNDERLYING)

@@ -19,6 +19,7 @@ without one is marked ``rx_time`` and stamped with the receive time, and never b
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from marketswarm.agents.parsing import (
     MAX_PRICE,
     MAX_SEQ,
     DropReason,
+    NonFiniteError,
     Parsed,
     RangeError,
     RejectReason,
@@ -68,17 +70,22 @@ def loads(data: bytes) -> Any:
             raise ValueError("JSON nested too deeply") from None
 
 
-class _Skip(Exception):
-    pass
+def _ms_to_ns(x: Any) -> int:
+    """An event time in ms (as the provider sends it) in ns; NaN or Infinity is NonFiniteError."""
+    if isinstance(x, float) and not math.isfinite(x):
+        raise NonFiniteError(f"event time: non-finite number {x!r}")
+    return int(x) * MS_TO_NS
 
 
-def _check_time(out: Parsed, ts_ns: int, rx_ns: int, limits: Limits, el: Any) -> None:
+def _in_time(out: Parsed, ts_ns: int, rx_ns: int, limits: Limits, el: Any) -> bool:
+    """The event time is within bounds of the receive time; else the element is rejected."""
     if ts_ns > rx_ns + limits.max_future_ns:
         out.reject(RejectReason.FUTURE_TIMESTAMP, f"event time {ts_ns} is after receive time {rx_ns}", el)
-        raise _Skip
+        return False
     if ts_ns < rx_ns - limits.max_age_ns:
         out.reject(RejectReason.STALE_TIMESTAMP, f"event time {ts_ns} is before the session of {rx_ns}", el)
-        raise _Skip
+        return False
+    return True
 
 
 def parse_ws_frame(
@@ -105,38 +112,38 @@ def parse_ws_frame(
     for el in elements:
         try:
             _ws_element(out, el, rx_ns, underlying, configured, limits, delayed)
-        except _Skip:
-            pass
         except (KeyError, TypeError, AttributeError) as exc:
             out.reject(RejectReason.MALFORMED_ELEMENT, f"missing or mistyped field: {exc}", el)
         except RangeError as exc:
             out.reject(RejectReason.OUT_OF_RANGE, str(exc), el)
-        except (ValueError, OverflowError) as exc:
-            text = str(exc)
-            nonfinite = "non-finite" in text or "NaN" in text or "infinity" in text.lower()
-            out.reject(RejectReason.NON_FINITE if nonfinite else RejectReason.MALFORMED_ELEMENT, text, el)
+        except (NonFiniteError, OverflowError) as exc:  # NaN, Infinity, or a float too large for an int
+            out.reject(RejectReason.NON_FINITE, str(exc), el)
+        except ValueError as exc:
+            out.reject(RejectReason.MALFORMED_ELEMENT, str(exc), el)
     return out
 
 
-def _ours(out: Parsed, u: str, underlying: str, configured: Collection[str], el: Any) -> None:
-    """Skip an element of another underlying: misrouted if configured, else dropped at the edge."""
+def _ours(out: Parsed, u: str, underlying: str, configured: Collection[str], el: Any) -> bool:
+    """The element is of this stream's underlying; else it is left out: misrouted if configured,
+    dropped at the edge if not."""
     if u == underlying:
-        return
+        return True
     if u in configured:
         out.reject(RejectReason.MISROUTED, f"{u} element on the {underlying} stream", el)
     else:
         out.drop(DropReason.UNCONFIGURED_UNDERLYING)
-    raise _Skip
+    return False
 
 
-def _route(out: Parsed, sym: Any, underlying: str, configured: Collection[str], el: Any) -> OptionSymbol:
+def _route(out: Parsed, sym: Any, underlying: str, configured: Collection[str], el: Any) -> OptionSymbol | None:
+    """The element's contract if it is one of this stream's; None if it is left out (a bad symbol
+    is rejected)."""
     try:
         osym = parse_occ(sym)
     except SymbolError as exc:
         out.reject(RejectReason.BAD_SYMBOL, str(exc), el)
-        raise _Skip from None
-    _ours(out, osym.underlying, underlying, configured, el)
-    return osym
+        return None
+    return osym if _ours(out, osym.underlying, underlying, configured, el) else None
 
 
 def _ws_element(
@@ -147,10 +154,12 @@ def _ws_element(
         return
     ev = el.get("ev")
     if ev == "Q":
-        sym = _route(out, el["sym"], underlying, configured, el).occ
+        osym = _route(out, el["sym"], underlying, configured, el)
+        if osym is None:
+            return
         bid, ask = req(el["bp"]), req(el["ap"])
         bs, asz = int(el.get("bs", 0)), int(el.get("as", 0))
-        ts_ns = int(el["t"]) * MS_TO_NS
+        ts_ns = _ms_to_ns(el["t"])
         if bid < 0 or ask < 0:
             out.reject(RejectReason.NEGATIVE_PRICE, f"bid {bid} ask {ask}", el)
             return
@@ -165,10 +174,11 @@ def _ws_element(
         if ask > 0 and bid > ask:
             out.reject(RejectReason.CROSSED_QUOTE, f"bid {bid} > ask {ask}", el)
             return
-        _check_time(out, ts_ns, rx_ns, limits, el)
+        if not _in_time(out, ts_ns, rx_ns, limits, el):
+            return
         out.events.append(
             Quote(
-                symbol=sym,
+                symbol=osym.occ,
                 underlying=underlying,
                 bid=bid,
                 ask=ask,
@@ -179,10 +189,12 @@ def _ws_element(
             )  # fmt: skip
         )
     elif ev == "T":
-        sym = _route(out, el["sym"], underlying, configured, el).occ
+        tsym = _route(out, el["sym"], underlying, configured, el)
+        if tsym is None:
+            return
         px = req(el["p"])
         size = el["s"]
-        ts_ns = int(el["t"]) * MS_TO_NS
+        ts_ns = _ms_to_ns(el["t"])
         if px <= 0:
             out.reject(RejectReason.NEGATIVE_PRICE, f"trade price {px}", el)
             return
@@ -193,10 +205,11 @@ def _ws_element(
         count(size, "trade size")
         seq, exchange = count(el.get("q", 0), "sequence", MAX_SEQ), count(el.get("x", 0), "exchange", MAX_CODE)
         conditions = tuple(count(c, "condition", MAX_CODE) for c in el.get("c") or ())
-        _check_time(out, ts_ns, rx_ns, limits, el)
+        if not _in_time(out, ts_ns, rx_ns, limits, el):
+            return
         out.events.append(
             Trade(
-                symbol=sym,
+                symbol=tsym.occ,
                 underlying=underlying,
                 px=px,
                 size=size,
@@ -208,14 +221,16 @@ def _ws_element(
         )
     elif ev == "V":
         ticker = str(el["T"])
-        _ours(out, ticker.removeprefix(INDEX_PREFIX), underlying, configured, el)
+        if not _ours(out, ticker.removeprefix(INDEX_PREFIX), underlying, configured, el):
+            return
         value = req(el["val"])
-        ts_ns = int(el["t"]) * MS_TO_NS
+        ts_ns = _ms_to_ns(el["t"])
         if value <= 0:
             out.reject(RejectReason.NEGATIVE_PRICE, f"index value {value}", el)
             return
         bounded(value, "index value", 0, MAX_PRICE)
-        _check_time(out, ts_ns, rx_ns, limits, el)
+        if not _in_time(out, ts_ns, rx_ns, limits, el):
+            return
         out.events.append(Spot(underlying=underlying, value=value, ts_ns=ts_ns, delayed=delayed))
     elif ev == "status":
         status, message = text(str(el["status"]), 100), text(str(el.get("message", "")))
@@ -263,15 +278,16 @@ def parse_rest_chain(
             continue
         for el in results:
             try:
-                c, s, d = _chain_element(out, el, rx_ns, underlying, configured, limits)
-            except _Skip:
-                continue
+                parsed = _chain_element(out, el, rx_ns, underlying, configured, limits)
             except (KeyError, TypeError, AttributeError) as exc:
                 out.reject(RejectReason.MALFORMED_ELEMENT, f"missing or mistyped field: {exc}", el)
                 continue
             except RangeError as exc:
                 out.reject(RejectReason.OUT_OF_RANGE, str(exc), el)
                 continue
+            if parsed is None:
+                continue  # left out, with its reason
+            c, s, d = parsed
             contracts[c.symbol] = c  # a contract repeated across pages keeps its last record
             delayed |= d
             if s is not None and (spot is None or s.order() >= spot.order()):
@@ -326,7 +342,7 @@ def _opt_count(out: Parsed, el: Any, name: str, value: Any) -> int | None:
         return count(value, name)
     except RangeError as exc:
         out.reject(RejectReason.OUT_OF_RANGE, str(exc), el)
-    except ValueError as exc:
+    except NonFiniteError as exc:
         out.reject(RejectReason.NON_FINITE, str(exc), el)
     except TypeError as exc:
         out.reject(RejectReason.MALFORMED_ELEMENT, str(exc), el)
@@ -349,12 +365,14 @@ def _delayed(block: Mapping[str, Any]) -> bool:
 
 def _chain_element(
     out: Parsed, el: Any, rx_ns: int, underlying: str, configured: Collection[str], limits: Limits
-) -> tuple[ChainContract, _Timed | None, bool]:
+) -> tuple[ChainContract, _Timed | None, bool] | None:
     if not isinstance(el, dict):
         out.reject(RejectReason.MALFORMED_ELEMENT, "chain result is not an object", el)
-        raise _Skip
+        return None
     details = el["details"]
     osym = _route(out, details["ticker"], underlying, configured, el)
+    if osym is None:
+        return None
     q = el.get("last_quote") or {}
     t = el.get("last_trade") or {}
     g = el.get("greeks") or {}

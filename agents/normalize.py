@@ -90,7 +90,7 @@ REJECT_ENTRIES_PER_S = 50
 
 def entry_time_ns(entry_id: str) -> int:
     """The server's time of a stream entry (its id's milliseconds) in ns."""
-    return int(entry_id.split("-", 1)[0]) * 1_000_000
+    return streams.entry_id_ms(entry_id) * 1_000_000
 
 
 @dataclass

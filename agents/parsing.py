@@ -60,6 +60,10 @@ class DropReason(StrEnum):
     PROVIDER_ERROR_ITEM = "provider_error_item"  # e.g. NOT_FOUND entries of the indices snapshot
 
 
+class NonFiniteError(ValueError):
+    """Raised where a number is required and the input holds NaN or Infinity."""
+
+
 class RangeError(ValueError):
     """Raised by ``bounded`` when a finite number lies outside its plausible range."""
 
@@ -105,13 +109,13 @@ _repr.maxlist = _repr.maxdict = _repr.maxtuple = 20
 
 
 def num(x: Any) -> float | None:
-    """A JSON number as float, None when absent; raises ValueError for NaN/Infinity or non-numbers."""
+    """A JSON number as float, None when absent; NonFiniteError for NaN/Infinity, TypeError for non-numbers."""
     if x is None:
         return None
     if isinstance(x, bool) or not isinstance(x, int | float):
         raise TypeError(f"not a number: {x!r}")
     if not math.isfinite(x):
-        raise ValueError(f"non-finite number: {x!r}")
+        raise NonFiniteError(f"non-finite number: {x!r}")
     return float(x)
 
 
@@ -124,11 +128,11 @@ def bounded(x: float | None, name: str, lo: float, hi: float) -> float | None:
 
 def count(x: Any, name: str, hi: int = MAX_SIZE) -> int:
     """A JSON integer count in [0, hi] (a float with an integral value is taken); RangeError beyond,
-    ValueError for NaN or Infinity, TypeError for anything else."""
+    NonFiniteError for NaN or Infinity, TypeError for anything else."""
     if isinstance(x, bool) or not isinstance(x, int | float):
         raise TypeError(f"{name} is not a number: {x!r}")
     if isinstance(x, float) and not math.isfinite(x):
-        raise ValueError(f"{name}: non-finite number {x!r}")
+        raise NonFiniteError(f"{name}: non-finite number {x!r}")
     if isinstance(x, float) and not x.is_integer():
         raise RangeError(f"{name} {x!r} is not a whole number")
     if not 0 <= x <= hi:

@@ -27,6 +27,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from marketswarm.topology import streams
 from marketswarm.topology.agent import Effects, ScriptCall
+from marketswarm.topology.connections import error_code
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,7 @@ class EffectError(RuntimeError):
 
 def classify(exc: ResponseError) -> Exception:
     """The runtime's reading of an error reply of the commit."""
-    text = str(exc)
-    word = text.split(" ", 1)[0]
+    text, word = str(exc), error_code(exc)
     if word == LEASE_LOST:
         return LeaseLostError(text)
     if word == CONFLICT:

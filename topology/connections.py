@@ -16,7 +16,7 @@ import redis
 import redis.asyncio as aioredis
 import redis.cluster
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +121,22 @@ def text(value: bytes | str | int) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def entry_id_ms(entry_id: bytes | str) -> int:
-    """The first part of a stream entry id ``<ms>-<seq>``: its time in ms (the version, on diffs)."""
-    return int(text(entry_id).partition("-")[0])
+def error_code(exc: ResponseError) -> str:
+    """The code of a Redis error reply: its first word (NOGROUP, BUSYGROUP, WRONGTYPE, MOVED...)."""
+    return str(exc).split(" ", 1)[0]
+
+
+async def ensure_group(redis: aioredis.Redis, key: str, group: str) -> None:
+    """XGROUP CREATE key group 0 MKSTREAM, ignoring only BUSYGROUP.
+
+    A new group starts at the beginning of the retained stream, not at ``$``: an agent that starts
+    after its source (or a strategy added later) must still see the epoch's chain snapshot and
+    everything after it, or it could never build its state."""
+    try:
+        await redis.xgroup_create(key, group, id="0", mkstream=True)
+    except ResponseError as exc:
+        if error_code(exc) != "BUSYGROUP":
+            raise
 
 
 def find_group(groups: list[dict[Any, Any]], name: str) -> dict[Any, Any] | None:

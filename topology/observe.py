@@ -19,8 +19,9 @@ from marketswarm.topology.connections import find_group, text
 
 
 def id_ms(entry_id: Any) -> int | None:
+    """An entry id's time in ms; None for None or something that is not an entry id."""
     try:
-        return int(text(entry_id).split("-")[0])
+        return streams.entry_id_ms(entry_id)
     except (ValueError, AttributeError, TypeError):
         return None
 

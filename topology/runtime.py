@@ -46,13 +46,14 @@ from marketswarm.schemas import codec
 from marketswarm.topology import streams
 from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output, Processor
 from marketswarm.topology.commit import Committer, ConflictError, EffectError, LeaseLostError, Replication, encode
-from marketswarm.topology.connections import text
+from marketswarm.topology.connections import ensure_group, error_code, text
 from marketswarm.topology.keeper import Keeper, blocking_twin
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.model_settings import adopt_model_settings
 from marketswarm.topology.restore import restore
 from marketswarm.topology.retention import Trimmer
 from marketswarm.topology.settings import Settings
+from marketswarm.topology.stopping import pause
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ class Runtime:
                 break
             if idle_timeout_s is not None and time.monotonic() - self._last_activity > idle_timeout_s:
                 break
-            await self._sleep(0.05)
+            await pause(self.stop, 0.05)
 
     async def _restore(self, u: str, processor: Processor) -> None:
         """The processor's state as of what this group acknowledged (topology/restore.py)."""
@@ -183,15 +184,15 @@ class Runtime:
         while not self.stop.is_set():
             try:
                 if backoff:
-                    await self._sleep(CONSUME_ERROR_BACKOFF_S)
+                    await pause(self.stop, CONSUME_ERROR_BACKOFF_S)
                     backoff = False
                 if processor is None:
-                    await self.ensure_group(self.redis, key, self.group)
+                    await ensure_group(self.redis, key, self.group)
                     await self.redis.sadd(streams.underlyings_key(), u)
                     processor = self.spec.make(await self._adopt_model_settings(), u, self.metrics)
                 if self.spec.stateful:
                     if not await self._acquire_lease(u):
-                        await self._sleep(self.settings.lease_ttl_ms / 3000)
+                        await pause(self.stop, self.settings.lease_ttl_ms / 3000)
                         continue
                     await self._restore(u, processor)
                     # Whoever held the lease before us is gone: its pending entries are ours now.
@@ -201,7 +202,7 @@ class Runtime:
                 await self._drain_own_pending(u, key, processor)
                 await self._consume(u, key, processor)
             except (ResponseError, EffectError, ConflictError) as exc:
-                if "NOGROUP" in str(exc):
+                if isinstance(exc, ResponseError) and error_code(exc) == "NOGROUP":
                     raise GroupMissingError(f"group {self.group} on {key} vanished: {exc}") from exc
                 log.exception("redis error in %s on %s; retrying", self.group, key)
                 self.metrics.redis_errors.labels(self.group, key).inc()
@@ -548,25 +549,6 @@ class Runtime:
             return
         with contextlib.suppress(RedisError, OSError):
             await self.redis.eval(_RELEASE_LEASE, 1, streams.lease_key(u, self.spec.name), value)
-
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-            await asyncio.wait_for(self.stop.wait(), seconds)
-
-    # ------------------------------------------------------------------ helpers for callers
-
-    @staticmethod
-    async def ensure_group(redis: aioredis.Redis, key: str, group: str) -> None:
-        """XGROUP CREATE key group 0 MKSTREAM, ignoring only BUSYGROUP.
-
-        A new group starts at the beginning of the retained stream, not at ``$``: an agent that starts
-        after its source (or a strategy added later) must still see the epoch's chain snapshot and
-        everything after it, or it could never build its state."""
-        try:
-            await redis.xgroup_create(key, group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
 
 
 _RELEASE_LEASE = """

@@ -48,6 +48,12 @@ class StreamSpec:
         return self.template.format(u=underlying)
 
 
+def entry_id_ms(entry_id: bytes | str) -> int:
+    """The first part of a stream entry id ``<ms>-<seq>``: its time in ms (the version, on diffs)."""
+    raw = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(raw.partition("-")[0])
+
+
 def per_underlying(suffix: str) -> str:
     """The key template of a per-underlying stream: its underlying's hash tag, then ``suffix``."""
     return PREFIX + ":{{{u}}}:" + suffix

@@ -50,14 +50,8 @@ from redis.exceptions import RedisError
 from marketswarm.agents import catalog
 from marketswarm.agents.publish.assemble import diff_json, geometry_json
 from marketswarm.agents.publish.hub import Hub
-from marketswarm.agents.publish.published import (
-    GapError,
-    Published,
-    catch_up,
-    diff_version,
-    load_published,
-    top_version,
-)
+from marketswarm.agents.publish.published import GapError, Published, diff_version
+from marketswarm.agents.publish.reading import catch_up, load_published, top_version
 from marketswarm.agents.publish.sse import Segment, SseResponse, accepts_gzip, sse_event
 from marketswarm.schemas import codec
 from marketswarm.schemas.models import GexModel, HeatmapModel

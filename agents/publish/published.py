@@ -1,10 +1,10 @@
-"""Reading published models: the last checkpoint (the model hash) plus the diffs after it, as columns.
+"""A published model as columns: the last checkpoint (the model hash) with the diffs after it applied.
 
 The publisher appends a diff for every version but writes the model hash only at checkpoints (a new
 epoch, and every ``CHECKPOINT_EVERY_S`` of event time or ``CHECKPOINT_EVERY_VERSIONS``), so a version
-costs one XADD. The current model is the checkpoint with the diffs after it applied: the gateway,
-export, the inspector and the publisher's own restore all read it here; JSON is built from it by
-agents/publish/assemble.py.
+costs one XADD. The current model is the checkpoint with the diffs after it applied: readers get it
+through agents/publish/reading.py, the publisher's restore through the runtime; JSON is built from it
+by agents/publish/assemble.py. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -16,19 +16,16 @@ from typing import Any
 
 import numpy as np
 import orjson
-import redis.asyncio as aioredis
 
 from marketswarm.agents.publish.assemble import COLS_FIELD, GEOMETRY_FIELD, HEADER_FIELD, model_json, snapshot_json
 from marketswarm.schemas import codec
 from marketswarm.schemas.models import Columns, Diff, Geometry, value_columns
 from marketswarm.topology import streams
-from marketswarm.topology.connections import entry_id_ms, text
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_EVERY_S = 5.0
 CHECKPOINT_EVERY_VERSIONS = 200
-DIFFS_PER_READ = 500  # diffs read per XRANGE when catching up
 
 
 class GapError(RuntimeError):
@@ -96,7 +93,7 @@ class Published:
 
 def diff_version(entry_id: bytes | str) -> int:
     """A diff's version: the diffs streams use ``<version>-0`` as entry ids."""
-    return entry_id_ms(entry_id)
+    return streams.entry_id_ms(entry_id)
 
 
 def apply_diffs(published: Published, key: str, diffs: Sequence[tuple[str, Diff]], *, strict: bool = False) -> None:
@@ -110,17 +107,6 @@ def apply_diffs(published: Published, key: str, diffs: Sequence[tuple[str, Diff]
                 raise GapError(f"{key}: diffs {published.version + 1}..{v - 1} are missing")
             log.error("%s: diffs %d..%d are missing; serving what remains", key, published.version + 1, v - 1)
         published.apply(diff)
-
-
-async def catch_up(redis: aioredis.Redis, u: str, published: Published, *, strict: bool = False) -> Published:
-    """Apply the diffs after ``published.version``, in place (see ``apply_diffs``)."""
-    key = streams.DIFFS[published.strategy].key(u)
-    while True:
-        entries = await redis.xrange(key, min=f"({published.version}-0", count=DIFFS_PER_READ)
-        diffs = [(text(i), codec.decode(streams.Payload.DIFF, f)) for i, f in entries]
-        apply_diffs(published, key, diffs, strict=strict)
-        if len(entries) < DIFFS_PER_READ:
-            return published
 
 
 def checkpoint_read(u: str, strategy: str) -> tuple[Any, ...]:
@@ -139,21 +125,3 @@ def from_checkpoint(strategy: str, reply: Sequence[bytes | None]) -> Published:
             out.start(codec.decode_geometry(geometry))
             out._take(codec.decode_packed(cols, Columns))
     return out
-
-
-async def load_published(redis: aioredis.Redis, u: str, strategy: str) -> Published:
-    """The current canonical model: checkpoint + diffs since (an empty Published if none yet)."""
-    command = checkpoint_read(u, strategy)
-    reply = await redis.hmget(command[1], list(command[2:]))
-    return await catch_up(redis, u, from_checkpoint(strategy, reply))
-
-
-async def read_model(redis: aioredis.Redis, u: str, strategy: str) -> bytes | None:
-    """The canonical model's JSON, as REST serves it and export writes it."""
-    return (await load_published(redis, u, strategy)).body()
-
-
-async def top_version(redis: aioredis.Redis, u: str, strategy: str) -> int | None:
-    """The newest published version (cheap: one entry), None before the first."""
-    last = await redis.xrevrange(streams.DIFFS[strategy].key(u), count=1)
-    return diff_version(last[0][0]) if last else None

@@ -75,6 +75,7 @@ from marketswarm.topology import streams
 from marketswarm.topology.backpressure import Gate
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
+from marketswarm.topology.stopping import pause
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +239,7 @@ class LiveSource:
                 log.error("chain poll of %s failed: %r", u, exc)
             interval = next_interval(time.monotonic() - t0, failed, interval, self.settings)
             self.metrics.chain_poll_interval.labels(u).set(interval)
-            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), interval)
+            await pause(self.stop, interval)
 
     def _learn_spot(self, u: str, pages: list[bytes]) -> None:
         """Spot for the next poll's strike filter (any recent value will do: it only centers a range)."""
@@ -352,7 +352,7 @@ class LiveSource:
                     failing = True
                     self.metrics.redis_errors.labels("source.massive", "ws").inc()
                     self.metrics.source_write_blocked.labels("massive").set(1)
-                    await self._sleep(delay_s)
+                    await pause(self.stop, delay_s)
                     delay_s = min(delay_s * 2, WRITE_RETRY_MAX_S)
             if failing:
                 log.warning("massive: Redis takes frames again; %d buffered", self.buffer.qsize())
@@ -384,10 +384,6 @@ class LiveSource:
                 per_u.setdefault(u, []).append((self.ws_format, payload))
         for u, frames in per_u.items():
             await self.writer.write(u, frames, rx)
-
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stop.wait(), seconds)
 
     async def run_ws(self, conn: Connection) -> None:
         """Keep one connection up: (re)connect with its current subscriptions, back off between tries.
@@ -436,8 +432,7 @@ class LiveSource:
             delay = reconnect_delay(conn.failures, conn.evictions, self.rng)
             self.metrics.ws_reconnects.labels(conn.feed).inc()
             log.info("%s: reconnecting in %.1fs", conn.feed, delay)
-            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), delay)
+            await pause(self.stop, delay)
 
     def _evicted(self, conn: Connection) -> bool:
         """The provider evicted ``conn`` for the plan's connection limit. True when this process's own

@@ -15,7 +15,6 @@ Given the seed and the sequence of ``advance`` times, the frames are byte-identi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import math
 import time
@@ -34,6 +33,7 @@ from marketswarm.schemas.occ import format_occ, provider_index_ticker
 from marketswarm.topology.backpressure import Gate
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
+from marketswarm.topology.stopping import pause
 
 NS = 1_000_000_000
 RATE = 0.045  # risk-free rate used for fair values
@@ -319,5 +319,4 @@ async def run_simulated(settings: Settings, redis: aioredis.Redis, metrics: Metr
         now = time.time_ns()
         for u, market in markets.items():
             await writer.write(u, market.advance(now), now)
-        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), TICK_S)
+        await pause(stop, TICK_S)

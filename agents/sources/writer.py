@@ -18,6 +18,7 @@ from marketswarm.schemas.codec import RawFrame
 from marketswarm.topology import streams
 from marketswarm.topology.backpressure import Gate
 from marketswarm.topology.commit import Replication
+from marketswarm.topology.connections import error_code
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.retention import Trimmer
 from marketswarm.topology.settings import Settings
@@ -104,7 +105,7 @@ class RawWriter:
                 results = await self._append(key, frames, rx_ns)
                 break
             except (*_RETRIED, ResponseError) as exc:
-                transient = not isinstance(exc, ResponseError) or str(exc).startswith(_TRANSIENT_REPLIES)
+                transient = not isinstance(exc, ResponseError) or error_code(exc) in _TRANSIENT_REPLIES
                 if not transient or time.monotonic() > deadline:
                     raise
                 if not failing:  # once per outage, not every pause

@@ -20,13 +20,12 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from marketswarm.agents import catalog
-from marketswarm.agents.publish.published import read_model
+from marketswarm.agents.publish.reading import read_model
 from marketswarm.agents.sources.files import Recorded, read_inputs, write_recorded
 from marketswarm.topology import streams
-from marketswarm.topology.connections import create_redis
+from marketswarm.topology.connections import create_redis, ensure_group
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.observe import group_rows
-from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
 from marketswarm.topology.shell.embedded import EmbeddedServer, find_binary, free_port
 from marketswarm.topology.shell.inprocess import run_until_idle
@@ -127,7 +126,7 @@ async def _source_agents_gateway(acl_server: dict[str, str], frames: list[Record
     operator = create_redis(acl_server["operator"])
     for spec in catalog.agents():
         for u in us:
-            await Runtime.ensure_group(operator, spec.reads.key(u), spec.name)
+            await ensure_group(operator, spec.reads.key(u), spec.name)
     await operator.aclose()
 
     source = create_redis(acl_server["source"])

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisClusterException, RedisError
 
 from marketswarm.topology import streams
-from marketswarm.topology.connections import create_redis
+from marketswarm.topology.connections import create_redis, ensure_group
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.runtime import Runtime
 from tests.cluster import LocalCluster
@@ -70,7 +70,7 @@ async def test_agents_resume_after_kill_9_of_a_master(redis_cluster: LocalCluste
     producer = create_redis(cluster_url)
     stop = asyncio.Event()
     runtime = Runtime(COUNT, st, client, Metrics(CollectorRegistry()), stop=stop)
-    await Runtime.ensure_group(producer, KEY, COUNT.name)
+    await ensure_group(producer, KEY, COUNT.name)
 
     async def produce_acked(n: int) -> None:
         async with producer.pipeline(transaction=False) as pipe:
@@ -166,7 +166,7 @@ async def test_a_slot_migration_mid_run_loses_nothing(redis_cluster: LocalCluste
     client = create_redis(cluster_url, st.block_ms)
     producer = create_redis(cluster_url)
     stop = asyncio.Event()
-    await Runtime.ensure_group(producer, KEY, COUNT.name)
+    await ensure_group(producer, KEY, COUNT.name)
     task = asyncio.create_task(Runtime(COUNT, st, client, Metrics(CollectorRegistry()), stop=stop).run())
     produced = 0
     try:

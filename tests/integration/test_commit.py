@@ -18,7 +18,7 @@ from marketswarm.schemas.events import EventBatch, Quote
 from marketswarm.topology import streams
 from marketswarm.topology.agent import Effects, Entry, Output
 from marketswarm.topology.commit import Committer, ConflictError, EffectError, encode, hash_tag
-from marketswarm.topology.connections import create_redis
+from marketswarm.topology.connections import create_redis, ensure_group
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.restore import restore
 from marketswarm.topology.runtime import Runtime
@@ -35,7 +35,7 @@ async def pending(r: aioredis.Redis, key: str, group: str) -> int:
 
 
 async def test_failed_effect_leaves_the_batch_pending_then_commits_once(redis_url: str, aredis: aioredis.Redis) -> None:
-    await Runtime.ensure_group(aredis, KEY, COUNT.name)
+    await ensure_group(aredis, KEY, COUNT.name)
     await produce(aredis, [{"key": "a", "n": 1} for _ in range(40)])
     await aredis.set(sums_key("T1"), "not a hash")  # every HINCRBY fails with WRONGTYPE
     # No reclaim by idle time: the failed entries stay with this consumer until its next start.
@@ -55,7 +55,7 @@ async def test_failed_effect_leaves_the_batch_pending_then_commits_once(redis_ur
 
 
 async def test_failed_effect_is_dead_lettered_with_its_reason(redis_url: str, aredis: aioredis.Redis) -> None:
-    await Runtime.ensure_group(aredis, KEY, COUNT.name)
+    await ensure_group(aredis, KEY, COUNT.name)
     ids = await produce(aredis, [{"key": "a", "n": 1} for _ in range(3)])
     await aredis.set(sums_key("T1"), "not a hash")
     n, metrics = await run_counter(redis_url, settings(max_deliveries=2), idle_timeout_s=2.0)
@@ -78,7 +78,7 @@ async def test_hydrate_error_mid_script_acks_nothing_and_a_retry_converges(aredi
     entry_id = (
         await aredis.xadd(events, codec.encode_events(EventBatch(src="1-0", rx_ns=T0, events=(chain(),))))
     ).decode()
-    await Runtime.ensure_group(aredis, events, HYDRATE.name)
+    await ensure_group(aredis, events, HYDRATE.name)
     await aredis.xreadgroup(HYDRATE.name, "c1", {events: ">"})
     commit = Committer(aredis)
 
@@ -105,7 +105,7 @@ async def test_hydrate_error_mid_script_acks_nothing_and_a_retry_converges(aredi
     # ... and the state equals that of a clean run.
     await aredis.flushall()
     await aredis.xadd(events, codec.encode_events(EventBatch(src="1-0", rx_ns=T0, events=(chain(),))), id=entry_id)
-    await Runtime.ensure_group(aredis, events, HYDRATE.name)
+    await ensure_group(aredis, events, HYDRATE.name)
     await aredis.xreadgroup(HYDRATE.name, "c1", {events: ">"})
     assert [int(x) for x in (await attempt())[0][:5]] == [13, 0, 0, 0, 1]
     assert (await aredis.hgetall(streams.state_key("SPX", epoch)), await aredis.get(streams.spot_key("SPX"))) == retried
@@ -136,7 +136,7 @@ async def test_runtime_steps_again_after_another_replica_promoted(redis_url: str
     """A hydrate replica that restored before another one promoted an epoch commits its next batch
     after one restore: nothing is lost, nothing fails."""
     events = streams.EVENTS.key("SPX")
-    await Runtime.ensure_group(aredis, events, HYDRATE.name)
+    await ensure_group(aredis, events, HYDRATE.name)
     st = Settings(underlyings=["SPX"], consumer="h1", block_ms=100, batch_size=50)
     client = create_redis(redis_url, st.block_ms)
     runtime = Runtime(HYDRATE, st, client, Metrics(CollectorRegistry()))

@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 from scipy.stats import norm
 
-from marketswarm.agents.publish.published import read_model
+from marketswarm.agents.publish.reading import read_model
 from marketswarm.schemas.models import GexModel, HeatmapModel
 from marketswarm.topology import streams
 from marketswarm.topology.settings import Settings

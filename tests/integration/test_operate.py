@@ -85,7 +85,7 @@ def test_inspect_views_name_the_server_and_show_everything(populated: str) -> No
 
 
 async def _model(url: str) -> bytes:
-    from marketswarm.agents.publish.published import read_model
+    from marketswarm.agents.publish.reading import read_model
 
     r = aioredis.Redis.from_url(url)
     body = await read_model(r, "SPX", "butterfly")

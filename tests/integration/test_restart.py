@@ -16,7 +16,7 @@ from marketswarm.agents.sources.files import Recorded, write_recorded
 from marketswarm.agents.sources.simulated import SimMarket
 from marketswarm.schemas import codec
 from marketswarm.topology import streams
-from marketswarm.topology.connections import create_redis
+from marketswarm.topology.connections import create_redis, ensure_group
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.restore import restore
 from marketswarm.topology.runtime import Runtime
@@ -51,7 +51,7 @@ async def recorded_market(r: aioredis.Redis, seed: int, rate: float, chain_inter
         t += SECOND // 4
         frames += [Recorded("SPX", f, t, d) for f, d in m.advance(t)]
     for spec in catalog.agents():
-        await Runtime.ensure_group(r, spec.reads.key("SPX"), spec.name)
+        await ensure_group(r, spec.reads.key("SPX"), spec.name)
     await write_recorded(r, frames)
 
 
@@ -79,7 +79,7 @@ async def test_calc_and_publisher_resume_exactly(redis_url: str, aredis: aioredi
         # guards its entries from retention, and a run slower than a trim interval (a loaded
         # machine) would trim what this test compares.
         for spec in catalog.agents():
-            await Runtime.ensure_group(aredis, spec.reads.key("SPX"), spec.name)
+            await ensure_group(aredis, spec.reads.key("SPX"), spec.name)
 
     await run(redis_url, "calc.butterfly", idle_timeout_s=0.5)
     await run(redis_url, "publish.butterfly", idle_timeout_s=0.5)

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from marketswarm.topology import streams
-from marketswarm.topology.connections import create_redis
+from marketswarm.topology.connections import create_redis, ensure_group
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
@@ -63,7 +63,7 @@ async def run_counter(url: str, st: Settings, **bounds: float) -> tuple[int, Met
 async def test_counts_every_entry_once(redis_url: str, aredis: aioredis.Redis) -> None:
     rng = random.Random(1)
     items = [{"key": f"k{rng.randrange(10)}", "n": rng.randrange(1, 10)} for _ in range(2500)]
-    await Runtime.ensure_group(aredis, KEY, COUNT.name)
+    await ensure_group(aredis, KEY, COUNT.name)
     await produce(aredis, items)
     n, metrics = await run_counter(redis_url, settings(batch_size=300), max_entries=2500)
     assert n == 2500
@@ -77,7 +77,7 @@ async def test_counts_every_entry_once(redis_url: str, aredis: aioredis.Redis) -
 
 
 async def test_poison_is_isolated_then_dead_lettered(redis_url: str, aredis: aioredis.Redis) -> None:
-    await Runtime.ensure_group(aredis, KEY, COUNT.name)
+    await ensure_group(aredis, KEY, COUNT.name)
     items: list[dict[str, object]] = [{"key": "a", "n": 1} for _ in range(50)]
     items[20] = {"key": "a", "n": 1000, "poison": True}
     ids = await produce(aredis, items)
@@ -100,7 +100,7 @@ async def test_poison_is_isolated_then_dead_lettered(redis_url: str, aredis: aio
 
 
 async def test_reclaims_entries_of_a_dead_consumer(redis_url: str, aredis: aioredis.Redis) -> None:
-    await Runtime.ensure_group(aredis, KEY, COUNT.name)
+    await ensure_group(aredis, KEY, COUNT.name)
     await produce(aredis, [{"key": "x", "n": 2} for _ in range(30)])
     # A consumer that read and died: its entries sit in the PEL.
     got = await aredis.xreadgroup(COUNT.name, "ghost", {KEY: ">"}, count=30)
@@ -113,7 +113,7 @@ async def test_reclaims_entries_of_a_dead_consumer(redis_url: str, aredis: aiore
 
 
 async def test_own_pending_entries_are_drained_first(redis_url: str, aredis: aioredis.Redis) -> None:
-    await Runtime.ensure_group(aredis, KEY, COUNT.name)
+    await ensure_group(aredis, KEY, COUNT.name)
     await produce(aredis, [{"key": "y", "n": 1} for _ in range(10)])
     await aredis.xreadgroup(COUNT.name, "c1", {KEY: ">"}, count=10)  # "c1" crashed after reading
     # Long min_idle: nothing is reclaimed; only the drain at start can find them.

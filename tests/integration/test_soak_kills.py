@@ -19,8 +19,8 @@ import redis.asyncio as aioredis
 from marketswarm.agents import catalog
 from marketswarm.agents.sources.files import Recorded, write_recorded
 from marketswarm.agents.sources.simulated import SimMarket
+from marketswarm.topology.connections import ensure_group
 from marketswarm.topology.observe import backlog
-from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
 from marketswarm.topology.shell.inprocess import run_until_idle
 from marketswarm.topology.shell.replay import export_models
@@ -59,7 +59,7 @@ async def load(url: str, recorded: list[Recorded]) -> None:
     r = aioredis.Redis.from_url(url)
     await r.flushall()
     for spec in catalog.agents():
-        await Runtime.ensure_group(r, spec.reads.key("SPX"), spec.name)
+        await ensure_group(r, spec.reads.key("SPX"), spec.name)
     await write_recorded(r, recorded)
     await r.aclose()
 

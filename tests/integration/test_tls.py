@@ -19,12 +19,11 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from marketswarm.agents import catalog
-from marketswarm.agents.publish.published import read_model
+from marketswarm.agents.publish.reading import read_model
 from marketswarm.agents.sources.files import read_inputs, write_recorded
 from marketswarm.topology import streams
-from marketswarm.topology.connections import create_redis
+from marketswarm.topology.connections import create_redis, ensure_group
 from marketswarm.topology.metrics import Metrics
-from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
 from marketswarm.topology.shell.embedded import free_port
 from marketswarm.topology.shell.inprocess import run_until_idle
@@ -103,7 +102,7 @@ async def _topology(tls_url: str, shared_data: Path) -> None:
     try:
         assert client.connection_pool.connection_class.__name__ == "SSLConnection"
         for spec in catalog.agents():
-            await Runtime.ensure_group(client, spec.reads.key("QQQ"), spec.name)
+            await ensure_group(client, spec.reads.key("QQQ"), spec.name)
         await write_recorded(client, frames, settings=st)
         await run_until_idle(tls_url, st, ["QQQ"], metrics=Metrics(CollectorRegistry()), timeout_s=300)
         for s in streams.STRATEGIES:

@@ -14,7 +14,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from marketswarm.agents.publish.published import load_published
+from marketswarm.agents.publish.reading import load_published
 from marketswarm.topology import streams
 from marketswarm.topology.connections import text
 from marketswarm.topology.settings import mask_url

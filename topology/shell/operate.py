@@ -14,15 +14,14 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
 
 from marketswarm.agents import catalog
 from marketswarm.agents.publish.assemble import position_of, tile_json
-from marketswarm.agents.publish.published import load_published
+from marketswarm.agents.publish.reading import load_published
 from marketswarm.schemas import codec
 from marketswarm.schemas.occ import parse_occ
 from marketswarm.topology import streams
-from marketswarm.topology.connections import text
+from marketswarm.topology.connections import ensure_group, text
 from marketswarm.topology.observe import group_rows, known_underlyings
 
 
@@ -67,12 +66,8 @@ async def reset_offsets(
     done = []
     for u in await known_underlyings(redis, underlyings):
         key = spec.reads.key(u)
-        try:
-            await redis.xgroup_setid(key, group, position)
-        except ResponseError as exc:
-            if "NOGROUP" not in str(exc) and "no such key" not in str(exc).lower():
-                raise
-            await redis.xgroup_create(key, group, id=position, mkstream=True)
+        await ensure_group(redis, key, group)  # a group (and stream) not there yet is created first
+        await redis.xgroup_setid(key, group, position)
         done.append({"group": group, "stream": key, "position": position})
     return done
 

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from marketswarm.agents.publish.published import read_model
+from marketswarm.agents.publish.reading import read_model
 from marketswarm.agents.sources.files import (
     capture_line,
     capture_model_settings,
@@ -30,10 +30,9 @@ from marketswarm.agents.sources.files import (
 )
 from marketswarm.schemas import codec
 from marketswarm.topology import streams
-from marketswarm.topology.connections import create_redis
+from marketswarm.topology.connections import create_redis, ensure_group
 from marketswarm.topology.model_settings import record_model_settings, recorded_model_settings
 from marketswarm.topology.observe import known_underlyings
-from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
 from marketswarm.topology.shell.embedded import EmbeddedServer
 from marketswarm.topology.shell.inprocess import run_until_idle
@@ -75,7 +74,7 @@ async def _replay(
         # Groups first, so that every agent sees the input from its first frame.
         for spec in catalog.agents():
             for u in underlyings:
-                await Runtime.ensure_group(redis, spec.reads.key(u), spec.name)
+                await ensure_group(redis, spec.reads.key(u), spec.name)
         with Progress(
             TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
             TimeElapsedColumn(), console=console, transient=False, disable=not console.is_terminal,
