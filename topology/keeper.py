@@ -6,11 +6,12 @@ keeper renews on its own thread with its own (blocking) connection: Python switc
 milliseconds even while another thread computes, and numpy releases the lock in its kernels. The
 event loop still takes and gives up leases; the keeper only keeps them, and drops one it finds lost
 (someone else holds it), which the next commit then sees as LeaseLostError: its script checks the
-lease first.
+lease first. ``Leases`` takes and gives up the leases of one agent, on the event loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -21,6 +22,8 @@ import redis.asyncio as aioredis
 import redis.cluster
 from redis.asyncio.cluster import RedisCluster as AsyncCluster
 from redis.exceptions import RedisError
+
+from marketswarm.topology import streams
 
 log = logging.getLogger(__name__)
 
@@ -111,3 +114,60 @@ class Keeper:
             except (RedisError, OSError):
                 log.warning("%s: heartbeat or lease renewal failed", self.name, exc_info=True)
             self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
+
+
+RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class Leases:
+    """The per-underlying leases of one stateful agent. A lease's value, ``<consumer>:<token>``, is the
+    fencing token every commit checks inside its script; the keeper renews the leases held."""
+
+    def __init__(self, redis: aioredis.Redis, keeper: Keeper, agent: str, consumer: str, ttl_ms: int) -> None:
+        self.redis = redis
+        self.keeper = keeper
+        self.agent = agent
+        self.consumer = consumer
+        self.ttl_ms = ttl_ms
+        self.values: dict[str, str] = {}  # underlying -> our lease value
+
+    def key(self, u: str) -> str:
+        return streams.lease_key(u, self.agent)
+
+    def value(self, u: str) -> str | None:
+        """The value of the lease on ``u`` while this agent holds it."""
+        return self.values.get(u)
+
+    async def acquire(self, u: str) -> bool:
+        """Hold the lease on ``u`` (kept if still held); False while another consumer holds it."""
+        lease = self.key(u)
+        if u in self.values and self.keeper.holds(lease):
+            return True
+        self.values.pop(u, None)
+        token = await self.redis.incr(streams.lease_token_key(u, self.agent))
+        value = f"{self.consumer}:{token}"
+        if await self.redis.set(lease, value, nx=True, px=self.ttl_ms):
+            self.values[u] = value
+            self.keeper.hold(lease, value)
+            log.info("%s: took the lease on %s (token %s)", self.agent, u, token)
+            return True
+        return False
+
+    def lost(self, u: str) -> None:
+        """Forget the lease on ``u``: a commit found it taken."""
+        self.values.pop(u, None)
+        self.keeper.drop(self.key(u))
+
+    async def release(self, u: str) -> None:
+        """Give the lease on ``u`` up, if this agent still holds it (a standby takes over at once)."""
+        value = self.values.pop(u, None)
+        self.keeper.drop(self.key(u))
+        if value is None:
+            return
+        with contextlib.suppress(RedisError, OSError):
+            await self.redis.eval(RELEASE_LEASE, 1, self.key(u), value)

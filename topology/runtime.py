@@ -44,10 +44,11 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError, T
 
 from marketswarm.schemas import codec
 from marketswarm.topology import streams
-from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output, Processor
+from marketswarm.topology.agent import AgentSpec, Effects, Entry, Processor
 from marketswarm.topology.commit import Committer, ConflictError, EffectError, LeaseLostError, Replication, encode
 from marketswarm.topology.connections import ensure_group, error_code, text
-from marketswarm.topology.keeper import Keeper, blocking_twin
+from marketswarm.topology.failures import Failures
+from marketswarm.topology.keeper import Keeper, Leases, blocking_twin
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.model_settings import adopt_model_settings
 from marketswarm.topology.restore import restore
@@ -60,15 +61,8 @@ log = logging.getLogger(__name__)
 # After a Redis error other than NOGROUP the loop sleeps this long before reading again: long
 # enough not to spin on a server that is restarting, short enough to resume within a second.
 CONSUME_ERROR_BACKOFF_S = 0.5
-# Error texts kept for pending entries expire after this long (they only matter until the entry
-# is acked or dead-lettered, which happens within max_deliveries * min_idle_ms).
-ERROR_TTL_S = 24 * 3600
 # A step whose commit met state another replica changed is restored and stepped again this often.
 CONFLICT_RETRIES = 5
-# Interrupted entries remembered at most (see Runtime._interrupted).
-MAX_INTERRUPTED = 100_000
-# Dead-letter entries keep at most this much of the error text.
-MAX_ERROR_CHARS = 2000
 
 
 class GroupMissingError(RuntimeError):
@@ -98,11 +92,7 @@ class Runtime:
         self.batch_size = min(settings.batch_size, spec.max_batch or settings.batch_size)
         self.processed = 0  # entries acked or dead-lettered by this runtime
         self._last_activity = time.monotonic()
-        self._errors: dict[str, str] = {}
-        # Entries whose last attempt here met the server, not their own fault (a connection lost, a
-        # failover, a resharding): read again after the pause, they do not count toward dead-lettering.
-        self._interrupted: set[str] = set()
-        self._tokens: dict[str, str] = {}  # underlying -> our lease value
+        self.failures = Failures(redis, self.group, self.consumer)
         self.trimmer = Trimmer(redis, metrics, spec.name)
         self.committer = Committer(
             redis,
@@ -119,6 +109,7 @@ class Runtime:
             settings.heartbeat_ttl_s,
             settings.lease_ttl_ms,
         )
+        self.leases = Leases(redis, self.keeper, spec.name, settings.consumer, settings.lease_ttl_ms)
 
     # ------------------------------------------------------------------ public entry points
 
@@ -146,7 +137,7 @@ class Runtime:
                 t.cancel()
             await asyncio.gather(watcher, *tasks, return_exceptions=True)
             for u in us:
-                await self._release_lease(u)
+                await self.leases.release(u)
             await asyncio.to_thread(self.keeper.stop)
         for t in tasks:
             if not t.cancelled() and t.exception() is not None:
@@ -191,7 +182,7 @@ class Runtime:
                     await self.redis.sadd(streams.underlyings_key(), u)
                     processor = self.spec.make(await self._adopt_model_settings(), u, self.metrics)
                 if self.spec.stateful:
-                    if not await self._acquire_lease(u):
+                    if not await self.leases.acquire(u):
                         await pause(self.stop, self.settings.lease_ttl_ms / 3000)
                         continue
                     await self._restore(u, processor)
@@ -209,8 +200,7 @@ class Runtime:
                 backoff = True
             except LeaseLostError:
                 log.warning("%s lost the lease for %s; standing by", self.group, u)
-                self._tokens.pop(u, None)
-                self.keeper.drop(streams.lease_key(u, self.spec.name))
+                self.leases.lost(u)
             except (RedisConnectionError, TimeoutError, OSError):
                 if self.stop.is_set():
                     return
@@ -320,7 +310,7 @@ class Runtime:
         gone: list[str] = []
         counts: dict[str, int] = {}
         if redelivered:
-            counts = await self._delivery_counts(key, raw_entries)
+            counts = await self.failures.delivery_counts(key, [text(i) for i, _ in raw_entries])
         good: list[Entry] = []
         skipped: list[str] = []  # entries the agent does not take (AgentSpec.accepts): acked as they are
         originals: dict[str, dict[bytes, bytes]] = {}
@@ -331,7 +321,7 @@ class Runtime:
                 continue
             originals[entry_id] = fields
             deliveries = counts.get(entry_id, 1)
-            if deliveries > self.settings.max_deliveries and entry_id not in self._interrupted:
+            if deliveries > self.settings.max_deliveries and entry_id not in self.failures.interrupted:
                 dead.append((entry_id, fields, deliveries))
                 continue
             if self.spec.accepts is not None and not self.spec.accepts(fields):
@@ -342,7 +332,7 @@ class Runtime:
             except codec.DecodeError as exc:
                 log.warning("%s: entry %s of %s is undecodable: %s", self.group, entry_id, key, exc)
                 self.metrics.step_failures.labels(*labels).inc()
-                await self._record_failure(key, entry_id, f"undecodable entry: {exc}")
+                await self.failures.record(key, entry_id, f"undecodable entry: {exc}")
                 continue
             good.append(Entry(entry_id, value))
         self.metrics.entries_in.labels(*labels).inc(len(raw_entries))
@@ -358,10 +348,7 @@ class Runtime:
             elif skipped:
                 await self._commit(u, key, Effects(), skipped)
         except (RedisError, RedisClusterException, OSError):
-            if len(self._interrupted) > MAX_INTERRUPTED:  # bounded: ids another consumer acked since
-                self._interrupted.clear()
-            self._interrupted.update(e.id for e in good)
-            self._interrupted.update(skipped)
+            self.failures.interrupt([*(e.id for e in good), *skipped])
             raise
         self.metrics.batch_duration.labels(*labels).observe(time.perf_counter() - started)
 
@@ -408,7 +395,7 @@ class Runtime:
             await self._commit(u, key, Effects(), list(skipped))
         if len(good) == 1:
             log.warning("%s: entry %s of %s failed: %s", self.group, good[0].id, key, error)
-            await self._record_failure(key, good[0].id, error)
+            await self.failures.record(key, good[0].id, error)
             await self._restore(u, processor)
             return
         # Bisect, in order: one poison entry in a batch of n costs about 2·log2(n) commits, not n,
@@ -443,12 +430,12 @@ class Runtime:
         """One flush per underlying, for the end of a replay (taking leases as needed)."""
         n = 0
         for u in underlyings:
-            if self.spec.stateful and not await self._acquire_lease(u):
+            if self.spec.stateful and not await self.leases.acquire(u):
                 raise LeaseLostError(streams.lease_key(u, self.spec.name))
             processor = self.spec.make(await self._adopt_model_settings(), u, self.metrics)
             await self._restore(u, processor)
             n += await self.flush(u, self.spec.reads.key(u), processor)
-            await self._release_lease(u)
+            await self.leases.release(u)
         return n
 
     async def _commit(self, u: str, key: str, effects: Effects, ack_ids: list[str]) -> None:
@@ -457,7 +444,7 @@ class Runtime:
         lease = token = None
         if self.spec.stateful:
             lease = streams.lease_key(u, self.spec.name)
-            token = self._tokens.get(u)
+            token = self.leases.value(u)
             if token is None:
                 raise LeaseLostError(lease)
         # Errors of acked entries are cleared with the XACK (also those another process recorded).
@@ -466,9 +453,7 @@ class Runtime:
         self._committed(key, effects, ack_ids, results)
 
     def _committed(self, key: str, effects: Effects, ack_ids: list[str], results: list[Any]) -> None:
-        for i in ack_ids:
-            self._errors.pop(i, None)
-            self._interrupted.discard(i)
+        self.failures.settled(ack_ids)
         if effects.on_commit is not None:
             effects.on_commit({call.name: r for call, r in zip(effects.scripts, results, strict=False)})
         self.processed += len(ack_ids)
@@ -479,84 +464,22 @@ class Runtime:
         if effects.events_out:
             self.metrics.events_out.labels(*labels).inc(effects.events_out)
 
-    async def _record_failure(self, key: str, entry_id: str, error: str) -> None:
-        """Leave the entry pending (to be retried) and keep its error for the dead letter."""
-        self._errors[entry_id] = error
-        self._interrupted.discard(entry_id)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(streams.errors_key(key), entry_id, error[:MAX_ERROR_CHARS])
-            pipe.expire(streams.errors_key(key), ERROR_TTL_S)
-            await pipe.execute()
-
-    async def _delivery_counts(
-        self, key: str, raw_entries: list[tuple[bytes, dict[bytes, bytes] | None]]
-    ) -> dict[str, int]:
-        ids = [text(i) for i, _ in raw_entries]
-        rows = await self.redis.xpending_range(
-            key, self.group, min=ids[0], max=ids[-1], count=len(ids), consumername=self.consumer
-        )
-        return {text(r["message_id"]): int(r["times_delivered"]) for r in rows}
-
     async def _dead_letter(self, u: str, key: str, dead: list[tuple[str, dict[bytes, bytes], int]]) -> None:
         """Dead letters: move entries to ``<stream>.dlq`` with their error, and ack them, in
         one commit."""
-        dlq = streams.dlq_key(key)
-        errors = await self.redis.hmget(streams.errors_key(key), [d[0] for d in dead])
-        outputs = []
-        for (entry_id, fields, deliveries), err in zip(dead, errors, strict=True):
-            error = text(err) if err is not None else self._errors.get(entry_id, "no error recorded (consumer died)")
-            record: dict[str, Any] = {f"orig.{text(k)}": v for k, v in fields.items()}
-            record.update(
-                {"id": entry_id, "group": self.group, "deliveries": deliveries, "error": error[:MAX_ERROR_CHARS]}
-            )
-            outputs.append(Output(streams.DLQ, dlq, record))
-            log.error(
-                "%s: dead-lettered %s of %s after %d deliveries: %s", self.group, entry_id, key, deliveries, error
-            )
+        outputs = await self.failures.dead_letters(key, dead)
         ids = [d[0] for d in dead]
         lease = token = None
         if self.spec.stateful:  # fenced like every commit: a replica that lost the lease moves nothing
-            lease, token = streams.lease_key(u, self.spec.name), self._tokens.get(u, "-")
+            lease, token = streams.lease_key(u, self.spec.name), self.leases.value(u) or "-"
         call = encode(key, self.group, Effects(outputs=outputs), ids, lease=lease, token=token, clear_errors=True)
         await self.committer(call)
-        for entry_id in ids:
-            self._errors.pop(entry_id, None)
-            self._interrupted.discard(entry_id)
+        self.failures.settled(ids)
         self.processed += len(dead)
         self.metrics.dead_letters.labels(self.group, key).inc(len(dead))
-        await self.trimmer.after_write(streams.DLQ, dlq)
+        await self.trimmer.after_write(streams.DLQ, streams.dlq_key(key))
 
     # ------------------------------------------------------------------ liveness and leases
-
-    async def _acquire_lease(self, u: str) -> bool:
-        lease = streams.lease_key(u, self.spec.name)
-        if u in self._tokens and self.keeper.holds(lease):
-            return True
-        self._tokens.pop(u, None)
-        token = await self.redis.incr(streams.lease_token_key(u, self.spec.name))
-        value = f"{self.consumer}:{token}"
-        if await self.redis.set(lease, value, nx=True, px=self.settings.lease_ttl_ms):
-            self._tokens[u] = value
-            self.keeper.hold(lease, value)
-            log.info("%s: took the lease on %s (token %s)", self.group, u, token)
-            return True
-        return False
-
-    async def _release_lease(self, u: str) -> None:
-        value = self._tokens.pop(u, None)
-        self.keeper.drop(streams.lease_key(u, self.spec.name))
-        if value is None:
-            return
-        with contextlib.suppress(RedisError, OSError):
-            await self.redis.eval(_RELEASE_LEASE, 1, streams.lease_key(u, self.spec.name), value)
-
-
-_RELEASE_LEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:

@@ -58,7 +58,6 @@ from websockets.exceptions import ConnectionClosed
 from marketswarm.agents import catalog
 from marketswarm.agents.calc.blackscholes import ET
 from marketswarm.agents.normalize import REST_CHAIN, REST_INDICES, WS, WS_DELAYED
-from marketswarm.agents.parsing import RejectReason, excerpt
 from marketswarm.agents.sources.subscriptions import (
     MAX_QUOTES_PER_CONNECTION,
     Assignment,
@@ -68,10 +67,8 @@ from marketswarm.agents.sources.subscriptions import (
     wanted,
 )
 from marketswarm.agents.sources.writer import RawWriter
-from marketswarm.schemas import codec
-from marketswarm.schemas.models import Reject
-from marketswarm.schemas.occ import INDEX_PREFIX, PROVIDER_PREFIX, SymbolError, parse_occ, provider_index_ticker
-from marketswarm.topology import streams
+from marketswarm.agents.sources.wsframes import FramePump
+from marketswarm.schemas.occ import INDEX_PREFIX, provider_index_ticker
 from marketswarm.topology.backpressure import Gate
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
@@ -81,11 +78,6 @@ log = logging.getLogger(__name__)
 
 CADENCE_FACTOR = 4.0  # wait this many times the last poll's latency before the next one
 PAGE_LIMIT = 250  # the provider's largest page for chain snapshots
-WRITE_BATCH_FRAMES = 200
-# A batch Redis did not take is tried again after this pause, doubling up to the maximum: a server
-# restart of a few seconds costs a few seconds, and a long outage costs Redis one attempt per 5 s.
-WRITE_RETRY_MIN_S = 0.25
-WRITE_RETRY_MAX_S = 5.0
 RECONNECT_BASE_S = 1.0  # the first reconnect waits up to this long (full jitter), doubling per failure
 RECONNECT_MAX_S = 60.0
 STABLE_CONNECTION_S = 300.0  # a connection that lived this long starts the next backoff from the base
@@ -93,7 +85,7 @@ EVICTED_BACKOFF_S = 30.0  # after an eviction by another process, at least this 
 EVICTED_BACKOFF_MAX_S = 600.0  # ... doubling per consecutive eviction up to this
 SELF_EVICTION_WINDOW_S = 10.0  # an eviction this soon after our own newer connection opened is ours
 _STATUS_LOG = re.compile(r"server (\w+): (.*?)( \(x(\d+)\))?$")
-_MAX_CONNECTIONS = b'"max_connections"'
+_MAX_CONNECTIONS = '"max_connections"'
 
 
 def chain_filter(spot: float | None, settings: Settings, today: dt.date) -> dict[str, Any]:
@@ -158,9 +150,9 @@ class LiveSource:
         self.spot: dict[str, float] = {}
         self.targets: dict[str, list[Target]] = {}
         self.targets_changed = asyncio.Event()
-        self.buffer: asyncio.Queue[tuple[int, str]] = asyncio.Queue(settings.ws_buffer_frames)
         self.configured = set(settings.underlyings)
-        self.ws_format = WS_DELAYED if settings.massive_ws_feed.startswith("delayed.") else WS
+        ws_format = WS_DELAYED if settings.massive_ws_feed.startswith("delayed.") else WS
+        self.pump = FramePump(settings, redis, metrics, self.writer, stop, ws_format)
         self.connections: list[Connection] = []
         self.assignment = Assignment(MAX_QUOTES_PER_CONNECTION)
         self.option_slots = settings.ws_connections  # lowered when the plan allows fewer connections
@@ -284,106 +276,9 @@ class LiveSource:
     async def on_frame(self, conn: Connection, frame: str | bytes) -> None:
         """The socket's read path: stamp and buffer, nothing else (never parse, never wait on Redis).
         A provider status saying this connection is over the plan's limit marks it evicted."""
-        text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
-        if '"max_connections"' in text:
+        if _MAX_CONNECTIONS in frame if isinstance(frame, str) else _MAX_CONNECTIONS.encode() in frame:
             conn.evicted = True
-        try:
-            self.buffer.put_nowait((time.time_ns(), text))
-        except asyncio.QueueFull:
-            self.metrics.dropped.labels("source.massive", "ws", "buffer_full").inc()
-        self.metrics.ws_buffer_depth.labels("massive").set(self.buffer.qsize())
-
-    def route(self, data: bytes) -> tuple[dict[str, bytes], list[str]]:
-        """Split a frame by underlying (exact bytes when one underlying has it all); statuses seen."""
-        elements = orjson.loads(data)
-        if not isinstance(elements, list):
-            raise ValueError("frame is not a list")
-        groups: dict[str, list[Any]] = {}
-        statuses = []
-        for el in elements:
-            u = None
-            if isinstance(el, dict):
-                ev = el.get("ev")
-                if ev == "status":
-                    statuses.append(str(el.get("status")))
-                    continue
-                sym = el.get("sym") or el.get("T")
-                if isinstance(sym, str):
-                    if sym.startswith(PROVIDER_PREFIX):
-                        with contextlib.suppress(SymbolError):
-                            u = parse_occ(sym).underlying
-                    elif sym.startswith(INDEX_PREFIX):
-                        u = sym[len(INDEX_PREFIX) :]
-            if u is None:
-                u = "?"
-            if u != "?" and u not in self.configured:
-                self.metrics.dropped.labels("source.massive", "ws", "unconfigured_underlying").inc()
-                continue
-            groups.setdefault(u, []).append(el)
-        if "?" in groups:  # elements we cannot attribute go to every stream, where normalize rejects them
-            odd = groups.pop("?")
-            for u in groups or {next(iter(self.configured)): []}:
-                groups.setdefault(u, []).extend(odd)
-        if len(groups) == 1 and sum(len(g) for g in groups.values()) == len(elements):
-            return {next(iter(groups)): data}, statuses
-        return {u: orjson.dumps(els) for u, els in groups.items()}, statuses
-
-    async def write_frames(self) -> None:
-        """Drain the buffer in pipelined batches (off the socket's read path). A batch Redis cannot
-        take (the server restarting, a failover) is retried with backoff until it can, never
-        dropped: meanwhile the buffer fills, and what overflows it is counted as ``buffer_full``."""
-        while not self.stop.is_set():
-            try:
-                first = await asyncio.wait_for(self.buffer.get(), 0.5)
-            except TimeoutError:
-                continue
-            batch = [first]
-            while len(batch) < WRITE_BATCH_FRAMES and not self.buffer.empty():
-                batch.append(self.buffer.get_nowait())
-            self.metrics.ws_buffer_depth.labels("massive").set(self.buffer.qsize())
-            delay_s, failing = WRITE_RETRY_MIN_S, False
-            while not self.stop.is_set():
-                try:
-                    await self._write_batch(batch)
-                    break
-                except (RedisError, RedisClusterException, OSError) as exc:
-                    if not failing:
-                        log.error("massive: Redis is not taking frames (%s); holding them and retrying", exc)
-                    failing = True
-                    self.metrics.redis_errors.labels("source.massive", "ws").inc()
-                    self.metrics.source_write_blocked.labels("massive").set(1)
-                    await pause(self.stop, delay_s)
-                    delay_s = min(delay_s * 2, WRITE_RETRY_MAX_S)
-            if failing:
-                log.warning("massive: Redis takes frames again; %d buffered", self.buffer.qsize())
-                self.metrics.source_write_blocked.labels("massive").set(0)
-
-    async def _write_batch(self, batch: list[tuple[int, str]]) -> None:
-        edge = streams.REJECTS.key(streams.EDGE)
-        per_u: dict[str, list[tuple[str, bytes]]] = {}
-        rx = batch[-1][0]
-        for rx_i, text in batch:
-            data = text.encode()
-            try:
-                routed, statuses = self.route(data)
-            except (orjson.JSONDecodeError, ValueError) as exc:
-                reject = Reject(
-                    reason=RejectReason.MALFORMED_JSON,
-                    detail=str(exc),
-                    source="massive.ws",
-                    rx_ns=rx_i,
-                    excerpt=excerpt(data),
-                )
-                fields = codec.encode_reject(reject)
-                await self.redis.xadd(edge, fields, maxlen=streams.REJECTS_MAXLEN, approximate=True)
-                self.metrics.rejects.labels("source.massive", edge, RejectReason.MALFORMED_JSON).inc()
-                continue
-            for s in statuses:
-                self.metrics.ws_statuses.labels("massive", s).inc()
-            for u, payload in routed.items():
-                per_u.setdefault(u, []).append((self.ws_format, payload))
-        for u, frames in per_u.items():
-            await self.writer.write(u, frames, rx)
+        self.pump.put(frame)
 
     async def run_ws(self, conn: Connection) -> None:
         """Keep one connection up: (re)connect with its current subscriptions, back off between tries.
@@ -477,7 +372,7 @@ class LiveSource:
     async def _run(self) -> None:
         await self.seed_spots()
         tasks = [asyncio.create_task(self.poll_chain(u)) for u in self.settings.underlyings]
-        tasks.append(asyncio.create_task(self.write_frames()))
+        tasks.append(asyncio.create_task(self.pump.write_frames()))
         indices = [
             f"V.{provider_index_ticker(u)}"
             for u in self.settings.underlyings

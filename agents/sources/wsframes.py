@@ -1,0 +1,171 @@
+"""WebSocket frames into the raw streams: stamped and buffered on the socket's read path, routed to
+their underlying and written in pipelined batches off it.
+
+A frame keeps the provider's exact bytes: a text frame is written as its UTF-8 (what the provider
+sent), a binary one as it came, never re-decoded with replacement characters. Routing reads one field
+per element, the symbol's root (the characters before its date), mapped to its underlying once per
+root: a frame whose elements are all of one underlying (the usual case) goes to that underlying's
+stream as it came; a frame mixing underlyings is split, each part re-encoded (normalize parses it
+the same way), since one frame's bytes cannot be in two streams without being parsed twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisClusterException, RedisError
+
+from marketswarm.agents.parsing import RejectReason, excerpt
+from marketswarm.agents.sources.writer import RawWriter
+from marketswarm.schemas import codec
+from marketswarm.schemas.models import Reject
+from marketswarm.schemas.occ import INDEX_PREFIX, PROVIDER_PREFIX, underlying_of_root
+from marketswarm.topology import streams
+from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.settings import Settings
+from marketswarm.topology.stopping import pause
+
+log = logging.getLogger(__name__)
+
+WRITE_BATCH_FRAMES = 200
+# A batch Redis did not take is tried again after this pause, doubling up to the maximum: a server
+# restart of a few seconds costs a few seconds, and a long outage costs Redis one attempt per 5 s.
+WRITE_RETRY_MIN_S = 0.25
+WRITE_RETRY_MAX_S = 5.0
+OCC_TAIL = 15  # an OCC symbol ends with YYMMDD, C/P and eight strike digits: the root is before them
+MAX_ROOTS = 10_000  # roots remembered at most
+UNKNOWN = "?"  # elements no underlying can be named for (normalize rejects them, with their reason)
+
+
+class FramePump:
+    """The frames of one source's WebSocket connections, from the socket to the raw streams."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis: aioredis.Redis,
+        metrics: Metrics,
+        writer: RawWriter,
+        stop: asyncio.Event,
+        ws_format: str,
+    ) -> None:
+        self.redis = redis
+        self.metrics = metrics
+        self.writer = writer
+        self.stop = stop
+        self.ws_format = ws_format
+        self.configured = set(settings.underlyings)
+        self.buffer: asyncio.Queue[tuple[int, str | bytes]] = asyncio.Queue(settings.ws_buffer_frames)
+        self.roots: dict[str, str | None] = {}  # OCC root -> its underlying (None: not a root)
+
+    def put(self, frame: str | bytes) -> None:
+        """Stamp and buffer one frame; a full buffer drops it, counted (``buffer_full``)."""
+        try:
+            self.buffer.put_nowait((time.time_ns(), frame))
+        except asyncio.QueueFull:
+            self.metrics.dropped.labels("source.massive", "ws", "buffer_full").inc()
+        self.metrics.ws_buffer_depth.labels("massive").set(self.buffer.qsize())
+
+    def underlying_of(self, sym: str) -> str | None:
+        """The underlying an element's symbol names (an option's root, or an index), or None."""
+        if sym.startswith(PROVIDER_PREFIX):
+            root = sym[len(PROVIDER_PREFIX) : -OCC_TAIL]
+            if root not in self.roots:
+                if len(self.roots) >= MAX_ROOTS:  # bounded under hostile input; real roots are few
+                    self.roots.clear()
+                self.roots[root] = underlying_of_root(root) if 0 < len(root) <= 6 and root.isalnum() else None
+            return self.roots[root]
+        if sym.startswith(INDEX_PREFIX):
+            return sym[len(INDEX_PREFIX) :]
+        return None
+
+    def route(self, data: bytes) -> tuple[dict[str, bytes], list[str]]:
+        """Split a frame by underlying (exact bytes when one underlying has it all); statuses seen."""
+        elements = orjson.loads(data)
+        if not isinstance(elements, list):
+            raise ValueError("frame is not a list")
+        groups: dict[str, list[Any]] = {}
+        statuses = []
+        for el in elements:
+            u = None
+            if isinstance(el, dict):
+                if el.get("ev") == "status":
+                    statuses.append(str(el.get("status")))
+                    continue
+                sym = el.get("sym") or el.get("T")
+                if isinstance(sym, str):
+                    u = self.underlying_of(sym)
+            u = u or UNKNOWN
+            if u != UNKNOWN and u not in self.configured:
+                self.metrics.dropped.labels("source.massive", "ws", "unconfigured_underlying").inc()
+                continue
+            groups.setdefault(u, []).append(el)
+        if UNKNOWN in groups:  # elements we cannot attribute go to every stream, where normalize rejects them
+            odd = groups.pop(UNKNOWN)
+            for u in groups or {next(iter(self.configured)): []}:
+                groups.setdefault(u, []).extend(odd)
+        if len(groups) == 1 and sum(len(g) for g in groups.values()) == len(elements):
+            return {next(iter(groups)): data}, statuses
+        return {u: orjson.dumps(els) for u, els in groups.items()}, statuses
+
+    async def write_frames(self) -> None:
+        """Drain the buffer in pipelined batches (off the socket's read path). A batch Redis cannot
+        take (the server restarting, a failover) is retried with backoff until it can, never
+        dropped: meanwhile the buffer fills, and what overflows it is counted as ``buffer_full``."""
+        while not self.stop.is_set():
+            try:
+                first = await asyncio.wait_for(self.buffer.get(), 0.5)
+            except TimeoutError:
+                continue
+            batch = [first]
+            while len(batch) < WRITE_BATCH_FRAMES and not self.buffer.empty():
+                batch.append(self.buffer.get_nowait())
+            self.metrics.ws_buffer_depth.labels("massive").set(self.buffer.qsize())
+            delay_s, failing = WRITE_RETRY_MIN_S, False
+            while not self.stop.is_set():
+                try:
+                    await self._write_batch(batch)
+                    break
+                except (RedisError, RedisClusterException, OSError) as exc:
+                    if not failing:
+                        log.error("massive: Redis is not taking frames (%s); holding them and retrying", exc)
+                    failing = True
+                    self.metrics.redis_errors.labels("source.massive", "ws").inc()
+                    self.metrics.source_write_blocked.labels("massive").set(1)
+                    await pause(self.stop, delay_s)
+                    delay_s = min(delay_s * 2, WRITE_RETRY_MAX_S)
+            if failing:
+                log.warning("massive: Redis takes frames again; %d buffered", self.buffer.qsize())
+                self.metrics.source_write_blocked.labels("massive").set(0)
+
+    async def _write_batch(self, batch: list[tuple[int, str | bytes]]) -> None:
+        edge = streams.REJECTS.key(streams.EDGE)
+        per_u: dict[str, list[tuple[str, bytes]]] = {}
+        rx = batch[-1][0]
+        for rx_i, frame in batch:
+            data = frame.encode() if isinstance(frame, str) else frame
+            try:
+                routed, statuses = self.route(data)
+            except (orjson.JSONDecodeError, ValueError) as exc:
+                reject = Reject(
+                    reason=RejectReason.MALFORMED_JSON,
+                    detail=str(exc),
+                    source="massive.ws",
+                    rx_ns=rx_i,
+                    excerpt=excerpt(data),
+                )
+                fields = codec.encode_reject(reject)
+                await self.redis.xadd(edge, fields, maxlen=streams.REJECTS_MAXLEN, approximate=True)
+                self.metrics.rejects.labels("source.massive", edge, RejectReason.MALFORMED_JSON).inc()
+                continue
+            for s in statuses:
+                self.metrics.ws_statuses.labels("massive", s).inc()
+            for u, payload in routed.items():
+                per_u.setdefault(u, []).append((self.ws_format, payload))
+        for u, frames in per_u.items():
+            await self.writer.write(u, frames, rx)
