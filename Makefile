@@ -55,6 +55,7 @@ bench: $(STAMP)
 
 diagram: $(STAMP)
 	$(BIN)/marketswarm topology --mermaid
+	$(BIN)/marketswarm topology --layers
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .bench

@@ -272,10 +272,12 @@ class GexCalc(Processor):
         self.vals = np.zeros((0, 3))  # (call, put, net) per strike as last emitted; NaN = no row
         self.profiles: ProfileCache = {}
         self.inputs: ProfileInputs | None = None
+        self.unannounced = False  # the book's geometry has not been staged yet (no spot until now)
 
     def _set_book(self, book: Book) -> None:
         """A new epoch's book: its strikes (every listed one, in order) are the rows' positions."""
         self.book = book
+        self.unannounced = True
         strikes = np.unique(np.round(book.strike * 1000).astype(np.int64))
         self.geometry = Geometry(underlying=self.u, strategy="gex", epoch=book.epoch, strike=pack(strikes, I64))
         self.vals = np.full((len(strikes), 3), np.nan)
@@ -287,6 +289,7 @@ class GexCalc(Processor):
     def load(self, replies: Sequence[Any]) -> Sequence[Resume]:
         raw = replies[0] or {}
         self.book, self.geometry, self.spot = None, None, None
+        self.unannounced = False
         fields = {k.decode(): v for k, v in raw.items()}
         if "_spot" in fields:
             self.spot = _spot_dec.decode(fields["_spot"])
@@ -300,6 +303,7 @@ class GexCalc(Processor):
                     self.book.apply(_greeks_dec.decode(fields[s]))
             if "_vals" in fields:
                 self.vals[:] = unpack(fields["_vals"], F64).reshape(-1, 3)
+            self.unannounced = "_vals" not in fields  # its geometry was never staged
         self.inputs = ProfileInputs(**orjson.loads(fields["_prof"])) if "_prof" in fields else None
         return ()
 
@@ -309,7 +313,7 @@ class GexCalc(Processor):
         commands: list[tuple[Any, ...]] = []
         for entry in batch:
             cb: ChangeBatch = entry.value
-            touched = reset = chain_changed = False
+            touched = chain_changed = False
             ts_ns = 0
             for ch in cb.changes:
                 if isinstance(ch, GreeksChange):
@@ -333,7 +337,7 @@ class GexCalc(Processor):
                         if self.book is not None:
                             book.carry_from(self.book)
                         self._set_book(book)
-                        reset = touched = chain_changed = True
+                        touched = chain_changed = True
                         commands.append(("DEL", self.checkpoint))
                         keep = {k: v for k, v in ckpt.items() if k == "_spot"}
                         ckpt = {
@@ -360,7 +364,9 @@ class GexCalc(Processor):
                         )
             if not touched or self.book is None or self.spot is None:
                 continue
-            outputs.append(self._emit(entry.id, cb, ts_ns, reset, chain_changed))
+            # The first update of an epoch carries its geometry, even when the spot came entries later.
+            outputs.append(self._emit(entry.id, cb, ts_ns, self.unannounced, chain_changed))
+            self.unannounced = False
             ckpt["_vals"] = pack(self.vals, F64)
             assert self.inputs is not None
             ckpt["_prof"] = orjson.dumps({"anchor": self.inputs.anchor, "asof_ns": self.inputs.asof_ns})

@@ -42,7 +42,7 @@ def test_every_module_has_a_docstring_and_stays_small() -> None:
         for path in (ROOT / top).rglob("*.py"):
             tree = ast.parse(path.read_text())
             assert ast.get_docstring(tree), f"{path} has no module docstring"
-            assert len(path.read_text().splitlines()) < 600, f"{path} is too long: split it"
+            assert len(path.read_text().splitlines()) <= 500, f"{path} is too long: split it"
 
 
 def test_stream_key_literals_live_only_in_streams_py() -> None:

@@ -47,3 +47,14 @@ def test_mermaid_names_every_agent_and_stream() -> None:
     for spec in catalog.agents():
         assert f'["{spec.name}"]' in text
     assert "ms:{U}:changes.v1" in text
+
+
+def test_the_layers_diagram_shows_each_layer_with_its_modules_top_down() -> None:
+    from marketswarm.topology.shell.cli import layers_mermaid
+
+    lines = layers_mermaid().splitlines()
+    rows = {line.split("[", 1)[0].strip(): line for line in lines[1:5]}
+    assert list(rows) == ["shell", "agents", "kernel", "schemas"]
+    assert "runtime" in rows["kernel"] and "cli" not in rows["kernel"] and "cli" in rows["shell"]
+    assert "catalog" in rows["agents"] and "codec" in rows["schemas"]
+    assert lines[5:] == ["  shell --> agents", "  agents --> kernel", "  kernel --> schemas"]

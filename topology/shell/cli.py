@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import shutil
 import signal
@@ -290,11 +291,43 @@ def record(
     console.print(f"recorded {n} frames to {out}")
 
 
+LAYERS = (  # top to bottom: each imports only from the layers below it (import-linter checks it)
+    ("shell", "marketswarm.topology.shell"),
+    ("agents", "marketswarm.agents"),
+    ("kernel", "marketswarm.topology"),
+    ("schemas", "marketswarm.schemas"),
+)
+
+
+def layers_mermaid() -> str:
+    """The code's layers as a Mermaid flowchart, each with its modules; imports point down."""
+    import importlib
+    import pkgutil
+
+    lines = ["flowchart TB"]
+    for name, root in LAYERS:
+        package = importlib.import_module(root)
+        modules = [
+            m.name.removeprefix(root + ".")
+            for m in pkgutil.walk_packages(package.__path__, root + ".")
+            if not m.ispkg and (name != "kernel" or ".shell" not in m.name) and not m.name.endswith("__main__")
+        ]
+        lines.append(f'  {name}["{name}: {root}<br/>{", ".join(sorted(modules))}"]')
+    lines += [f"  {a} --> {b}" for (a, _), (b, _) in itertools.pairwise(LAYERS)]
+    return "\n".join(lines) + "\n"
+
+
 @app.command()
-def topology(mermaid: Annotated[bool, typer.Option("--mermaid", help="Print a Mermaid diagram.")] = False) -> None:
-    """Print the agent graph: who reads and writes which stream."""
+def topology(
+    mermaid: Annotated[bool, typer.Option("--mermaid", help="Print a Mermaid diagram.")] = False,
+    layers: Annotated[bool, typer.Option("--layers", help="Print the code's layers (Mermaid).")] = False,
+) -> None:
+    """Print the agent graph: who reads and writes which stream (--layers: the code's layers)."""
     from marketswarm.topology import graph
 
+    if layers:
+        typer.echo(layers_mermaid(), nl=False)
+        return
     specs = catalog.agents()
     graph.validate(specs)
     if mermaid:
