@@ -1,14 +1,120 @@
-"""The test suite's Redis Cluster: the embedded one (topology/embedded.py) with what tests do to it:
-flush, find a slot's master, kill -9 and revive a node, migrate a slot."""
+"""The test suite's Redis Cluster: embedded servers (topology/shell/embedded.py) formed into a cluster,
+and what tests do to it: flush, find a slot's master, kill -9 and revive a node, migrate a slot. The
+benchmark's cluster suite uses it too."""
 
 from __future__ import annotations
 
 import contextlib
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import redis
 
-from marketswarm.topology.shell.embedded import EmbeddedCluster
+from marketswarm.topology.shell.embedded import EmbeddedServer, find_binary, free_port
+
+SLOTS = 16384
+# Longer than the longest commit script (a chain snapshot of thousands of contracts, on a machine
+# busy with the whole suite): a master busy in a script must not look dead to its replicas.
+NODE_TIMEOUT_MS = 5000
+
+
+class EmbeddedCluster:
+    """A Redis Cluster of child servers on loopback: ``masters`` masters with ``replicas_per_master``
+    replicas each, formed with the cluster commands themselves (MEET, ADDSLOTSRANGE, REPLICATE), so
+    it needs nothing but the server binary. For the benchmark's cluster suite and the test suite."""
+
+    def __init__(self, binary: str | None = None, masters: int = 3, replicas_per_master: int = 1) -> None:
+        binary = binary or find_binary()
+        self.binary = binary
+        self.dir = Path(tempfile.mkdtemp(prefix="ms-cluster-"))
+        self.masters = masters
+        self.servers: list[EmbeddedServer] = []
+        for i in range(masters * (1 + replicas_per_master)):
+            extra = [
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf",
+                "--cluster-port", str(free_port()),  # else port + 10000, which may not exist
+                "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                "--cluster-require-full-coverage", "no",
+                "--cluster-allow-replica-migration", "no",
+            ]  # fmt: skip
+            self.servers.append(
+                EmbeddedServer(self.dir / f"n{i}", binary=binary, appendonly=False, record=False, extra_args=extra)
+            )
+
+    @property
+    def url(self) -> str:
+        return self.servers[0].url
+
+    @property
+    def bus_ports(self) -> list[int]:
+        """Each node's cluster bus port (as finally bound: a start may have picked a new one)."""
+        return [int(s.extra_args[s.extra_args.index("--cluster-port") + 1]) for s in self.servers]
+
+    def client(self, i: int) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.servers[i].port, socket_timeout=5)
+
+    def start(self) -> EmbeddedCluster:
+        for s in self.servers:
+            s.start()
+        first = self.client(0)
+        for s, bus in zip(self.servers[1:], self.bus_ports[1:], strict=True):
+            first.execute_command("CLUSTER", "MEET", "127.0.0.1", s.port, bus)
+        per = SLOTS // self.masters
+        for m in range(self.masters):
+            lo, hi = m * per, (SLOTS - 1 if m == self.masters - 1 else (m + 1) * per - 1)
+            self.client(m).execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
+        self._wait(lambda: all(self._known(i) == len(self.servers) for i in range(len(self.servers))))
+        for r in range(self.masters, len(self.servers)):
+            master_id = self.client(r % self.masters).execute_command("CLUSTER", "MYID")
+            self.client(r).execute_command("CLUSTER", "REPLICATE", master_id)
+        self.wait_ok()
+        return self
+
+    def _known(self, i: int) -> int:
+        return len(self.client(i).execute_command("CLUSTER", "NODES").splitlines())
+
+    def wait_ok(self, timeout_s: float = 30.0) -> None:
+        """Every live node sees the cluster ok, and every live replica's link to its master is up."""
+
+        def ok() -> bool:
+            for s in self.servers:
+                if s.proc is None:
+                    continue
+                info = redis.Redis(host="127.0.0.1", port=s.port, socket_timeout=2).execute_command("CLUSTER", "INFO")
+                text = info.decode() if isinstance(info, bytes) else str(info)
+                if "cluster_state:ok" not in text:
+                    return False
+                repl = redis.Redis(host="127.0.0.1", port=s.port, socket_timeout=2).info("replication")
+                if repl.get("role") == "slave" and repl.get("master_link_status") != "up":
+                    return False
+            return True
+
+        self._wait(ok, timeout_s)
+
+    def _wait(self, cond: object, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if cond():  # type: ignore[operator]
+                    return
+            except redis.RedisError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError("the cluster did not converge")
+
+    def stop(self) -> None:
+        for s in self.servers:
+            s.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 class LocalCluster(EmbeddedCluster):

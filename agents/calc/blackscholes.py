@@ -1,9 +1,8 @@
 """Black-Scholes prices and greeks, vectorized over numpy arrays. The one place this math lives.
 
 Units: ``t`` in years, ``r`` and ``q`` continuously compounded per year, ``sigma`` per sqrt(year).
-Greeks per 1.00: delta per 1.00 of the underlying, gamma per 1.00 squared, vega per 1.00 of sigma
-(divide by 100 for per vol point), theta per year (divide by 365 for per calendar day), rho per 1.00
-of rate. Checked against Hull's worked examples and py_vollib's 101-row table.
+Greeks per 1.00: delta per 1.00 of the underlying, gamma per 1.00 squared (the greeks the simulator
+and GEX use). Checked against Hull's worked examples and py_vollib's 101-row table.
 
 Time to expiry (our convention, used by the simulator and GEX): calendar time from the event time to
 the expiry date's 16:00 America/New_York close, ACT/365, floored at ``MIN_T_YEARS`` so that a 0DTE
@@ -67,34 +66,6 @@ def gamma(s: ArrayLike, k: ArrayLike, t: ArrayLike, r: ArrayLike, sigma: ArrayLi
     with np.errstate(divide="ignore", invalid="ignore"):
         g = np.exp(-q_ * t_) * _pdf(d1) / (s_ * v_ * np.sqrt(t_))
     return np.where((v_ > 0) & (t_ > 0) & np.isfinite(g), g, 0.0)
-
-
-def vega(s: ArrayLike, k: ArrayLike, t: ArrayLike, r: ArrayLike, sigma: ArrayLike, q: ArrayLike = 0.0) -> F:
-    d1, _ = d1_d2(s, k, t, r, sigma, q)
-    s_, t_, q_ = (np.asarray(x, dtype=np.float64) for x in (s, t, q))
-    return s_ * np.exp(-q_ * t_) * _pdf(d1) * np.sqrt(t_)
-
-
-def theta(
-    s: ArrayLike, k: ArrayLike, t: ArrayLike, r: ArrayLike, sigma: ArrayLike, is_call: ArrayLike, q: ArrayLike = 0.0
-) -> F:
-    """Per year."""
-    d1, d2 = d1_d2(s, k, t, r, sigma, q)
-    s_, k_, t_, r_, v_, q_ = (np.asarray(x, dtype=np.float64) for x in (s, k, t, r, sigma, q))
-    df_q, df_r = np.exp(-q_ * t_), np.exp(-r_ * t_)
-    common = -s_ * df_q * _pdf(d1) * v_ / (2.0 * np.sqrt(t_))
-    c = common - r_ * k_ * df_r * ndtr(d2) + q_ * s_ * df_q * ndtr(d1)
-    p = common + r_ * k_ * df_r * ndtr(-d2) - q_ * s_ * df_q * ndtr(-d1)
-    return np.where(np.asarray(is_call, dtype=bool), c, p)  # type: ignore[no-any-return]
-
-
-def rho(
-    s: ArrayLike, k: ArrayLike, t: ArrayLike, r: ArrayLike, sigma: ArrayLike, is_call: ArrayLike, q: ArrayLike = 0.0
-) -> F:
-    _, d2 = d1_d2(s, k, t, r, sigma, q)
-    k_, t_, r_ = (np.asarray(x, dtype=np.float64) for x in (k, t, r))
-    df_r = np.exp(-r_ * t_)
-    return np.where(np.asarray(is_call, dtype=bool), k_ * t_ * df_r * ndtr(d2), -k_ * t_ * df_r * ndtr(-d2))  # type: ignore[no-any-return]
 
 
 @lru_cache(maxsize=4096)

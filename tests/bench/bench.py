@@ -26,7 +26,8 @@ from marketswarm.topology.connections import create_redis
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
-from marketswarm.topology.shell.embedded import EmbeddedCluster, EmbeddedServer
+from marketswarm.topology.shell.embedded import EmbeddedServer
+from tests.cluster import EmbeddedCluster
 from tests.rig.counting import COUNT, TEST_IN, encode_count, sums_key
 
 
