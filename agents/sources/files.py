@@ -1,16 +1,18 @@
 """Recorded input: Cboe CSV chains and capture files, replayed into the raw streams in event-time order.
 
 A capture is JSON lines, one raw frame each: ``{"u": "SPX", "src": "massive.ws", "rx_ns": ..., "data": "..."}``
-(``data`` is the provider's text exactly as received). ``marketswarm record OUT`` writes them from
-the raw streams of a running system; replay writes them back, so they take the same normalize path
-as live data. A capture's first line may be ``{"model": {...}}``: the model settings the recorded
-system ran with (topology/model_settings.py), which a replay adopts. A Cboe CSV file becomes one
-``cboe.csv`` frame received at its download time.
+(``data`` is the provider's text exactly as received; ``data_b64`` its bytes when they are not text).
+``marketswarm record OUT`` writes them from the raw streams of a running system; replay writes them
+back, so they take the same normalize path as live data. A capture's first line may be
+``{"model": {...}}``: the model settings the recorded system ran with (topology/model_settings.py),
+which a replay adopts. A Cboe CSV file becomes one ``cboe.csv`` frame received at its download time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -66,14 +68,12 @@ def read_capture(path: Path) -> Iterator[Recorded]:
                 rec = orjson.loads(line)
                 if MODEL_FIELD in rec and "data" not in rec:
                     continue  # the recorded model settings (capture_model_settings)
-                data = rec["data"]
-                yield Recorded(
-                    str(rec["u"]),
-                    str(rec["src"]),
-                    int(rec["rx_ns"]),
-                    data.encode() if isinstance(data, str) else bytes(data),
-                )
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                if "data_b64" in rec:
+                    data = base64.b64decode(rec["data_b64"], validate=True)
+                else:
+                    data = rec["data"].encode() if isinstance(rec["data"], str) else bytes(rec["data"])
+                yield Recorded(str(rec["u"]), str(rec["src"]), int(rec["rx_ns"]), data)
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, binascii.Error) as exc:
                 raise InputFileError(f"{path}:{n}: not a capture line: {exc}") from exc
 
 
@@ -157,4 +157,11 @@ async def write_recorded(
 
 
 def capture_line(u: str, frame: RawFrame) -> bytes:
-    return orjson.dumps({"u": u, "src": frame.src, "rx_ns": frame.rx_ns, "data": frame.data.decode("utf-8", "replace")})
+    """One capture line: the frame's text as ``data``, or its bytes in base64 as ``data_b64`` when
+    they are not UTF-8 (a binary frame), so a replay writes back exactly what was received."""
+    line: dict[str, Any] = {"u": u, "src": frame.src, "rx_ns": frame.rx_ns}
+    try:
+        line["data"] = frame.data.decode("utf-8")
+    except UnicodeDecodeError:
+        line["data_b64"] = base64.b64encode(frame.data).decode()
+    return orjson.dumps(line)

@@ -1,4 +1,4 @@
-"""Model settings: validated like the environment when adopted, and one set per replay."""
+"""Captures: the model settings they carry, validated like the environment when adopted, and their frames' bytes."""
 
 from __future__ import annotations
 
