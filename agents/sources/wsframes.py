@@ -5,16 +5,16 @@ A frame keeps the provider's exact bytes: a text frame is written as its UTF-8 (
 sent), a binary one as it came, never re-decoded with replacement characters. Routing reads one field
 per element, the symbol's root (the characters before its date), mapped to its underlying once per
 root: a frame whose elements are all of one underlying (the usual case) goes to that underlying's
-stream as it came; a frame mixing underlyings is split, each part re-encoded (normalize parses it
-the same way), since one frame's bytes cannot be in two streams without being parsed twice.
+stream as it came; a frame mixing underlyings is split, each part an array of its elements' own
+text, byte for byte as the provider sent them (only the brackets and commas around them are new).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -40,6 +40,39 @@ WRITE_RETRY_MAX_S = 5.0
 OCC_TAIL = 15  # an OCC symbol ends with YYMMDD, C/P and eight strike digits: the root is before them
 MAX_ROOTS = 10_000  # roots remembered at most
 UNKNOWN = "?"  # elements no underlying can be named for (normalize rejects them, with their reason)
+
+
+_DECODER = json.JSONDecoder()
+_SPACE = " \t\n\r"
+
+
+def element_texts(text: str) -> list[str]:
+    """The provider's own text of each element of a JSON array, in order (a frame split by underlying
+    keeps every element's bytes; only the array around them is rebuilt)."""
+    n = len(text)
+
+    def skip(i: int) -> int:
+        while i < n and text[i] in _SPACE:
+            i += 1
+        return i
+
+    i = skip(0)
+    if i >= n or text[i] != "[":
+        raise ValueError("not an array")
+    i = skip(i + 1)
+    out: list[str] = []
+    if i < n and text[i] == "]":
+        return out
+    while True:
+        _, end = _DECODER.raw_decode(text, i)
+        out.append(text[i:end])
+        i = skip(end)
+        if i < n and text[i] == ",":
+            i = skip(i + 1)
+        elif i < n and text[i] == "]":
+            return out
+        else:
+            raise ValueError(f"no ',' or ']' at {i}")
 
 
 class FramePump:
@@ -89,9 +122,9 @@ class FramePump:
         elements = orjson.loads(data)
         if not isinstance(elements, list):
             raise ValueError("frame is not a list")
-        groups: dict[str, list[Any]] = {}
+        groups: dict[str, list[int]] = {}
         statuses = []
-        for el in elements:
+        for i, el in enumerate(elements):
             u = None
             if isinstance(el, dict):
                 if el.get("ev") == "status":
@@ -104,14 +137,19 @@ class FramePump:
             if u != UNKNOWN and u not in self.configured:
                 self.metrics.dropped.labels("source.massive", "ws", "unconfigured_underlying").inc()
                 continue
-            groups.setdefault(u, []).append(el)
+            groups.setdefault(u, []).append(i)
         if UNKNOWN in groups:  # elements we cannot attribute go to every stream, where normalize rejects them
             odd = groups.pop(UNKNOWN)
             for u in groups or {next(iter(self.configured)): []}:
                 groups.setdefault(u, []).extend(odd)
+                groups[u].sort()
         if len(groups) == 1 and sum(len(g) for g in groups.values()) == len(elements):
             return {next(iter(groups)): data}, statuses
-        return {u: orjson.dumps(els) for u, els in groups.items()}, statuses
+        try:
+            spans = element_texts(data.decode())
+        except (ValueError, RecursionError):  # orjson took it, the scanner did not: re-encode the elements
+            return {u: orjson.dumps([elements[i] for i in idx]) for u, idx in groups.items()}, statuses
+        return {u: ("[" + ",".join(spans[i] for i in idx) + "]").encode() for u, idx in groups.items()}, statuses
 
     async def write_frames(self) -> None:
         """Drain the buffer in pipelined batches (off the socket's read path). A batch Redis cannot

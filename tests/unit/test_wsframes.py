@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import orjson
+import pytest
 from prometheus_client import CollectorRegistry
 
 from marketswarm.agents.sources.wsframes import FramePump
@@ -61,3 +62,21 @@ def test_a_binary_frame_is_buffered_as_it_came() -> None:
     raw = b'[{"ev":"Q","sym":"\xff\xfe"}]'  # not UTF-8: kept, never replaced
     p.put(raw)
     assert p.buffer.get_nowait()[1] is raw
+
+
+def test_a_mixed_frame_keeps_each_elements_own_bytes() -> None:
+    p, _ = pump("SPX", "NDX")
+    spx = '{"ev":"Q", "sym":"O:SPXW241115C05800000","bp":1.50,"ap":1.60e0,"t":1}'
+    ndx = '{ "ev":"T","sym":"O:NDXP241115P20000000","p":12.10,"s":1,"t":1 }'
+    spx2 = '{"ev":"V","T":"I:SPX","val":5850.00,"t":2}'
+    routed, _ = p.route(f"[ {spx} ,\n{ndx},{spx2}]".encode())
+    assert routed == {"SPX": f"[{spx},{spx2}]".encode(), "NDX": f"[{ndx}]".encode()}
+
+
+def test_element_texts_refuses_what_is_not_an_array() -> None:
+    from marketswarm.agents.sources.wsframes import element_texts
+
+    assert element_texts(" [ ] ") == [] and element_texts('[1, "a,]" ,{"x":[2]}]') == ["1", '"a,]"', '{"x":[2]}']
+    for bad in ('{"a":1}', "[1 2]", "[1,"):
+        with pytest.raises(ValueError):
+            element_texts(bad)
