@@ -253,7 +253,7 @@ class Metrics:
             registry=r,
         )
 
-        # operations (topology/inspect.py, agents/publish/gateway.py)
+        # operations (topology/observe.py, agents/publish/gateway.py)
         self.group_lag = Gauge(
             "marketswarm_group_lag_entries",
             "Entries not yet delivered to a group (XINFO GROUPS lag).",

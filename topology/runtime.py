@@ -1,9 +1,11 @@
 """The agent runtime: the one consumer loop every MarketSwarm agent runs on.
 
-An agent is data (an ``AgentSpec`` in topology/graph.py): a name, the stream it reads, the streams it
-writes and a factory for its processor. The processor holds the agent's logic as a step over a batch
-of typed entries that returns ``Effects``: entries to append to output streams, state writes and
-server-side scripts. The step does no I/O. Everything else is here, written once:
+An agent is data (an ``AgentSpec``, topology/agent.py; the production list is agents/catalog.py): a
+name, the stream it reads, the streams it writes and a factory for its processor. The processor holds
+the agent's logic as a step over a batch of typed entries that returns ``Effects``: entries to append
+to output streams, state writes and server-side scripts. The step does no I/O; neither does the rest
+of the processor: its state comes back through the runtime (topology/restore.py). Everything else is
+here, written once:
 
 * the consumer group is created from the stream's start with MKSTREAM (BUSYGROUP tolerated);
 * a consumer first drains its own pending entries, then reads new ones in batches

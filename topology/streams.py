@@ -145,7 +145,7 @@ def publish_state_key(u: str, strategy: str) -> str:
 def model_key(u: str, strategy: str) -> str:
     """Hash: the last checkpoint of the published model of (underlying, strategy): ``_header``
     (version, epoch, asof, spot, strategy fields), ``_geometry`` and ``_cols`` (dense columns). The
-    current model is this plus the diffs after it (agents/publish/models.py). Written only by its
+    current model is this plus the diffs after it (agents/publish/published.py). Written only by its
     publisher."""
     return f"{PREFIX}:{{{u}}}:model:{strategy}.v2"
 

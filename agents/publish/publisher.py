@@ -16,7 +16,7 @@ Publishing assigns the next version, makes the staged columns canonical and appe
 positions added, changed or removed, as columns; on a new epoch also its geometry) to
 ``ms:{U}:diffs:{S}.v2`` with entry id ``<version>-0``, so the stream is the SSE history and
 ``Last-Event-ID`` is a version. The whole model is checkpointed, as dense columns, to the model hash
-at a new epoch and every few seconds (agents/publish/models.py); between checkpoints a version costs
+at a new epoch and every few seconds (agents/publish/published.py); between checkpoints a version costs
 one XADD and one small state write, whatever its size. All conditions use event time, so a replay
 publishes the same versions as the live run. A market that stops changing publishes nothing.
 """

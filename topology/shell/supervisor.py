@@ -43,7 +43,7 @@ class Child:
 
 
 class Server(Protocol):
-    """What the supervisor needs of the embedded server (topology/embedded.py)."""
+    """What the supervisor needs of the embedded server (topology/shell/embedded.py)."""
 
     def alive(self) -> bool: ...
 
