@@ -1,7 +1,8 @@
-"""Wire formats that only the tests write: the changes entries hydrate's script writes, from Python."""
+"""Wire formats as only the tests need them: changes entries from Python, entry fields as Redis returns them."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -22,3 +23,8 @@ def encode_changes(batch: ChangeBatch) -> dict[str, Any]:
         "epoch": batch.epoch,
         "data": _enc.encode(batch.changes),
     }
+
+
+def as_redis(fields: Mapping[str, Any]) -> dict[bytes, bytes]:
+    """An encoder's entry fields as Redis hands them back: bytes names, bytes values."""
+    return {k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in fields.items()}

@@ -27,7 +27,7 @@ from marketswarm.schemas.events import (
 )
 from marketswarm.schemas.models import Reject
 from marketswarm.schemas.payloads import Payload
-from tests.rig.wire import encode_changes
+from tests.rig.wire import as_redis, encode_changes
 
 FINITE = st.floats(allow_nan=False, allow_infinity=False)
 I64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
@@ -98,11 +98,6 @@ CHANGE = st.one_of(
         delayed=FLAGS,
     ),  # fmt: skip
 )
-
-
-def as_redis(fields: dict[str, Any]) -> dict[bytes, bytes]:
-    """Entry fields as Redis hands them back: bytes names, bytes values."""
-    return {k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in fields.items()}
 
 
 @settings(max_examples=150, deadline=None)

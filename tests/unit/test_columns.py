@@ -25,7 +25,7 @@ from marketswarm.schemas import codec
 from marketswarm.schemas.events import ChangeBatch, GreeksChange, QuoteChange
 from marketswarm.schemas.models import I64, Diff, Geometry, HeatmapModel, Staged, columns, pack
 from marketswarm.topology import streams
-from tests.rig.wire import encode_changes
+from tests.rig.wire import as_redis, encode_changes
 
 SYMS = [f"SPXW251124{s}{k * 1000:08d}" for s in "CP" for k in range(5800, 5830, 5)]
 
@@ -64,18 +64,14 @@ def test_staged_and_diff_round_trip_through_the_codec(data: st.DataObject) -> No
         strategy="butterfly", underlying="SPX", epoch="e1", src="1-0", rx_ns=1, ts_ns=2, slots=g.size, pending=0,
         reset=True, geometry=g, cols=cols, header=b'{"spot":1.0}',
     )  # fmt: skip
-    back = codec.decode(streams.Payload.TILES, {k.encode(): _b(v) for k, v in codec.encode_staged(staged).items()})
+    back = codec.decode(streams.Payload.TILES, as_redis(codec.encode_staged(staged)))
     assert back == staged
     np.testing.assert_array_equal(back.cols.positions(), pos)
     np.testing.assert_array_equal(back.cols.values()[:, 0], vals)  # NaN == NaN here
     np.testing.assert_array_equal(back.cols.contract_times(), cts)
     diff = Diff(underlying="SPX", strategy="butterfly", version=3, prev_version=2, epoch="e1", asof_ns=5,
                 reason="time", cols=cols, header=b"{}")  # fmt: skip
-    assert codec.decode(streams.Payload.DIFF, {k.encode(): _b(v) for k, v in codec.encode_diff(diff).items()}) == diff
-
-
-def _b(v: object) -> bytes:
-    return v if isinstance(v, bytes) else str(v).encode()
+    assert codec.decode(streams.Payload.DIFF, as_redis(codec.encode_diff(diff))) == diff
 
 
 def test_a_v1_entry_is_refused_with_a_clear_error() -> None:
@@ -179,7 +175,7 @@ def test_sse_columns_carry_the_whole_model() -> None:
 def test_gex_skips_changes_without_chain_analytics_spot_or_epochs() -> None:
     def fields(*changes: object) -> dict[bytes, bytes]:
         batch = ChangeBatch(src="1-0", rx_ns=0, epoch="e", changes=changes)  # type: ignore[arg-type]
-        return {k.encode(): _b(v) for k, v in encode_changes(batch).items()}
+        return as_redis(encode_changes(batch))
 
     quote = QuoteChange(sym=SYMS[0], ts_ns=1, bid=1.0, ask=1.1)
     assert not wants(fields(quote, quote))

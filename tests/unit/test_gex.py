@@ -13,9 +13,10 @@ from marketswarm.schemas import codec
 from marketswarm.schemas.events import ChangeBatch, EpochChange, GreeksChange, SpotChange
 from marketswarm.schemas.models import Staged
 from marketswarm.topology import streams
-from marketswarm.topology.agent import Entry
+from marketswarm.topology.agent import Entry, Output
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
+from tests.rig.wire import as_redis
 
 NOW = int(dt.datetime(2024, 11, 14, 15, 0, tzinfo=dt.UTC).timestamp() * 1e9)
 C5800, P5800, C5900 = "SPXW241115C05800000", "SPXW241115P05800000", "SPXW241115C05900000"
@@ -26,14 +27,8 @@ def entry(i: int, *changes: object) -> Entry:
     return Entry(f"{i}-0", ChangeBatch(src=f"{i}-0", rx_ns=NOW, epoch="e1", changes=changes))  # type: ignore[arg-type]
 
 
-def staged(effects_outputs: list) -> list[Staged]:  # type: ignore[type-arg]
-    return [
-        codec.decode(streams.Payload.TILES, {k.encode(): _b(v) for k, v in o.fields.items()}) for o in effects_outputs
-    ]
-
-
-def _b(v: object) -> bytes:
-    return v if isinstance(v, bytes) else str(v).encode()
+def staged(outputs: list[Output]) -> list[Staged]:
+    return [codec.decode(streams.Payload.TILES, as_redis(o.fields)) for o in outputs]
 
 
 def calc() -> GexCalc:

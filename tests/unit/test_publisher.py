@@ -15,6 +15,7 @@ from marketswarm.topology import streams
 from marketswarm.topology.agent import Entry, Output
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
+from tests.rig.wire import as_redis
 from tests.unit.test_columns import fly
 
 T0 = 1_763_996_400_000_000_000
@@ -37,11 +38,7 @@ def update(i: int, pos: list[int], vals: list[float], *, ts_ms: int, reset: bool
 
 
 def diffs(outputs: list[Output]) -> list[Diff]:
-    return [codec.decode(streams.Payload.DIFF, {k.encode(): _b(v) for k, v in o.fields.items()}) for o in outputs]
-
-
-def _b(v: object) -> bytes:
-    return v if isinstance(v, bytes) else str(v).encode()
+    return [codec.decode(streams.Payload.DIFF, as_redis(o.fields)) for o in outputs]
 
 
 def test_an_epoch_is_published_when_structurally_complete_then_by_value_or_time() -> None:
