@@ -68,11 +68,6 @@ def cluster_seeds(url: str) -> tuple[tuple[str, int], ...] | None:
     return tuple(seeds)
 
 
-def is_cluster(url: str) -> bool:
-    """Whether the server at ``url`` runs in cluster mode."""
-    return cluster_seeds(url) is not None
-
-
 def create_redis(url: str, block_ms: int = 0, *, wait_s: float | None = None, **kwargs: Any) -> aioredis.Redis:
     """A client whose socket timeout always exceeds the longest BLOCK it will issue: for one server,
     or for the whole cluster when ``url`` names any node of one. With ``wait_s`` (one server), a

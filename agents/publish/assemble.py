@@ -56,15 +56,6 @@ def scores(values: np.ndarray, width_x1000: np.ndarray) -> np.ndarray:
         return np.where((w > 0) & (values > 0), np.round((w - values) / values, 4), np.nan)
 
 
-def tile_key(geometry: Geometry, pos: int) -> str:
-    """A heatmap tile's key ``expiry|side|strike_x1000|width_x1000`` (GEX: ``s|strike_x1000``)."""
-    strike = int(geometry.strikes_x1000()[pos])
-    if geometry.strategy == "gex":
-        return f"s|{strike:012d}"
-    s = int(geometry.series_of()[pos])
-    return f"{geometry.expiries[s]}|{geometry.sides[s][0]}|{strike}|{int(geometry.widths_x1000()[pos])}"
-
-
 def position_of(geometry: Geometry, key: str) -> int | None:
     """The position of a tile key (``expiry|side|strike_x1000|width_x1000``, or ``s|strike`` for GEX)."""
     parts = key.split("|")

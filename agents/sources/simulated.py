@@ -206,11 +206,6 @@ class SimMarket:
         page = orjson.dumps({"results": results, "status": "OK", "request_id": f"sim-{self.t_ns}"})
         return b"[" + page + b"]"
 
-    def skip_to(self, t_ns: int) -> None:
-        """Jump the clock without trading in between (a pause: the market resumes at ``t_ns``)."""
-        self.t_ns = max(self.t_ns, t_ns)
-        self.next_spot_ns = max(self.next_spot_ns, self.t_ns)
-
     def advance(self, until_ns: int) -> list[tuple[str, bytes]]:
         """Simulate up to ``until_ns``: (format, bytes) frames in event-time order."""
         out: list[tuple[str, bytes]] = []

@@ -216,7 +216,8 @@ async def _e2e(
         events: dict[str, np.ndarray] = {}
         for u, m in markets.items():
             m.rate = rate / len(markets)
-            m.skip_to(t0)
+            m.t_ns = max(m.t_ns, t0)  # a pause: the market resumes at t0, without trading in between
+            m.next_spot_ns = max(m.next_spot_ns, m.t_ns)
             frames = m.advance(t0 + int(E2E_SECONDS * NS))
             at, events[u] = _offered_times(frames)
             plan[u] = (frames, at)

@@ -18,7 +18,6 @@ from marketswarm.agents.publish.assemble import (
     scores,
     snapshot_json,
     tile_json,
-    tile_key,
 )
 from marketswarm.agents.publish.tiles import ColumnTable
 from marketswarm.schemas import codec
@@ -33,6 +32,16 @@ SYMS = [f"SPXW251124{s}{k * 1000:08d}" for s in "CP" for k in range(5800, 5830, 
 def fly() -> tuple[Grid, Geometry]:
     grid = Grid("e1", SYMS, 5815.0, Window(expiries=1, range_pct=10, max_width_steps=2))
     return grid, geometry("SPX", "butterfly", grid, build_tiles(grid, "butterfly"))
+
+
+def tile_key(geometry: Geometry, pos: int) -> str:
+    """The documented key of a tile (REST's ``k``), written out independently of the code that builds
+    it: ``expiry|side|strike_x1000|width_x1000`` (GEX: ``s|strike_x1000``)."""
+    strike = int(geometry.strikes_x1000()[pos])
+    if geometry.strategy == "gex":
+        return f"s|{strike:012d}"
+    s = int(geometry.series_of()[pos])
+    return f"{geometry.expiries[s]}|{geometry.sides[s][0]}|{strike}|{int(geometry.widths_x1000()[pos])}"
 
 
 def test_tiles_are_positions_in_the_published_order() -> None:
