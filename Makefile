@@ -58,4 +58,4 @@ diagram: $(STAMP)
 	$(BIN)/marketswarm topology --layers
 
 clean:
-	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .bench
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .bench

@@ -63,3 +63,17 @@ def test_readme_lists_every_setting_and_the_two_commands() -> None:
     assert "make run" in readme and "make test" in readme
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in ci
+
+
+def test_the_import_layers_hold() -> None:
+    """`make lint` runs import-linter; this runs it in `make test` too, so CI holds the layers."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
+    assert exe, "import-linter is a dev dependency: make install"
+    env = dict(os.environ, PYTHONSAFEPATH="1")
+    done = subprocess.run([exe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
