@@ -31,8 +31,8 @@ async def restore(
 ) -> None:
     """Rebuild ``processor``'s state for underlying ``u`` as of what ``group`` acknowledged.
 
-    Entries the agent would not take (``accepts``) or cannot decode are left out, as its step left
-    them out when they were first delivered."""
+    Entries of its input the agent does not take (``accepts``), and entries that cannot be decoded,
+    are left out, as its step left them out when they were first delivered."""
     reads = processor.state_reads()
     replies: list[Any] = []
     if reads:
@@ -49,8 +49,8 @@ async def restore(
         )
         entries = []
         for entry_id, fields in raw:
-            if accepts is not None and not accepts(fields):
-                continue
+            if resume.acked and accepts is not None and not accepts(fields):
+                continue  # of its input, an entry the step never took
             try:
                 entries.append(Entry(text(entry_id), codec.decode(resume.stream.payload, fields)))
             except codec.DecodeError:

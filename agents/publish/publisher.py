@@ -105,6 +105,7 @@ class Publisher(Processor):
                 self._apply(entry.value, entry.id)
             return ()
         published, state_raw = self.restoring
+        self.restoring = (Published(self.strategy), None)  # not kept: the tiles copy its arrays
         apply_diffs(published, self.diffs, [(e.id, e.value) for e in entries])
         self.tiles.load(published.geometry, published.vals, published.cts)
         through = "0-0"
