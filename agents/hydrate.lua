@@ -18,7 +18,9 @@
 --                                     truncated poll must not replace the grid
 --   W epoch ts_ns                     promote: one pointer switch; the old epoch is retired with a TTL
 --   S sym slot newness change_json    admission of one slot value: A new, B strictly newer, C discarded
---   F sym fill_id size score_ms       count a fill's size into the volume once
+--   F sym fill_id size score_ms change_json
+--                                     count a fill's size into the volume once; a counted fill goes
+--                                     on the changes stream (the trade flow reads it)
 --   P newness change_json             admission of the spot value
 -- Newness is a fixed-width string "<ts_ns:20><seq:12>", so string order is (event time, sequence) order
 -- and nanosecond times never pass through Lua's doubles.
@@ -191,6 +193,7 @@ while i <= last do
       elseif redis.call('ZADD', K[3], 'NX', score, fill_id) == 1 then
         redis.call('HINCRBY', state, sym .. '|v', size)
         counts[6] = counts[6] + 1
+        table.insert(out, ARGV[i + 5])
         if fill_floor == nil or score - fill_window > fill_floor then
           fill_floor = score - fill_window
         end
@@ -198,7 +201,7 @@ while i <= last do
         counts[7] = counts[7] + 1
       end
     end
-    i = i + 5
+    i = i + 6
   elseif op == 'P' then
     local newness, change_json = ARGV[i + 1], ARGV[i + 2]
     local cur = redis.call('GET', K[4])

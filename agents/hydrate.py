@@ -37,6 +37,7 @@ from marketswarm.schemas.events import (
     ChainSnapshot,
     EpochChange,
     EventBatch,
+    FillChange,
     GreeksChange,
     ProviderStatus,
     Quote,
@@ -158,7 +159,8 @@ def batch_args(batch: Sequence[Entry]) -> tuple[list[Any], int, list[str], dict[
                 prints[effect.label] = prints.get(effect.label, 0) + 1
                 if effect.volume:
                     fill = f"{ev.symbol}|{ev.ts_ns}|{ev.seq}|{ev.px!r}|{ev.size}"
-                    args += ["F", ev.symbol, fill, ev.size, ev.ts_ns // 1_000_000]
+                    counted = FillChange(sym=ev.symbol, ts_ns=ev.ts_ns, seq=ev.seq, px=ev.px, size=ev.size)
+                    args += ["F", ev.symbol, fill, ev.size, ev.ts_ns // 1_000_000, codec.encode_json(counted)]
                 if effect.last:
                     change_t = TradeChange(sym=ev.symbol, ts_ns=ev.ts_ns, seq=ev.seq, px=ev.px, size=ev.size)
                     args += ["S", ev.symbol, "t", newness(ev.ts_ns, ev.seq), codec.encode_json(change_t)]

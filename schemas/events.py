@@ -136,6 +136,17 @@ class TradeChange(_Change, tag="t", frozen=True, kw_only=True):
     rx_time: bool = False
 
 
+class FillChange(_Change, tag="f", frozen=True, kw_only=True):
+    """A trade print counted into the volume: once per distinct fill, only when its conditions count
+    toward volume (agents/trade_conditions.py). The trade flow (agents/derive/flow.py) reads these."""
+
+    sym: str
+    ts_ns: int
+    seq: int = 0
+    px: float
+    size: int
+
+
 class GreeksChange(_Change, tag="g", frozen=True, kw_only=True):
     """Chain analytics of a contract changed (IV, greeks, open interest)."""
 
@@ -168,7 +179,7 @@ class EpochChange(_Change, tag="e", frozen=True, kw_only=True):
     delayed: bool = False  # the chain's quotes or trades are DELAYED
 
 
-Change = QuoteChange | TradeChange | GreeksChange | SpotChange | EpochChange
+Change = QuoteChange | TradeChange | FillChange | GreeksChange | SpotChange | EpochChange
 
 
 class ChangeBatch(msgspec.Struct, frozen=True, kw_only=True):
