@@ -18,6 +18,8 @@ Black-Scholes from its IV at ``PROFILE_POINTS`` spots across +/- ``PROFILE_RANGE
 is found by linear interpolation between the two profile points that straddle zero (the crossing
 nearest S when there are several), and is null when the profile never changes sign. The call wall
 and put wall are the strikes with the largest call GEX and the largest put GEX (in magnitude).
+``iv_atm`` is the nearest live expiry's at-the-money IV (``atm_iv``): dealer gravity's expected move
+(agents/derive/levels.py) starts from it.
 The 0DTE view repeats totals, flip, walls and by-strike for the contracts expiring on the as-of date
 (America/New_York). ``stale`` is true when the chain data (gamma, OI) is more than ``gex_stale_s``
 older than the as-of time.
@@ -163,6 +165,23 @@ def profile(book: Book, mask: np.ndarray, s: float, now_ns: int) -> tuple[np.nda
     return spots, net
 
 
+def atm_iv(book: Book, s: float, now_ns: int) -> float | None:
+    """The nearest live expiry's at-the-money implied volatility: per strike of that expiry, the mean
+    of its call's and put's IV (either alone when only one has one), interpolated linearly in strike
+    between the two strikes around ``s`` (the nearest strike's when ``s`` is outside them); None when
+    the expiry has no IV at all."""
+    alive = live(book, now_ns)
+    if not alive.any():
+        return None
+    nearest = book.close_ns[alive].min()
+    use = alive & (book.close_ns == nearest) & np.isfinite(book.iv) & (book.iv > 0)
+    if not use.any():
+        return None
+    strikes, inv = np.unique(book.strike[use], return_inverse=True)
+    iv = np.bincount(inv, weights=book.iv[use]) / np.bincount(inv)
+    return round(float(np.interp(s, strikes, iv)), 6)
+
+
 def flip_level(spots: np.ndarray, net: np.ndarray, s: float) -> float | None:
     """The zero crossing of the profile nearest ``s``, by linear interpolation; None if none."""
     roots: list[float] = []
@@ -251,6 +270,7 @@ def compute(
     today = dt.datetime.fromtimestamp(now_ns / 1e9, bs.ET).date().isoformat()
     zero = (exp == today) & everything
     out["by_expiry"] = by_expiry
+    out["iv_atm"] = atm_iv(book, s, now_ns)
     out["zero_dte"] = (
         summarize(book, zero, gex, s, now_ns, cached_profile(book, "0dte", zero, inputs, cache)) if zero.any() else None
     )
