@@ -97,6 +97,14 @@ class Processor:
         """Re-apply entries whose effects were committed (state only); what to re-apply next."""
         return ()
 
+    def side_reads(self) -> Sequence[tuple[Any, ...]]:
+        """Redis commands the runtime runs before each step (a side input: another model looked up,
+        as it is at that moment); their replies go to ``take_side``."""
+        return ()
+
+    def take_side(self, replies: Sequence[Any]) -> None:
+        """The replies of ``side_reads``, before the step."""
+
     def process(self, batch: Sequence[Entry]) -> Effects:
         """Compute the effects of a batch."""
         raise NotImplementedError
@@ -133,3 +141,6 @@ class AgentSpec:
     # A cheap test of an entry's raw fields: entries it rejects are acknowledged without being
     # decoded or stepped (an agent that needs only some kinds of changes skips the rest).
     accepts: Callable[[Mapping[bytes, bytes]], bool] | None = None
+    # Models it looks up as a side input (Processor.side_reads), by their diffs streams. Its output then
+    # depends on when it ran, so a replay runs it after everything else has drained (inprocess.py).
+    looks_up: tuple[streams.StreamSpec, ...] = ()

@@ -23,6 +23,9 @@ def validate(specs: Sequence[AgentSpec]) -> None:
     for s in specs:
         if not s.reads.ingress and s.reads.name not in written:
             raise GraphError(f"{s.name} reads {s.reads.name}, which no agent writes and no source feeds")
+        for side in s.looks_up:
+            if side.name not in written:
+                raise GraphError(f"{s.name} looks up {side.name}, which no agent writes")
     # Cycle check over streams: edge reads -> writes for each agent.
     edges: dict[str, set[str]] = {}
     for s in specs:
@@ -46,7 +49,7 @@ def validate(specs: Sequence[AgentSpec]) -> None:
 
 
 def mermaid(specs: Iterable[AgentSpec]) -> str:
-    """The graph as a Mermaid flowchart: streams are rounded nodes, agents are boxes."""
+    """The graph as a Mermaid flowchart: streams are rounded nodes, agents are boxes, side inputs dotted."""
     lines = ["flowchart LR"]
     seen: set[str] = set()
 
@@ -58,9 +61,11 @@ def mermaid(specs: Iterable[AgentSpec]) -> str:
         return nid
 
     for s in specs:
-        aid = "a_" + s.name.replace(".", "_")
+        aid = "a_" + s.name.replace(".", "_").replace("-", "_")
         lines.append(f'  {aid}["{s.name}"]')
         lines.append(f"  {node(s.reads)} --> {aid}")
         for w in s.writes:
             lines.append(f"  {aid} --> {node(w)}")
+        for side in s.looks_up:
+            lines.append(f"  {node(side)} -. looked up .-> {aid}")
     return "\n".join(lines) + "\n"

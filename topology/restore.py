@@ -4,12 +4,13 @@ A processor (topology/agent.py) keeps its state in Redis as its commits wrote it
 written atomically with an XACK, and the entries acknowledged since. Restoring reads what the
 processor names (``state_reads``), hands the replies to its pure ``load``, then reads the entries
 each ``Resume`` names and hands them to its pure ``reapply``, until nothing more is named. The
-processor never touches Redis itself; the reads here are the only ones a restore makes.
+processor never touches Redis itself; the reads here are the only ones a restore makes. A step's
+side input (``Processor.side_reads``) is read here too (``read_side``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -33,14 +34,7 @@ async def restore(
 
     Entries of its input the agent does not take (``accepts``), and entries that cannot be decoded,
     are left out, as its step left them out when they were first delivered."""
-    reads = processor.state_reads()
-    replies: list[Any] = []
-    if reads:
-        async with redis.pipeline(transaction=False) as pipe:
-            for command in reads:
-                pipe.execute_command(*command)
-            replies = await pipe.execute()
-    todo = list(processor.load(replies))
+    todo = list(processor.load(await run_reads(redis, processor.state_reads())))
     while todo:
         resume = todo.pop(0)
         key = resume.stream.key(u)
@@ -56,6 +50,23 @@ async def restore(
             except codec.DecodeError:
                 continue
         todo[:0] = processor.reapply(resume.stream, entries)
+
+
+async def run_reads(redis: aioredis.Redis, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """The replies of ``commands``, read in one round trip (none without commands)."""
+    if not commands:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for command in commands:
+            pipe.execute_command(*command)
+        return list(await pipe.execute())
+
+
+async def read_side(redis: aioredis.Redis, processor: Processor) -> None:
+    """A step's side input: the processor's ``side_reads``, their replies handed to ``take_side``."""
+    commands = processor.side_reads()
+    if commands:
+        processor.take_side(await run_reads(redis, commands))
 
 
 async def entries_after(redis: aioredis.Redis, key: str, after_id: str) -> list[tuple[bytes, dict[bytes, bytes]]]:

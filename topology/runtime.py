@@ -53,7 +53,7 @@ from marketswarm.topology.failures import Failures
 from marketswarm.topology.keeper import Keeper, Leases, blocking_twin
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.model_settings import adopt_model_settings
-from marketswarm.topology.restore import restore
+from marketswarm.topology.restore import read_side, restore
 from marketswarm.topology.retention import Trimmer
 from marketswarm.topology.settings import Settings
 from marketswarm.topology.stopping import pause
@@ -358,6 +358,7 @@ class Runtime:
         self, u: str, key: str, processor: Processor, good: list[Entry], skipped: Sequence[str] = ()
     ) -> None:
         for attempt in range(CONFLICT_RETRIES + 1):
+            await read_side(self.redis, processor)
             try:
                 effects = processor.process(good)
             except Exception as exc:  # the step failed: isolate the poison entries, commit the rest
@@ -409,6 +410,7 @@ class Runtime:
 
     async def flush(self, u: str, key: str, processor: Processor) -> bool:
         """Commit what the processor held back, without an input to ack; True if there was any."""
+        await read_side(self.redis, processor)
         effects = processor.flush()
         if effects is None or not (effects.outputs or effects.commands or effects.scripts):
             return False

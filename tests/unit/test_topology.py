@@ -18,8 +18,12 @@ def test_production_graph_is_valid() -> None:
     assert names[:2] == ["normalize", "hydrate"]
     assert {"calc.single", "calc.vertical", "calc.butterfly", "calc.gex"} <= set(names)
     assert {f"publish.{s}" for s in streams.STRATEGIES} <= set(names)
-    # Strategies are peers on the changes stream: each its own group.
-    assert sum(1 for s in specs if s.reads is streams.CHANGES) == 4
+    # Strategies are peers on the changes stream, and so is the trade flow: each its own group.
+    assert sum(1 for s in specs if s.reads is streams.CHANGES) == 5
+    # Every derived model is its own pipeline: its own group, the only writer of its diffs.
+    for model in streams.DERIVED:
+        writers = [s for s in specs if streams.DIFFS[model] in s.writes]
+        assert len(writers) == 1 and writers[0].name.startswith("derive.")
 
 
 def test_keys_carry_the_underlying_hash_tag() -> None:
@@ -39,6 +43,9 @@ def test_validation_catches_errors() -> None:
     loop = AgentSpec(name="loop", reads=streams.EVENTS, writes=(streams.RAW,), make=normalize.make)
     with pytest.raises(graph.GraphError, match="cycle"):
         graph.validate([normalize, loop])
+    blind = dataclasses.replace(normalize, name="blind", looks_up=(streams.DIFFS["gex"],))
+    with pytest.raises(graph.GraphError, match="looks up diffs.gex"):
+        graph.validate([blind])
 
 
 def test_mermaid_names_every_agent_and_stream() -> None:
@@ -47,6 +54,7 @@ def test_mermaid_names_every_agent_and_stream() -> None:
     for spec in catalog.agents():
         assert f'["{spec.name}"]' in text
     assert "ms:{U}:changes.v1" in text
+    assert "s_diffs_gravity -. looked up .-> a_derive_best_flies" in text
 
 
 def test_the_layers_diagram_shows_each_layer_with_its_modules_top_down() -> None:

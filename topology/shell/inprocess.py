@@ -79,6 +79,43 @@ async def _flush(
     return n
 
 
+def stages() -> list[list[AgentSpec]]:
+    """The production agents in the order a replay settles them: every agent that reads only its
+    input, then those that look other models up (``AgentSpec.looks_up``), once those are final, so
+    that what they look up depends on the input alone."""
+    everything = catalog.agents()
+    return [[s for s in everything if not s.looks_up], [s for s in everything if s.looks_up]]
+
+
+async def settle(
+    url: str,
+    settings: Settings,
+    specs: Sequence[AgentSpec],
+    underlyings: Sequence[str],
+    *,
+    metrics: Metrics | None = None,
+    timeout_s: float = 600.0,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Run ``specs`` until they have drained their input, then stop them.
+
+    With ``settings.idle_flush`` off (replays), what they hold back is flushed at the end, calc
+    agents first, then publishers, then the rest, each followed by a drain: at a point that depends
+    only on the input (every agent has consumed everything), so the published versions are a
+    function of the input alone."""
+    metrics = metrics or Metrics()
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    await _drain(url, settings, specs, underlyings, metrics, deadline, progress)
+    if settings.idle_flush:
+        return
+    calcs = [s for s in specs if s.name.startswith("calc.")]
+    publishers = [s for s in specs if s.name.startswith("publish.")]
+    rest = [s for s in specs if s not in calcs and s not in publishers]
+    for holders in (calcs, publishers, rest):
+        if holders and await _flush(url, settings, holders, underlyings, metrics):
+            await _drain(url, settings, specs, underlyings, metrics, deadline, progress)
+
+
 async def run_until_idle(
     url: str,
     settings: Settings,
@@ -88,19 +125,8 @@ async def run_until_idle(
     timeout_s: float = 600.0,
     progress: Callable[[int], None] | None = None,
 ) -> None:
-    """Run every agent until the whole topology has drained its input, then stop them all.
-
-    With ``settings.idle_flush`` off (replays), what the calc agents and publishers hold back is
-    flushed at the end, stage by stage, at a point that depends only on the input: every agent has
-    consumed everything. That keeps the published versions a function of the input alone."""
-    specs = catalog.agents()
+    """Run every agent until the whole topology has drained its input, then stop them all: stage by
+    stage (``stages``), each settled (``settle``)."""
     metrics = metrics or Metrics()
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    await _drain(url, settings, specs, underlyings, metrics, deadline, progress)
-    if settings.idle_flush:
-        return
-    calcs = [s for s in specs if s.name.startswith("calc.")]
-    publishers = [s for s in specs if s.name.startswith("publish.")]
-    if await _flush(url, settings, calcs, underlyings, metrics):
-        await _drain(url, settings, publishers, underlyings, metrics, deadline, progress)
-    await _flush(url, settings, publishers, underlyings, metrics)
+    for stage in stages():
+        await settle(url, settings, stage, underlyings, metrics=metrics, timeout_s=timeout_s, progress=progress)
