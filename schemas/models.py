@@ -16,7 +16,7 @@ from typing import Literal
 
 import msgspec
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 I16, I32, I64, F64 = np.dtype("<i2"), np.dtype("<i4"), np.dtype("<i8"), np.dtype("<f8")
 
@@ -247,5 +247,114 @@ class GexModel(_Api):
     put_wall: float | None
     by_strike: list[GexStrike]
     by_expiry: list[GexExpiry]
+    iv_atm: float | None  # the nearest live expiry's at-the-money IV (decimal)
     zero_dte: GexView | None
     stale: bool
+
+
+# --- derived models (agents/derive/): the whole document is the header --------------------------
+
+
+class _Derived(_Api):
+    underlying: str
+    version: int
+    epoch: str
+    asof: str | None
+    asof_ns: int
+    spot: float | None
+
+
+class MarketModeModel(_Derived):
+    strategy: Literal["market_mode"]
+    mode: Literal["compression", "expansion", "transition", "neutral"]
+    score: float  # 0..100, 50 at the flip
+    flip: float | None
+    total: float
+    distance_pct: float | None  # 100 (spot - flip) / spot
+    stale: bool = False
+
+
+class GravityModel(_Derived):
+    strategy: Literal["gravity"]
+    level: float | None
+    band: list[float | None]  # [put-side strike at or below spot, call-side strike at or above spot]
+    confidence: float | None  # 0..1
+    em: float | None  # one-day expected move, points
+    iv_atm: float | None
+
+
+class IntentStructure(_Api):
+    bias: float | None  # -100..100
+    pin: float | None  # 0..100
+    quadrant: str | None
+    g_above: float
+    g_below: float
+
+
+class FlowFields(_Api):
+    bought: int
+    sold: int
+    unclassified: int
+    bought_premium: float
+    sold_premium: float
+    unclassified_premium: float
+    net_premium: float
+
+
+class FlowRow(FlowFields):
+    strike: float
+    side: Literal["call", "put"]
+
+
+class FlowWindow(_Api):
+    rows: list[FlowRow]
+    totals: FlowFields
+
+
+class IntentFlow(_Api):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    date: str | None  # the trading day (America/New_York) of the newest event time
+    last_5m: FlowWindow = Field(alias="5m")
+    last_30m: FlowWindow = Field(alias="30m")
+    day: FlowWindow
+
+
+class IntentModel(_Derived):
+    strategy: Literal["intent"]
+    structure: IntentStructure | None
+    flow: IntentFlow
+
+
+class FlyParts(_Api):
+    reward: float
+    gravity_distance_em: float | None
+    within_em: bool
+
+
+class Fly(_Api):
+    k: str
+    expiry: str
+    side: Literal["call", "put"]
+    strike: float  # center
+    width: float
+    debit: float
+    reward_risk: float
+    composite: float
+    parts: FlyParts
+    legs: list[str]
+
+
+class FlyGravity(_Api):
+    level: float | None
+    em: float | None
+    version: int | None
+
+
+class BestFliesModel(_Derived):
+    strategy: Literal["best_flies"]
+    gravity: FlyGravity
+    expiries: list[str]
+    flies: list[Fly]
+
+
+ModelOut = HeatmapModel | MarketModeModel | GravityModel | IntentModel | BestFliesModel

@@ -205,6 +205,12 @@ class Metrics:
             (*AS, "outcome"),
             registry=r,
         )
+        self.trade_flow_prints = Counter(
+            "marketswarm_trade_flow_prints_total",
+            "Counted trade prints classified into the liquidity-intent flow (bought, sold or unclassified).",
+            ("underlying",),
+            registry=r,
+        )
         self.trade_conditions = Counter(
             "marketswarm_trade_prints_total",
             "Trade prints by what their conditions make them: regular, no_last (volume only), cancel and "

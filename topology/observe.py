@@ -38,7 +38,7 @@ async def known_underlyings(redis: aioredis.Redis, configured: Sequence[str] = (
 def stream_specs() -> list[streams.StreamSpec]:
     specs = [streams.RAW, streams.EVENTS, streams.REJECTS, streams.CHANGES]
     specs += [streams.STAGED[s] for s in streams.STRATEGIES]
-    specs += [streams.DIFFS[s] for s in streams.STRATEGIES]
+    specs += [streams.DIFFS[s] for s in streams.MODELS]
     return specs
 
 

@@ -75,6 +75,20 @@ class Strategy(StrEnum):
 HEATMAP_STRATEGIES = (Strategy.SINGLE, Strategy.VERTICAL, Strategy.BUTTERFLY)
 STRATEGIES = (*HEATMAP_STRATEGIES, Strategy.GEX)
 
+
+class Derived(StrEnum):
+    """Models derived from the published ones and the trade flow (agents/derive/): small documents,
+    published and versioned like the others, with the whole document in each version's header."""
+
+    MARKET_MODE = "market_mode"
+    GRAVITY = "gravity"
+    INTENT = "intent"
+    BEST_FLIES = "best_flies"
+
+
+DERIVED = tuple(Derived)
+MODELS = (*STRATEGIES, *DERIVED)  # every published model: REST, SSE, export
+
 # v2: columns (schemas/models.py); v1 carried per-tile JSON.
 STAGED: dict[str, StreamSpec] = {
     s: StreamSpec(f"staged.{s}", per_underlying(f"staged:{s}.v2"), Payload.TILES, STAGED_MAX_BYTES, STAGED_MAX_AGE_S)
@@ -82,7 +96,7 @@ STAGED: dict[str, StreamSpec] = {
 }
 DIFFS: dict[str, StreamSpec] = {
     s: StreamSpec(f"diffs.{s}", per_underlying(f"diffs:{s}.v2"), Payload.DIFF, DIFFS_MAX_BYTES, DIFFS_MAX_AGE_S)
-    for s in STRATEGIES
+    for s in MODELS
 }
 
 # Sources that cannot attribute a frame to an underlying (a WebSocket frame that is not JSON) write
@@ -187,6 +201,12 @@ def calc_flushes_key(u: str, strategy: str) -> str:
     """List: the changes entries after which a calc agent flushed since its last checkpoint (a restore
     flushes again at the same points)."""
     return f"{PREFIX}:{{{u}}}:calc:{strategy}.v2:flushes"
+
+
+def derive_checkpoint_key(u: str, model: str) -> str:
+    """Hash: a derived model agent's inputs as of a recent commit (the model it follows as columns,
+    or the trade flow), and the input entry it went through; the entries acked since are re-applied."""
+    return f"{PREFIX}:{{{u}}}:derive:{model}.v1"
 
 
 def calc_checkpoint_key(u: str, strategy: str) -> str:

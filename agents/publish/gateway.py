@@ -2,14 +2,17 @@
 run as many as needed behind a load balancer; each reads Redis and never writes models.
 
 * ``GET /api/models/{underlying}/{strategy}`` and ``GET /api/gex/{underlying}``: canonical models,
-  per-tile JSON built from the columns once per version and cached.
+  per-tile JSON built from the columns once per version and cached; the derived models
+  (``market_mode``, ``gravity``, ``intent``, ``best_flies``) at the first path too.
 * ``GET /api/geometry/{underlying}/{strategy}``: the current epoch's geometry (the tiles' labels).
 * ``GET /sse/heatmap/{strategy}?underlying=SPX`` and ``GET /sse/gex?underlying=SPX``: columns. A
   ``geometry`` event (the labels, once per epoch), a ``snapshot`` (every position's numbers), then
   ``diff`` events (changed positions and their numbers), each with ``id:`` = its version; a diff
   that starts a new epoch comes after that epoch's ``geometry``. A reconnect with ``Last-Event-ID``
   gets exactly the missed diffs from the diffs stream, or a fresh snapshot if they were trimmed.
-  Sent gzip'd when the client accepts it (agents/publish/sse.py).
+  Sent gzip'd when the client accepts it (agents/publish/sse.py). ``GET /sse/models/{name}?underlying=
+  SPX`` is the same for any model by name; a derived model's snapshot and diffs carry the whole
+  document as their ``header``.
 * ``GET /healthz``, ``GET /readyz`` (Redis answers, every group exists), ``GET /metrics``.
 * ``GET /``: the dashboard (no external CDN).
 
@@ -54,7 +57,7 @@ from marketswarm.agents.publish.published import GapError, Published, diff_versi
 from marketswarm.agents.publish.reading import catch_up, load_published, top_version
 from marketswarm.agents.publish.sse import Segment, SseResponse, accepts_gzip, sse_event
 from marketswarm.schemas import codec
-from marketswarm.schemas.models import GexModel, HeatmapModel
+from marketswarm.schemas.models import GexModel, ModelOut
 from marketswarm.topology import observe, streams
 from marketswarm.topology.connections import create_redis
 from marketswarm.topology.metrics import Metrics
@@ -62,6 +65,7 @@ from marketswarm.topology.settings import Settings
 
 TOKEN_COOKIE = "ms_token"
 HEATMAPS = {s.value for s in streams.HEATMAP_STRATEGIES}
+DOCUMENTS = {*HEATMAPS, *streams.DERIVED}  # served at /api/models/{underlying}/{name}
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/auth", "/login")
 RENDERED_DIFFS = 256  # diffs kept rendered as SSE events, shared by every client (and reconnects)
 API_CONNECTIONS = 48  # REST and SSE snapshot/resume reads
@@ -164,7 +168,7 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
     metrics = metrics or Metrics(REGISTRY)
     token = settings.api_token.get_secret_value() if settings.api_token else None
 
-    feeds_max = len(settings.underlyings) * len(streams.STRATEGIES) + 8  # one blocking read per feed
+    feeds_max = len(settings.underlyings) * len(streams.MODELS) + 8  # one blocking read per feed
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -249,10 +253,12 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
     def models_of(request: Request) -> ModelCache:
         return request.app.state.models  # type: ignore[no-any-return]
 
-    @app.get("/api/models/{underlying}/{strategy}", response_model=HeatmapModel)
+    @app.get("/api/models/{underlying}/{strategy}", response_model=ModelOut)
     async def model(request: Request, underlying: str, strategy: str) -> Response:
-        if strategy not in HEATMAPS:
-            raise HTTPException(404, f"unknown strategy {strategy!r}; one of {sorted(HEATMAPS)}")
+        """A heatmap (``single``, ``vertical``, ``butterfly``) or a derived model (``market_mode``,
+        ``gravity``, ``intent``, ``best_flies``)."""
+        if strategy not in DOCUMENTS:
+            raise HTTPException(404, f"unknown model {strategy!r}; one of {sorted(DOCUMENTS)}")
         body = await models_of(request).body(redis_of(request), await check_underlying(request, underlying), strategy)
         if body is None:
             raise HTTPException(404, f"no published {strategy} model for {underlying} yet")
@@ -341,6 +347,13 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
         if strategy not in HEATMAPS:
             raise HTTPException(404, f"unknown strategy {strategy!r}")
         return sse(request, await check_underlying(request, underlying), strategy)
+
+    @app.get("/sse/models/{name}")
+    async def sse_model(request: Request, name: str, underlying: str = "SPX") -> SseResponse:
+        """Any published model by name (the heatmaps, ``gex`` and the derived models): snapshot, then diffs."""
+        if name not in streams.MODELS:
+            raise HTTPException(404, f"unknown model {name!r}; one of {list(streams.MODELS)}")
+        return sse(request, await check_underlying(request, underlying), name)
 
     @app.get("/sse/gex")
     async def sse_gex(request: Request, underlying: str = "SPX") -> SseResponse:

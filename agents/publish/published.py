@@ -46,7 +46,7 @@ class Published:
     cts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
-    def meta(self) -> dict[str, object]:
+    def meta(self) -> dict[str, Any]:
         return orjson.loads(self.header) if self.header else {}
 
     @property
@@ -82,6 +82,8 @@ class Published:
         """The model's JSON (REST, export)."""
         if self.header is None:
             return None
+        if self.strategy in streams.DERIVED:
+            return self.header  # a derived model's header is the whole document
         return model_json(self.strategy, self.geometry, self.vals, self.cts, self.header)
 
     def snapshot(self) -> bytes | None:

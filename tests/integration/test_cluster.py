@@ -58,7 +58,7 @@ def test_replay_of_real_chains_on_a_cluster_equals_one_node(
     replay_into(inputs, tmp_path / "one", None)
     replay_into(inputs, tmp_path / "cluster", cluster_url)
     one, cluster = tree(tmp_path / "one"), tree(tmp_path / "cluster")
-    assert set(one) == {f"{u}/{s}.json" for u in ("SPX", "NDX") for s in ("single", "vertical", "butterfly", "gex")}
+    assert set(one) == {f"{u}/{s}.json" for u in ("SPX", "NDX") for s in streams.MODELS}
     assert cluster == one
 
 

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -130,6 +131,42 @@ async def test_dashboard_shows_a_live_heatmap(topology: str, chromium: str, redi
         await page.wait_for_selector("#gex-chart rect", timeout=30_000)
         assert "Flip" in (await page.text_content("#gex-cards") or "")
         await page.screenshot(path=str(ARTIFACTS / "dashboard-gex.png"))
+        await derived_views(page)
         await browser.close()
     assert not errors, errors
     assert (ARTIFACTS / "dashboard-butterfly.png").stat().st_size > 10_000
+
+
+async def derived_views(page: Any) -> None:
+    """The indicator row, the intent map and the best-flies table show the derived models as REST has
+    them; a best fly opens its tile in the butterfly heatmap."""
+    rest = await page.evaluate("fetch('/api/models/SPX/market_mode').then(r => r.json())")
+    assert rest["strategy"] == "market_mode" and 0 <= rest["score"] <= 100
+    await page.wait_for_function(
+        "['compression','expansion','transition','neutral'].some(m => "
+        "document.querySelector('#ind-mode .v').textContent.startsWith(m))",
+        timeout=30_000,
+    )
+    shown = await page.evaluate("window.marketswarm.derived.docs.market_mode")
+    assert (await page.text_content("#ind-mode .v") or "").startswith(shown["mode"])
+    await page.wait_for_function("document.querySelector('#ind-gravity .sub') !== null", timeout=30_000)
+    assert "band" in (await page.text_content("#ind-gravity") or "")
+    await page.wait_for_function("document.querySelector('#ind-flow .v').textContent.startsWith('day')", timeout=60_000)
+    await page.click("button[data-strategy=intent]")
+    await page.click("button[data-window='30m']")
+    await page.wait_for_selector("#intent-chart rect", timeout=60_000)  # the simulated market trades
+    titles = await page.eval_on_selector_all("#intent-chart rect title", "ts => ts.map(t => t.textContent)")
+    assert titles and all(" net " in t for t in titles)
+    await page.screenshot(path=str(ARTIFACTS / "dashboard-intent.png"))
+    await page.click("button[data-strategy=best_flies]")
+    await page.wait_for_selector("#flies tbody tr", timeout=60_000)
+    first = await page.eval_on_selector("#flies tbody tr", "tr => [...tr.children].map(td => td.textContent)")
+    await page.screenshot(path=str(ARTIFACTS / "dashboard-best-flies.png"))
+    await page.click("#flies tbody tr")
+    await page.wait_for_selector("td.focus", timeout=30_000)
+    assert await page.get_attribute("button[data-strategy=butterfly]", "class") == "active"
+    assert await page.eval_on_selector("#expiry", "s => s.value") == first[1]
+    center, width = float(first[3]), float(first[4])
+    key = await page.get_attribute("td.focus", "data-k")
+    assert key is not None and [float(x) for x in key.split("|")] == [center, width]
+    await page.screenshot(path=str(ARTIFACTS / "dashboard-fly-opened.png"))

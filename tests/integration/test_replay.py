@@ -62,7 +62,7 @@ def test_replaying_the_same_input_twice_is_byte_identical(tmp_path: Path, shared
     replay(inputs, tmp_path / "a")
     replay(inputs, tmp_path / "b")
     a, b = tree(tmp_path / "a"), tree(tmp_path / "b")
-    assert set(a) == {f"{u}/{s}.json" for u in ("QQQ", "SPX") for s in ("single", "vertical", "butterfly", "gex")}
+    assert set(a) == {f"{u}/{s}.json" for u in ("QQQ", "SPX") for s in streams.MODELS}
     assert a == b
     spx = orjson.loads(a["SPX/butterfly.json"])
     qqq = orjson.loads(a["QQQ/butterfly.json"])

@@ -102,7 +102,7 @@ async def model_rows(redis: aioredis.Redis, u: str) -> list[dict[str, Any]]:
                 "epoch": header.get("epoch"),
                 "version": header.get("version"),
                 "asof": header.get("asof"),
-                "version_age_s": round((now_ms - int(header["asof_ns"]) / 1e6) / 1000, 1)  # type: ignore[call-overload]
+                "version_age_s": round((now_ms - int(header["asof_ns"]) / 1e6) / 1000, 1)
                 if header.get("asof_ns")
                 else None,
                 "last_diff_id": text(last[0][0]) if last else None,

@@ -85,6 +85,8 @@ def derived_keys(u: str) -> list[str]:
             streams.calc_checkpoint_key(u, s),
             streams.calc_flushes_key(u, s),
         ]
+    for d in streams.DERIVED:
+        keys += [streams.DIFFS[d].key(u), streams.model_key(u, d), streams.derive_checkpoint_key(u, d)]
     return keys
 
 

@@ -41,10 +41,11 @@ log = logging.getLogger(__name__)
 
 
 async def export_models(redis: aioredis.Redis, out: Path, underlyings: Sequence[str]) -> list[Path]:
-    """``out/{U}/{strategy}.json`` and ``out/{U}/gex.json``, the same bytes as the REST endpoints."""
+    """``out/{U}/{model}.json`` for every published model (heatmaps, ``gex`` and the derived ones),
+    the same bytes as the REST endpoints."""
     written = []
     for u in await known_underlyings(redis, underlyings):
-        for s in streams.STRATEGIES:
+        for s in streams.MODELS:
             body = await read_model(redis, u, s)
             if body is None:
                 continue

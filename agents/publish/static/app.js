@@ -1,4 +1,5 @@
-// MarketSwarm dashboard: a live heatmap / GEX view fed by Server-Sent Events of columns.
+// MarketSwarm dashboard: a live heatmap / GEX view fed by Server-Sent Events of columns, the derived
+// models (market mode, dealer gravity, liquidity intent, best butterflies) as documents.
 // `geometry` (the epoch's labels, once), `snapshot` (every position's numbers), then `diff` events
 // (changed positions as gaps, their numbers, contracts' quote times). The model lives in typed arrays
 // indexed by position; a diff marks its positions dirty and the next frame repaints only those cells.
@@ -8,6 +9,7 @@ const $ = (id) => document.getElementById(id);
 const VIRIDIS = ["#440154", "#482475", "#414487", "#355f8d", "#2a788e", "#21918c", "#22a884", "#44bf70", "#7ad151", "#bddf26", "#fde725"];
 const SCALE_EVERY_MS = 2000; // the colour scale (5th..95th percentile) is recomputed at most this often
 const FLASH_MS = 400;
+const DERIVED = ["market_mode", "gravity", "intent", "best_flies"]; // each followed over its own SSE feed
 
 const state = {
   underlying: localStorage.getItem("ms.underlying") || "SPX",
@@ -26,7 +28,11 @@ const state = {
   view: null, // the table on screen: {key, series, cells: Map(pos -> td)}
   flashed: [], // [td, since] of cells flashing, oldest first
   scale: { lo: 0, hi: 1, at: 0 },
+  flowWindow: localStorage.getItem("ms.flowWindow") || "day",
+  focus: null, // a tile to show once the heatmap is drawn: {expiry, side, strike, width}
 };
+// The derived models: the whole document arrives as the header of each snapshot and diff.
+const derived = { sources: {}, docs: {} };
 
 function color(t) {
   const x = Math.max(0, Math.min(1, t)) * (VIRIDIS.length - 1);
@@ -112,10 +118,28 @@ function tileAt(p) {
 
 // --- connection ------------------------------------------------------------------------------
 
+function follow() {
+  for (const es of Object.values(derived.sources)) es.close();
+  derived.sources = {}; derived.docs = {};
+  for (const name of DERIVED) {
+    const es = new EventSource(`/sse/models/${name}?underlying=${encodeURIComponent(state.underlying)}`, { withCredentials: true });
+    const take = (e) => { derived.docs[name] = JSON.parse(e.data).header; schedule(); };
+    es.addEventListener("snapshot", take);
+    es.addEventListener("diff", take);
+    es.onopen = es.onerror = () => schedule();
+    derived.sources[name] = es;
+  }
+}
+
+function isDoc() { return DERIVED.includes(state.strategy); }
+function current() { return isDoc() ? derived.docs[state.strategy] || null : state.header; }
+
 function connect() {
   if (state.source) state.source.close();
+  state.source = null;
   state.geom = null; state.header = null; state.version = null; state.view = null;
   state.vals = new Float64Array(0);
+  if (isDoc()) { schedule(); return; } // its feed is one of the derived ones
   setConn("retry", "connecting");
   const url = state.strategy === "gex"
     ? `/sse/gex?underlying=${encodeURIComponent(state.underlying)}`
@@ -136,19 +160,27 @@ function schedule() { if (!pending) { pending = true; requestAnimationFrame(() =
 // --- rendering -------------------------------------------------------------------------------
 
 function render() {
-  const h = state.header;
-  $("version").textContent = state.version ?? "-";
+  const h = current();
+  if (isDoc()) {
+    const es = derived.sources[state.strategy];
+    if (es) setConn(es.readyState === 1 ? "up" : es.readyState === 2 ? "down" : "retry", es.readyState === 1 ? "live" : es.readyState === 2 ? "disconnected" : "connecting");
+  }
+  $("version").textContent = isDoc() ? (h ? h.version : "-") : state.version ?? "-";
   $("spot").textContent = h && h.spot ? fmt(h.spot, 2) : "-";
   $("delayed").hidden = !(h && h.delayed);
   $("asof").textContent = h && h.asof ? h.asof.replace("T", " ").replace("Z", "") : "-";
   freshness();
-  if (state.strategy === "gex") renderGex(); else renderHeatmap();
+  renderIndicators();
+  if (state.strategy === "gex") renderGex();
+  else if (state.strategy === "intent") renderIntent();
+  else if (state.strategy === "best_flies") renderFlies();
+  else renderHeatmap();
   state.dirty.clear();
   unflash(performance.now());
 }
 
 function freshness() {
-  const h = state.header, el = $("fresh");
+  const h = current(), el = $("fresh");
   if (!h || !h.asof_ns) { el.textContent = "-"; el.className = "pill"; return; }
   const age = Date.now() / 1000 - h.asof_ns / 1e9;
   el.textContent = age < 90 ? `${age.toFixed(1)}s old` : age < 5400 ? `${(age / 60).toFixed(0)}m old` : `${(age / 3600).toFixed(1)}h old`;
@@ -229,6 +261,20 @@ function renderHeatmap() {
   let any = false;
   for (const p of cells.keys()) if (!Number.isNaN(state.vals[p * state.k])) { any = true; break; }
   $("empty").hidden = any;
+  if (state.focus && full) showFocus(cells);
+}
+
+// A tile opened from elsewhere (the best-flies table): outlined (again whenever the table is rebuilt)
+// and scrolled into view once, until another view is chosen.
+function showFocus(cells) {
+  const f = state.focus, g = state.geom;
+  for (const [p, td] of cells) {
+    if (g.strikeK[p] === f.strike && g.widthW[p] === f.width) {
+      td.classList.add("focus");
+      if (!f.scrolled) { td.scrollIntoView({ block: "center", inline: "center" }); f.scrolled = true; }
+      return;
+    }
+  }
 }
 
 function paint(td, p, lo, hi, flash) {
@@ -313,6 +359,77 @@ function drawGex(rows, h) {
   svg.innerHTML = out;
 }
 
+// --- derived models --------------------------------------------------------------------------
+
+function renderIndicators() {
+  const d = derived.docs, set = (id, html, sub) => { $(id).querySelector(".v").innerHTML = html; let el = $(id).querySelector(":scope > .sub"); if (!el) { el = document.createElement("div"); el.className = "sub"; $(id).appendChild(el); } el.textContent = sub; };
+  const m = d.market_mode;
+  if (m) {
+    const cls = m.mode === "compression" ? "pos" : m.mode === "expansion" ? "neg" : "";
+    $("ind-mode").querySelector(".v").className = "v " + cls;
+    set("ind-mode", `${m.mode} <span class="score">score ${fmt(m.score, 0)}</span><div class="gauge" title="0 deep negative gamma, 50 at the flip, 100 deep positive gamma"><div class="needle" style="left:calc(${Math.max(0, Math.min(100, m.score))}% - 1px)"></div></div>`,
+      `flip ${m.flip === null ? "none" : fmt(m.flip, 0)}${m.distance_pct === null ? "" : ` (${m.distance_pct > 0 ? "+" : ""}${fmt(m.distance_pct, 2)}%)`} · net ${money(m.total)}`);
+  }
+  const g = d.gravity;
+  if (g) set("ind-gravity", g.level === null ? "no level" : `level ${strikeLabel(g.level)}`,
+    `band ${g.band.map((x) => (x === null ? "-" : strikeLabel(x))).join(" – ")} · em ±${fmt(g.em, 1)} · conf ${g.confidence === null ? "-" : fmt(g.confidence * 100, 0) + "%"}`);
+  const i = d.intent;
+  if (i && i.structure) set("ind-intent", i.structure.quadrant || "-", `bias ${fmt(i.structure.bias, 0)} · pin ${fmt(i.structure.pin, 0)}`);
+  if (i && i.flow) {
+    const day = i.flow.day.totals, w5 = i.flow["5m"].totals;
+    $("ind-flow").querySelector(".v").className = "v " + (day.net_premium > 0 ? "pos" : day.net_premium < 0 ? "neg" : "");
+    set("ind-flow", `day ${money(day.net_premium)}`, `5m ${money(w5.net_premium)} · ${day.bought} bought / ${day.sold} sold`);
+  }
+}
+
+function renderIntent() {
+  activate("flow-window", "window", state.flowWindow);
+  const doc = derived.docs.intent, svg = $("intent-chart");
+  const w = doc && doc.flow ? doc.flow[state.flowWindow] : null;
+  const rows = w ? w.rows : [];
+  $("intent-empty").hidden = rows.length > 0;
+  $("flow-totals").textContent = w ? `net ${money(w.totals.net_premium)} · bought ${money(w.totals.bought_premium)} · sold ${money(w.totals.sold_premium)} · unclassified ${money(w.totals.unclassified_premium)}` : "";
+  if (!rows.length) { svg.innerHTML = ""; return; }
+  const by = new Map();
+  for (const r of rows) { const e = by.get(r.strike) || { call: 0, put: 0 }; e[r.side] = r.net_premium; by.set(r.strike, e); }
+  const strikes = [...by.keys()].sort((a, b) => b - a);
+  const W = svg.clientWidth || 900, H = svg.clientHeight || 500, padL = 70, padR = 20, padT = 10, padB = 10;
+  const max = Math.max(1, ...strikes.map((k) => Math.max(Math.abs(by.get(k).call), Math.abs(by.get(k).put))));
+  const x0 = padL + (W - padL - padR) / 2, sx = (W - padL - padR) / 2 / max;
+  const bh = Math.max(2, (H - padT - padB) / strikes.length);
+  let out = `<line x1="${x0}" x2="${x0}" y1="${padT}" y2="${H - padB}" stroke="#2a3746"/>`;
+  strikes.forEach((k, n) => {
+    const y = padT + n * bh, e = by.get(k);
+    for (const [side, col, off] of [["call", "#3ddc97", 0], ["put", "#ff5d6c", bh / 2]]) {
+      const v = e[side];
+      if (!v) continue;
+      out += `<rect x="${v >= 0 ? x0 : x0 + v * sx}" y="${y + off}" width="${Math.abs(v) * sx}" height="${Math.max(1, bh / 2 - 1)}" fill="${col}" opacity=".85"><title>${strikeLabel(k)} ${side}s net ${money(v)}</title></rect>`;
+    }
+    if (strikes.length <= 60 || n % Math.ceil(strikes.length / 60) === 0) out += `<text x="${padL - 6}" y="${y + bh / 2 + 3}" text-anchor="end">${strikeLabel(k)}</text>`;
+  });
+  out += `<text x="${x0 - 6}" y="${H - 2}" text-anchor="end">sold</text><text x="${x0 + 6}" y="${H - 2}">bought</text>`;
+  svg.innerHTML = out;
+}
+
+function renderFlies() {
+  const doc = derived.docs.best_flies, flies = doc ? doc.flies : [];
+  $("flies-empty").hidden = !doc || flies.length > 0;
+  $("flies-note").textContent = doc ? `expiries ${doc.expiries.join(", ")} · gravity level ${doc.gravity.level === null ? "none" : strikeLabel(doc.gravity.level)} · em ±${fmt(doc.gravity.em, 1)} · click a row to open its tile` : "";
+  $("flies").querySelector("tbody").innerHTML = flies.map((f, i) =>
+    `<tr data-i="${i}"><td>${i + 1}</td><td>${f.expiry}</td><td>${f.side}</td><td>${strikeLabel(f.strike)}</td><td>${strikeLabel(f.width)}</td>` +
+    `<td>${fmt(f.debit, 2)}</td><td>${fmt(f.reward_risk, 1)}</td><td>${fmt(f.composite, 3)}</td>` +
+    `<td>${f.parts.gravity_distance_em === null ? "-" : fmt(f.parts.gravity_distance_em, 2)}</td><td>${f.parts.within_em ? "yes" : "no"}</td></tr>`).join("");
+}
+
+function openFly(f) {
+  state.expiry = f.expiry;
+  state.side = f.side;
+  localStorage.setItem("ms.side", state.side);
+  activate("side", "side", state.side);
+  state.focus = { strike: f.strike, width: f.width, scrolled: false };
+  setStrategy("butterfly");
+}
+
 // --- controls --------------------------------------------------------------------------------
 
 function activate(groupId, attr, value) {
@@ -323,10 +440,12 @@ function setStrategy(s) {
   state.strategy = s;
   localStorage.setItem("ms.strategy", s);
   activate("tabs", "strategy", s);
-  const gex = s === "gex";
-  $("gex-view").hidden = !gex;
-  $("heatmap-view").hidden = gex;
-  for (const el of document.querySelectorAll(".hm-only")) el.style.visibility = gex ? "hidden" : "visible";
+  const heatmap = !["gex", ...DERIVED].includes(s);
+  $("gex-view").hidden = s !== "gex";
+  $("intent-view").hidden = s !== "intent";
+  $("flies-view").hidden = s !== "best_flies";
+  $("heatmap-view").hidden = !heatmap;
+  for (const el of document.querySelectorAll(".hm-only")) el.style.visibility = heatmap ? "visible" : "hidden";
   connect();
 }
 
@@ -337,11 +456,16 @@ async function init() {
   if (!list.includes(state.underlying)) state.underlying = list[0];
   $("underlying").innerHTML = list.map((u) => `<option>${u}</option>`).join("");
   $("underlying").value = state.underlying;
-  $("underlying").onchange = (e) => { state.underlying = e.target.value; localStorage.setItem("ms.underlying", state.underlying); connect(); };
-  for (const b of document.querySelectorAll("#tabs button")) b.onclick = () => setStrategy(b.dataset.strategy);
-  for (const b of document.querySelectorAll("#side button")) b.onclick = () => { state.side = b.dataset.side; localStorage.setItem("ms.side", state.side); activate("side", "side", state.side); schedule(); };
+  $("underlying").onchange = (e) => { state.underlying = e.target.value; localStorage.setItem("ms.underlying", state.underlying); follow(); connect(); };
+  for (const b of document.querySelectorAll("#flow-window button")) b.onclick = () => { state.flowWindow = b.dataset.window; localStorage.setItem("ms.flowWindow", state.flowWindow); schedule(); };
+  $("flies").querySelector("tbody").addEventListener("click", (e) => {
+    const tr = e.target.closest("tr[data-i]"), doc = derived.docs.best_flies;
+    if (tr && doc) openFly(doc.flies[Number(tr.dataset.i)]);
+  });
+  for (const b of document.querySelectorAll("#tabs button")) b.onclick = () => { state.focus = null; setStrategy(b.dataset.strategy); };
+  for (const b of document.querySelectorAll("#side button")) b.onclick = () => { state.focus = null; state.side = b.dataset.side; localStorage.setItem("ms.side", state.side); activate("side", "side", state.side); schedule(); };
   for (const b of document.querySelectorAll("#colorby button")) b.onclick = () => { state.colorBy = b.dataset.color; localStorage.setItem("ms.colorBy", state.colorBy); activate("colorby", "color", state.colorBy); schedule(); };
-  $("expiry").onchange = (e) => { state.expiry = e.target.value; schedule(); };
+  $("expiry").onchange = (e) => { state.expiry = e.target.value; state.focus = null; schedule(); };
   activate("side", "side", state.side);
   activate("colorby", "color", state.colorBy);
   const tip = $("tip");
@@ -355,10 +479,11 @@ async function init() {
   });
   $("heatmap").addEventListener("mouseleave", () => { tip.hidden = true; });
   setInterval(freshness, 1000);
+  follow();
   setStrategy(state.strategy);
 }
 
 // For tests and the curious: the tile at a position, as the REST model has it.
-window.marketswarm = { state, tileAt, score };
+window.marketswarm = { state, derived, tileAt, score };
 
 init();

@@ -1,0 +1,246 @@
+"""The derived model agents: market mode, dealer gravity, liquidity intent and best butterflies.
+
+Each is its own pipeline, with its own consumer group and the publisher of its own model
+(agents/derive/publishing.py):
+
+* ``derive.market_mode`` and ``derive.gravity`` follow the GEX model's diffs: a document per GEX
+  version (agents/derive/levels.py), published when it changed.
+* ``derive.best_flies`` follows the butterfly heatmap's diffs: a document per butterfly version
+  (agents/derive/flies.py), with the dealer gravity in force looked up (a side input).
+* ``derive.intent`` reads the changes stream: every quote and counted print makes the trade flow
+  (agents/derive/flow.py); the structure layer is computed from the GEX model looked up (a side
+  input). It publishes at most one version per ``INTENT_INTERVAL_S`` of event time, and what
+  changed after the last one when input goes quiet (or at the end of a replay). Its flow is
+  checkpointed every ``CHECKPOINT_EVERY_S`` of event time; a restore re-applies the changes
+  acknowledged since.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+
+from marketswarm.agents.derive import flies, levels
+from marketswarm.agents.derive.flow import Flow
+from marketswarm.agents.derive.publishing import CHECKPOINT_EVERY_S, Follower, ModelView, Versions
+from marketswarm.agents.publish.assemble import HEADER_FIELD
+from marketswarm.agents.publish.published import Published
+from marketswarm.schemas.events import ChangeBatch, FillChange, QuoteChange
+from marketswarm.topology import streams
+from marketswarm.topology.agent import AgentSpec, Effects, Entry, Processor, Resume
+from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.settings import Settings
+
+INTENT_INTERVAL_S = 1.0  # event time between versions of the intent model
+STATE_FIELD = "state"
+THROUGH_FIELD = "through"
+Derived = streams.Derived
+
+
+def gex_rows(model: Published) -> levels.GexRows | None:
+    """A GEX model's rows and header fields; None before it has a spot."""
+    h = model.meta
+    if h.get("spot") is None:
+        return None
+    if model.geometry is None:
+        return levels.GexRows.of(h, np.zeros(0), np.zeros((0, 3)))
+    return levels.GexRows.of(h, model.geometry.strikes_x1000() / 1000.0, model.vals)
+
+
+class MarketMode(Follower):
+    source, name = streams.Strategy.GEX, Derived.MARKET_MODE
+
+    def __init__(self, settings: Settings, underlying: str, metrics: Metrics) -> None:
+        super().__init__(underlying, metrics)
+
+    def compute(self) -> dict[str, Any] | None:
+        g = gex_rows(self.model)
+        return None if g is None else {**levels.market_mode(g), "stale": self.model.meta.get("stale", False)}
+
+
+class Gravity(Follower):
+    source, name = streams.Strategy.GEX, Derived.GRAVITY
+
+    def __init__(self, settings: Settings, underlying: str, metrics: Metrics) -> None:
+        super().__init__(underlying, metrics)
+
+    def compute(self) -> dict[str, Any] | None:
+        g = gex_rows(self.model)
+        return None if g is None or self.model.geometry is None else levels.gravity(g)
+
+
+class BestFlies(Follower):
+    source, name = streams.Strategy.BUTTERFLY, Derived.BEST_FLIES
+
+    def __init__(self, settings: Settings, underlying: str, metrics: Metrics) -> None:
+        super().__init__(underlying, metrics)
+        self.gravity: dict[str, Any] | None = None
+        self.gravity_key = streams.model_key(underlying, Derived.GRAVITY)
+
+    def side_reads(self) -> Sequence[tuple[Any, ...]]:
+        return [*super().side_reads(), ("HGET", self.gravity_key, HEADER_FIELD)]
+
+    def take_side(self, replies: Sequence[Any]) -> None:
+        super().take_side(replies[:-1])
+        self.gravity = orjson.loads(replies[-1]) if replies[-1] is not None else None
+
+    def compute(self) -> dict[str, Any] | None:
+        m = self.model
+        if m.geometry is None:
+            return None
+        h, g = m.meta, self.gravity or {}
+        return {
+            "spot": h.get("spot"),
+            "gravity": {"level": g.get("level"), "em": g.get("em"), "version": g.get("version")},
+            "expiries": flies.nearest_expiries(m.geometry, int(h["asof_ns"])),
+            "flies": flies.best_flies(m.geometry, m.vals, int(h["asof_ns"]), g),
+        }
+
+
+class Intent(Processor):
+    def __init__(self, settings: Settings, underlying: str, metrics: Metrics) -> None:
+        self.u = underlying
+        self.metrics = metrics
+        self.versions = Versions(underlying, Derived.INTENT)
+        self.checkpoint = streams.derive_checkpoint_key(underlying, Derived.INTENT)
+        self.gex = ModelView(underlying, streams.Strategy.GEX)
+        self.max_hold_s = INTENT_INTERVAL_S
+        self._clear()
+
+    def _clear(self) -> None:
+        self.flow = Flow()
+        self.dirty = False
+        self.published_ns = 0
+        self.checkpoint_ns = 0
+        self.structure: tuple[int, dict[str, Any] | None] = (-1, None)
+
+    def state_reads(self) -> Sequence[tuple[Any, ...]]:
+        return [("HMGET", self.checkpoint, STATE_FIELD, THROUGH_FIELD), self.versions.read()]
+
+    def load(self, replies: Sequence[Any]) -> Sequence[Resume]:
+        self._clear()
+        state, through = replies[0]
+        if state is not None:
+            self.flow = Flow.load(state)
+            self.checkpoint_ns = self.flow.now_ns
+        self.versions.load(replies[1])
+        self.published_ns = self.versions.asof_ns
+        self.dirty = True  # compared with the last version when next published
+        return [Resume(streams.CHANGES, through.decode() if through is not None else "0-0")]
+
+    def reapply(self, stream: streams.StreamSpec, entries: Sequence[Entry]) -> Sequence[Resume]:
+        for entry in entries:
+            self._apply(entry.value)
+        return ()
+
+    def side_reads(self) -> Sequence[tuple[Any, ...]]:
+        return self.gex.reads()
+
+    def take_side(self, replies: Sequence[Any]) -> None:
+        self.gex.take(replies)
+        if self.gex.model.version != self.structure[0]:
+            g = gex_rows(self.gex.model)
+            self.structure = (self.gex.model.version, None if g is None else levels.structure(g))
+            self.dirty = True
+
+    def _apply(self, cb: ChangeBatch) -> None:
+        for ch in cb.changes:
+            if isinstance(ch, QuoteChange):
+                self.flow.quote(ch)
+            elif isinstance(ch, FillChange):
+                self.dirty |= self.flow.fill(ch)
+            ts = getattr(ch, "ts_ns", 0)
+            if ts > self.flow.now_ns and not getattr(ch, "rx_time", False):
+                self.flow.advance(ts)
+                self.dirty = True
+
+    def process(self, batch: Sequence[Entry]) -> Effects:
+        effects = Effects()
+        prints = self.flow.prints
+        for entry in batch:
+            self._apply(entry.value)
+            if self.dirty and self.flow.now_ns - self.published_ns >= INTENT_INTERVAL_S * 1e9:
+                self._publish(effects)
+        if batch and self.flow.now_ns - self.checkpoint_ns >= CHECKPOINT_EVERY_S * 1e9:
+            effects.commands.append(
+                ("HSET", self.checkpoint, STATE_FIELD, self.flow.dump(), THROUGH_FIELD, batch[-1].id)
+            )
+            self.checkpoint_ns = self.flow.now_ns
+        counted = self.flow.prints - prints
+
+        def committed(_: Mapping[str, Any]) -> None:
+            if counted:
+                self.metrics.trade_flow_prints.labels(self.u).inc(counted)
+
+        effects.on_commit = committed
+        effects.events_out = len(effects.outputs)
+        return effects
+
+    def _publish(self, effects: Effects) -> None:
+        self.dirty = False
+        h = self.gex.model.meta
+        fields = {"spot": h.get("spot"), "structure": self.structure[1], "flow": self.flow.view()}
+        done = self.versions.publish(fields, str(h.get("epoch", "")), self.flow.now_ns)
+        if done is not None:
+            self.published_ns = self.flow.now_ns
+            effects.outputs.append(done[0])
+            effects.commands.append(done[1])
+
+    def holding(self) -> bool:
+        return self.dirty and self.flow.now_ns > 0
+
+    def flush(self) -> Effects | None:
+        if not self.holding():
+            return None
+        effects = Effects()
+        self._publish(effects)
+        effects.events_out = len(effects.outputs)
+        return effects if effects.outputs else None
+
+
+# The intent agent takes quotes, counted prints, and anything that moves event time; not last trades.
+def _intent_wants(fields: Mapping[bytes, bytes]) -> bool:
+    return any(tag in fields.get(b"data", b"") for tag in (b'"c":"q"', b'"c":"f"', b'"c":"s"'))
+
+
+DERIVED_AGENTS = (
+    AgentSpec(
+        name="derive.market-mode",
+        reads=streams.DIFFS[streams.Strategy.GEX],
+        writes=(streams.DIFFS[Derived.MARKET_MODE],),
+        make=MarketMode,
+        stateful=True,
+        doc="Market mode (compression, expansion, transition) and its score, per GEX version.",
+    ),
+    AgentSpec(
+        name="derive.gravity",
+        reads=streams.DIFFS[streams.Strategy.GEX],
+        writes=(streams.DIFFS[Derived.GRAVITY],),
+        make=Gravity,
+        stateful=True,
+        doc="Dealer gravity: expected move, the level dealers pull towards, the walls' band, per GEX version.",
+    ),
+    AgentSpec(
+        name="derive.intent",
+        reads=streams.CHANGES,
+        writes=(streams.DIFFS[Derived.INTENT],),
+        make=Intent,
+        stateful=True,
+        doc="Liquidity intent: GEX structure (bias, pin) and the trade flow bought/sold by strike.",
+        accepts=_intent_wants,
+        looks_up=(streams.DIFFS[streams.Strategy.GEX],),
+    ),
+    AgentSpec(
+        name="derive.best-flies",
+        reads=streams.DIFFS[streams.Strategy.BUTTERFLY],
+        writes=(streams.DIFFS[Derived.BEST_FLIES],),
+        make=BestFlies,
+        stateful=True,
+        doc="The top butterflies of the nearest expiries by reward/risk and dealer gravity, per butterfly version.",
+        max_batch=20,
+        looks_up=(streams.DIFFS[Derived.GRAVITY],),
+    ),
+)
