@@ -347,7 +347,6 @@ class Fly(_Api):
 class FlyGravity(_Api):
     level: float | None
     em: float | None
-    version: int | None
 
 
 class BestFliesModel(_Derived):

@@ -144,3 +144,6 @@ class AgentSpec:
     # Models it looks up as a side input (Processor.side_reads), by their diffs streams. Its output then
     # depends on when it ran, so a replay runs it after everything else has drained (inprocess.py).
     looks_up: tuple[streams.StreamSpec, ...] = ()
+    # An agent whose output is not latency-critical reads at most this often while it keeps up: its
+    # batches grow, and it pays the per-batch cost (a read, a commit) fewer times.
+    read_every_s: float | None = None

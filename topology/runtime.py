@@ -246,6 +246,8 @@ class Runtime:
                 response = read.result()
                 if response:
                     await self._handle(u, key, processor, response[0][1], redelivered=False)
+                if self.spec.read_every_s and (not response or len(response[0][1]) < self.batch_size):
+                    await pause(self.stop, self.spec.read_every_s)  # larger batches, fewer reads and commits
                 held_since = self._held_since(processor, held_since)
                 held_s = time.monotonic() - held_since if held_since is not None else 0.0
                 if self.settings.idle_flush and (

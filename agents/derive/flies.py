@@ -15,6 +15,7 @@ gravity level, the within part 0 without an expected move. Ties go to the higher
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,38 +36,63 @@ def nearest_expiries(geometry: Geometry, asof_ns: int) -> list[str]:
     return live[:EXPIRIES]
 
 
+@dataclass(frozen=True)
+class Candidates:
+    """The tiles of the nearest expiries: their positions (ascending), and what ranking needs of them
+    that does not change within an epoch."""
+
+    pos: np.ndarray
+    mask: np.ndarray  # per position of the geometry: one of these
+    strike: np.ndarray  # center
+    width_x1000: np.ndarray
+
+    @classmethod
+    def of(cls, geometry: Geometry, expiries: list[str]) -> Candidates:
+        wanted = np.array([e in expiries for e in geometry.expiries], bool)
+        mask = wanted[geometry.series_of()] if len(wanted) else np.zeros(geometry.size, bool)
+        pos = np.flatnonzero(mask)
+        return cls(pos, mask, geometry.strikes_x1000()[pos] / 1000.0, geometry.widths_x1000()[pos])
+
+
 def best_flies(
-    geometry: Geometry, vals: np.ndarray, asof_ns: int, gravity: dict[str, Any] | None
+    geometry: Geometry,
+    vals: np.ndarray,
+    asof_ns: int,
+    gravity: dict[str, Any] | None,
+    among: Candidates | None = None,
 ) -> list[dict[str, Any]]:
-    """The top butterflies of a butterfly model (its geometry and value column) under ``gravity``."""
-    expiries = nearest_expiries(geometry, asof_ns)
-    if not expiries or not geometry.size:
+    """The top butterflies of a butterfly model (its geometry and value column) under ``gravity``;
+    ``among``: the nearest expiries' tiles when the caller has them already."""
+    if among is None:
+        among = Candidates.of(geometry, nearest_expiries(geometry, asof_ns))
+    if not len(among.pos):
         return []
-    series = geometry.series_of()
-    wanted = np.array([e in expiries for e in geometry.expiries], bool)
-    width = geometry.widths_x1000() / 1000.0
-    strike = geometry.strikes_x1000() / 1000.0
-    debit = vals[:, 0]
+    debit = vals[among.pos, 0]
     with np.errstate(invalid="ignore"):
-        ok = wanted[series] & (debit > 0) & (debit <= MAX_DEBIT_FRACTION * width)
-    pos = np.flatnonzero(ok)
+        ok = (debit > 0) & (debit <= MAX_DEBIT_FRACTION * (among.width_x1000 / 1000.0))
+    pos = among.pos[ok]
     if not len(pos):
         return []
-    rr = scores(debit[pos], geometry.widths_x1000()[pos])
+    debit, strike = debit[ok], among.strike[ok]
+    rr = scores(debit, among.width_x1000[ok])
     gravity = gravity or {}
     level, em, spot = gravity.get("level"), gravity.get("em"), gravity.get("spot")
     reward = np.minimum(rr / REWARD_CAP, 1.0)
     if level is not None and em:
-        dist_em = np.abs(strike[pos] - level) / em
+        dist_em = np.abs(strike - level) / em
         pull = 1.0 / (1.0 + dist_em)
     else:
         dist_em = np.full(len(pos), np.nan)
         pull = np.zeros(len(pos))
-    within = (np.abs(strike[pos] - spot) <= em) if em and spot is not None else np.zeros(len(pos), bool)
+    within = (np.abs(strike - spot) <= em) if em and spot is not None else np.zeros(len(pos), bool)
     composite = np.round(W_REWARD * reward + W_GRAVITY * pull + W_WITHIN * within, 6)
+    # Only what can make the top: composite at least the TOP-th largest (ties included), then sorted.
     # Position order is (expiry, side, strike, width): a stable sort keeps it among ties.
-    order = np.lexsort((-rr, -composite))[:TOP]
-    legs = geometry.leg_positions()
+    keep = np.arange(len(pos))
+    if len(pos) > TOP:
+        keep = np.flatnonzero(composite >= np.partition(composite, len(pos) - TOP)[len(pos) - TOP])
+    order = keep[np.lexsort((-rr[keep], -composite[keep]))][:TOP]
+    legs, series = geometry.leg_positions(), geometry.series_of()
     out = []
     for i in order.tolist():
         p = int(pos[i])
@@ -79,7 +105,7 @@ def best_flies(
                 "side": side,
                 "strike": k / 1000,
                 "width": w / 1000,
-                "debit": float(debit[p]),
+                "debit": float(debit[i]),
                 "reward_risk": float(rr[i]),
                 "composite": float(composite[i]),
                 "parts": {

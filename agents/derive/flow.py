@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import heapq
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -69,18 +70,23 @@ def _add(sums: Sums, key: Key, vec: list[int], sign: int = 1) -> None:
         del sums[key]
 
 
-def et_date(ts_ns: int) -> str:
-    return dt.datetime.fromtimestamp(ts_ns / 1e9, ET).date().isoformat()
+def day_of(ts_ns: int) -> tuple[str, int, int]:
+    """The America/New_York date of ``ts_ns`` and that day's bounds [start, end) in epoch ns."""
+    day = dt.datetime.fromtimestamp(ts_ns / 1e9, ET).date()
+    start = dt.datetime.combine(day, dt.time(), ET)
+    end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), ET)
+    return day.isoformat(), int(start.timestamp()) * 1_000_000_000, int(end.timestamp()) * 1_000_000_000
 
 
 class Flow:
     """Quotes in force, per-second buckets of the last 30 minutes, and the sums of every window."""
 
     def __init__(self) -> None:
-        self.quotes: dict[str, list[tuple[int, float | None, float | None]]] = {}
+        self.quotes: dict[str, deque[tuple[int, float | None, float | None]]] = {}
         self.keys: dict[str, Key | None] = {}  # symbol -> (strike x1000, side), parsed once
         self.now_ns = 0
         self.day = ""
+        self.day_start_ns = self.day_end_ns = 0  # the bounds of ``day`` (not checkpointed: derived)
         self.buckets: dict[int, Sums] = {}  # event second -> sums of its prints
         self.heaps: dict[str, list[int]] = {w: [] for w in WINDOWS}  # seconds still in each window
         self.sums: dict[str, Sums] = {w: {} for w in (*WINDOWS, "day")}
@@ -90,10 +96,10 @@ class Flow:
 
     def quote(self, q: QuoteChange) -> None:
         """An admitted quote (hydrate admits only newer ones, so each contract's are in time order)."""
-        history = self.quotes.setdefault(q.sym, [])
+        history = self.quotes.get(q.sym)
+        if history is None:
+            history = self.quotes[q.sym] = deque(maxlen=QUOTE_HISTORY)
         history.append((q.ts_ns, q.bid, q.ask))
-        if len(history) > QUOTE_HISTORY:
-            del history[0]
 
     def in_force(self, sym: str, ts_ns: int) -> tuple[float | None, float | None] | None:
         for ts, bid, ask in reversed(self.quotes.get(sym, ())):
@@ -121,7 +127,7 @@ class Flow:
         vec[c] = f.size
         vec[3 + c] = round(f.px * PX_SCALE) * f.size * MULTIPLIER
         now_s, sec = self.now_ns // 1_000_000_000, f.ts_ns // 1_000_000_000
-        if et_date(f.ts_ns) == self.day:
+        if self.day_start_ns <= f.ts_ns < self.day_end_ns:
             _add(self.sums["day"], key, vec)
         if sec > now_s - max(WINDOWS.values()):
             bucket = self.buckets.get(sec)
@@ -138,14 +144,19 @@ class Flow:
         return True
 
     def advance(self, ts_ns: int) -> None:
-        """Event time moved to ``ts_ns`` (if later): the windows roll, the day may turn."""
+        """Event time moved to ``ts_ns`` (if later): the windows roll, the day may turn. Cheap when
+        it stays within the same second and day (most quotes)."""
         if ts_ns <= self.now_ns:
             return
+        same_second = ts_ns // 1_000_000_000 == self.now_ns // 1_000_000_000
         self.now_ns = ts_ns
-        today = et_date(ts_ns)
-        if today != self.day:
-            self.day = today
-            self.sums["day"] = {}
+        if not self.day_start_ns <= ts_ns < self.day_end_ns:
+            today, self.day_start_ns, self.day_end_ns = day_of(ts_ns)
+            if today != self.day:
+                self.day = today
+                self.sums["day"] = {}
+        if same_second:
+            return
         now_s = ts_ns // 1_000_000_000
         longest = max(WINDOWS.values())
         for w, span in WINDOWS.items():
@@ -176,7 +187,7 @@ class Flow:
 
         return orjson.dumps(
             {
-                "quotes": self.quotes,
+                "quotes": {sym: list(h) for sym, h in self.quotes.items()},
                 "now_ns": self.now_ns,
                 "day": self.day,
                 "prints": self.prints,
@@ -194,8 +205,10 @@ class Flow:
             return {(int(r[0]), str(r[1])): [int(x) for x in r[2:]] for r in rows}
 
         f = cls()
-        f.quotes = {s: [(int(t), b, a) for t, b, a in h] for s, h in st["quotes"].items()}
+        f.quotes = {s: deque(((int(t), b, a) for t, b, a in h), QUOTE_HISTORY) for s, h in st["quotes"].items()}
         f.now_ns, f.day, f.prints = st["now_ns"], st["day"], st["prints"]
+        if f.now_ns:
+            _, f.day_start_ns, f.day_end_ns = day_of(f.now_ns)
         f.buckets = {int(sec): sums(b) for sec, b in st["buckets"].items()}
         f.heaps = {w: [int(x) for x in st["heaps"][w]] for w in WINDOWS}
         f.sums = {w: sums(st["sums"][w]) for w in (*WINDOWS, "day")}

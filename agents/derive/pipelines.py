@@ -23,18 +23,20 @@ from typing import Any
 import numpy as np
 import orjson
 
+from marketswarm.agents.calc.blackscholes import expiry_close_ns
 from marketswarm.agents.derive import flies, levels
 from marketswarm.agents.derive.flow import Flow
 from marketswarm.agents.derive.publishing import CHECKPOINT_EVERY_S, Follower, ModelView, Versions
 from marketswarm.agents.publish.assemble import HEADER_FIELD
 from marketswarm.agents.publish.published import Published
-from marketswarm.schemas.events import ChangeBatch, FillChange, QuoteChange
+from marketswarm.schemas.events import ChangeBatch, FillChange, QuoteChange, SpotChange
 from marketswarm.topology import streams
 from marketswarm.topology.agent import AgentSpec, Effects, Entry, Processor, Resume
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
 
 INTENT_INTERVAL_S = 1.0  # event time between versions of the intent model
+READ_EVERY_S = 0.25  # intent and best flies read their input at most this often (not latency-critical)
 STATE_FIELD = "state"
 THROUGH_FIELD = "through"
 Derived = streams.Derived
@@ -79,6 +81,13 @@ class BestFlies(Follower):
         super().__init__(underlying, metrics)
         self.gravity: dict[str, Any] | None = None
         self.gravity_key = streams.model_key(underlying, Derived.GRAVITY)
+        self.closes: tuple[str, dict[str, int]] = ("", {})  # per epoch: each expiry's close
+        self.among: tuple[tuple[str, tuple[str, ...]], flies.Candidates] | None = None
+        self.last: tuple[Any, dict[str, Any]] | None = None  # (inputs, document) of the last compute
+
+    def _clear(self) -> None:
+        super()._clear()
+        self.last = None  # the model is reloaded: the last document may be of a state never committed
 
     def side_reads(self) -> Sequence[tuple[Any, ...]]:
         return [*super().side_reads(), ("HGET", self.gravity_key, HEADER_FIELD)]
@@ -88,16 +97,31 @@ class BestFlies(Follower):
         self.gravity = orjson.loads(replies[-1]) if replies[-1] is not None else None
 
     def compute(self) -> dict[str, Any] | None:
-        m = self.model
-        if m.geometry is None:
+        """Recomputed only when the diff touched a tile of the nearest expiries, or those expiries or
+        the gravity in force changed: otherwise the document is the last one."""
+        m, diff = self.model, self.diff
+        if m.geometry is None or diff is None:
             return None
-        h, g = m.meta, self.gravity or {}
-        return {
-            "spot": h.get("spot"),
-            "gravity": {"level": g.get("level"), "em": g.get("em"), "version": g.get("version")},
-            "expiries": flies.nearest_expiries(m.geometry, int(h["asof_ns"])),
-            "flies": flies.best_flies(m.geometry, m.vals, int(h["asof_ns"]), g),
+        g = self.gravity or {}
+        asof = int(m.meta["asof_ns"])
+        if self.closes[0] != m.geometry.epoch:
+            self.closes = (m.geometry.epoch, {e: expiry_close_ns(e) for e in set(m.geometry.expiries)})
+        expiries = tuple(sorted(e for e, c in self.closes[1].items() if c > asof)[: flies.EXPIRIES])
+        if self.among is None or self.among[0] != (m.geometry.epoch, expiries):
+            self.among = ((m.geometry.epoch, expiries), flies.Candidates.of(m.geometry, list(expiries)))
+        among = self.among[1]
+        inputs = (self.among[0], g.get("level"), g.get("em"), g.get("spot"))
+        touched = diff.reset or diff.cols.dense or bool(among.mask[diff.cols.positions()].any())
+        if self.last is not None and self.last[0] == inputs and not touched:
+            return self.last[1]
+        doc = {
+            "spot": g.get("spot"),
+            "gravity": {"level": g.get("level"), "em": g.get("em")},
+            "expiries": list(expiries),
+            "flies": flies.best_flies(m.geometry, m.vals, asof, g, among),
         }
+        self.last = (inputs, doc)
+        return doc
 
 
 class Intent(Processor):
@@ -147,14 +171,16 @@ class Intent(Processor):
             self.dirty = True
 
     def _apply(self, cb: ChangeBatch) -> None:
+        flow = self.flow
         for ch in cb.changes:
             if isinstance(ch, QuoteChange):
-                self.flow.quote(ch)
+                flow.quote(ch)
             elif isinstance(ch, FillChange):
-                self.dirty |= self.flow.fill(ch)
-            ts = getattr(ch, "ts_ns", 0)
-            if ts > self.flow.now_ns and not getattr(ch, "rx_time", False):
-                self.flow.advance(ts)
+                self.dirty |= flow.fill(ch)
+            elif not isinstance(ch, SpotChange):
+                continue
+            if ch.ts_ns > flow.now_ns and not getattr(ch, "rx_time", False):  # provider time moves the windows
+                flow.advance(ch.ts_ns)
                 self.dirty = True
 
     def process(self, batch: Sequence[Entry]) -> Effects:
@@ -170,8 +196,10 @@ class Intent(Processor):
             )
             self.checkpoint_ns = self.flow.now_ns
         counted = self.flow.prints - prints
+        versions = self.versions.counted(self.metrics, len(effects.outputs))
 
-        def committed(_: Mapping[str, Any]) -> None:
+        def committed(results: Mapping[str, Any]) -> None:
+            versions(results)
             if counted:
                 self.metrics.trade_flow_prints.labels(self.u).inc(counted)
 
@@ -198,6 +226,7 @@ class Intent(Processor):
         effects = Effects()
         self._publish(effects)
         effects.events_out = len(effects.outputs)
+        effects.on_commit = self.versions.counted(self.metrics, len(effects.outputs))
         return effects if effects.outputs else None
 
 
@@ -206,6 +235,9 @@ def _intent_wants(fields: Mapping[bytes, bytes]) -> bool:
     return any(tag in fields.get(b"data", b"") for tag in (b'"c":"q"', b'"c":"f"', b'"c":"s"'))
 
 
+# In data-flow order, the one that reads every changes entry (intent) second: `marketswarm run` deals
+# agent kinds round-robin over its processes (topology/shell/supervisor.py), and in this order it
+# shares a process with the lightest of the changes readers instead of with normalize.
 DERIVED_AGENTS = (
     AgentSpec(
         name="derive.market-mode",
@@ -216,14 +248,6 @@ DERIVED_AGENTS = (
         doc="Market mode (compression, expansion, transition) and its score, per GEX version.",
     ),
     AgentSpec(
-        name="derive.gravity",
-        reads=streams.DIFFS[streams.Strategy.GEX],
-        writes=(streams.DIFFS[Derived.GRAVITY],),
-        make=Gravity,
-        stateful=True,
-        doc="Dealer gravity: expected move, the level dealers pull towards, the walls' band, per GEX version.",
-    ),
-    AgentSpec(
         name="derive.intent",
         reads=streams.CHANGES,
         writes=(streams.DIFFS[Derived.INTENT],),
@@ -232,6 +256,15 @@ DERIVED_AGENTS = (
         doc="Liquidity intent: GEX structure (bias, pin) and the trade flow bought/sold by strike.",
         accepts=_intent_wants,
         looks_up=(streams.DIFFS[streams.Strategy.GEX],),
+        read_every_s=READ_EVERY_S,
+    ),
+    AgentSpec(
+        name="derive.gravity",
+        reads=streams.DIFFS[streams.Strategy.GEX],
+        writes=(streams.DIFFS[Derived.GRAVITY],),
+        make=Gravity,
+        stateful=True,
+        doc="Dealer gravity: expected move, the level dealers pull towards, the walls' band, per GEX version.",
     ),
     AgentSpec(
         name="derive.best-flies",
@@ -242,5 +275,6 @@ DERIVED_AGENTS = (
         doc="The top butterflies of the nearest expiries by reward/risk and dealer gravity, per butterfly version.",
         max_batch=20,
         looks_up=(streams.DIFFS[Derived.GRAVITY],),
+        read_every_s=READ_EVERY_S,
     ),
 )

@@ -9,15 +9,16 @@
   version of it, and checkpoints the followed model every ``CHECKPOINT_EVERY_S`` of event time (and
   at each new epoch) with the diff it went through; a restore loads that and re-applies the diffs
   acknowledged since, so no version of the followed model is skipped or applied twice.
-* ``ModelView``: a model another agent looks up (a side input, read by the runtime before each step):
-  the checkpoint once, then the diffs after the version held.
+* ``ModelView``: a model another agent looks up (a side input, read by the runtime before a step):
+  the checkpoint once, then the diffs after the version held, at most every ``SIDE_READ_EVERY_S``.
 
 Pure: the runtime does every read and commits every write.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -34,6 +35,7 @@ CHECKPOINT_EVERY_S = 5.0  # event time between checkpoints of a followed model
 THROUGH_FIELD = "through"
 OWN_FIELDS = ("underlying", "strategy", "version", "epoch", "asof", "asof_ns")
 SIDE_DIFFS_PER_READ = 500
+SIDE_READ_EVERY_S = 0.25  # wall time between reads of a model looked up
 
 
 class Versions:
@@ -56,6 +58,15 @@ class Versions:
             h = orjson.loads(reply)
             self.version, self.asof_ns = int(h["version"]), int(h["asof_ns"])
             self.fields = {k: v for k, v in h.items() if k not in OWN_FIELDS}
+
+    def counted(self, metrics: Metrics, n: int) -> Callable[[Mapping[str, Any]], None]:
+        """An ``on_commit`` that counts ``n`` published versions (marketswarm_versions_published_total)."""
+
+        def committed(_: Mapping[str, Any]) -> None:
+            if n:
+                metrics.versions.labels(self.u, self.name, "value").inc(n)
+
+        return committed
 
     def publish(
         self, fields: dict[str, Any], epoch: str, asof_ns: int, reason: str = "value"
@@ -93,6 +104,7 @@ class Follower(Processor):
         self.checkpoint_ns = 0
         self.checkpoint_epoch = ""
         self.bootstrap: Published | None = None
+        self.diff: Diff | None = None  # the followed model's diff ``compute`` is called for
 
     def side_reads(self) -> Sequence[tuple[Any, ...]]:
         """Nothing followed yet: the followed model's checkpoint, in case its first diffs are gone
@@ -141,6 +153,7 @@ class Follower(Processor):
             if diff.version <= self.model.version:
                 continue  # already in the model (a checkpoint taken past it)
             self._apply([entry])
+            self.diff = diff
             fields = self.compute()
             h = self.model.meta
             done = None if fields is None else self.versions.publish(fields, str(h["epoch"]), int(h["asof_ns"]))
@@ -155,6 +168,7 @@ class Follower(Processor):
             ):
                 effects.commands += self._checkpoint(batch[-1].id)
         effects.events_out = len(effects.outputs)
+        effects.on_commit = self.versions.counted(self.metrics, len(effects.outputs))
         return effects
 
     def _checkpoint(self, through: str) -> list[tuple[Any, ...]]:
@@ -181,12 +195,20 @@ class ModelView:
         self.key = streams.DIFFS[strategy].key(u)
         self.model = Published(strategy)
         self.reload = True
+        self.read_at = -SIDE_READ_EVERY_S
 
     def reads(self) -> list[tuple[Any, ...]]:
+        """What to read for the newest version: nothing if it was read less than ``SIDE_READ_EVERY_S``
+        ago (a live agent steps many times a second; the model it looks up changes far less often)."""
+        if not self.reload and time.monotonic() - self.read_at < SIDE_READ_EVERY_S:
+            return []
         after = ("XRANGE", self.key, f"({self.model.version}-0", "+", "COUNT", SIDE_DIFFS_PER_READ)
         return [checkpoint_read(self.u, self.strategy), after] if self.reload else [after]
 
     def take(self, replies: Sequence[Any]) -> None:
+        if not replies:
+            return
+        self.read_at = time.monotonic()
         if self.reload:
             loaded = from_checkpoint(self.strategy, replies[0])
             if loaded.version >= self.model.version:

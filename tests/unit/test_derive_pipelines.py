@@ -129,3 +129,13 @@ def test_intent_resumes_from_its_checkpoint_and_the_acked_changes() -> None:
     again.reapply(resume.stream, entries[8:11])
     assert docs(again.process(entries[11:])) == [d for d in expected if d["version"] > len(docs(done) + docs(more))]
     assert again.flow.dump() == whole.flow.dump()
+
+
+def test_a_follower_deployed_into_a_running_system_starts_from_the_followed_checkpoint() -> None:
+    m = MarketMode(Settings(), "SPX", metrics())
+    assert m.side_reads() == [("HMGET", streams.model_key("SPX", "gex"), "_header", "_geometry", "_cols")]
+    checkpoint = gex_diff(5, 100.0, 97.0, 5.0).value.header  # the diffs up to version 5 are trimmed away
+    m.take_side([[checkpoint, None, None]])
+    out = docs(m.process([gex_diff(6, 100.0, 99.9, 5.0)]))
+    assert [(d["version"], d["mode"], d["asof_ns"]) for d in out] == [(1, "transition", T0 + 6 * S)]
+    assert m.side_reads() == []  # following now: nothing more to look up

@@ -83,3 +83,9 @@ def test_at_most_ten_and_none_without_candidates() -> None:
     assert len(flies) == 10 and [f["strike"] for f in flies] == [100 + 5 * i for i in range(10)]  # cheapest first
     g, _ = geometry()
     assert best_flies(g, np.full((len(TILES), 1), np.nan), ASOF, None) == []
+
+
+def test_ties_at_the_cut_go_to_the_heatmap_order() -> None:
+    tied, vals = geometry([(0, 100 + 5 * i, 10, 0.2) for i in range(12)])  # twelve identical candidates
+    flies = best_flies(tied, vals, ASOF, None)
+    assert [f["strike"] for f in flies] == [100 + 5 * i for i in range(10)]
