@@ -147,8 +147,12 @@ async def derived_views(page: Any) -> None:
         "document.querySelector('#ind-mode .v').textContent.startsWith(m))",
         timeout=30_000,
     )
-    shown = await page.evaluate("window.marketswarm.derived.docs.market_mode")
-    assert (await page.text_content("#ind-mode .v") or "").startswith(shown["mode"])
+    # What the row shows is the document the page follows (once the next frame has drawn it).
+    await page.wait_for_function(
+        "document.querySelector('#ind-mode .v').textContent"
+        ".startsWith(window.marketswarm.derived.docs.market_mode.mode)",
+        timeout=10_000,
+    )
     await page.wait_for_function("document.querySelector('#ind-gravity .sub') !== null", timeout=30_000)
     assert "band" in (await page.text_content("#ind-gravity") or "")
     await page.wait_for_function("document.querySelector('#ind-flow .v').textContent.startsWith('day')", timeout=60_000)
@@ -160,10 +164,22 @@ async def derived_views(page: Any) -> None:
     await page.screenshot(path=str(ARTIFACTS / "dashboard-intent.png"))
     await page.click("button[data-strategy=best_flies]")
     await page.wait_for_selector("#flies tbody tr", timeout=60_000)
-    first = await page.eval_on_selector("#flies tbody tr", "tr => [...tr.children].map(td => td.textContent)")
     await page.screenshot(path=str(ARTIFACTS / "dashboard-best-flies.png"))
-    await page.click("#flies tbody tr")
-    await page.wait_for_selector("td.focus", timeout=30_000)
+    for attempt in range(3):
+        # The row's cells and the click in one step: the table follows live versions. A new epoch can
+        # take the fly's strike off the grid before the heatmap loads: then the next list is tried.
+        await page.click("button[data-strategy=best_flies]")
+        await page.wait_for_selector("#flies tbody tr", timeout=60_000)
+        first = await page.eval_on_selector(
+            "#flies tbody tr",
+            "tr => { const cells = [...tr.children].map(td => td.textContent); tr.click(); return cells; }",
+        )
+        try:
+            await page.wait_for_selector("td.focus", timeout=15_000)
+            break
+        except Exception:
+            if attempt == 2:
+                raise
     assert await page.get_attribute("button[data-strategy=butterfly]", "class") == "active"
     assert await page.eval_on_selector("#expiry", "s => s.value") == first[1]
     center, width = float(first[3]), float(first[4])

@@ -22,7 +22,19 @@ import redis.asyncio as aioredis
 from marketswarm.agents.publish.assemble import model_json
 from marketswarm.agents.sources.simulated import SimMarket
 from marketswarm.agents.sources.writer import RawWriter
-from marketswarm.schemas.models import I16, I32, I64, Geometry, GexModel, HeatmapModel, pack
+from marketswarm.schemas.models import (
+    I16,
+    I32,
+    I64,
+    BestFliesModel,
+    Geometry,
+    GexModel,
+    GravityModel,
+    HeatmapModel,
+    IntentModel,
+    MarketModeModel,
+    pack,
+)
 from marketswarm.topology import streams
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
@@ -323,3 +335,54 @@ async def test_bearer_token_and_cors(redis_url: str, sim: Sim) -> None:
     finally:
         server.should_exit = True
         await task
+
+
+async def sse_documents(
+    http: httpx.AsyncClient, url: str, last_id: str | None, until: int
+) -> list[tuple[str, int, Any]]:
+    """(event, id, data) of a derived model's SSE feed until the version ``until``."""
+    out: list[tuple[str, int, Any]] = []
+    headers = {"Last-Event-ID": last_id} if last_id else {}
+    async with asyncio.timeout(30), http.stream("GET", url, headers=headers) as resp:
+        assert resp.status_code == 200
+        event, data, eid = "", "", 0
+        async for line in resp.aiter_lines():
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                data = line[5:].lstrip()
+            elif line.startswith("id:"):
+                eid = int(line[3:].strip())
+            elif line == "" and data:
+                out.append((event, eid, orjson.loads(data)))
+                if event != "geometry" and eid >= until:
+                    return out
+                data = ""
+    return out
+
+
+async def test_derived_models_over_rest_and_sse_with_resume(sim: Sim, gateway_proc: Any) -> None:
+    base, _ = gateway_proc
+    shapes = {
+        "market_mode": MarketModeModel,
+        "gravity": GravityModel,
+        "intent": IntentModel,
+        "best_flies": BestFliesModel,
+    }
+    async with httpx.AsyncClient(base_url=base, timeout=None) as http:
+        for name, shape in shapes.items():
+            r = await http.get(f"/api/models/SPX/{name}")
+            assert r.status_code == 200, (name, r.text)
+            shape.model_validate(r.json())
+        assert (await http.get("/sse/models/nosuch?underlying=SPX")).status_code == 404
+        url = base + "/sse/models/intent?underlying=SPX"
+        v0 = (await http.get("/api/models/SPX/intent")).json()["version"]
+        first = await sse_documents(http, url, None, v0)
+        assert [e for e, _, _ in first] == ["geometry", "snapshot"] and first[0][2] is None
+        assert first[1][2]["header"] == (await http.get("/api/models/SPX/intent")).json()
+        await sim.advance(3)  # new prints: new versions while the client is away
+        rest = (await http.get("/api/models/SPX/intent")).json()
+        assert rest["version"] > v0
+        missed = await sse_documents(http, url, str(v0), rest["version"])
+        assert [(e, i) for e, i, _ in missed] == [("diff", v) for v in range(v0 + 1, rest["version"] + 1)]
+        assert missed[-1][2]["header"] == rest  # the document itself, as REST serves it

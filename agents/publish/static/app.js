@@ -30,6 +30,7 @@ const state = {
   scale: { lo: 0, hi: 1, at: 0 },
   flowWindow: localStorage.getItem("ms.flowWindow") || "day",
   focus: null, // a tile to show once the heatmap is drawn: {expiry, side, strike, width}
+  shownFlies: null, // the best flies as the table shows them
 };
 // The derived models: the whole document arrives as the header of each snapshot and diff.
 const derived = { sources: {}, docs: {} };
@@ -415,6 +416,7 @@ function renderFlies() {
   const doc = derived.docs.best_flies, flies = doc ? doc.flies : [];
   $("flies-empty").hidden = !doc || flies.length > 0;
   $("flies-note").textContent = doc ? `expiries ${doc.expiries.join(", ")} · gravity level ${doc.gravity.level === null ? "none" : strikeLabel(doc.gravity.level)} · em ±${fmt(doc.gravity.em, 1)} · click a row to open its tile` : "";
+  state.shownFlies = flies; // a click opens the fly on screen, even if a newer version has arrived since
   $("flies").querySelector("tbody").innerHTML = flies.map((f, i) =>
     `<tr data-i="${i}"><td>${i + 1}</td><td>${f.expiry}</td><td>${f.side}</td><td>${strikeLabel(f.strike)}</td><td>${strikeLabel(f.width)}</td>` +
     `<td>${fmt(f.debit, 2)}</td><td>${fmt(f.reward_risk, 1)}</td><td>${fmt(f.composite, 3)}</td>` +
@@ -459,8 +461,8 @@ async function init() {
   $("underlying").onchange = (e) => { state.underlying = e.target.value; localStorage.setItem("ms.underlying", state.underlying); follow(); connect(); };
   for (const b of document.querySelectorAll("#flow-window button")) b.onclick = () => { state.flowWindow = b.dataset.window; localStorage.setItem("ms.flowWindow", state.flowWindow); schedule(); };
   $("flies").querySelector("tbody").addEventListener("click", (e) => {
-    const tr = e.target.closest("tr[data-i]"), doc = derived.docs.best_flies;
-    if (tr && doc) openFly(doc.flies[Number(tr.dataset.i)]);
+    const tr = e.target.closest("tr[data-i]");
+    if (tr && state.shownFlies) openFly(state.shownFlies[Number(tr.dataset.i)]);
   });
   for (const b of document.querySelectorAll("#tabs button")) b.onclick = () => { state.focus = null; setStrategy(b.dataset.strategy); };
   for (const b of document.querySelectorAll("#side button")) b.onclick = () => { state.focus = null; state.side = b.dataset.side; localStorage.setItem("ms.side", state.side); activate("side", "side", state.side); schedule(); };
