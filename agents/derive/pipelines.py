@@ -3,9 +3,9 @@
 Each is its own pipeline, with its own consumer group and the publisher of its own model
 (agents/derive/publishing.py):
 
-* ``derive.market_mode`` and ``derive.gravity`` follow the GEX model's diffs: a document per GEX
+* ``derive.market-mode`` and ``derive.gravity`` follow the GEX model's diffs: a document per GEX
   version (agents/derive/levels.py), published when it changed.
-* ``derive.best_flies`` follows the butterfly heatmap's diffs: a document per butterfly version
+* ``derive.best-flies`` follows the butterfly heatmap's diffs: a document per butterfly version
   (agents/derive/flies.py), with the dealer gravity in force looked up (a side input).
 * ``derive.intent`` reads the changes stream: every quote and counted print makes the trade flow
   (agents/derive/flow.py); the structure layer is computed from the GEX model looked up (a side
@@ -26,7 +26,7 @@ import orjson
 from marketswarm.agents.calc.blackscholes import expiry_close_ns
 from marketswarm.agents.derive import flies, levels
 from marketswarm.agents.derive.flow import Flow
-from marketswarm.agents.derive.publishing import CHECKPOINT_EVERY_S, Follower, ModelView, Versions
+from marketswarm.agents.derive.publishing import CHECKPOINT_EVERY_S, THROUGH_FIELD, Follower, ModelView, Versions
 from marketswarm.agents.publish.assemble import HEADER_FIELD
 from marketswarm.agents.publish.published import Published
 from marketswarm.schemas.events import ChangeBatch, FillChange, QuoteChange, SpotChange
@@ -37,8 +37,7 @@ from marketswarm.topology.settings import Settings
 
 INTENT_INTERVAL_S = 1.0  # event time between versions of the intent model
 READ_EVERY_S = 0.25  # intent and best flies read their input at most this often (not latency-critical)
-STATE_FIELD = "state"
-THROUGH_FIELD = "through"
+STATE_FIELD = "state"  # the intent checkpoint's flow
 Derived = streams.Derived
 
 
