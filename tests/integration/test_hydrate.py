@@ -15,7 +15,16 @@ from prometheus_client import CollectorRegistry
 
 from marketswarm.agents.hydrate import HYDRATE, SHRINK_CONFIRM_S, Hydrator
 from marketswarm.schemas import codec
-from marketswarm.schemas.events import ChainContract, ChainSnapshot, EpochChange, EventBatch, Quote, Spot, Trade
+from marketswarm.schemas.events import (
+    ChainContract,
+    ChainSnapshot,
+    EpochChange,
+    EventBatch,
+    FillChange,
+    Quote,
+    Spot,
+    Trade,
+)
 from marketswarm.topology import streams
 from marketswarm.topology.agent import Entry
 from marketswarm.topology.commit import Committer, encode
@@ -233,6 +242,16 @@ async def test_trade_conditions_decide_volume_and_last(aredis: aioredis.Redis) -
     st_ = await state(aredis)
     assert int(st_[f"{sym}|v".encode()]) == 6  # the regular and the out-of-sequence print
     assert _value(st_[f"{sym}|t".encode()])["px"] == 1.5  # an out-of-sequence print is not the last
+    # The prints that count toward volume, and only those, go on the changes stream for the trade flow.
+    ((last, fields),) = await aredis.xrevrange(streams.CHANGES.key(U), count=1)
+    batch = codec.decode(streams.Payload.CHANGES, fields)
+    fills = [(c.seq, c.px, c.size) for c in batch.changes if isinstance(c, FillChange)]
+    assert fills == [(1, 1.5, 3), (3, 1.0, 3)]
+    await apply(aredis, [[regular, out_of_sequence]], start=2)  # delivered again: counted once
+    later = await aredis.xrange(streams.CHANGES.key(U), min=b"(" + last)
+    assert not [
+        c for _, f in later for c in codec.decode(streams.Payload.CHANGES, f).changes if isinstance(c, FillChange)
+    ]
 
 
 async def test_a_far_smaller_snapshot_waits_for_confirmation_to_replace_the_grid(aredis: aioredis.Redis) -> None:
