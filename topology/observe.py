@@ -129,6 +129,26 @@ async def group_rows(
     return rows
 
 
+async def add_lag_seconds(redis: aioredis.Redis, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each group row with ``lag_s``: how long ago (server time) its oldest unread entry was added;
+    0 with nothing unread. One round trip for all the groups that lag."""
+    behind = [r for r in rows if r.get("exists") and r.get("lag")]
+    for r in rows:
+        r["lag_s"] = 0.0 if r.get("exists") else None
+    if not behind:
+        return rows
+    async with redis.pipeline(transaction=False) as pipe:
+        for r in behind:
+            pipe.xrange(r["stream"], min="(" + r["last_delivered"], count=1)
+        firsts = await pipe.execute()
+    secs, micros = await redis.time()
+    now_ms = int(secs) * 1000 + int(micros) // 1000
+    for r, first in zip(behind, firsts, strict=True):
+        t = id_ms(first[0][0]) if first else None
+        r["lag_s"] = None if t is None else round(max(now_ms - t, 0) / 1000, 3)
+    return rows
+
+
 async def backlog(
     redis: aioredis.Redis, underlyings: Sequence[str], specs: Sequence[AgentSpec], *, missing: int = 0
 ) -> int:

@@ -79,6 +79,8 @@ def read_capture(path: Path) -> Iterator[Recorded]:
 
 def _input_files(paths: Sequence[Path]) -> Iterator[Path]:
     for p in paths:
+        if not p.exists():
+            raise InputFileError(f"{p}: no such file or directory")
         if p.is_dir():
             yield from _input_files(sorted(q for q in p.iterdir() if q.suffix in (".csv", ".jsonl")))
         elif p.suffix.lower() in (".csv", *CAPTURE_SUFFIXES):
@@ -94,7 +96,12 @@ def read_inputs(paths: Sequence[Path]) -> list[Recorded]:
         if p.suffix.lower() == ".csv":
             frames.append(read_cboe(p))
         else:
+            n = len(frames)
             frames.extend(read_capture(p))
+            if len(frames) == n:
+                raise InputFileError(f"{p}: an empty capture (no frames)")
+    if not frames:
+        raise InputFileError(f"no .csv chain or .jsonl capture in {', '.join(map(str, paths))}")
     return sorted(frames, key=lambda r: r.rx_ns)
 
 

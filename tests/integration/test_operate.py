@@ -79,7 +79,8 @@ def test_inspect_views_name_the_server_and_show_everything(populated: str) -> No
     assert c["in_epoch"] and c["slots"]["quote"]["bid"] is not None and c["history"]
     t = orjson.loads(cli(url, "inspect", "tile", "SPX", "butterfly", tile["k"], "--json").output)
     assert t["tile"] == tile and len(t["legs"]) == 3
-    assert cli(url, "inspect", "tile", "SPX", "butterfly", "nope").exit_code == 0
+    missing = cli(url, "inspect", "tile", "SPX", "butterfly", "nope")
+    assert missing.exit_code == 1 and "no tile 'nope' in SPX butterfly" in missing.output
     shown = orjson.loads(cli(url, "offsets", "show", "--json").output)
     assert {g["agent"] for g in shown["groups"]} >= {"normalize", "hydrate", "publish.gex"}
 

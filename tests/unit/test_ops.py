@@ -184,3 +184,11 @@ def test_redis_urls_come_from_a_secret_one_least_privilege_user_per_role() -> No
         args = container["args"]
         role = "agent" if args[0] == "agent" else args[0]
         assert ref == {"name": "marketswarm-redis", "key": role}, d["metadata"]["name"]
+
+
+def test_an_age_is_never_negative() -> None:
+    from marketswarm.topology.shell.inspection import age_s
+
+    now_ms = 1_800_000_000_000
+    assert age_s(now_ms, (now_ms - 1500) * 1_000_000) == 1.5
+    assert age_s(now_ms, (now_ms + 86_400_000) * 1_000_000) == 0.0  # event time ahead of this clock

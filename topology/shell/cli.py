@@ -8,11 +8,14 @@ import logging
 import shutil
 import signal
 import sys
+import textwrap
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
+import orjson
 import typer
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 from rich.console import Console
 from rich.table import Table
@@ -20,11 +23,30 @@ from rich.table import Table
 from marketswarm.agents import catalog
 from marketswarm.topology.agent import AgentSpec
 from marketswarm.topology.settings import Settings, env_help, mask_url
+from marketswarm.topology.shell.mistakes import DEBUG_FLAG, FAILED, Cli, Mistake, agent_spec, set_redis_url
 
-_ENV_LINES = "\n".join(f"  {var:<34} {desc} [default: {default or '-'}]" for var, default, desc in env_help())
+
+def env_table(width: int | None = None) -> str:
+    """The environment variables as a table (variable, default, meaning), wrapped to ``width``; the
+    leading ``\\b`` keeps click from reflowing it into one paragraph."""
+    # Click indents the epilog by 2 columns: the table fits the terminal with them.
+    width = width or min(max(shutil.get_terminal_size((100, 24)).columns, 80), 140) - 2
+    rows = [(var, default or "-", desc) for var, default, desc in env_help()]
+    w_var = max(len(r[0]) for r in rows)
+    w_def = min(max(len(r[1]) for r in rows), 24)
+    indent = 2 + w_var + 2 + w_def + 2
+    lines = ["\b", "Environment:", f"  {'VARIABLE':<{w_var}}  {'DEFAULT':<{w_def}}  MEANING"]
+    for var, default, desc in rows:
+        wrapped = textwrap.wrap(desc, max(width - indent, 30)) or [""]
+        lines.append(f"  {var:<{w_var}}  {default:<{w_def}}  {wrapped[0]}")
+        lines += [" " * indent + more for more in wrapped[1:]]
+    return "\n".join(lines)
+
 
 app = typer.Typer(
-    help="MarketSwarm: real-time options analytics on Redis Streams.\n\nEnvironment:\n\n" + _ENV_LINES,
+    cls=Cli,
+    help="MarketSwarm: real-time options analytics on Redis Streams.",
+    epilog=env_table(),
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode=None,
@@ -33,12 +55,22 @@ console = Console(stderr=True)
 log = logging.getLogger("marketswarm")
 
 
+@app.callback()
+def _root(
+    debug: Annotated[
+        bool,
+        typer.Option(DEBUG_FLAG, help="Show the traceback of an unexpected error (also MARKETSWARM_LOG_LEVEL=DEBUG)."),
+    ] = False,
+) -> None:
+    """MarketSwarm: real-time options analytics on Redis Streams."""
+
+
 def load_settings(**overrides: Any) -> Settings:
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except Exception as exc:  # pydantic ValidationError: a bad MARKETSWARM_* value fails at start-up
-        console.print(f"[red]invalid settings:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    except ValidationError as exc:  # a bad MARKETSWARM_* value fails at start-up
+        bad = "; ".join(f"MARKETSWARM_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        raise Mistake(f"invalid settings: {bad}") from exc
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -51,10 +83,18 @@ def redis_url_of(settings: Settings) -> str:
     from marketswarm.topology.shell.embedded import NoServerError, resolve_url
 
     try:
-        return resolve_url(settings.redis_url, settings.data_dir)
+        url = resolve_url(settings.redis_url, settings.data_dir)
     except NoServerError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+        raise Mistake(str(exc), FAILED) from exc
+    set_redis_url(url)
+    return url
+
+
+def port_busy(settings: Settings) -> str:
+    return (
+        f"port {settings.gateway_port} on {settings.gateway_host} is already in use (another program, or another "
+        "MarketSwarm): stop it, or set MARKETSWARM_GATEWAY_PORT to a free port"
+    )
 
 
 def run_until_signal(main: Callable[[asyncio.Event], Awaitable[Any]]) -> Any:
@@ -87,10 +127,17 @@ def run(
 ) -> None:
     """Start everything: the embedded server (unless MARKETSWARM_REDIS_URL is set), every agent, the
     market source and the gateway. Ctrl-C stops it; the next run resumes from the same data."""
-    from marketswarm.topology.shell.embedded import EmbeddedServer
+    from marketswarm.topology.shell.embedded import DataDirBusyError, DataDirLock, EmbeddedServer, port_free
     from marketswarm.topology.shell.supervisor import Supervisor, child_env, group_agents
 
     settings = load_settings(source=source)
+    lock = DataDirLock(settings.data_dir)
+    try:
+        lock.acquire()  # held until this process ends
+    except DataDirBusyError as exc:
+        raise Mistake(str(exc), FAILED) from exc
+    if not port_free(settings.gateway_host, settings.gateway_port):
+        raise Mistake(port_busy(settings), FAILED)
     log.info("settings: %s", settings.masked())
     server = None
     if settings.redis_url:
@@ -98,14 +145,14 @@ def run(
     else:
         server = EmbeddedServer(settings.data_dir)
         url = server.start()
+    set_redis_url(url)
     # Before any agent starts, so none adopts the model settings a previous run recorded.
     try:
         asyncio.run(_record_model_settings(url, settings))
     except (RedisError, OSError) as exc:
-        console.print(f"[red]Redis at {mask_url(url)} does not answer: {exc}[/red]")
         if server is not None:
             server.stop()
-        raise typer.Exit(1) from exc
+        raise Mistake(f"Redis at {mask_url(url)} does not answer: {exc}", FAILED) from exc
     metrics_dir = settings.data_dir / "metrics"
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
@@ -146,11 +193,7 @@ def agent(
     from marketswarm.topology.runtime import Runtime
 
     settings = load_settings()
-    try:
-        specs = [catalog.by_name(n) for n in names]
-    except KeyError as exc:
-        console.print(f"[red]{exc.args[0]}[/red]")
-        raise typer.Exit(2) from exc
+    specs = [agent_spec(n) for n in names]
     url = redis_url_of(settings)
     agents_named = ",".join(names)
     log.info(
@@ -197,11 +240,9 @@ def source(
     settings = load_settings()
     url = redis_url_of(settings)
     if kind not in ("sim", "massive"):
-        console.print(f"[red]unknown source {kind!r}: sim or massive[/red]")
-        raise typer.Exit(2)
+        raise Mistake(f"unknown source {kind!r}: sim or massive")
     if kind == "massive" and settings.massive_api_key is None:
-        console.print("[red]MASSIVE_API_KEY is required for the live source[/red]")
-        raise typer.Exit(2)
+        raise Mistake("MASSIVE_API_KEY is required for the live source")
     log.info("source %s starting on %s; settings: %s", kind, mask_url(url), settings.masked())
 
     async def main(stop: asyncio.Event) -> None:
@@ -229,9 +270,12 @@ def source(
 def gateway() -> None:
     """Serve REST, SSE and the dashboard (MARKETSWARM_GATEWAY_HOST/PORT)."""
     from marketswarm.agents.publish.gateway import serve
+    from marketswarm.topology.shell.embedded import port_free
 
     settings = load_settings()
     url = redis_url_of(settings)
+    if not port_free(settings.gateway_host, settings.gateway_port):
+        raise Mistake(port_busy(settings), FAILED)
     log.info("gateway on http://%s:%s over %s", settings.gateway_host, settings.gateway_port, mask_url(url))
     run_until_signal(lambda stop: serve(settings, url, stop))
 
@@ -245,15 +289,19 @@ def replay(
 ) -> None:
     """Run the whole topology over recorded input, in event-time order, until every agent is idle."""
     from marketswarm.agents.sources.files import InputFileError
-    from marketswarm.topology.settings import ModelSettingsError
+    from marketswarm.topology.shell.replay import NoModelError, ServerInUseError
     from marketswarm.topology.shell.replay import replay as do_replay
 
     settings = load_settings()
+    if redis_url:
+        set_redis_url(redis_url, "--redis-url")
     try:
-        do_replay(settings, paths, export, redis_url, paced, console)
-    except (InputFileError, ModelSettingsError) as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+        summary = do_replay(settings, paths, export, redis_url, paced, console)
+    except InputFileError as exc:
+        raise Mistake(str(exc)) from exc
+    except (ServerInUseError, NoModelError) as exc:
+        raise Mistake(str(exc), FAILED) from exc
+    console.print(f"replayed {summary.line()}", soft_wrap=True)
 
 
 @app.command("export")
@@ -279,7 +327,14 @@ def export_cmd(out: Annotated[Path, typer.Argument(help="Directory for {underlyi
 @app.command()
 def record(
     out: Annotated[Path, typer.Argument(help="Capture file (JSON lines) to write.")],
-    from_start: Annotated[bool, typer.Option(help="Include the retained raw history, not only new frames.")] = False,
+    from_start: Annotated[
+        bool,
+        typer.Option(
+            "--from-start/--new-only",
+            help="From the start of the retained raw history (default), or only new frames after each "
+            "underlying's newest retained chain.",
+        ),
+    ] = True,
     max_frames: Annotated[int | None, typer.Option(help="Stop after this many frames.")] = None,
 ) -> None:
     """Capture the raw frames of every configured underlying to a replayable JSON-lines file."""
@@ -321,6 +376,7 @@ def layers_mermaid() -> str:
 def topology(
     mermaid: Annotated[bool, typer.Option("--mermaid", help="Print a Mermaid diagram.")] = False,
     layers: Annotated[bool, typer.Option("--layers", help="Print the code's layers (Mermaid).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Print the agent graph: who reads and writes which stream (--layers: the code's layers)."""
     from marketswarm.topology import graph
@@ -332,6 +388,20 @@ def topology(
     graph.validate(specs)
     if mermaid:
         typer.echo(graph.mermaid(specs), nl=False)
+        return
+    if as_json:
+        agents = [
+            {
+                "agent": s.name,
+                "reads": s.reads.template.format(u="U"),
+                "writes": [w.template.format(u="U") for w in s.writes],
+                "looks_up": [w.template.format(u="U") for w in s.looks_up],
+                "owner": "lease" if s.stateful else "group",
+                "doc": s.doc,
+            }
+            for s in specs
+        ]
+        typer.echo(orjson.dumps({"agents": agents}, option=orjson.OPT_INDENT_2).decode())
         return
     table = Table(title="MarketSwarm topology ({U} = underlying hash tag)")
     table.add_column("agent (group)")
@@ -369,27 +439,21 @@ def check(
     from marketswarm.topology.connections import create_blocking_redis
 
     settings = load_settings()
+    spec = agent_spec(name)
     url = redis_url_of(settings)
+    if ready:
+        missing = asyncio.run(_missing_groups(url, settings.underlyings, spec))
+        if missing:
+            raise Mistake(f"{name} not ready: no group {', '.join(missing)}", FAILED)
+        typer.echo(f"{name} ready")
+        return
+    client = create_blocking_redis(url, socket_timeout=5)
     try:
-        client = create_blocking_redis(url, socket_timeout=5)
-        if ready:
-            client.close()
-            missing = asyncio.run(_missing_groups(url, settings.underlyings, catalog.by_name(name)))
-            if missing:
-                console.print(f"not ready: no group {', '.join(missing)}")
-                raise typer.Exit(1)
-            typer.echo(f"{name} ready")
-            return
         alive = client.exists(streams.heartbeat_key(name, settings.consumer))
+    finally:
         client.close()
-    except typer.Exit:
-        raise
-    except Exception as exc:
-        console.print(f"[red]check failed: {exc}[/red]")
-        raise typer.Exit(1) from exc
     if not alive:
-        console.print(f"no heartbeat from {name} as {settings.consumer}")
-        raise typer.Exit(1)
+        raise Mistake(f"no heartbeat from {name} as {settings.consumer}", FAILED)
     typer.echo(f"{name} alive as {settings.consumer}")
 
 

@@ -10,6 +10,7 @@ stopped. It records its URL in ``data_dir/embedded.json`` so other commands find
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ from types import TracebackType
 import redis
 
 RUN_FILE = "embedded.json"
+LOCK_FILE = "run.lock"
 # Loading the append-only file of a long session takes seconds; the server answers LOADING until done.
 START_TIMEOUT_S = 120.0
 # A port picked free can be taken before the server binds it (the kernel hands it out again as the
@@ -195,6 +197,53 @@ class EmbeddedServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+class DataDirBusyError(RuntimeError):
+    """Raised when another process holds a data directory's lock (another `marketswarm run`)."""
+
+
+class DataDirLock:
+    """An exclusive lock on ``data_dir`` for as long as a `marketswarm run` lives: a second run in
+    the same checkout must not load the first one's append-only file, nor clear its run files. The
+    kernel drops the lock when the process dies, however it dies: no stale lock to clean up."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = Path(data_dir) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DataDirBusyError(
+                f"another `marketswarm run` (pid {holder}) uses {self.path.parent}: stop it first (Ctrl-C "
+                "there), or give this one its own data directory with MARKETSWARM_DATA_DIR"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the lock; the file stays (removing it would race)
+            self._fd = None
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host:port`` now (as uvicorn binds: SO_REUSEADDR)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def recorded_url(data_dir: Path) -> str | None:

@@ -14,7 +14,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from marketswarm.agents.publish.reading import load_published
+from marketswarm.agents.publish.reading import load_published, read_model
 from marketswarm.topology import streams
 from marketswarm.topology.connections import text
 from marketswarm.topology.settings import mask_url
@@ -80,6 +80,12 @@ async def epochs(redis: aioredis.Redis, u: str) -> list[dict[str, Any]]:
     return out
 
 
+def age_s(now_ms: int, asof_ns: int) -> float:
+    """Seconds since ``asof_ns``, to 0.1 s. An event time ahead of this clock (input from a clock that
+    runs ahead, or a replay dated later than now) is 0 old, never negative."""
+    return round(max(now_ms - asof_ns / 1e6, 0.0) / 1000, 1)
+
+
 async def model_rows(redis: aioredis.Redis, u: str) -> list[dict[str, Any]]:
     """Per strategy: staged vs published tiles, coverage, last version and its age."""
     rows = []
@@ -102,11 +108,22 @@ async def model_rows(redis: aioredis.Redis, u: str) -> list[dict[str, Any]]:
                 "epoch": header.get("epoch"),
                 "version": header.get("version"),
                 "asof": header.get("asof"),
-                "version_age_s": round((now_ms - int(header["asof_ns"]) / 1e6) / 1000, 1)
-                if header.get("asof_ns")
-                else None,
+                "version_age_s": age_s(now_ms, int(header["asof_ns"])) if header.get("asof_ns") else None,
                 "last_diff_id": text(last[0][0]) if last else None,
                 "checkpoint_version": state.get("checkpoint_version"),
             }
         )
     return rows
+
+
+async def examples(redis: aioredis.Redis, u: str) -> dict[str, str] | None:
+    """A contract and a butterfly tile to drill into: at the money in the nearest expiry of the
+    published butterfly model (None before its first version)."""
+    body = await read_model(redis, u, streams.Strategy.BUTTERFLY)
+    model = orjson.loads(body) if body is not None else {}
+    tiles, spot = model.get("tiles") or [], model.get("spot")
+    if not tiles or spot is None:
+        return None
+    nearest = min(t["expiry"] for t in tiles)
+    best = min((t for t in tiles if t["expiry"] == nearest), key=lambda t: (abs(t["strike"] - spot), t["width"]))
+    return {"contract": best["legs"][len(best["legs"]) // 2], "tile": best["k"]}

@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import orjson
 import redis.asyncio as aioredis
 
@@ -168,7 +169,19 @@ async def tile(redis: aioredis.Redis, u: str, strategy: str, key: str) -> dict[s
     pos = position_of(g, key) if g is not None else None
     raw = tile_json(g, published.vals, published.cts, pos) if g is not None and pos is not None else None
     if raw is None:
-        return {"underlying": u, "strategy": strategy, "key": key, "version": published.version, "tile": None}
+        example = None
+        if g is not None:
+            present = np.flatnonzero(~np.isnan(published.vals[:, 0]))
+            if len(present) and (first := tile_json(g, published.vals, published.cts, int(present[0]))):
+                example = orjson.loads(first)["k"]  # what a key looks like
+        return {
+            "underlying": u,
+            "strategy": strategy,
+            "key": key,
+            "version": published.version,
+            "tile": None,
+            "example": example,
+        }
     t = orjson.loads(raw)
     legs = [await contract(redis, leg, history=0) for leg in t.get("legs", [])]
     return {"underlying": u, "strategy": strategy, "key": key, "version": published.version, "tile": t, "legs": legs}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
@@ -19,15 +20,18 @@ from rich.live import Live
 from rich.table import Table
 
 from marketswarm.agents import catalog
-from marketswarm.topology import observe
+from marketswarm.schemas.occ import parse_occ
+from marketswarm.topology import observe, streams
 from marketswarm.topology.connections import create_redis
 from marketswarm.topology.shell import inspection as insp
 from marketswarm.topology.shell import operate
+from marketswarm.topology.shell.mistakes import FAILED, Mistake, agent_spec
 
 inspect_app = typer.Typer(help="Look inside a running system (every view takes --json).", no_args_is_help=False)
 offsets_app = typer.Typer(help="Consumer-group offsets: show them, or move one group (replay).", no_args_is_help=True)
 console = Console()
 
+PIPED_WIDTH = 200
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 
 
@@ -57,6 +61,8 @@ def _emit(server: dict[str, Any], data: Any, as_json: bool, render: Callable[[An
         sys.stdout.write(orjson.dumps({"server": server, **data}, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
     parts = [f"[bold]{_server_line(server)}[/bold]", *render(data)]
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = PIPED_WIDTH  # a file or a pipe has no width: tables whole, not cut at 80
     if console.is_terminal and sum(getattr(p, "row_count", 1) for p in parts) > console.height:
         with console.pager(styles=True):
             for p in parts:
@@ -66,18 +72,51 @@ def _emit(server: dict[str, Any], data: Any, as_json: bool, render: Callable[[An
             console.print(p)
 
 
+# Times before this are not times (a zero, a sequence number): shown as "-", never as 1970.
+EARLIEST_MS = 946_684_800_000  # 2000-01-01
+
+
 def _when(ms: int | None) -> str:
-    if ms is None:
+    """A time for people: local ISO with milliseconds and the UTC offset; "-" for none."""
+    if ms is None or ms < EARLIEST_MS:
         return "-"
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return dt.datetime.fromtimestamp(ms / 1000).astimezone().isoformat(timespec="milliseconds")
+
+
+def _when_ns(ns: Any) -> str:
+    return _when(int(ns) // 1_000_000) if isinstance(ns, int) else "-"
+
+
+def _tile_value(field: str, value: Any) -> str:
+    if field == "legs_ts_ns":
+        return "\n".join(_when_ns(t) for t in value)
+    if isinstance(value, list):
+        return "\n".join(map(str, value))
+    return "-" if value is None else str(value)
+
+
+def _timed(row: dict[str, Any]) -> dict[str, Any]:
+    """A state or change row with its event time as ``time`` (local ISO) instead of ``ts_ns``."""
+    return {"time": _when_ns(row.get("ts_ns")), **{k: v for k, v in row.items() if k != "ts_ns"}}
+
+
+async def _rates(redis: Any, underlyings: Any, interval_s: float) -> list[dict[str, Any]]:
+    return await observe.add_lag_seconds(redis, await operate.rates(redis, underlyings, interval_s))
+
+
+# Columns that name things are never cut (a stream name with an ellipsis is a name nobody can type);
+# on a narrow terminal the others wrap instead.
+NAMES = frozenset({"agent", "stream", "symbol", "underlying", "strategy", "group"})
 
 
 def _table(title: str, rows: list[dict[str, Any]], cols: list[str]) -> Table:
     t = Table(title=title, title_justify="left")
-    for c in cols:
-        t.add_column(c)
-    for r in rows:
-        t.add_row(*("-" if r.get(c) is None else str(r.get(c)) for c in cols))
+    cells = [["-" if r.get(c) is None else str(r.get(c)) for c in cols] for r in rows]
+    for i, c in enumerate(cols):
+        widest = max([len(c), *(len(line) for row in cells for line in row[i].splitlines())])
+        t.add_column(c, min_width=widest if c in NAMES else None, overflow="fold")
+    for row in cells:
+        t.add_row(*row)
     return t
 
 
@@ -93,7 +132,7 @@ def overview(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         us = await observe.known_underlyings(redis, settings.underlyings)
         return {
             "streams": await observe.stream_rows(redis, us),
-            "groups": await observe.group_rows(redis, us, catalog.agents()),
+            "groups": await observe.add_lag_seconds(redis, await observe.group_rows(redis, us, catalog.agents())),
             "placement": insp.placement(redis, us),
         }
 
@@ -104,7 +143,11 @@ def overview(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         bad = [r for r in rows if r["kind"].endswith(".dlq") or r["kind"] == "rejects"]
         return [
             _table("streams", [r for r in rows if r not in bad], ["stream", "length", "first", "last", "retention"]),
-            _table("groups", d["groups"], ["agent", "stream", "consumers", "lag", "pending", "oldest_pending_idle_ms"]),
+            _table(
+                "groups",
+                d["groups"],
+                ["agent", "stream", "consumers", "lag", "lag_s", "pending", "oldest_pending_idle_ms"],
+            ),
             _table("dead letters and rejects", bad, ["stream", "length", "last"]),
             _table("underlyings", d["placement"], ["underlying", "node", "slot"]),
         ]
@@ -117,11 +160,13 @@ def inspect_underlying(u: Annotated[str, typer.Argument(help="e.g. SPX")], as_js
     """Epochs (active, warming, retired) with their geometry; per strategy staged vs published."""
 
     async def fetch(args: Any) -> dict[str, Any]:
-        redis, _ = args
+        redis, settings = args
+        await _known(redis, settings, u.upper())
         return {
             "underlying": u.upper(),
             "epochs": await insp.epochs(redis, u.upper()),
             "models": await insp.model_rows(redis, u.upper()),
+            "examples": await insp.examples(redis, u.upper()),
         }
 
     server, _, data = _run(fetch)
@@ -146,6 +191,7 @@ def inspect_underlying(u: Annotated[str, typer.Argument(help="e.g. SPX")], as_js
                     "epoch",
                 ],
             ),
+            *_try_lines(d["underlying"], d["examples"]),
         ]
 
     _emit(server, data, as_json, render)
@@ -158,18 +204,28 @@ def inspect_contract(
     as_json: JsonOpt = False,
 ) -> None:
     """One contract's state and its history of admitted changes."""
-    server, _, data = _run(lambda args: operate.contract(args[0], symbol, history))
+    occ = parse_occ(symbol)  # not a symbol: said before any server is asked
+
+    async def fetch(args: Any) -> dict[str, Any]:
+        redis, settings = args
+        await _known(redis, settings, occ.underlying)
+        found = await operate.contract(redis, occ.occ, history)
+        if not found["in_epoch"] and not found["history"]:
+            raise Mistake(f"no contract {occ.occ} in {occ.underlying}'s active epoch {found['epoch']}", FAILED)
+        return found
+
+    server, _, data = _run(fetch)
 
     def render(d: dict[str, Any]) -> list[Any]:
         where = "in" if d["in_epoch"] else "NOT in"
         head = f"{d['symbol']} ({d['underlying']}) {where} epoch {d['epoch']}, volume {d.get('volume', 0)}"
-        slots = [{"slot": k, **v} for k, v in d["slots"].items()]
-        state_cols = ["slot", "ts_ns", "seq", "bid", "ask", "px", "size", "iv", "gamma", "oi"]
-        history_cols = ["entry", "c", "ts_ns", "seq", "bid", "ask", "px", "size"]
+        slots = [_timed({"slot": k, **v}) for k, v in d["slots"].items()]
+        state_cols = ["slot", "time", "seq", "bid", "ask", "px", "size", "iv", "gamma", "oi"]
+        history_cols = ["entry", "c", "time", "seq", "bid", "ask", "px", "size"]
         return [
             head,
             _table("state", slots, state_cols),
-            _table("admitted changes (newest first)", d["history"], history_cols),
+            _table("admitted changes (newest first)", [_timed(h) for h in d["history"]], history_cols),
         ]
 
     _emit(server, data, as_json, render)
@@ -183,19 +239,63 @@ def inspect_tile(
     as_json: JsonOpt = False,
 ) -> None:
     """One published tile and its legs' state."""
-    server, _, data = _run(lambda args: operate.tile(args[0], u.upper(), strategy, key))
+    if strategy not in streams.HEATMAP_STRATEGIES:
+        raise Mistake(f"unknown strategy {strategy!r}: one of {', '.join(streams.HEATMAP_STRATEGIES)}")
+
+    async def fetch(args: Any) -> dict[str, Any]:
+        redis, settings = args
+        await _known(redis, settings, u.upper())
+        found = await operate.tile(redis, u.upper(), strategy, key)
+        if found["tile"] is None:
+            example = f"; keys look like {found['example']}" if found.get("example") else ""
+            raise Mistake(f"no tile {key!r} in {u.upper()} {strategy} v{found['version']}{example}", FAILED)
+        return found
+
+    server, _, data = _run(fetch)
 
     def render(d: dict[str, Any]) -> list[Any]:
-        if d["tile"] is None:
-            return [f"no tile {d['key']} in {d['underlying']} {d['strategy']} v{d['version']}"]
-        legs = [{"symbol": leg["symbol"], **leg["slots"].get("quote", {})} for leg in d["legs"]]
-        return [orjson.dumps(d["tile"]).decode(), _table("legs", legs, ["symbol", "ts_ns", "seq", "bid", "ask"])]
+        legs = [_timed({"symbol": leg["symbol"], **leg["slots"].get("quote", {})}) for leg in d["legs"]]
+        fields = [
+            {"field": "legs_time" if k == "legs_ts_ns" else k, "value": _tile_value(k, v)} for k, v in d["tile"].items()
+        ]
+        title = f"{d['underlying']} {d['strategy']} v{d['version']}"
+        return [
+            _table(title, fields, ["field", "value"]),
+            _table("legs", legs, ["symbol", "time", "seq", "bid", "ask"]),
+        ]
 
     _emit(server, data, as_json, render)
 
 
-def top(interval_s: Annotated[float, typer.Option(help="Refresh period, seconds.")] = 1.0) -> None:
-    """A live view of per-group rates and lag (Ctrl-C to leave)."""
+def _try_lines(u: str, examples: dict[str, str] | None) -> list[str]:
+    """The drill-downs to try next, ready to copy: a contract and a tile at the money."""
+    if not examples:
+        return []
+    return [
+        f"try: marketswarm inspect contract {examples['contract']}",
+        f"     marketswarm inspect tile {u} butterfly '{examples['tile']}'",
+    ]
+
+
+async def _known(redis: Any, settings: Any, u: str) -> None:
+    """``u`` is an underlying the server knows of (or the configuration names), else the mistake."""
+    known = await observe.known_underlyings(redis, settings.underlyings)
+    if u not in known:
+        raise Mistake(f"unknown underlying {u!r}: known {', '.join(known) or 'none yet'}", FAILED)
+
+
+TOP_COLUMNS = ["agent", "stream", "entries/s", "lag", "lag_s", "pending", "consumers"]
+
+
+def top(
+    interval_s: Annotated[float, typer.Option(help="Refresh period, seconds.")] = 1.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one sample as JSON and exit.")] = False,
+) -> None:
+    """A live view of per-group rates and lag (Ctrl-C to leave); --json: one sample."""
+    if as_json:
+        server, _, rows = _run(lambda args: _rates(args[0], args[1].underlyings, interval_s))
+        _emit(server, {"interval_s": interval_s, "groups": rows}, True, lambda d: [])
+        return
     from marketswarm.topology.shell.cli import load_settings, redis_url_of
 
     settings = load_settings()
@@ -203,15 +303,14 @@ def top(interval_s: Annotated[float, typer.Option(help="Refresh period, seconds.
 
     async def main() -> None:
         redis = create_redis(url)
-        server = await insp.server_info(redis, url)
         try:
+            server = await insp.server_info(redis, url)
             with Live(console=console, refresh_per_second=4) as live:
                 while True:
-                    rows = await operate.rates(redis, settings.underlyings, interval_s)
+                    rows = await _rates(redis, settings.underlyings, interval_s)
                     for r in rows:
                         r["entries/s"] = None if r.get("entries_per_s") is None else f"{r['entries_per_s']:.1f}"
-                    table = _table("groups", rows, ["agent", "stream", "entries/s", "lag", "pending", "consumers"])
-                    live.update(Group(_server_line(server), table))
+                    live.update(Group(_server_line(server), _table("groups", rows, TOP_COLUMNS)))
         finally:
             await redis.aclose()
 
@@ -221,10 +320,14 @@ def top(interval_s: Annotated[float, typer.Option(help="Refresh period, seconds.
         pass
 
 
+async def _offsets(redis: Any, underlyings: Any) -> list[dict[str, Any]]:
+    return await observe.add_lag_seconds(redis, await operate.offsets(redis, underlyings))
+
+
 @offsets_app.command("show")
 def offsets_show(as_json: JsonOpt = False) -> None:
     """Every group's position: last delivered id, entries read, lag, pending."""
-    server, _, rows = _run(lambda args: operate.offsets(args[0], args[1].underlyings))
+    server, _, rows = _run(lambda args: _offsets(args[0], args[1].underlyings))
     _emit(
         server,
         {"groups": rows},
@@ -233,7 +336,7 @@ def offsets_show(as_json: JsonOpt = False) -> None:
             _table(
                 "offsets",
                 d["groups"],
-                ["agent", "stream", "last_delivered", "entries_read", "lag", "pending", "consumers"],
+                ["agent", "stream", "last_delivered", "entries_read", "lag", "lag_s", "pending", "consumers"],
             )
         ],
     )
@@ -247,11 +350,11 @@ def offsets_reset(
     as_json: JsonOpt = False,
 ) -> None:
     """Move a group's position so it re-reads from there (replay by offset reset)."""
+    agent_spec(group)
     try:
         server, _, done = _run(lambda args: operate.reset_offsets(args[0], group, to, args[1].underlyings, force=force))
     except operate.LiveConsumersError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
+        raise Mistake(str(exc), FAILED) from exc
     _emit(server, {"reset": done}, as_json, lambda d: [_table("reset", d["reset"], ["group", "stream", "position"])])
 
 
@@ -263,8 +366,7 @@ def rebuild(
     try:
         server, _, done = _run(lambda args: operate.rebuild(args[0], args[1].underlyings, force=force))
     except operate.LiveConsumersError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
+        raise Mistake(str(exc), FAILED) from exc
     _emit(
         server,
         done,
