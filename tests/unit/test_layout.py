@@ -77,3 +77,39 @@ def test_the_import_layers_hold() -> None:
     env = dict(os.environ, PYTHONSAFEPATH="1")
     done = subprocess.run([exe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+
+
+def test_every_command_line_in_the_readme_is_one_the_cli_has() -> None:
+    """Each `marketswarm ...` line of the README's code blocks names real commands, and each of its
+    options is one those commands take; the way onto PATH it gives exists in the Makefile's venv."""
+    import re
+    import shlex
+
+    from typer.main import get_command
+
+    from marketswarm.topology.shell.cli import app
+
+    readme = (ROOT / "README.md").read_text()
+    lines, in_block = [], False
+    for ln in readme.splitlines():
+        if ln.startswith("```"):
+            in_block = not in_block
+        elif in_block and (cmd := ln.split(" #")[0].strip().removeprefix("try:").strip()).startswith("marketswarm "):
+            lines.append(cmd)
+    assert len(lines) >= 15
+    root = get_command(app)
+    for line in lines:
+        cmd, path = root, ["marketswarm"]
+        for token in shlex.split(line)[1:]:
+            subs = getattr(cmd, "commands", {})
+            if token in subs:
+                cmd = subs[token]
+                path.append(token)
+            elif token.startswith("--"):
+                known = {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)}
+                if cmd is root or not known:
+                    known |= {o for p in root.params for o in p.opts}
+                assert token.split("=")[0] in known, f"README: {line!r}: {' '.join(path)} has no {token}"
+        assert cmd is not root, f"README: {line!r} names no command"
+    assert ". .venv/bin/activate" in readme
+    assert re.search(r"^VENV\s*:?=\s*\.venv", (ROOT / "Makefile").read_text(), re.M)
