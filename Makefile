@@ -8,13 +8,13 @@ STAMP := $(VENV)/.installed
 export PYTHONSAFEPATH := 1
 PYTEST_ARGS ?=
 
-.PHONY: all install run test test-all test-integration lint format typecheck bench diagram clean
+.PHONY: all install run test test-all test-integration lint format typecheck bench diagram vendor clean
 
 all: lint typecheck test
 
 # Strict editable installs link each module: a new module needs a reinstall, which a change of a
 # package directory's mtime (a file added or removed) triggers.
-PKG_DIRS := topology topology/shell schemas agents agents/calc agents/sources agents/publish agents/publish/static agents/derive
+PKG_DIRS := topology topology/shell schemas agents agents/calc agents/sources agents/publish agents/publish/static agents/publish/static/vendor agents/publish/static/vendor/echarts agents/publish/static/vendor/swagger-ui agents/derive
 
 $(STAMP): pyproject.toml $(PKG_DIRS)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 is required"; exit 1; }
@@ -56,6 +56,12 @@ bench: $(STAMP)
 diagram: $(STAMP)
 	$(BIN)/marketswarm topology --mermaid
 	$(BIN)/marketswarm topology --layers
+
+# The dashboard's and the API docs' browser libraries, at the versions pinned in ops/vendor/pins.json
+# (`python ops/vendor/vendor.py --latest` moves the pins): fetched from the npm registry, checked
+# against its integrity hash, unpacked with their licenses into agents/publish/static/vendor.
+vendor:
+	$(PYTHON) ops/vendor/vendor.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .bench

@@ -217,13 +217,29 @@ class GexExpiry(_Api):
     net: float
 
 
+class GexProfilePoint(_Api):
+    spot: float  # a hypothetical spot
+    net: float  # net GEX re-priced there (USD per 1% move)
+
+
+class GexMatrix(_Api):
+    """Net GEX by expiry (rows) and strike (columns): the strike x expiry view."""
+
+    expiries: list[str]
+    strikes: list[float]
+    net: list[list[float]]
+
+
 class GexView(_Api):
     total: float
     calls: float
     puts: float
     flip: float | None
-    call_wall: float | None
-    put_wall: float | None
+    call_wall: float | None  # the strike with the largest call GEX, all strikes
+    put_wall: float | None  # the strike with the largest put GEX (magnitude), all strikes
+    call_wall_above: float | None = None  # ... at or above spot: the call wall as traders read it
+    put_wall_below: float | None = None  # ... at or below spot: the put wall as traders read it
+    profile: list[GexProfilePoint] = []
     by_strike: list[GexStrike]
 
 
@@ -243,10 +259,14 @@ class GexModel(_Api):
     calls: float
     puts: float
     flip: float | None
-    call_wall: float | None
-    put_wall: float | None
+    call_wall: float | None  # the strike with the largest call GEX, all strikes
+    put_wall: float | None  # the strike with the largest put GEX (magnitude), all strikes
+    call_wall_above: float | None = None  # ... at or above spot: the call wall as traders read it
+    put_wall_below: float | None = None  # ... at or below spot: the put wall as traders read it
+    profile: list[GexProfilePoint] = []  # net GEX re-priced at hypothetical spots (the flip's curve)
     by_strike: list[GexStrike]
     by_expiry: list[GexExpiry]
+    by_expiry_strike: GexMatrix | None = None
     iv_atm: float | None  # the nearest live expiry's at-the-money IV (decimal)
     zero_dte: GexView | None
     stale: bool

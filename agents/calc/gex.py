@@ -17,7 +17,12 @@ The flip is where the GEX profile changes sign: the profile re-prices every cont
 Black-Scholes from its IV at ``PROFILE_POINTS`` spots across +/- ``PROFILE_RANGE`` around S; the root
 is found by linear interpolation between the two profile points that straddle zero (the crossing
 nearest S when there are several), and is null when the profile never changes sign. The call wall
-and put wall are the strikes with the largest call GEX and the largest put GEX (in magnitude).
+and put wall are the strikes with the largest call GEX and the largest put GEX (in magnitude) over
+all strikes; as traders read walls, ``call_wall_above`` is the strike at or above S with the largest
+call GEX and ``put_wall_below`` the strike at or below S with the largest put GEX (in magnitude).
+``profile`` is the net GEX re-priced at each of the profile's spots (what the flip is found on).
+``by_expiry_strike`` is the net GEX per strike of each of the ``MATRIX_EXPIRIES`` nearest live
+expiries, strikes within ``MATRIX_RANGE`` of S: the strike x expiry view.
 ``iv_atm`` is the nearest live expiry's at-the-money IV (``atm_iv``): dealer gravity's expected move
 (agents/derive/levels.py) starts from it.
 The 0DTE view repeats totals, flip, walls and by-strike for the contracts expiring on the as-of date
@@ -51,6 +56,8 @@ PROFILE_POINTS = 81
 PROFILE_RANGE = 0.10  # +/- 10 % of spot
 # The profile is re-priced when the chain data changes or spot moved this far since it was built.
 PROFILE_REUSE_MOVE = 0.005
+MATRIX_EXPIRIES = 6  # the strike x expiry matrix: this many nearest live expiries
+MATRIX_RANGE = 0.05  # ... and strikes within +/- 5 % of spot
 UNITS = "USD per 1% move of the underlying"
 CONVENTION = (
     "dealers long calls, short puts: call GEX positive, put GEX negative; "
@@ -235,17 +242,46 @@ def summarize(
         {"strike": float(k), "call": round(float(c), 2), "put": round(float(p), 2), "net": round(float(c + p), 2)}
         for k, c, p in zip(strikes, call_by, put_by, strict=True)
     ]
-    call_wall = float(strikes[np.argmax(call_by)]) if len(strikes) and call_by.max() > 0 else None
-    put_wall = float(strikes[np.argmin(put_by)]) if len(strikes) and put_by.min() < 0 else None
     spots, net = profile_net
     return {
         "total": round(calls + puts, 2),
         "calls": round(calls, 2),
         "puts": round(puts, 2),
         "flip": flip_level(spots, net, s),
-        "call_wall": call_wall,
-        "put_wall": put_wall,
+        "call_wall": wall(strikes, call_by, np.ones(len(strikes), bool)),
+        "put_wall": wall(strikes, -put_by, np.ones(len(strikes), bool)),
+        "call_wall_above": wall(strikes, call_by, strikes >= s),
+        "put_wall_below": wall(strikes, -put_by, strikes <= s),
+        "profile": [{"spot": round(float(x), 2), "net": round(float(y), 2)} for x, y in zip(spots, net, strict=True)],
         "by_strike": rows,
+    }
+
+
+def wall(strikes: np.ndarray, size: np.ndarray, where: np.ndarray) -> float | None:
+    """The strike of the largest positive ``size`` among ``where`` (the first, lowest, on a tie);
+    None when none is positive."""
+    if not where.any() or size[where].max() <= 0:
+        return None
+    return float(strikes[where][np.argmax(size[where])])
+
+
+def by_expiry_strike(book: Book, gex: np.ndarray, alive: np.ndarray, s: float) -> dict[str, Any] | None:
+    """Net GEX per strike (rows: the MATRIX_EXPIRIES nearest live expiries, columns: strikes within
+    MATRIX_RANGE of ``s``); 0 where an expiry lists no contract at a strike."""
+    near = alive & (np.abs(book.strike / s - 1) <= MATRIX_RANGE)
+    exp = np.array(book.expiry)
+    expiries = sorted(set(exp[near].tolist()))[:MATRIX_EXPIRIES]
+    if not expiries:
+        return None
+    use = near & np.isin(exp, expiries)
+    strikes, col = np.unique(book.strike[use], return_inverse=True)
+    row = np.searchsorted(expiries, exp[use])
+    net = np.zeros((len(expiries), len(strikes)))
+    np.add.at(net, (row, col), gex[use])
+    return {
+        "expiries": expiries,
+        "strikes": [float(k) for k in strikes],
+        "net": [[round(float(x), 2) for x in r] for r in net],
     }
 
 
@@ -270,6 +306,7 @@ def compute(
     today = dt.datetime.fromtimestamp(now_ns / 1e9, bs.ET).date().isoformat()
     zero = (exp == today) & everything
     out["by_expiry"] = by_expiry
+    out["by_expiry_strike"] = by_expiry_strike(book, gex, everything, s)
     out["iv_atm"] = atm_iv(book, s, now_ns)
     out["zero_dte"] = (
         summarize(book, zero, gex, s, now_ns, cached_profile(book, "0dte", zero, inputs, cache)) if zero.any() else None

@@ -4,7 +4,8 @@ run as many as needed behind a load balancer; each reads Redis and never writes 
 * ``GET /api/models/{underlying}/{strategy}`` and ``GET /api/gex/{underlying}``: canonical models,
   per-tile JSON built from the columns once per version and cached; the derived models
   (``market_mode``, ``gravity``, ``intent``, ``best_flies``) at the first path too.
-* ``GET /api/geometry/{underlying}/{strategy}``: the current epoch's geometry (the tiles' labels).
+* ``GET /api/geometry/{underlying}/{strategy}``: the current epoch's geometry (the tiles' labels);
+  ``GET /api/quotes/{underlying}?epoch=E&symbols=A,B,C``: legs' quotes (the dashboard's hover).
 * ``GET /sse/heatmap/{strategy}?underlying=SPX`` and ``GET /sse/gex?underlying=SPX``: columns. A
   ``geometry`` event (the labels, once per epoch), a ``snapshot`` (every position's numbers), then
   ``diff`` events (changed positions and their numbers), each with ``id:`` = its version; a diff
@@ -14,7 +15,7 @@ run as many as needed behind a load balancer; each reads Redis and never writes 
   SPX`` is the same for any model by name; a derived model's snapshot and diffs carry the whole
   document as their ``header``.
 * ``GET /healthz``, ``GET /readyz`` (Redis answers, every group exists), ``GET /metrics``.
-* ``GET /``: the dashboard (no external CDN).
+* ``GET /``: the dashboard; ``GET /api/docs``: Swagger UI. No CDN: their libraries are vendored.
 
 Each kind of work has its own Redis budget, bounded and queued: REST and SSE reads share one pool
 whose commands wait up to ``POOL_WAIT_S`` for a connection (then 503 and ``Retry-After``); health and
@@ -51,10 +52,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from redis.exceptions import RedisError
 
 from marketswarm.agents import catalog
+from marketswarm.agents.publish.apidocs import add_docs
 from marketswarm.agents.publish.assemble import diff_json, geometry_json
 from marketswarm.agents.publish.hub import Hub
 from marketswarm.agents.publish.published import GapError, Published, diff_version
-from marketswarm.agents.publish.reading import catch_up, load_published, top_version
+from marketswarm.agents.publish.reading import catch_up, load_published, read_quotes, top_version
 from marketswarm.agents.publish.sse import Segment, SseResponse, accepts_gzip, sse_event
 from marketswarm.schemas import codec
 from marketswarm.schemas.models import GexModel, ModelOut
@@ -66,6 +68,7 @@ from marketswarm.topology.settings import Settings
 TOKEN_COOKIE = "ms_token"
 HEATMAPS = {s.value for s in streams.HEATMAP_STRATEGIES}
 DOCUMENTS = {*HEATMAPS, *streams.DERIVED}  # served at /api/models/{underlying}/{name}
+MAX_QUOTES = 8  # contracts per /api/quotes request (a tile has at most 3 legs)
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/auth", "/login")
 RENDERED_DIFFS = 256  # diffs kept rendered as SSE events, shared by every client (and reconnects)
 API_CONNECTIONS = 48  # REST and SSE snapshot/resume reads
@@ -188,7 +191,11 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
             for client in (api, health, feeds):
                 await client.aclose()
 
-    app = FastAPI(title="MarketSwarm gateway", lifespan=lifespan, docs_url="/api/docs", openapi_url="/api/openapi.json")
+    app = FastAPI(
+        title="MarketSwarm gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url="/api/openapi.json"
+    )
+
+    add_docs(app)
 
     @app.exception_handler(RedisError)
     async def busy(request: Request, exc: RedisError) -> JSONResponse:
@@ -271,6 +278,18 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
         if body is None:
             raise HTTPException(404, f"no published GEX for {underlying} yet")
         return Response(body, media_type="application/json")
+
+    @app.get("/api/quotes/{underlying}")
+    async def quotes(request: Request, underlying: str, epoch: str, symbols: str) -> Response:
+        """Bid, ask and event time of up to MAX_QUOTES contracts in an epoch's state: the hover's legs."""
+        u = await check_underlying(request, underlying)
+        wanted = [x.strip().upper() for x in symbols.split(",") if x.strip()]
+        if not wanted or len(wanted) > MAX_QUOTES or not all(x.isascii() and x.isalnum() for x in wanted):
+            raise HTTPException(422, f"symbols: 1 to {MAX_QUOTES} comma-separated OCC symbols")
+        if not (epoch.isascii() and epoch.isalnum() and len(epoch) <= 32):
+            raise HTTPException(422, "epoch: the epoch id of the geometry the legs come from")
+        found = await read_quotes(redis_of(request), u, epoch, wanted)
+        return Response(orjson.dumps({"underlying": u, "epoch": epoch, "quotes": found}), media_type="application/json")
 
     @app.get("/api/geometry/{underlying}/{strategy}")
     async def geometry(request: Request, underlying: str, strategy: str) -> Response:

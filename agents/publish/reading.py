@@ -6,6 +6,7 @@ applying diffs to it are agents/publish/published.py (pure, shared with the publ
 
 from __future__ import annotations
 
+import orjson
 import redis.asyncio as aioredis
 
 from marketswarm.agents.publish.published import Published, apply_diffs, checkpoint_read, diff_version, from_checkpoint
@@ -43,3 +44,18 @@ async def top_version(redis: aioredis.Redis, u: str, strategy: str) -> int | Non
     """The newest published version (cheap: one entry), None before the first."""
     last = await redis.xrevrange(streams.DIFFS[strategy].key(u), count=1)
     return diff_version(last[0][0]) if last else None
+
+
+STATE_VALUE_HEADER = 32  # a state hash value: a fixed-size ordering header, then the JSON (agents/hydrate.lua)
+QUOTE_FIELDS = ("ts_ns", "bid", "ask")
+
+
+async def read_quotes(redis: aioredis.Redis, u: str, epoch: str, symbols: list[str]) -> list[dict[str, object]]:
+    """The quote each of ``symbols`` has in ``epoch``'s state (bid, ask and their time; absent sides
+    are None, and so is everything of a contract without a quote)."""
+    raws = await redis.hmget(streams.state_key(u, epoch), [f"{s}|q" for s in symbols]) if symbols else []
+    out: list[dict[str, object]] = []
+    for s, raw in zip(symbols, raws, strict=True):
+        q = orjson.loads(raw[STATE_VALUE_HEADER:]) if raw else {}
+        out.append({"symbol": s, **{f: q.get(f) for f in QUOTE_FIELDS}})
+    return out

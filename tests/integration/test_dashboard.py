@@ -128,13 +128,55 @@ async def test_dashboard_shows_a_live_heatmap(topology: str, chromium: str, redi
             await r.aclose()
         await page.screenshot(path=str(ARTIFACTS / "dashboard-delayed.png"))
         await page.click("button[data-strategy=gex]")
-        await page.wait_for_selector("#gex-chart rect", timeout=30_000)
+        await page.wait_for_function(GEX_DRAWN, timeout=30_000)
         assert "Flip" in (await page.text_content("#gex-cards") or "")
         await page.screenshot(path=str(ARTIFACTS / "dashboard-gex.png"))
+        await page.click("button[data-strategy=butterfly]")
+        await connection_drops_and_returns(page, int(topology.rsplit(":", 1)[1]))
         await derived_views(page)
         await browser.close()
     assert not errors, errors
     assert (ARTIFACTS / "dashboard-butterfly.png").stat().st_size > 10_000
+
+
+GEX_DRAWN = (
+    "(() => { const c = echarts.getInstanceByDom(document.getElementById('gex-chart')); "
+    "return c && c.getOption().series.some(s => s.name === 'Net GEX' && s.data.length > 10); })()"
+)
+INTENT_DRAWN = (
+    "(() => { const c = echarts.getInstanceByDom(document.getElementById('intent-chart')); "
+    "return c && c.getOption().series.some(s => s.data.some(v => v)); })()"
+)
+CELL_OPACITY = "td => Number(getComputedStyle(td).opacity)"
+
+
+def gateway_pid(port: int) -> int:
+    """The `marketswarm gateway` child that `marketswarm run` started on ``port``."""
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if argv[-2:] == [b"gateway", b""] and f"MARKETSWARM_GATEWAY_PORT={port}".encode() in (
+                proc / "environ"
+            ).read_bytes().split(b"\0"):
+                return int(proc.name)
+    raise AssertionError(f"no gateway process on port {port}")
+
+
+async def connection_drops_and_returns(page: Any, port: int) -> None:
+    """Live and fresh: cells at full strength. The gateway dies (the supervisor restarts it): the pill
+    says the feed is gone and the cells dim (one notion of staleness). It comes back: fresh again."""
+    await page.wait_for_function("document.body.dataset.fresh === 'fresh'", timeout=30_000)
+    assert await page.eval_on_selector("td.cell", CELL_OPACITY) == 1
+    os.kill(gateway_pid(port), signal.SIGKILL)
+    await page.wait_for_function("document.body.dataset.fresh === 'stale'", timeout=30_000)
+    assert await page.text_content("#conn") in ("reconnecting", "disconnected")
+    fresh = await page.text_content("#fresh") or ""
+    assert fresh.startswith(("reconnecting", "disconnected")) and "old" in fresh
+    await page.wait_for_timeout(400)  # the dimming's transition, if any
+    assert await page.eval_on_selector("td.cell", CELL_OPACITY) < 0.6
+    await page.screenshot(path=str(ARTIFACTS / "dashboard-disconnected.png"))
+    await page.wait_for_function("document.body.dataset.fresh === 'fresh'", timeout=60_000)
+    assert await page.text_content("#conn") == "live"
 
 
 async def derived_views(page: Any) -> None:
@@ -158,9 +200,9 @@ async def derived_views(page: Any) -> None:
     await page.wait_for_function("document.querySelector('#ind-flow .v').textContent.startsWith('day')", timeout=60_000)
     await page.click("button[data-strategy=intent]")
     await page.click("button[data-window='30m']")
-    await page.wait_for_selector("#intent-chart rect", timeout=60_000)  # the simulated market trades
-    titles = await page.eval_on_selector_all("#intent-chart rect title", "ts => ts.map(t => t.textContent)")
-    assert titles and all(" net " in t for t in titles)
+    await page.wait_for_function(INTENT_DRAWN, timeout=60_000)  # the simulated market trades
+    o = await page.evaluate("echarts.getInstanceByDom(document.getElementById('intent-chart')).getOption()")
+    assert [s["name"] for s in o["series"]] == ["Calls", "Puts"] and "net premium" in o["yAxis"][0]["name"]
     await page.screenshot(path=str(ARTIFACTS / "dashboard-intent.png"))
     await page.click("button[data-strategy=best_flies]")
     await page.wait_for_selector("#flies tbody tr", timeout=60_000)

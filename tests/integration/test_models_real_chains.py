@@ -210,3 +210,27 @@ def test_gex_equals_an_independent_computation(published: dict[str, Any], u: str
     for leg in live:
         expiries[leg["expiry"]] += (1 if leg["side"] == "call" else -1) * leg["gamma"] * leg["oi"] * 100 * s * s * 0.01
     assert {e["expiry"]: pytest.approx(e["net"], rel=1e-9, abs=0.01) for e in model["by_expiry"]} == dict(expiries)
+    # Walls as traders read them: the largest call GEX at or above spot, the largest put GEX at or below.
+    above = {k: v for k, v in calls.items() if k >= s * 1000 and v > 0}
+    below = {k: v for k, v in puts.items() if k <= s * 1000 and v < 0}
+    assert model["call_wall_above"] * 1000 == max(above, key=lambda k: above[k])
+    assert model["put_wall_below"] * 1000 == min(below, key=lambda k: below[k])
+    assert model["put_wall_below"] <= s <= model["call_wall_above"]
+    # The profile drawn is the one the flip is found on: the independent one, point for point (to 0.2 %:
+    # the independent pricing here reads the CSV's rounded IVs and skips what it cannot price).
+    assert [p["spot"] for p in model["profile"]] == pytest.approx(spots, abs=0.006)
+    got = np.array([p["net"] for p in model["profile"]])
+    assert np.allclose(got, net, rtol=2e-3, atol=1.0), np.abs(got / net - 1).max()
+    # Strike x expiry: net GEX of each (expiry, strike) of the nearest expiries within 5 % of spot.
+    m = model["by_expiry_strike"]
+    near = [leg for leg in live if abs(leg["k"] / 1000 / s - 1) <= 0.05]
+    assert m["expiries"] == sorted({leg["expiry"] for leg in near})[:6]
+    cell: defaultdict[tuple[str, int], float] = defaultdict(float)
+    for leg in near:
+        cell[(leg["expiry"], leg["k"])] += (
+            (1 if leg["side"] == "call" else -1) * leg["gamma"] * leg["oi"] * 100 * s * s * 0.01
+        )
+    assert {round(k * 1000) for k in m["strikes"]} == {k for e, k in cell if e in m["expiries"]}
+    for y, e in enumerate(m["expiries"]):
+        for x, k in enumerate(m["strikes"]):
+            assert m["net"][y][x] == pytest.approx(cell.get((e, round(k * 1000)), 0.0), rel=1e-9, abs=0.01)

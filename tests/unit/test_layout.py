@@ -113,3 +113,26 @@ def test_every_command_line_in_the_readme_is_one_the_cli_has() -> None:
         assert cmd is not root, f"README: {line!r} names no command"
     assert ". .venv/bin/activate" in readme
     assert re.search(r"^VENV\s*:?=\s*\.venv", (ROOT / "Makefile").read_text(), re.M)
+
+
+def test_the_vendored_browser_libraries_are_the_pinned_ones_with_their_licenses() -> None:
+    """What `make vendor` unpacked is what its manifest says (sha256 of every file), at the pinned
+    versions, each with its license; the pages load them from /static, never from a CDN."""
+    import hashlib
+    import json
+    import re
+
+    static = ROOT / "agents" / "publish" / "static"
+    pins = json.loads((ROOT / "ops" / "vendor" / "pins.json").read_text())
+    manifest = json.loads((static / "vendor" / "VENDORED.json").read_text())
+    assert {(m["package"], m["version"]) for m in manifest} == {(p["package"], p["version"]) for p in pins.values()}
+    for m in manifest:
+        names = {Path(f["file"]).name for f in m["files"]}
+        assert "LICENSE" in names, m["package"]
+        for f in m["files"]:
+            body = (static / "vendor" / f["file"]).read_bytes()
+            assert len(body) == f["bytes"] and hashlib.sha256(body).hexdigest() == f["sha256"], f["file"]
+    for page in ("index.html", "login.html"):
+        assert not re.search(r"(src|href)=\"(https?:)?//", (static / page).read_text()), page
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^vendor:\n\t.*ops/vendor/vendor.py", makefile, re.M)

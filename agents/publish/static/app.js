@@ -3,6 +3,7 @@
 // `geometry` (the epoch's labels, once), `snapshot` (every position's numbers), then `diff` events
 // (changed positions as gaps, their numbers, contracts' quote times). The model lives in typed arrays
 // indexed by position; a diff marks its positions dirty and the next frame repaints only those cells.
+// Charts (GEX, intent map) are charts.js, on the vendored ECharts; the heatmap stays a plain table.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -10,6 +11,13 @@ const VIRIDIS = ["#440154", "#482475", "#414487", "#355f8d", "#2a788e", "#21918c
 const SCALE_EVERY_MS = 2000; // the colour scale (5th..95th percentile) is recomputed at most this often
 const FLASH_MS = 400;
 const DERIVED = ["market_mode", "gravity", "intent", "best_flies"]; // each followed over its own SSE feed
+// One notion of freshness for every view: the age of the model's newest event (wall clock minus
+// as-of), the connection, and the model's own stale flag. The pill, the cells and the cards show it.
+const FRESH_S = 5, STALE_S = 60;
+const WEIGHTS = { single: [1], vertical: [1, -1], butterfly: [1, -2, 1] }; // legs, as agents/calc/grid.py builds them
+const CLOSE_MIN_ET = 16 * 60; // an expiry's close, minutes after midnight New York (PM-settled)
+const QUOTES_TTL_MS = 1500; // the hover's legs' quotes are re-fetched at most this often
+const NY = new Intl.DateTimeFormat("en-CA", { timeZone: "America/New_York", year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
 
 const state = {
   underlying: localStorage.getItem("ms.underlying") || "SPX",
@@ -31,6 +39,10 @@ const state = {
   flowWindow: localStorage.getItem("ms.flowWindow") || "day",
   focus: null, // a tile to show once the heatmap is drawn: {expiry, side, strike, width}
   shownFlies: null, // the best flies as the table shows them
+  conn: "down", // the connection of the view on screen: up | retry | down
+  gexMode: localStorage.getItem("ms.gexMode") || "strike", // strike | expiry | matrix
+  gexExpiry: "all", // all | 0dte | an expiry of the strike x expiry matrix
+  quotes: new Map(), // "epoch|sym,sym" -> {at, quotes}: the hover's legs
 };
 // The derived models: the whole document arrives as the header of each snapshot and diff.
 const derived = { sources: {}, docs: {} };
@@ -108,13 +120,26 @@ function onDiff(d) {
   schedule();
 }
 
-function tileAt(p) {
+function tileAt(p, blank = false) {
   const g = state.geom, v = state.vals[p * state.k];
-  if (!g || Number.isNaN(v)) return null;
+  if (!g || (Number.isNaN(v) && !blank)) return null;
   const s = g.series[g.seriesOf[p]], n = g.n_legs;
   const legs = [], ts = [];
   for (let j = 0; j < n; j++) { const c = g.legPos[p * n + j]; legs.push(g.contracts[c]); ts.push(state.cts[c]); }
-  return { expiry: s.expiry, side: s.side, strike: g.strikeK[p], width: g.widthW[p], value: v, score: score(v, g.widthW[p]), legs, ts };
+  const value = Number.isNaN(v) ? null : v;
+  return { expiry: s.expiry, side: s.side, strike: g.strikeK[p], width: g.widthW[p], value, score: value === null ? null : score(v, g.widthW[p]), legs, ts };
+}
+
+// An expiry is over once its close (16:00 New York) is behind the model's as-of time: a replay of an
+// old chain hides the expiries that had expired by then, as live does at the close.
+function nyParts(ms) {
+  const p = Object.fromEntries(NY.formatToParts(new Date(ms)).map((x) => [x.type, x.value]));
+  return { date: `${p.year}-${p.month}-${p.day}`, minutes: Number(p.hour) * 60 + Number(p.minute) };
+}
+function expired(expiry, asofNs) {
+  if (!asofNs) return false;
+  const t = nyParts(asofNs / 1e6);
+  return expiry < t.date || (expiry === t.date && t.minutes >= CLOSE_MIN_ET);
 }
 
 // --- connection ------------------------------------------------------------------------------
@@ -153,7 +178,7 @@ function connect() {
   es.addEventListener("snapshot", (e) => onSnapshot(JSON.parse(e.data)));
   es.addEventListener("diff", (e) => onDiff(JSON.parse(e.data)));
 }
-function setConn(cls, text) { const c = $("conn"); c.className = "pill " + cls; c.textContent = text; }
+function setConn(cls, text) { state.conn = cls; const c = $("conn"); c.className = "pill " + cls; c.textContent = text; freshness(); }
 
 let pending = false;
 function schedule() { if (!pending) { pending = true; requestAnimationFrame(() => { pending = false; render(); }); } }
@@ -169,7 +194,7 @@ function render() {
   $("version").textContent = isDoc() ? (h ? h.version : "-") : state.version ?? "-";
   $("spot").textContent = h && h.spot ? fmt(h.spot, 2) : "-";
   $("delayed").hidden = !(h && h.delayed);
-  $("asof").textContent = h && h.asof ? h.asof.replace("T", " ").replace("Z", "") : "-";
+  $("asof").textContent = h && h.asof ? localTime(h.asof_ns) : "-";
   freshness();
   renderIndicators();
   if (state.strategy === "gex") renderGex();
@@ -180,17 +205,44 @@ function render() {
   unflash(performance.now());
 }
 
+function localTime(ns) {
+  const d = new Date(ns / 1e6), pad = (x, n = 2) => String(x).padStart(n, "0");
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+}
+function ageText(age) {
+  return age < 90 ? `${age.toFixed(1)}s old` : age < 5400 ? `${(age / 60).toFixed(0)}m old` : age < 172800 ? `${(age / 3600).toFixed(1)}h old` : `${(age / 86400).toFixed(0)}d old`;
+}
+
+// {level: fresh | lagging | stale, text}: the one answer to "can I trust what is on screen?".
+function staleness() {
+  const h = current();
+  if (!h || !h.asof_ns) return { level: "stale", text: state.conn === "up" ? "no data yet" : "no data" };
+  const age = Math.max(0, Date.now() / 1000 - h.asof_ns / 1e9); // event time ahead of this clock: 0, never negative
+  const old = ageText(age);
+  if (state.conn === "down") return { level: "stale", text: `disconnected · ${old}` };
+  if (state.conn === "retry") return { level: "stale", text: `reconnecting · ${old}` };
+  if (h.stale) return { level: "stale", text: `chain data stale · ${old}` };
+  return { level: age < FRESH_S ? "fresh" : age < STALE_S ? "lagging" : "stale", text: old };
+}
+
 function freshness() {
-  const h = current(), el = $("fresh");
-  if (!h || !h.asof_ns) { el.textContent = "-"; el.className = "pill"; return; }
-  const age = Date.now() / 1000 - h.asof_ns / 1e9;
-  el.textContent = age < 90 ? `${age.toFixed(1)}s old` : age < 5400 ? `${(age / 60).toFixed(0)}m old` : `${(age / 3600).toFixed(1)}h old`;
-  el.className = "pill " + (age < 5 ? "fresh" : age < 60 ? "lagging" : "stale");
+  const f = staleness(), el = $("fresh");
+  el.textContent = f.text;
+  el.className = "pill " + f.level;
+  el.title = `fresh under ${FRESH_S} s, lagging under ${STALE_S} s, stale beyond, when disconnected, or when the chain data is stale: the cells dim with it`;
+  document.body.dataset.fresh = f.level;
+  const card = document.querySelector("#gex-cards .fresh-card .v");
+  if (card) { card.textContent = f.level; card.className = "v " + (f.level === "fresh" ? "pos" : f.level === "stale" ? "neg" : ""); }
+}
+
+function openExpiries() {
+  const asof = state.header ? state.header.asof_ns : null;
+  return [...new Set(state.geom.series.map((s) => s.expiry))].sort().filter((e) => !expired(e, asof));
 }
 
 function seriesIndex() {
   const g = state.geom;
-  const expiries = [...new Set(g.series.map((s) => s.expiry))].sort();
+  const expiries = openExpiries();
   const sel = $("expiry");
   if (sel.dataset.list !== expiries.join(",")) {
     sel.innerHTML = expiries.map((e) => `<option>${e}</option>`).join("");
@@ -219,14 +271,26 @@ function rescale(positions, now) {
   return moved;
 }
 
+// The table's columns: widths of one series, or (single) the open expiries of one side.
+function columnsOf(si) {
+  const g = state.geom, positions = [];
+  if (state.strategy === "single") {
+    const open = new Set(openExpiries());
+    for (let p = 0; p < g.size; p++) { const s = g.series[g.seriesOf[p]]; if (s.side === state.side && open.has(s.expiry)) positions.push(p); }
+    const cols = [...open].sort();
+    return { positions, cols, colOf: (p) => g.series[g.seriesOf[p]].expiry, head: (e) => `<th title="${e}">${e.slice(5)}</th>` };
+  }
+  for (let p = 0; p < g.size; p++) if (g.seriesOf[p] === si) positions.push(p);
+  const cols = [...new Set(positions.map((p) => g.widthW[p]))].sort((a, b) => a - b);
+  return { positions, cols, colOf: (p) => g.widthW[p], head: (w) => `<th>w ${strikeLabel(w)}</th>` };
+}
+
 function buildTable(si) {
   const g = state.geom;
-  const positions = [];
-  for (let p = 0; p < g.size; p++) if (g.seriesOf[p] === si) positions.push(p);
+  const { positions, cols, colOf, head: th } = columnsOf(si);
   const strikes = [...new Set(positions.map((p) => g.strikeK[p]))].sort((a, b) => b - a);
-  const widths = [...new Set(positions.map((p) => g.widthW[p]))].sort((a, b) => a - b);
-  const head = `<tr><th class="strike">${state.strategy === "butterfly" ? "center" : "strike"}</th>` +
-    widths.map((w) => `<th>${state.strategy === "single" ? "mid" : "w " + strikeLabel(w)}</th>`).join("") + "</tr>";
+  const widths = cols;
+  const head = `<tr><th class="strike">${state.strategy === "butterfly" ? "center" : "strike"}</th>` + cols.map(th).join("") + "</tr>";
   $("heatmap").querySelector("thead").innerHTML = head;
   const spot = state.header ? state.header.spot : null;
   const spotStrike = spot ? strikes.reduce((best, k) => (best === null || Math.abs(k - spot) < Math.abs(best - spot) ? k : best), null) : null;
@@ -236,21 +300,36 @@ function buildTable(si) {
   const byKey = new Map([...tbody.querySelectorAll("td[data-k]")].map((td) => [td.dataset.k, td]));
   const cells = new Map();
   for (const p of positions) {
-    const td = byKey.get(`${g.strikeK[p]}|${g.widthW[p]}`);
+    const td = byKey.get(`${g.strikeK[p]}|${colOf(p)}`);
     if (td) { td.dataset.pos = p; cells.set(p, td); }
   }
-  for (const td of byKey.values()) if (!td.dataset.pos) td.className = "none";
-  return { key: `${state.strategy}|${g.epoch}|${si}|${state.colorBy}`, series: si, cells };
+  for (const td of byKey.values()) if (!td.dataset.pos) td.className = "void";
+  return { key: viewKey(si), series: si, cells };
+}
+
+function viewKey(si) {
+  const g = state.geom;
+  return `${state.strategy}|${g.epoch}|${si}|${state.colorBy}|${state.strategy === "single" ? state.side + openExpiries().join(",") : ""}`;
+}
+
+// The money on screen: the spot row in the middle of the scroller (unless a tile was opened).
+function scrollToMoney() {
+  const row = $("heatmap").querySelector("tr.spot"), box = $("heatmap").closest(".scroller");
+  if (!row || !box) return;
+  const offset = row.getBoundingClientRect().top - box.getBoundingClientRect().top;
+  box.scrollTop = Math.max(0, box.scrollTop + offset - box.clientHeight / 2 + row.offsetHeight / 2);
 }
 
 function renderHeatmap() {
   const g = state.geom;
   if (!g || !state.header) { $("empty").hidden = false; return; }
   const si = seriesIndex();
-  const key = `${state.strategy}|${g.epoch}|${si}|${state.colorBy}`;
+  $("expiry-label").style.display = state.strategy === "single" ? "none" : "";
+  const key = viewKey(si);
   const now = performance.now();
   let full = false;
-  if (!state.view || state.view.key !== key) { state.view = buildTable(si); state.flashed = []; full = true; }
+  let built = false;
+  if (!state.view || state.view.key !== key) { state.view = buildTable(si); state.flashed = []; full = true; built = true; }
   const cells = state.view.cells;
   if (full || now - state.scale.at > SCALE_EVERY_MS) full = rescale(cells.keys(), now) || full;
   const { lo, hi } = state.scale;
@@ -262,7 +341,9 @@ function renderHeatmap() {
   let any = false;
   for (const p of cells.keys()) if (!Number.isNaN(state.vals[p * state.k])) { any = true; break; }
   $("empty").hidden = any;
+  $("empty").textContent = openExpiries().length ? "Waiting for the first published version..." : "Every expiry of this model has expired (as of its last event).";
   if (state.focus && full) showFocus(cells);
+  else if (built) scrollToMoney();
 }
 
 // A tile opened from elsewhere (the best-flies table): outlined (again whenever the table is rebuilt)
@@ -283,7 +364,10 @@ function paint(td, p, lo, hi, flash) {
   if (Number.isNaN(v)) { td.className = "none"; td.textContent = ""; td.style.background = ""; return; }
   const x = shown(p);
   const t = x === null || !Number.isFinite(x) ? null : hi > lo ? (x - lo) / (hi - lo) : 0.5;
-  td.className = "cell" + (t !== null && t < 0.45 ? " dim" : "");
+  // A debit structure priced at or below zero at mid is not a real price: a leg's quote is stale or
+  // crossed against the others. Flagged, never silently coloured like the rest.
+  const negative = v <= 0 && state.strategy !== "single";
+  td.className = "cell" + (t !== null && t < 0.45 ? " dim" : "") + (negative ? " neg" : "");
   td.style.background = t === null ? "#1b232d" : color(t);
   td.textContent = fmt(v, 2);
   if (flash && !td.classList.contains("flash")) { td.classList.add("flash"); state.flashed.push([td, performance.now()]); }
@@ -300,7 +384,7 @@ function unflash(now) {
 function legend(lo, hi) {
   const c = $("legend").getContext("2d");
   for (let i = 0; i < 220; i++) { c.fillStyle = color(i / 219); c.fillRect(i, 0, 1, 10); }
-  $("legend-title").textContent = state.colorBy === "score" ? "score (reward/risk)" : "mid debit";
+  $("legend-title").textContent = state.colorBy === "score" ? "score (reward/risk)" : state.strategy === "single" ? "mid" : "mid debit";
   $("legend-range").textContent = `${fmt(lo)} .. ${fmt(hi)}`;
 }
 
@@ -308,56 +392,37 @@ function renderGex() {
   const h = state.header;
   const cards = $("gex-cards");
   if (!h || !state.geom) { cards.innerHTML = '<div class="empty">Waiting for the first published GEX...</div>'; return; }
-  const card = (k, v, cls = "") => `<div class="card"><div class="k">${k}</div><div class="v ${cls}">${v}</div></div>`;
+  const card = (k, v, cls = "", extra = "") => `<div class="card ${extra}"><div class="k">${k}</div><div class="v ${cls}">${v}</div></div>`;
   const sign = (v) => (v > 0 ? "pos" : v < 0 ? "neg" : "");
   cards.innerHTML = [
-    card("Net GEX / 1%", money(h.total), sign(h.total)),
+    card("Net GEX / 1% move", money(h.total), sign(h.total)),
     card("Calls", money(h.calls), "pos"),
     card("Puts", money(h.puts), "neg"),
     card("Flip (zero gamma)", h.flip ? fmt(h.flip, 0) : "none"),
-    card("Call wall", h.call_wall ? strikeLabel(h.call_wall) : "-"),
-    card("Put wall", h.put_wall ? strikeLabel(h.put_wall) : "-"),
-    card("0DTE net", h.zero_dte ? money(h.zero_dte.total) : "-", h.zero_dte ? sign(h.zero_dte.total) : ""),
-    card("Data", h.stale ? "STALE" : "current", h.stale ? "neg" : "pos"),
+    card("Call wall (≥ spot)", h.call_wall_above ? strikeLabel(h.call_wall_above) : "-"),
+    card("Put wall (≤ spot)", h.put_wall_below ? strikeLabel(h.put_wall_below) : "-"),
+    card("0DTE net", h.zero_dte ? money(h.zero_dte.total) : "none today", h.zero_dte ? sign(h.zero_dte.total) : ""),
+    card("Data", "-", "", "fresh-card"),
   ].join("");
+  freshness();
+  activate("gex-mode", "gexmode", state.gexMode);
+  const sel = $("gex-expiry");
+  const options = ["all", ...(h.zero_dte ? ["0dte"] : []), ...(h.by_expiry_strike ? h.by_expiry_strike.expiries : [])];
+  if (sel.dataset.list !== options.join(",")) {
+    sel.innerHTML = options.map((o) => `<option value="${o}">${o === "all" ? "All expiries" : o === "0dte" ? "0DTE (today)" : o}</option>`).join("");
+    sel.dataset.list = options.join(",");
+  }
+  if (!options.includes(state.gexExpiry)) state.gexExpiry = "all";
+  sel.value = state.gexExpiry;
+  $("gex-expiry-label").style.display = state.gexMode === "strike" ? "" : "none";
   const g = state.geom, rows = [];
   for (let p = 0; p < g.size; p++) {
     const call = state.vals[p * 3];
-    if (Number.isNaN(call) || !h.spot || Math.abs(g.strikeK[p] / h.spot - 1) >= 0.06) continue;
-    rows.push({ strike: g.strikeK[p], call, put: state.vals[p * 3 + 1], net: state.vals[p * 3 + 2] });
+    if (!Number.isNaN(call)) rows.push({ strike: g.strikeK[p], call, put: state.vals[p * 3 + 1], net: state.vals[p * 3 + 2] });
   }
-  rows.sort((a, b) => b.strike - a.strike);
-  drawGex(rows, h);
-}
-
-function drawGex(rows, h) {
-  const svg = $("gex-chart");
-  const W = svg.clientWidth || 900, H = svg.clientHeight || 600, padL = 70, padR = 20, padT = 10, padB = 20;
-  if (!rows.length) { svg.innerHTML = ""; return; }
-  const max = Math.max(1, ...rows.map((r) => Math.max(Math.abs(r.call), Math.abs(r.put))));
-  const kmin = rows[rows.length - 1].strike, kmax = rows[0].strike;
-  const y = (k) => padT + ((kmax - k) / Math.max(1e-9, kmax - kmin)) * (H - padT - padB);
-  const x0 = padL + (W - padL - padR) / 2, sx = (W - padL - padR) / 2 / max;
-  const bh = Math.max(1, (H - padT - padB) / rows.length - 1);
-  let out = `<line x1="${x0}" x2="${x0}" y1="${padT}" y2="${H - padB}" stroke="#2a3746"/>`;
-  for (const r of rows) {
-    const yy = y(r.strike) - bh / 2;
-    out += `<rect x="${x0}" y="${yy}" width="${Math.abs(r.call) * sx}" height="${bh}" fill="#3ddc97" opacity=".85"><title>${strikeLabel(r.strike)} calls ${money(r.call)}</title></rect>`;
-    out += `<rect x="${x0 - Math.abs(r.put) * sx}" y="${yy}" width="${Math.abs(r.put) * sx}" height="${bh}" fill="#ff5d6c" opacity=".85"><title>${strikeLabel(r.strike)} puts ${money(r.put)}</title></rect>`;
-    out += `<circle cx="${x0 + r.net * sx}" cy="${y(r.strike)}" r="1.6" fill="#d6dde6"/>`;
-  }
-  const step = Math.max(1, Math.ceil(rows.length / 30));
-  rows.forEach((r, i) => { if (i % step === 0) out += `<text x="${padL - 6}" y="${y(r.strike) + 3}" text-anchor="end">${strikeLabel(r.strike)}</text>`; });
-  const mark = (k, col, label, dash, below) => {
-    if (k === null || k === undefined || k < kmin || k > kmax) return "";
-    return `<line x1="${padL}" x2="${W - padR}" y1="${y(k)}" y2="${y(k)}" stroke="${col}" stroke-dasharray="${dash}"/>` +
-      `<text x="${W - padR}" y="${y(k) + (below ? 11 : -3)}" text-anchor="end" style="fill:${col}">${label} ${fmt(k, 0)}</text>`;
-  };
-  out += mark(h.spot, "#4cc2ff", "spot", "0", false);
-  out += mark(h.flip, "#ffb547", "flip", "6 4", false);
-  out += mark(h.call_wall, "#3ddc97", "call wall", "2 3", false);
-  out += mark(h.put_wall, "#ff5d6c", "put wall", "2 3", true);
-  svg.innerHTML = out;
+  rows.sort((a, b) => a.strike - b.strike);
+  const drawn = h.spot ? window.msCharts.drawGexChart(state.gexMode, h, rows, state.gexExpiry) : false;
+  $("gex-none").hidden = drawn;
 }
 
 // --- derived models --------------------------------------------------------------------------
@@ -385,31 +450,12 @@ function renderIndicators() {
 
 function renderIntent() {
   activate("flow-window", "window", state.flowWindow);
-  const doc = derived.docs.intent, svg = $("intent-chart");
+  const doc = derived.docs.intent;
   const w = doc && doc.flow ? doc.flow[state.flowWindow] : null;
   const rows = w ? w.rows : [];
   $("intent-empty").hidden = rows.length > 0;
   $("flow-totals").textContent = w ? `net ${money(w.totals.net_premium)} · bought ${money(w.totals.bought_premium)} · sold ${money(w.totals.sold_premium)} · unclassified ${money(w.totals.unclassified_premium)}` : "";
-  if (!rows.length) { svg.innerHTML = ""; return; }
-  const by = new Map();
-  for (const r of rows) { const e = by.get(r.strike) || { call: 0, put: 0 }; e[r.side] = r.net_premium; by.set(r.strike, e); }
-  const strikes = [...by.keys()].sort((a, b) => b - a);
-  const W = svg.clientWidth || 900, H = svg.clientHeight || 500, padL = 70, padR = 20, padT = 10, padB = 10;
-  const max = Math.max(1, ...strikes.map((k) => Math.max(Math.abs(by.get(k).call), Math.abs(by.get(k).put))));
-  const x0 = padL + (W - padL - padR) / 2, sx = (W - padL - padR) / 2 / max;
-  const bh = Math.max(2, (H - padT - padB) / strikes.length);
-  let out = `<line x1="${x0}" x2="${x0}" y1="${padT}" y2="${H - padB}" stroke="#2a3746"/>`;
-  strikes.forEach((k, n) => {
-    const y = padT + n * bh, e = by.get(k);
-    for (const [side, col, off] of [["call", "#3ddc97", 0], ["put", "#ff5d6c", bh / 2]]) {
-      const v = e[side];
-      if (!v) continue;
-      out += `<rect x="${v >= 0 ? x0 : x0 + v * sx}" y="${y + off}" width="${Math.abs(v) * sx}" height="${Math.max(1, bh / 2 - 1)}" fill="${col}" opacity=".85"><title>${strikeLabel(k)} ${side}s net ${money(v)}</title></rect>`;
-    }
-    if (strikes.length <= 60 || n % Math.ceil(strikes.length / 60) === 0) out += `<text x="${padL - 6}" y="${y + bh / 2 + 3}" text-anchor="end">${strikeLabel(k)}</text>`;
-  });
-  out += `<text x="${x0 - 6}" y="${H - 2}" text-anchor="end">sold</text><text x="${x0 + 6}" y="${H - 2}">bought</text>`;
-  svg.innerHTML = out;
+  window.msCharts.drawIntentChart(rows);
 }
 
 function renderFlies() {
@@ -430,6 +476,65 @@ function openFly(f) {
   activate("side", "side", state.side);
   state.focus = { strike: f.strike, width: f.width, scrolled: false };
   setStrategy("butterfly");
+}
+
+// --- the hover: legs with their quotes, mid and natural debit, and why a blank cell is blank -------
+
+function legProblem(q) {
+  if (!q || (q.bid === null && q.ask === null)) return "no quote";
+  if (!(q.bid > 0)) return "no bid";
+  if (!(q.ask > 0)) return "no ask";
+  if (q.bid > q.ask) return "crossed (bid > ask)";
+  return null;
+}
+
+// Natural debit: pay the ask on every leg bought, take the bid on every leg sold.
+function naturalDebit(weights, quotes) {
+  let sum = 0;
+  for (let i = 0; i < weights.length; i++) {
+    const q = quotes[i], w = weights[i], px = q ? (w > 0 ? q.ask : q.bid) : null;
+    if (!(px > 0)) return null;
+    sum += w * px;
+  }
+  return sum;
+}
+
+function tipText(t, quotes) {
+  const weights = WEIGHTS[state.strategy];
+  const head = `${t.expiry} ${t.side} ${strikeLabel(t.strike)}${t.width ? " w " + strikeLabel(t.width) : ""}`;
+  const nat = quotes ? naturalDebit(weights, quotes) : null;
+  const single = state.strategy === "single";
+  const price = t.value === null
+    ? "no mid: " + (quotes ? t.legs.map((s, i) => [s, legProblem(quotes[i])]).filter(([, why]) => why).map(([s, why]) => `${s} has ${why}`).join("; ") || "a leg has no two-sided quote" : "loading the legs' quotes...")
+    : `${single ? "mid" : "mid debit"} ${fmt(t.value, 2)}   ${single ? "ask" : "natural debit"} ${quotes ? fmt(nat, 2) : "..."}${single ? "" : `   score ${fmt(t.score, 2)}`}`;
+  const flag = t.value !== null && t.value <= 0 && !single ? "\n! non-positive mid debit: a leg is stale or crossed against the others" : "";
+  const legs = t.legs.map((s, i) => {
+    const q = quotes ? quotes[i] : null, w = weights[i];
+    const side = `${w > 0 ? "+" : "−"}${Math.abs(w)}`;
+    const bidask = q ? `bid ${fmt(q.bid, 2)}  ask ${fmt(q.ask, 2)}${legProblem(q) ? "  (" + legProblem(q) + ")" : ""}` : "";
+    return `${side} ${s}  ${bidask}  ${t.ts[i] ? new Date(t.ts[i]).toLocaleTimeString([], { hour12: false }) : "-"}`;
+  });
+  return `${head}\n${price}${flag}\n${legs.join("\n")}`;
+}
+
+async function hover(p) {
+  const t = tileAt(p, true);
+  if (!t) return;
+  state.hovered = p;
+  const key = `${state.geom.epoch}|${t.legs.join(",")}`, cached = state.quotes.get(key);
+  const tip = $("tip");
+  tip.textContent = tipText(t, cached ? cached.quotes : null);
+  if (cached && performance.now() - cached.at < QUOTES_TTL_MS) return;
+  state.quotes.set(key, { at: performance.now(), quotes: cached ? cached.quotes : null });
+  try {
+    const url = `/api/quotes/${encodeURIComponent(state.underlying)}?epoch=${state.geom.epoch}&symbols=${t.legs.join(",")}`;
+    const r = await fetch(url, { credentials: "same-origin" });
+    if (!r.ok) return;
+    const quotes = (await r.json()).quotes;
+    state.quotes.set(key, { at: performance.now(), quotes });
+    if (state.quotes.size > 500) state.quotes.delete(state.quotes.keys().next().value);
+    if (state.hovered === p && !tip.hidden) tip.textContent = tipText(tileAt(p, true), quotes);
+  } catch (e) { /* the next hover tries again */ }
 }
 
 // --- controls --------------------------------------------------------------------------------
@@ -472,20 +577,23 @@ async function init() {
   activate("colorby", "color", state.colorBy);
   const tip = $("tip");
   $("heatmap").addEventListener("mousemove", (e) => {
-    const td = e.target.closest("td[data-pos]");
-    const t = td ? tileAt(Number(td.dataset.pos)) : null;
-    if (!t) { tip.hidden = true; return; }
-    const legs = t.legs.map((s, i) => `${s}  ${t.ts[i] ? new Date(t.ts[i]).toISOString().slice(11, 23) : "-"}`).join("\n");
-    tip.textContent = `${t.expiry} ${t.side} ${strikeLabel(t.strike)}${t.width ? " w " + strikeLabel(t.width) : ""}\nvalue ${fmt(t.value, 3)}  score ${fmt(t.score, 2)}\n${legs}`;
-    tip.style.left = e.clientX + 14 + "px"; tip.style.top = e.clientY + 14 + "px"; tip.hidden = false;
+    const td = e.target.closest("td[data-pos], td.void");
+    if (!td) { tip.hidden = true; return; }
+    tip.hidden = false;
+    tip.style.left = Math.min(e.clientX + 14, innerWidth - tip.offsetWidth - 8) + "px";
+    tip.style.top = (e.clientY + 14 + tip.offsetHeight > innerHeight ? e.clientY - tip.offsetHeight - 10 : e.clientY + 14) + "px";
+    if (!td.dataset.pos) { tip.textContent = "no such structure: a leg's strike is not listed for this expiry"; return; }
+    hover(Number(td.dataset.pos));
   });
-  $("heatmap").addEventListener("mouseleave", () => { tip.hidden = true; });
+  $("heatmap").addEventListener("mouseleave", () => { tip.hidden = true; state.hovered = null; });
+  for (const b of document.querySelectorAll("#gex-mode button")) b.onclick = () => { state.gexMode = b.dataset.gexmode; localStorage.setItem("ms.gexMode", state.gexMode); schedule(); };
+  $("gex-expiry").onchange = (e) => { state.gexExpiry = e.target.value; schedule(); };
   setInterval(freshness, 1000);
   follow();
   setStrategy(state.strategy);
 }
 
 // For tests and the curious: the tile at a position, as the REST model has it.
-window.marketswarm = { state, derived, tileAt, score };
+window.marketswarm = { state, derived, tileAt, score, staleness, expired, naturalDebit };
 
 init();

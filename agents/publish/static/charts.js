@@ -1,0 +1,169 @@
+// MarketSwarm dashboard charts: GEX (by strike with the gamma profile, by expiry, strike x expiry) and
+// the intent map, drawn with Apache ECharts (vendored: static/vendor/echarts, see ops/vendor). Axes,
+// units, legends, tooltips and zoom are the library's; this file only maps the models onto it.
+"use strict";
+
+const CHART_THEME = {
+  text: "#7d8a99", line: "#1f2a36", good: "#3ddc97", bad: "#ff5d6c", accent: "#4cc2ff", warn: "#ffb547", fg: "#d6dde6",
+};
+const GEX_UNITS = "GEX, USD per 1% move";
+const GEX_RANGE = 0.06; // strikes within +/- 6 % of spot on the by-strike chart (zoom shows the rest)
+
+const charts = {}; // element id -> echarts instance
+
+function chartOn(id) {
+  const el = document.getElementById(id);
+  let c = charts[id];
+  if (!c || c.isDisposed()) {
+    c = echarts.init(el, null, { renderer: "canvas" });
+    charts[id] = c;
+    new ResizeObserver(() => c.resize()).observe(el);
+  }
+  return c;
+}
+
+function moneyAxis(v) {
+  const a = Math.abs(v);
+  const s = a >= 1e9 ? (a / 1e9).toFixed(1) + "B" : a >= 1e6 ? (a / 1e6).toFixed(0) + "M" : a >= 1e3 ? (a / 1e3).toFixed(0) + "K" : a.toFixed(0);
+  return (v < 0 ? "-$" : "$") + s;
+}
+
+const axisStyle = (name, extra = {}) => ({
+  name, nameLocation: "middle", nameGap: 34, nameTextStyle: { color: CHART_THEME.text },
+  axisLine: { lineStyle: { color: CHART_THEME.line } }, axisLabel: { color: CHART_THEME.text },
+  splitLine: { lineStyle: { color: CHART_THEME.line } }, ...extra,
+});
+
+// The levels a trader reads off a GEX chart, as vertical lines at their strikes. Each label runs
+// along its own line, so levels a few points apart never print over each other.
+function levelLines(h, view) {
+  const lines = [
+    ["spot", h.spot, CHART_THEME.accent, "solid"],
+    ["flip", view.flip, CHART_THEME.warn, "dashed"],
+    ["call wall", view.call_wall_above, CHART_THEME.good, "dotted"],
+    ["put wall", view.put_wall_below, CHART_THEME.bad, "dotted"],
+  ].filter(([, x]) => x !== null && x !== undefined);
+  return {
+    symbol: "none", silent: true,
+    data: lines.map(([name, x, color, type]) => ({
+      name, xAxis: x, lineStyle: { color, type, width: 1.5 },
+      label: { formatter: `${name} ${Number(x).toFixed(0)}`, position: "insideEndTop", color, fontSize: 11 },
+    })),
+  };
+}
+
+// GEX by strike: call and put bars (stacked, they are of opposite signs), net as a line, and the gamma
+// profile (net GEX re-priced at each hypothetical spot) on the same axes: x is a price either way.
+function gexByStrikeOption(h, view, rows) {
+  const lo = h.spot * (1 - GEX_RANGE), hi = h.spot * (1 + GEX_RANGE);
+  const near = rows.filter((r) => r.strike >= lo && r.strike <= hi);
+  const step = near.length > 1 ? Math.min(...near.slice(1).map((r, i) => r.strike - near[i].strike)) : 5;
+  const bar = (name, key, color) => ({
+    name, type: "bar", stack: "gex", data: near.map((r) => [r.strike, r[key]]), itemStyle: { color }, barWidth: "60%",
+    emphasis: { focus: "series" },
+  });
+  const series = [];
+  if (near.some((r) => r.call !== undefined)) series.push(bar("Call GEX", "call", CHART_THEME.good), bar("Put GEX", "put", CHART_THEME.bad));
+  series.push({ name: "Net GEX", type: "line", data: near.map((r) => [r.strike, r.net]), symbol: "circle", symbolSize: 3,
+    lineStyle: { color: CHART_THEME.fg, width: 1 }, itemStyle: { color: CHART_THEME.fg }, markLine: levelLines(h, view) });
+  const prof = (view.profile || []).filter((p) => p.spot >= lo && p.spot <= hi);
+  if (prof.length) series.push({ name: "Gamma profile (net GEX if spot were here)", type: "line", smooth: true, showSymbol: false, yAxisIndex: 1,
+    data: prof.map((p) => [p.spot, p.net]), lineStyle: { color: CHART_THEME.accent, width: 2, type: "dashed" }, itemStyle: { color: CHART_THEME.accent } });
+  return {
+    animation: false, backgroundColor: "transparent",
+    grid: { left: 80, right: prof.length ? 80 : 30, top: 40, bottom: 80 },
+    legend: { top: 4, textStyle: { color: CHART_THEME.fg } },
+    tooltip: { trigger: "axis", axisPointer: { type: "line" },
+      valueFormatter: (v) => (typeof v === "number" ? moneyAxis(v) : v) },
+    xAxis: axisStyle("strike (spot, for the profile)", { type: "value", min: Math.floor(lo / step) * step, max: Math.ceil(hi / step) * step, scale: true }),
+    // The profile sums every strike: its own axis (right), or the strikes' bars would be flat lines.
+    yAxis: [
+      axisStyle(GEX_UNITS + " (by strike)", { type: "value", nameGap: 62, axisLabel: { color: CHART_THEME.text, formatter: moneyAxis } }),
+      axisStyle("profile: total net " + GEX_UNITS, { type: "value", nameGap: 62, position: "right", show: prof.length > 0,
+        splitLine: { show: false }, axisLabel: { color: CHART_THEME.accent, formatter: moneyAxis } }),
+    ],
+    dataZoom: [{ type: "inside", xAxisIndex: 0 }, { type: "slider", xAxisIndex: 0, bottom: 8, height: 18, textStyle: { color: CHART_THEME.text } }],
+    series,
+  };
+}
+
+function gexByExpiryOption(h) {
+  const rows = h.by_expiry || [];
+  return {
+    animation: false, grid: { left: 80, right: 30, top: 40, bottom: 60 },
+    legend: { top: 4, textStyle: { color: CHART_THEME.fg } },
+    tooltip: { trigger: "axis", valueFormatter: moneyAxis },
+    xAxis: axisStyle("expiry", { type: "category", data: rows.map((r) => r.expiry) }),
+    yAxis: axisStyle(GEX_UNITS, { type: "value", nameGap: 62, axisLabel: { color: CHART_THEME.text, formatter: moneyAxis } }),
+    dataZoom: [{ type: "inside" }],
+    series: [{ name: "Net GEX by expiry", type: "bar", data: rows.map((r) => ({ value: r.net, itemStyle: { color: r.net >= 0 ? CHART_THEME.good : CHART_THEME.bad } })) }],
+  };
+}
+
+function gexMatrixOption(h) {
+  const m = h.by_expiry_strike;
+  if (!m) return null;
+  const data = [], abs = [];
+  m.net.forEach((row, y) => row.forEach((v, x) => { data.push([x, y, v]); abs.push(Math.abs(v)); }));
+  const top = Math.max(1, ...abs);
+  const spotX = m.strikes.reduce((b, k, i) => (Math.abs(k - h.spot) < Math.abs(m.strikes[b] - h.spot) ? i : b), 0);
+  return {
+    animation: false, grid: { left: 90, right: 30, top: 30, bottom: 110 },
+    tooltip: { formatter: (p) => `${m.expiries[p.value[1]]} · strike ${m.strikes[p.value[0]]}<br>net GEX ${moneyAxis(p.value[2])} per 1%` },
+    xAxis: axisStyle("strike", { type: "category", data: m.strikes.map(String), splitArea: { show: false } }),
+    yAxis: axisStyle("expiry", { type: "category", data: m.expiries, nameGap: 76 }),
+    visualMap: { min: -top, max: top, calculable: true, orient: "horizontal", left: "center", bottom: 8,
+      text: ["dealers long gamma", "short gamma"], textStyle: { color: CHART_THEME.text },
+      inRange: { color: [CHART_THEME.bad, "#121821", CHART_THEME.good] }, formatter: moneyAxis },
+    dataZoom: [{ type: "inside", xAxisIndex: 0 }],
+    series: [{ name: "Net GEX (strike x expiry)", type: "heatmap", data, emphasis: { itemStyle: { borderColor: "#fff", borderWidth: 1 } },
+      markLine: { symbol: "none", silent: true, data: [{ name: "spot", xAxis: spotX, lineStyle: { color: CHART_THEME.accent }, label: { formatter: `spot ${h.spot.toFixed(0)}`, color: CHART_THEME.accent } }] } }],
+  };
+}
+
+// The per-strike rows of the chosen expiry view: every expiry (the model's columns), 0DTE (its own
+// view), or one expiry of the strike x expiry matrix (net only).
+function gexView(h, rows, which) {
+  if (which === "0dte") return h.zero_dte ? { view: h.zero_dte, rows: h.zero_dte.by_strike } : null;
+  if (which && which !== "all") {
+    const m = h.by_expiry_strike, y = m ? m.expiries.indexOf(which) : -1;
+    if (y < 0) return null;
+    // One expiry: net by strike only; its own flip and walls are not in the model, so none is drawn.
+    const view = { profile: [], flip: null, call_wall_above: null, put_wall_below: null };
+    return { view, rows: m.strikes.map((k, x) => ({ strike: k, net: m.net[y][x] })) };
+  }
+  return { view: h, rows };
+}
+
+function drawGexChart(mode, h, rows, which) {
+  const c = chartOn("gex-chart");
+  let option = null;
+  if (mode === "expiry") option = gexByExpiryOption(h);
+  else if (mode === "matrix") option = gexMatrixOption(h);
+  else { const v = gexView(h, rows, which); option = v ? gexByStrikeOption(h, v.view, v.rows) : null; }
+  if (!option) { c.clear(); return false; }
+  c.setOption(option, { notMerge: true, lazyUpdate: true });
+  return true;
+}
+
+function drawIntentChart(rows) {
+  if (!rows.length) { chartOn("intent-chart").clear(); return; }
+  const by = new Map();
+  for (const r of rows) { const e = by.get(r.strike) || { call: 0, put: 0 }; e[r.side] = r.net_premium; by.set(r.strike, e); }
+  const strikes = [...by.keys()].sort((a, b) => a - b);
+  const c = chartOn("intent-chart");
+  c.setOption({
+    animation: false, grid: { left: 80, right: 30, top: 40, bottom: 60 },
+    legend: { top: 4, textStyle: { color: CHART_THEME.fg } },
+    tooltip: { trigger: "axis", valueFormatter: moneyAxis },
+    xAxis: axisStyle("strike", { type: "category", data: strikes.map(String) }),
+    yAxis: axisStyle("net premium, USD (bought − sold)", { type: "value", nameGap: 62, axisLabel: { color: CHART_THEME.text, formatter: moneyAxis } }),
+    dataZoom: [{ type: "inside" }, { type: "slider", bottom: 8, height: 18 }],
+    series: [
+      { name: "Calls", type: "bar", data: strikes.map((k) => by.get(k).call), itemStyle: { color: CHART_THEME.good } },
+      { name: "Puts", type: "bar", data: strikes.map((k) => by.get(k).put), itemStyle: { color: CHART_THEME.bad } },
+    ],
+  }, { notMerge: true, lazyUpdate: true });
+}
+
+window.msCharts = { charts, drawGexChart, drawIntentChart, gexView };
