@@ -177,6 +177,7 @@ def run(
         sup.stop()
         if server is not None:
             server.stop()
+        lock.release()
     log.info("stopped")
 
 

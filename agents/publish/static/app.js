@@ -386,6 +386,7 @@ function legend(lo, hi) {
   for (let i = 0; i < 220; i++) { c.fillStyle = color(i / 219); c.fillRect(i, 0, 1, 10); }
   $("legend-title").textContent = state.colorBy === "score" ? "score (reward/risk)" : state.strategy === "single" ? "mid" : "mid debit";
   $("legend-range").textContent = `${fmt(lo)} .. ${fmt(hi)}`;
+  $("neg-key").hidden = state.strategy === "single";
 }
 
 function renderGex() {
