@@ -93,7 +93,7 @@ def test_every_mistake_of_the_list_gets_one_line_and_a_non_zero_exit(populated: 
     ]
     cases += [
         (argv, {"MARKETSWARM_REDIS_URL": dead}, 1, f"Redis at {dead} does not answer")
-        for argv in (["inspect"], ["inspect", "underlying", "SPX"], ["top"], ["offsets", "show"], ["rebuild"])
+        for argv in (["inspect", "underlying", "SPX"], ["top"], ["rebuild"])
     ]
     cases += [(["export", str(tmp_path / "out")], {"MARKETSWARM_REDIS_URL": dead}, 1, "does not answer")]
     with ThreadPoolExecutor(4) as pool:

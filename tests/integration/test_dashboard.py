@@ -131,6 +131,7 @@ async def test_dashboard_shows_a_live_heatmap(topology: str, chromium: str, redi
         await page.wait_for_function(GEX_DRAWN, timeout=30_000)
         assert "Flip" in (await page.text_content("#gex-cards") or "")
         await page.screenshot(path=str(ARTIFACTS / "dashboard-gex.png"))
+        await zero_dte_view(page)
         await page.click("button[data-strategy=butterfly]")
         await connection_drops_and_returns(page, int(topology.rsplit(":", 1)[1]))
         await derived_views(page)
@@ -148,6 +149,24 @@ INTENT_DRAWN = (
     "return c && c.getOption().series.some(s => s.data.some(v => v)); })()"
 )
 CELL_OPACITY = "td => Number(getComputedStyle(td).opacity)"
+
+
+async def zero_dte_view(page: Any) -> None:
+    """When today has an expiry (the simulated market lists today's until its close), the GEX chart's
+    expiry choice offers 0DTE, and choosing it draws the 0DTE view's strikes and levels."""
+    header = await page.evaluate("window.marketswarm.state.header")
+    options = await page.eval_on_selector("#gex-expiry", "s => [...s.options].map(o => o.value)")
+    assert ("0dte" in options) == (header["zero_dte"] is not None)
+    if header["zero_dte"] is None:
+        return
+    await page.select_option("#gex-expiry", "0dte")
+    await page.wait_for_timeout(300)
+    o = await page.evaluate("echarts.getInstanceByDom(document.getElementById('gex-chart')).getOption()")
+    net = next(s for s in o["series"] if s["name"] == "Net GEX")
+    strikes = {r["strike"] for r in header["zero_dte"]["by_strike"]}
+    assert net["data"] and {x for x, _ in net["data"]} <= strikes
+    await page.screenshot(path=str(ARTIFACTS / "dashboard-gex-0dte.png"))
+    await page.select_option("#gex-expiry", "all")
 
 
 def gateway_pid(port: int) -> int:

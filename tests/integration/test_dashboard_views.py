@@ -212,6 +212,10 @@ async def test_heatmap_gex_freshness_and_docs_over_real_chains(gateway: str, chr
             "put wall": gex["put_wall_below"],
         }
         assert levels["put wall"] <= levels["spot"] <= levels["call wall"]
+        # Each label runs along its own line (levels a few points apart never print over each other).
+        labels = [d["label"] for d in o["series"][2]["markLine"]["data"]]
+        assert all(lab["position"] == "insideEndTop" for lab in labels)
+        assert [lab["formatter"] for lab in labels] == [f"{n} {x:.0f}" for n, x in levels.items()]
         assert "at or above spot" in (await page.text_content("#gex-view .note") or "")
         await page.screenshot(path=str(ARTIFACTS / "dashboard-gex-by-strike.png"))
 
