@@ -1,16 +1,25 @@
-"""Heartbeat and lease renewal from a thread, so a long CPU-bound step can never starve them.
+"""Heartbeat and lease renewal from a thread, so a long CPU-bound step can never starve them, and
+only while the agent makes progress, so a wedged one hands its work over.
 
 An agent's event loop is busy while a step runs (a full recompute, a large staged batch); a renewal
 task on that loop would wait for it, and a lease could expire under an agent that is working. The
 keeper renews on its own thread with its own (blocking) connection: Python switches threads every few
-milliseconds even while another thread computes, and numpy releases the lock in its kernels. The
-event loop still takes and gives up leases; the keeper only keeps them, and drops one it finds lost
-(someone else holds it), which the next commit then sees as LeaseLostError: its script checks the
-lease first. ``Leases`` takes and gives up the leases of one agent, on the event loop.
+milliseconds even while another thread computes, and numpy releases the lock in its kernels.
+
+A thread alone would also keep the leases of an agent whose step never returns (a deadlock, a
+blocking call without a timeout), so no standby would ever take over. The event loop therefore
+marks each turn (``turned``, from a task that runs every ``interval_s / 2``), and the keeper renews
+and beats only while the loop turned within ``stall_s``, half the lease: a loop blocked longer stops
+both, the lease lapses, a standby takes it with a new fencing token, and the blocked replica's next
+commit, when it wakes, fails its script's lease check (LeaseLostError) and writes nothing.
+
+The event loop still takes and gives up leases; the keeper only keeps them, and drops one it finds
+lost (someone else holds it). ``Leases`` takes and gives up the leases of one agent, on the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -55,7 +64,8 @@ def blocking_twin(client: aioredis.Redis) -> redis.Redis:
 
 
 class Keeper:
-    """Writes ``heartbeat_key`` every ``interval_s`` and renews the leases it holds."""
+    """Writes ``heartbeat_key`` every ``interval_s`` and renews the leases it holds, while the agent's
+    event loop turned within ``stall_s`` (see ``turned``)."""
 
     def __init__(
         self, client: redis.Redis, name: str, heartbeat_key: str, heartbeat_ttl_s: int, lease_ttl_ms: int
@@ -67,6 +77,9 @@ class Keeper:
         self.lease_ttl_ms = lease_ttl_ms
         # Written this often relative to the shorter TTL, so two renewals can be missed before "dead".
         self.interval_s = min(heartbeat_ttl_s, lease_ttl_ms / 1000) / 3
+        # A loop that has not turned for this long is wedged, not busy: stop renewing (module doc).
+        self.stall_s = lease_ttl_ms / 2000
+        self._turned = time.monotonic()
         self._leases: dict[str, str] = {}  # lease key -> our value
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -98,9 +111,27 @@ class Keeper:
         with self._lock:
             return lease_key in self._leases
 
+    def turned(self) -> None:
+        """Called from the agent's event loop at every turn of its progress task."""
+        self._turned = time.monotonic()
+
+    def stalled(self) -> bool:
+        """True while the event loop has not turned within ``stall_s``."""
+        return time.monotonic() - self._turned > self.stall_s
+
+    async def follow(self) -> None:
+        """The event loop's side: mark a turn every ``interval_s / 2`` until cancelled."""
+        while True:
+            self.turned()
+            await asyncio.sleep(self.interval_s / 2)
+
     def _run(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
+            if self.stalled():
+                log.error("%s: event loop stalled for %.1f s; leases left to lapse", self.name, started - self._turned)
+                self._stop.wait(self.interval_s)
+                continue
             try:
                 self.client.set(self.heartbeat_key, str(time.time()), ex=self.heartbeat_ttl_s)
                 with self._lock:

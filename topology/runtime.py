@@ -21,7 +21,8 @@ here, written once:
   any entry delivered more than ``max_deliveries`` times is moved to ``<stream>.dlq`` with its error;
 * stateful agents own each underlying through a lease with a fencing token; every commit checks
   the lease first, inside its script, so a replica that lost it cannot write; leases and the
-  heartbeat are renewed from a thread (topology/keeper.py), so a long step cannot let them expire;
+  heartbeat are renewed from a thread (topology/keeper.py), so a long step cannot let them expire,
+  and only while this loop turns, so a step stuck past half the lease hands the lease to a standby;
 * after a commit, the streams the agent writes are trimmed to their byte and age bounds, never past
   an entry a group has not acknowledged (topology/retention.py);
 * SIGTERM/SIGINT set an event: the loop finishes the in-flight batch and returns.
@@ -126,7 +127,9 @@ class Runtime:
         handled or nothing arrived for ``idle_timeout_s`` seconds. Returns entries handled."""
         us = list(underlyings or self.settings.underlyings)
         self._last_activity = time.monotonic()
+        self.keeper.turned()
         self.keeper.start()
+        progress = asyncio.create_task(self.keeper.follow(), name=f"{self.spec.name}:progress")
         tasks = [asyncio.create_task(self._partition(u), name=f"{self.spec.name}:{u}") for u in us]
         watcher = asyncio.create_task(self._watch_bounds(max_entries, idle_timeout_s))
         try:
@@ -135,9 +138,9 @@ class Runtime:
             self.stop.set()
             # Let every partition finish (and commit) its in-flight batch, within the grace period.
             _, late = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_s)
-            for t in (*late, watcher):
+            for t in (*late, watcher, progress):
                 t.cancel()
-            await asyncio.gather(watcher, *tasks, return_exceptions=True)
+            await asyncio.gather(watcher, progress, *tasks, return_exceptions=True)
             for u in us:
                 await self.leases.release(u)
             await asyncio.to_thread(self.keeper.stop)

@@ -46,7 +46,8 @@ class Settings(BaseSettings):
     lease_ttl_ms: int = Field(
         default=20_000,
         ge=100,
-        description="Lease of stateful per-underlying work: a standby takes over within this long.",
+        description="Lease of stateful per-underlying work: a standby takes over within this long; "
+        "an agent whose event loop is blocked for half of it stops renewing, so a wedged step hands over.",
     )
     min_replicas_ack: int = Field(
         default=0,

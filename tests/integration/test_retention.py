@@ -99,19 +99,28 @@ async def test_sources_shed_market_frames_while_agents_are_behind(aredis: aiored
 
 
 class Slow(Processor):
-    """A stateful step that holds the event loop far longer than the lease's TTL."""
+    """A stateful step that holds the event loop longer than a renewal interval (a third of the lease)
+    but less than half the lease: busy, not wedged. On consumer ``wedged`` the first batch blocks
+    for ``WEDGE_S``, far past the lease: a step that never returns, as far as anyone can tell."""
 
     def __init__(self, settings: Settings, u: str, metrics: Metrics) -> None:
         self.key = sums_key(u)
+        self.step_s = {"wedged": WEDGE_S, "busy": 1.5}.get(settings.consumer, 0.0)
 
     def process(self, batch: Sequence[Entry]) -> Effects:
-        time.sleep(1.5)  # CPU-bound, as far as the event loop is concerned
+        time.sleep(self.step_s)  # CPU-bound, as far as the event loop is concerned
+        if self.step_s == WEDGE_S:
+            self.step_s = 0.0
         return Effects(commands=[("HINCRBY", self.key, "n", len(batch))])
+
+
+WEDGE_S = 4.0
 
 
 async def test_a_long_step_does_not_lose_its_lease(redis_url: str, aredis: aioredis.Redis) -> None:
     spec = AgentSpec(name="slow", reads=TEST_IN, writes=(), make=Slow, stateful=True)
-    st = Settings(underlyings=["LEASE"], consumer="c1", block_ms=50, lease_ttl_ms=600, heartbeat_ttl_s=2)
+    # Renewals every 1.17 s from the keeper's thread; each step holds the loop 1.5 s (< half the lease).
+    st = Settings(underlyings=["LEASE"], consumer="busy", block_ms=50, lease_ttl_ms=3500, heartbeat_ttl_s=2)
     key = TEST_IN.key("LEASE")
     await aredis.xgroup_create(key, "slow", id="0", mkstream=True)
     for _ in range(3):
@@ -125,3 +134,45 @@ async def test_a_long_step_does_not_lose_its_lease(redis_url: str, aredis: aiore
     assert await aredis.hget(sums_key("LEASE"), "n") == b"3"
     # One token was ever handed out: the lease never lapsed while the step ran.
     assert await aredis.get(streams.lease_token_key("LEASE", "slow")) == b"1"
+
+
+async def test_a_wedged_step_hands_its_lease_to_a_standby_and_is_fenced(redis_url: str, aredis: aioredis.Redis) -> None:
+    """A step blocks its loop past the lease: the keeper stops renewing, a standby takes the lease
+    with a new token and commits the entry; the wedged replica's commit, when it wakes, is refused."""
+    spec = AgentSpec(name="slow", reads=TEST_IN, writes=(), make=Slow, stateful=True)
+    base = Settings(underlyings=["WEDGE"], block_ms=50, lease_ttl_ms=800, heartbeat_ttl_s=2, min_idle_ms=100)
+    key = TEST_IN.key("WEDGE")
+    await aredis.xgroup_create(key, "slow", id="0", mkstream=True)
+    await aredis.xadd(key, encode_count({"key": "k", "n": 1}))
+
+    def wedged() -> int:
+        async def main() -> int:
+            client: Any = aioredis.Redis.from_url(redis_url)
+            try:
+                rt = Runtime(spec, base.model_copy(update={"consumer": "wedged"}), client, Metrics(CollectorRegistry()))
+                return await rt.run(idle_timeout_s=WEDGE_S + 2)
+            finally:
+                await client.aclose()
+
+        return asyncio.run(main())  # its own thread and loop: its sleep blocks it, not the standby
+
+    blocked = asyncio.create_task(asyncio.to_thread(wedged))
+    lease = streams.lease_key("WEDGE", "slow")
+    deadline = time.monotonic() + 5
+    while (await aredis.get(lease) or b"").split(b":")[0] != b"wedged":
+        assert time.monotonic() < deadline, "the wedged replica never took the lease"
+        await asyncio.sleep(0.02)
+    wedged_at = time.monotonic()
+    client: Any = aioredis.Redis.from_url(redis_url)
+    try:
+        standby = Runtime(spec, base.model_copy(update={"consumer": "standby"}), client, Metrics(CollectorRegistry()))
+        done = await standby.run(max_entries=1, idle_timeout_s=WEDGE_S)
+        took_over_s = time.monotonic() - wedged_at
+    finally:
+        await client.aclose()
+    assert done == 1
+    # Within the stall threshold (half the lease) + the lease + the standby's step and polling.
+    assert took_over_s < WEDGE_S, f"the standby took over only after {took_over_s:.1f} s"
+    assert await blocked == 0, "the wedged replica woke and committed with its old token"
+    assert await aredis.hget(sums_key("WEDGE"), "n") == b"1", "the fenced replica's commit went through"
+    assert await aredis.xpending(key, "slow") == {"pending": 0, "min": None, "max": None, "consumers": []}
