@@ -37,6 +37,10 @@ def value_columns(strategy: str) -> tuple[str, ...]:
     return ("call", "put", "net") if strategy == "gex" else ("value",)
 
 
+# Each leg's weight in a heatmap structure's debit (bought +, sold -), in the order of a tile's legs.
+LEG_WEIGHTS = {"single": (1,), "vertical": (1, -1), "butterfly": (1, -2, 1)}
+
+
 class Geometry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One epoch's grid for one strategy: the only place tiles have labels, published once per epoch.
 

@@ -294,3 +294,10 @@ class Metrics:
         self.sse_clients = Gauge(
             "marketswarm_sse_clients_entries", "Connected SSE clients.", ("stream",), registry=r, **mp
         )
+        self.sse_refused = Counter(
+            "marketswarm_gateway_refused_total",
+            "Requests the gateway refused at its limits: SSE connections over the total or per-address "
+            "cap, and sign-in attempts over the rate limit (reason: total, address, sign-in).",
+            ("reason",),
+            registry=r,
+        )

@@ -172,9 +172,22 @@ class Settings(BaseSettings):
         "(what one reconnect may cost the gateway and Redis).",
     )
     api_token: SecretStr | None = Field(
-        default=None, description="Optional bearer token for the gateway (header or cookie)."
+        default=None,
+        description="Bearer token for the gateway (header, or the cookie /auth sets); required when "
+        "MARKETSWARM_GATEWAY_HOST is not a loopback address, unless MARKETSWARM_GATEWAY_NO_AUTH.",
     )
-    cors_origins: CsvList = Field(default=[], description="Explicit CORS allowlist, comma-separated.")
+    gateway_no_auth: bool = Field(
+        default=False,
+        description="Serve beyond loopback without a token (the gateway's --no-auth): say so only behind "
+        "an authenticating proxy.",
+    )
+    sse_max_clients: int = Field(default=1000, ge=1, description="SSE connections per gateway process.")
+    sse_max_per_address: int = Field(
+        default=64, ge=1, description="SSE connections per client address (a dashboard tab holds one)."
+    )
+    cors_origins: CsvList = Field(
+        default=[], description="Explicit CORS allowlist, comma-separated (no '*': credentials are allowed)."
+    )
 
     @field_validator("underlyings", "cors_origins", mode="before")
     @classmethod
@@ -182,6 +195,18 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return [part.strip() for part in v.split(",") if part.strip()]
         return v
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _no_wildcard(cls, v: list[str]) -> list[str]:
+        if "*" in v:
+            raise ValueError("'*' cannot be allowed with credentials: list the dashboard's origins")
+        return v
+
+    @field_validator("api_token")
+    @classmethod
+    def _empty_is_none(cls, v: SecretStr | None) -> SecretStr | None:
+        return v if v is not None and v.get_secret_value() else None  # an empty secret is no token
 
     @field_validator("underlyings")
     @classmethod

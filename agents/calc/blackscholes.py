@@ -12,16 +12,13 @@ difference on expiry day only).
 
 from __future__ import annotations
 
-import datetime as dt
-from functools import lru_cache
-from zoneinfo import ZoneInfo
-
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import ndtr
 
+from marketswarm.schemas.markettime import ET, expiry_close_ns  # noqa: F401 -- re-exported for the calcs
+
 F = NDArray[np.float64]
-ET = ZoneInfo("America/New_York")
 SECONDS_PER_YEAR = 365.0 * 86400.0
 MIN_T_YEARS = 60.0 / SECONDS_PER_YEAR  # one minute
 _SQRT_2PI = np.sqrt(2.0 * np.pi)
@@ -66,14 +63,6 @@ def gamma(s: ArrayLike, k: ArrayLike, t: ArrayLike, r: ArrayLike, sigma: ArrayLi
     with np.errstate(divide="ignore", invalid="ignore"):
         g = np.exp(-q_ * t_) * _pdf(d1) / (s_ * v_ * np.sqrt(t_))
     return np.where((v_ > 0) & (t_ > 0) & np.isfinite(g), g, 0.0)
-
-
-@lru_cache(maxsize=4096)
-def expiry_close_ns(expiry: str) -> int:
-    """16:00 America/New_York on an expiry date (YYYY-MM-DD), in epoch ns."""
-    d = dt.date.fromisoformat(expiry)
-    close = dt.datetime(d.year, d.month, d.day, 16, 0, tzinfo=ET)
-    return int(close.timestamp()) * 1_000_000_000
 
 
 def years_to_expiry(expiry_close: ArrayLike, now_ns: int) -> F:

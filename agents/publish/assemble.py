@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from marketswarm.schemas.models import Diff, Geometry
+from marketswarm.schemas.markettime import expiry_close_ns
+from marketswarm.schemas.models import LEG_WEIGHTS, Diff, Geometry
 
 HEADER_FIELD = "_header"  # model hash fields (streams.model_key)
 GEOMETRY_FIELD = "_geometry"
@@ -50,7 +51,7 @@ def header_json(
 
 def scores(values: np.ndarray, width_x1000: np.ndarray) -> np.ndarray:
     """Reward/risk of a debit structure, ``(w - debit) / debit`` rounded to 1e-4; NaN (null) for singles
-    and non-positive debits. The dashboard computes the same from the same numbers (static/app.js)."""
+    and non-positive debits. The dashboard takes them from the SSE snapshot and diffs (``scores``)."""
     w = width_x1000 / 1000.0
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where((w > 0) & (values > 0), np.round((w - values) / values, 4), np.nan)
@@ -165,9 +166,10 @@ def geometry_json(geometry: Geometry) -> bytes:
             "epoch": geometry.epoch,
             "n_legs": geometry.n_legs,
             "series": [
-                {"expiry": e, "side": s, "step": st / 1000}
+                {"expiry": e, "side": s, "step": st / 1000, "close_ns": expiry_close_ns(e)}
                 for e, s, st in zip(geometry.expiries, geometry.sides, geometry.steps_x1000, strict=True)
             ],
+            "leg_weights": LEG_WEIGHTS.get(geometry.strategy, ()),
             "contracts": geometry.contracts,
             "series_of": geometry.series_of(),
             "strike": geometry.strikes_x1000() / 1000,
@@ -199,11 +201,14 @@ def snapshot_json(geometry: Geometry | None, vals: np.ndarray, cts: np.ndarray, 
         "vals": vals.reshape(-1).tolist() if geometry is not None else [],
         "cts_ago_ns": _ago(cts, asof),
     }
+    if geometry is not None and geometry.strategy in LEG_WEIGHTS:
+        body["scores"] = scores(vals[:, 0], geometry.widths_x1000()).tolist()
     return b'{"header":' + header + b"," + orjson.dumps(body)[1:]
 
 
-def diff_json(diff: Diff) -> bytes:
-    """A version's diff as columns: positions as gaps, their numbers (null = gone), contracts' quote times."""
+def diff_json(diff: Diff, widths_x1000: np.ndarray | None = None) -> bytes:
+    """A version's diff as columns: positions as gaps, their numbers (null = gone), contracts' quote times;
+    for a heatmap given its epoch's widths (``Geometry.widths_x1000``), each position's score too."""
     cols = diff.cols
     body = {
         "version": diff.version,
@@ -218,4 +223,9 @@ def diff_json(diff: Diff) -> bytes:
         "cpos": _deltas(cols.contract_positions()),
         "cts_ago_ns": _ago(cols.contract_times(), diff.asof_ns),
     }
+    if diff.reset and diff.geometry is not None:
+        widths_x1000 = diff.geometry.widths_x1000()
+    if diff.strategy in LEG_WEIGHTS and widths_x1000 is not None:
+        widths = widths_x1000 if cols.dense else widths_x1000[cols.positions()]
+        body["scores"] = scores(cols.values()[:, 0], widths).tolist()
     return b'{"header":' + diff.header + b"," + orjson.dumps(body)[1:]

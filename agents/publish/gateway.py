@@ -14,31 +14,36 @@ run as many as needed behind a load balancer; each reads Redis and never writes 
   Sent gzip'd when the client accepts it (agents/publish/sse.py). ``GET /sse/models/{name}?underlying=
   SPX`` is the same for any model by name; a derived model's snapshot and diffs carry the whole
   document as their ``header``.
+* ``GET /sse/tab?feeds=SPX:butterfly@1234,SPX:gex``: every feed of a dashboard tab on one connection,
+  each resuming after its own version (agents/publish/feeds.py).
 * ``GET /healthz``, ``GET /readyz`` (Redis answers, every group exists), ``GET /metrics``.
 * ``GET /``: the dashboard; ``GET /api/docs``: Swagger UI. No CDN: their libraries are vendored.
 
 Each kind of work has its own Redis budget, bounded and queued: REST and SSE reads share one pool
 whose commands wait up to ``POOL_WAIT_S`` for a connection (then 503 and ``Retry-After``); health and
 metrics have their own small pool and are computed at most once per ``HEALTH_CACHE_S`` whoever asks;
-the SSE feed readers have theirs. An unknown underlying or strategy is a 404 before any Redis work,
-and SSE clients beyond ``MAX_SSE_CLIENTS`` get a 503. A resume reads its missed diffs in pages of
-``RESUME_PAGE``; more than ``sse_max_resume_diffs`` behind, or an id that is not a version, it gets a
-fresh snapshot instead.
+the SSE feed readers have theirs. An unknown underlying or strategy is a 404 before any Redis work.
+SSE connections are admitted up to ``sse_max_clients`` in all (then 503) and ``sse_max_per_address``
+per client address (then 429), counted as they are admitted (agents/publish/limits.py). REST JSON,
+snapshots and their compression are built off the event loop, once per version (feeds.py).
 
-An optional bearer token (``Authorization: Bearer ...`` or the ``ms_token`` cookie set by ``POST
-/auth``; never a query string) guards everything but health and metrics. CORS is an explicit allowlist.
+Safe by default: a gateway bound beyond loopback refuses to start without a bearer token unless
+``gateway_no_auth`` says so (``check_exposure``). The token comes as ``Authorization: Bearer ...`` or
+the ``ms_token`` cookie set by ``POST /auth`` (HttpOnly, SameSite=Strict, Secure over TLS, expiring;
+the sign-in rate limited per address), never in a query string, and guards everything but health and
+metrics. CORS is an explicit allowlist (never ``*``: credentials are allowed). The dashboard's pages
+forbid inline script (``CSP``). Error bodies and ``/readyz`` name no hosts or ports: the logs do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import os
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -53,123 +58,73 @@ from redis.exceptions import RedisError
 
 from marketswarm.agents import catalog
 from marketswarm.agents.publish.apidocs import add_docs
-from marketswarm.agents.publish.assemble import diff_json, geometry_json
+from marketswarm.agents.publish.feeds import (
+    FeedSource,
+    ModelCache,
+    TabRequestError,
+    model_feed,
+    parse_tab,
+    parse_version,
+    tab,
+)
 from marketswarm.agents.publish.hub import Hub
-from marketswarm.agents.publish.published import GapError, Published, diff_version
-from marketswarm.agents.publish.reading import catch_up, load_published, read_quotes, top_version
-from marketswarm.agents.publish.sse import Segment, SseResponse, accepts_gzip, sse_event
-from marketswarm.schemas import codec
+from marketswarm.agents.publish.limits import Admission, Attempts
+from marketswarm.agents.publish.reading import read_quotes
+from marketswarm.agents.publish.sse import Segment, SseResponse, accepts_gzip
 from marketswarm.schemas.models import GexModel, ModelOut
 from marketswarm.topology import observe, streams
 from marketswarm.topology.connections import create_redis
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
 
+log = logging.getLogger(__name__)
+
 TOKEN_COOKIE = "ms_token"
 HEATMAPS = {s.value for s in streams.HEATMAP_STRATEGIES}
 DOCUMENTS = {*HEATMAPS, *streams.DERIVED}  # served at /api/models/{underlying}/{name}
 MAX_QUOTES = 8  # contracts per /api/quotes request (a tile has at most 3 legs)
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/auth", "/login")
-RENDERED_DIFFS = 256  # diffs kept rendered as SSE events, shared by every client (and reconnects)
 API_CONNECTIONS = 48  # REST and SSE snapshot/resume reads
 HEALTH_CONNECTIONS = 4  # /readyz, /metrics and the known-underlyings refresh
 POOL_WAIT_S = 5.0  # a request waits this long for a connection of its budget, then gets a 503
 HEALTH_CACHE_S = 1.0  # /readyz and /metrics' Redis reads are shared by every request in this window
 KNOWN_CACHE_S = 5.0  # the published underlyings, re-read at most this often
-MAX_SSE_CLIENTS = 1000  # SSE clients per gateway process; beyond, a 503
-RESUME_PAGE = 200  # missed diffs read per XRANGE
-MAX_VERSION_DIGITS = 18  # a Last-Event-ID longer than this is no version of ours (int64)
+COOKIE_MAX_AGE_S = 12 * 3600  # a sign-in lasts a trading day
+AUTH_ATTEMPTS = 10  # sign-in attempts per address per AUTH_WINDOW_S; beyond, a 429
+AUTH_WINDOW_S = 60.0
+# The dashboard's pages: scripts only from this origin (no inline script, no eval); inline style
+# attributes are allowed (the charts and gauges position elements with them).
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+class ExposedWithoutTokenError(RuntimeError):
+    """Raised by ``check_exposure`` when the gateway would listen beyond loopback without a token and
+    nobody said ``--no-auth``."""
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse a gateway that anyone on the network could read without a token, unless asked for."""
+    host = settings.gateway_host
+    if settings.api_token is None and not settings.gateway_no_auth and host not in LOOPBACK:
+        raise ExposedWithoutTokenError(
+            f"the gateway would listen on {host} without a token: set MARKETSWARM_API_TOKEN, bind "
+            "MARKETSWARM_GATEWAY_HOST=127.0.0.1, or say --no-auth (MARKETSWARM_GATEWAY_NO_AUTH=1) behind "
+            "an authenticating proxy"
+        )
 
 
 def _static() -> Any:
     return resources.files("marketswarm.agents.publish").joinpath("static")
 
 
-@dataclass
-class _Model:
-    """One (underlying, strategy) as the gateway serves it: the published columns, followed
-    incrementally, and what was built from them, each once per version (or epoch)."""
-
-    published: Published
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    body: tuple[int, bytes] | None = None  # (version, REST JSON)
-    snapshot: tuple[int, Segment] | None = None  # (version, SSE geometry + snapshot events)
-    geometry: tuple[str, bytes] | None = None  # (epoch, geometry JSON)
-
-
-class ModelCache:
-    """Published models kept current by applying new diffs, and their JSON built once per version:
-    concurrent readers share one copy and one build."""
-
-    def __init__(self) -> None:
-        self.models: dict[tuple[str, str], _Model] = {}
-        self.rendered: OrderedDict[tuple[str, bytes], Segment] = OrderedDict()
-
-    async def current(self, redis: aioredis.Redis, u: str, strategy: str) -> _Model | None:
-        m = self.models.get((u, strategy))
-        if m is None:
-            m = self.models[(u, strategy)] = _Model(Published(strategy=strategy))
-        async with m.lock:
-            top = await top_version(redis, u, strategy)
-            if top is None:
-                return None
-            if top != m.published.version:
-                try:
-                    if top < m.published.version or m.published.header is None:
-                        raise GapError("rebuilt")
-                    await catch_up(redis, u, m.published, strict=True)
-                except GapError:  # a rebuilt model, or diffs trimmed past ours: start from its checkpoint
-                    m.published = await load_published(redis, u, strategy)
-        return m if m.published.header is not None else None
-
-    async def body(self, redis: aioredis.Redis, u: str, strategy: str) -> bytes | None:
-        m = await self.current(redis, u, strategy)
-        if m is None:
-            return None
-        p = m.published
-        if m.body is None or m.body[0] != p.version:
-            m.body = (p.version, p.body() or b"")
-        return m.body[1]
-
-    async def geometry(self, redis: aioredis.Redis, u: str, strategy: str) -> bytes | None:
-        m = await self.current(redis, u, strategy)
-        if m is None or m.published.geometry is None:
-            return None
-        g = m.published.geometry
-        if m.geometry is None or m.geometry[0] != g.epoch:
-            m.geometry = (g.epoch, geometry_json(g))
-        return m.geometry[1]
-
-    async def snapshot(self, redis: aioredis.Redis, u: str, strategy: str) -> tuple[int, Segment] | None:
-        """The SSE events that start a client: the geometry, then the snapshot, with the version."""
-        m = await self.current(redis, u, strategy)
-        if m is None:
-            return None
-        p = m.published
-        if m.snapshot is None or m.snapshot[0] != p.version:
-            geometry = await self.geometry(redis, u, strategy) or b"null"
-            events = sse_event("geometry", p.version, geometry) + sse_event("snapshot", p.version, p.snapshot() or b"")
-            m.snapshot = (p.version, Segment(events))
-        return m.snapshot
-
-    def render(self, key: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Segment:
-        """A diffs entry as SSE events (its epoch's geometry first when it starts one), built once."""
-        cached = self.rendered.get((key, entry_id))
-        if cached is not None:
-            return cached
-        diff = codec.decode(streams.Payload.DIFF, fields)
-        raw = sse_event("diff", diff.version, diff_json(diff))
-        if diff.reset and diff.geometry is not None:
-            raw = sse_event("geometry", diff.version, geometry_json(diff.geometry)) + raw
-        seg = self.rendered[(key, entry_id)] = Segment(raw)
-        while len(self.rendered) > RENDERED_DIFFS:
-            self.rendered.popitem(last=False)
-        return seg
-
-
 def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = None) -> FastAPI:
     metrics = metrics or Metrics(REGISTRY)
     token = settings.api_token.get_secret_value() if settings.api_token else None
+    sign_ins = Attempts(AUTH_ATTEMPTS, AUTH_WINDOW_S)
 
     feeds_max = len(settings.underlyings) * len(streams.MODELS) + 8  # one blocking read per feed
 
@@ -181,6 +136,7 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
         app.state.redis, app.state.health = api, health
         app.state.hub = Hub(feeds)
         app.state.models = ModelCache()
+        app.state.admission = Admission(settings.sse_max_clients, settings.sse_max_per_address)
         app.state.ready = Recent(HEALTH_CACHE_S, lambda: _readiness(health, settings))
         app.state.scrape = Recent(HEALTH_CACHE_S, lambda: _scrape(health, metrics, settings))
         app.state.known = Recent(KNOWN_CACHE_S, lambda: _published(health, settings))
@@ -199,10 +155,21 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
 
     @app.exception_handler(RedisError)
     async def busy(request: Request, exc: RedisError) -> JSONResponse:
-        # A budget's connections all busy past POOL_WAIT_S, or Redis unreachable: retry shortly.
+        # A budget's connections all busy past POOL_WAIT_S, or Redis unreachable: retry shortly. The
+        # body names no host or port; the log says what happened.
+        log.warning("%s %s: Redis: %s", request.method, request.url.path, exc)
         return JSONResponse(
-            {"detail": f"busy or Redis unavailable, retry: {exc}"}, status_code=503, headers={"Retry-After": "1"}
+            {"detail": "busy or the store is unavailable; retry"}, status_code=503, headers={"Retry-After": "1"}
         )
+
+    @app.middleware("http")
+    async def page_policy(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        if response.headers.get("content-type", "").startswith("text/html") and request.url.path != "/api/docs":
+            response.headers["Content-Security-Policy"] = CSP
+            response.headers["X-Content-Type-Options"] = "nosniff"
+            response.headers["Referrer-Policy"] = "no-referrer"
+        return response
 
     @app.middleware("http")
     async def auth(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -243,7 +210,7 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
     @app.get("/metrics")
     async def prometheus(request: Request) -> Response:
         await request.app.state.scrape.get()
-        metrics.sse_clients.labels("all").set(request.app.state.hub.clients())
+        metrics.sse_clients.labels("all").set(request.app.state.admission.open)
         registry: CollectorRegistry = metrics.registry
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             from prometheus_client import multiprocess
@@ -303,91 +270,76 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
             raise HTTPException(404, f"no published {strategy} model for {underlying} yet")
         return Response(body, media_type="application/json")
 
-    async def events(request: Request, u: str, strategy: str) -> AsyncIterator[Segment]:
-        redis = redis_of(request)
-        hub: Hub = request.app.state.hub
-        models = models_of(request)
-        key = streams.DIFFS[strategy].key(u)
-        version = _version(request.headers.get("last-event-id", ""))
-        q = await hub.subscribe(key)  # before the history is read: nothing falls between the two
-        try:
-            resume = False
-            if version >= 0:
-                first = await redis.xrange(key, count=1)
-                current = await redis.xrevrange(key, count=1)
-                first_v = diff_version(first[0][0]) if first else None
-                top_v = diff_version(current[0][0]) if current else 0
-                # Resumable when the diffs after `version` are all still in the stream, and few
-                # enough that a snapshot would not be cheaper.
-                resume = first_v is not None and first_v <= version + 1 and version <= top_v
-                resume = resume and top_v - version <= settings.sse_max_resume_diffs
-            if not resume:
-                snap = await models.snapshot(redis, u, strategy)
-                version = 0
-                if snap is not None:
-                    version = snap[0]
-                    yield snap[1]
-            sent = 0
-            while sent <= settings.sse_max_resume_diffs:  # the missed diffs, a page at a time
-                page = await redis.xrange(key, min=b"(" + f"{version}-0".encode(), count=RESUME_PAGE)
-                for entry_id, fields in page:
-                    version = diff_version(entry_id)
-                    yield models.render(key, entry_id, fields)
-                sent += len(page)
-                if len(page) < RESUME_PAGE:
-                    break
-            while True:
-                item = await q.get()
-                if item is None:
-                    return  # cut off as too slow: the client reconnects with Last-Event-ID
-                entry_id, fields = item
-                v = diff_version(entry_id)
-                if v <= version:
-                    continue
-                if v != version + 1:
-                    # A gap (the model was rebuilt): start over from a snapshot.
-                    snap = await models.snapshot(redis, u, strategy)
-                    if snap is not None:
-                        version = snap[0]
-                        yield snap[1]
-                    continue
-                version = v
-                yield models.render(key, entry_id, fields)
-        finally:
-            hub.unsubscribe(key, q)
+    def feed_source(request: Request) -> FeedSource:
+        return FeedSource(redis_of(request), request.app.state.hub, models_of(request), settings.sse_max_resume_diffs)
 
-    def sse(request: Request, u: str, strategy: str) -> SseResponse:
-        if request.app.state.hub.clients() >= MAX_SSE_CLIENTS:
-            raise HTTPException(503, f"{MAX_SSE_CLIENTS} live clients already; retry later", {"Retry-After": "5"})
-        return SseResponse(events(request, u, strategy), accepts_gzip(request))
+    def sse(request: Request, segments: Callable[[], AsyncIterator[Segment]]) -> SseResponse:
+        """Admit the connection (counted before its response starts, released when it ends) and stream it."""
+        admission: Admission = request.app.state.admission
+        address = request.client.host if request.client else "unknown"
+        refused = admission.admit(address)
+        if refused is not None:
+            over_total = admission.open >= admission.total
+            metrics.sse_refused.labels("total" if over_total else "address").inc()
+            raise HTTPException(503 if over_total else 429, refused, {"Retry-After": "5"})
+        return SseResponse(segments(), accepts_gzip(request), on_close=lambda: admission.release(address))
+
+    def one_feed(request: Request, u: str, strategy: str) -> SseResponse:
+        version = parse_version(request.headers.get("last-event-id", ""))
+        return sse(request, lambda: model_feed(feed_source(request), u, strategy, version))
 
     @app.get("/sse/heatmap/{strategy}")
     async def sse_heatmap(request: Request, strategy: str, underlying: str = "SPX") -> SseResponse:
         if strategy not in HEATMAPS:
             raise HTTPException(404, f"unknown strategy {strategy!r}")
-        return sse(request, await check_underlying(request, underlying), strategy)
+        return one_feed(request, await check_underlying(request, underlying), strategy)
 
     @app.get("/sse/models/{name}")
     async def sse_model(request: Request, name: str, underlying: str = "SPX") -> SseResponse:
         """Any published model by name (the heatmaps, ``gex`` and the derived models): snapshot, then diffs."""
         if name not in streams.MODELS:
             raise HTTPException(404, f"unknown model {name!r}; one of {list(streams.MODELS)}")
-        return sse(request, await check_underlying(request, underlying), name)
+        return one_feed(request, await check_underlying(request, underlying), name)
 
     @app.get("/sse/gex")
     async def sse_gex(request: Request, underlying: str = "SPX") -> SseResponse:
-        return sse(request, await check_underlying(request, underlying), streams.Strategy.GEX)
+        return one_feed(request, await check_underlying(request, underlying), streams.Strategy.GEX)
+
+    @app.get("/sse/tab")
+    async def sse_tab(request: Request, feeds: str) -> SseResponse:
+        """Every feed a dashboard tab shows, on one connection (a browser allows six per host).
+        ``feeds=SPX:butterfly@1234,SPX:market_mode,NDX:gex`` names each feed, with the version to resume
+        after (none: from a snapshot). Events are the per-feed endpoints' events, without ``id:``,
+        each with a first ``data:`` line naming its feed; to resume, reconnect with every feed's last
+        version (agents/publish/feeds.py)."""
+        try:
+            wanted = parse_tab(feeds, set(streams.MODELS))
+        except TabRequestError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        checked = [(await check_underlying(request, u), m, v) for u, m, v in wanted]
+        return sse(request, lambda: tab(feed_source(request), checked))
 
     @app.get("/login", response_class=HTMLResponse)
     async def login() -> str:
         return _static().joinpath("login.html").read_text()  # type: ignore[no-any-return]
 
     @app.post("/auth")
-    async def set_token(token_field: str = Form(alias="token")) -> Response:
+    async def set_token(request: Request, token_field: str = Form(alias="token")) -> Response:
+        wait_s = sign_ins.allow(request.client.host if request.client else "unknown")
+        if wait_s is not None:
+            metrics.sse_refused.labels("sign-in").inc()
+            raise HTTPException(429, "too many sign-in attempts; wait", {"Retry-After": str(max(1, round(wait_s)))})
         if token is None or not hmac.compare_digest(token_field.encode(), token.encode()):
             return RedirectResponse("/login?failed=1", status_code=303)
         resp = RedirectResponse("/", status_code=303)
-        resp.set_cookie(TOKEN_COOKIE, token_field, httponly=True, samesite="strict")
+        resp.set_cookie(
+            TOKEN_COOKIE,
+            token_field,
+            max_age=COOKIE_MAX_AGE_S,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",  # behind TLS (uvicorn reads X-Forwarded-Proto from its proxy)
+        )
         return resp
 
     @app.get("/", response_class=HTMLResponse)
@@ -406,13 +358,6 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
             allow_credentials=True,
         )
     return app
-
-
-def _version(last_event_id: str) -> int:
-    """A Last-Event-ID as a version; -1 (a fresh snapshot) for anything that is not one."""
-    if last_event_id.isascii() and last_event_id.isdigit() and len(last_event_id) <= MAX_VERSION_DIGITS:
-        return int(last_event_id)
-    return -1
 
 
 class Recent:
@@ -440,7 +385,8 @@ async def _readiness(redis: aioredis.Redis, settings: Settings) -> tuple[dict[st
         await redis.ping()
         missing = await observe.missing_groups(redis, settings.underlyings, catalog.agents())
     except (RedisError, OSError) as exc:
-        return {"ready": False, "redis": str(exc)}, 503
+        log.warning("readiness: Redis: %s", exc)
+        return {"ready": False, "redis": "unavailable"}, 503
     return {"ready": not missing, "missing_groups": missing}, 200 if not missing else 503
 
 
@@ -480,6 +426,7 @@ async def _published(redis: aioredis.Redis, settings: Settings) -> frozenset[str
 async def serve(settings: Settings, redis_url: str, stop: asyncio.Event) -> None:
     import uvicorn
 
+    check_exposure(settings)
     app = create_app(settings, redis_url)
     config = uvicorn.Config(
         app, host=settings.gateway_host, port=settings.gateway_port, log_level="warning", lifespan="on"

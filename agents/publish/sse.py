@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
@@ -41,9 +41,15 @@ class Segment:
         return self._deflated
 
 
-def sse_event(event: str, version: int, data: bytes) -> bytes:
-    """One SSE event, preformatted: the JSON goes out as stored, without a str round trip."""
-    return b"event: " + event.encode() + b"\r\nid: " + str(version).encode() + b"\r\ndata: " + data + b"\r\n\r\n"
+def sse_event(event: str, version: int | None, data: bytes, *, feed: str | None = None) -> bytes:
+    """One SSE event, preformatted: the JSON goes out as stored, without a str round trip. With
+    ``version``, an ``id:`` line; with ``feed``, a first ``data:`` line naming it (a tab's feeds)."""
+    out = b"event: " + event.encode()
+    if version is not None:
+        out += b"\r\nid: " + str(version).encode()
+    if feed is not None:
+        out += b"\r\ndata: " + feed.encode()
+    return out + b"\r\ndata: " + data + b"\r\n\r\n"
 
 
 PING = Segment(b": ping\r\n\r\n")
@@ -63,9 +69,12 @@ class SseResponse(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, segments: AsyncIterator[Segment], gzip: bool) -> None:
+    def __init__(
+        self, segments: AsyncIterator[Segment], gzip: bool, on_close: Callable[[], None] | None = None
+    ) -> None:
         self.segments = segments
         self.gzip = gzip
+        self.on_close = on_close  # called once when the stream ends, however it ends
         headers = dict(HEADERS)
         if gzip:
             headers["Content-Encoding"] = "gzip"
@@ -113,16 +122,21 @@ class SseResponse(Response):
             while (await receive())["type"] != "http.disconnect":
                 pass
 
-        stream = asyncio.ensure_future(self._stream(send))
-        watch = asyncio.ensure_future(disconnected())
         try:
-            await asyncio.wait([stream, watch], return_when=asyncio.FIRST_COMPLETED)
+            stream = asyncio.ensure_future(self._stream(send))
+            watch = asyncio.ensure_future(disconnected())
+            try:
+                await asyncio.wait([stream, watch], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (stream, watch):
+                    task.cancel()
+                for result in await asyncio.gather(stream, watch, return_exceptions=True):
+                    if isinstance(result, Exception) and not isinstance(result, OSError):
+                        raise result
         finally:
-            for task in (stream, watch):
-                task.cancel()
-            for result in await asyncio.gather(stream, watch, return_exceptions=True):
-                if isinstance(result, Exception) and not isinstance(result, OSError):
-                    raise result
+            if self.on_close is not None:
+                self.on_close()
+                self.on_close = None
 
 
 def _retrieve(task: asyncio.Future[Segment]) -> None:

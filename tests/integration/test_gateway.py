@@ -79,7 +79,12 @@ def gateway_at(redis_url: str, **env_extra: str) -> Iterator[tuple[str, subproce
     """A gateway process over ``redis_url`` (with extra MARKETSWARM_ settings); yields (base URL, process)."""
     port = free_port()
     env = dict(
-        os.environ, MARKETSWARM_REDIS_URL=redis_url, MARKETSWARM_GATEWAY_PORT=str(port), MARKETSWARM_UNDERLYINGS="SPX"
+        os.environ,
+        MARKETSWARM_REDIS_URL=redis_url,
+        MARKETSWARM_GATEWAY_PORT=str(port),
+        MARKETSWARM_UNDERLYINGS="SPX",
+        # The abuse tests open hundreds of connections from loopback; the per-address cap has its own test.
+        MARKETSWARM_SSE_MAX_PER_ADDRESS="1000",
     )
     env.update(env_extra)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)

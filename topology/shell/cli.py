@@ -23,7 +23,7 @@ from rich.table import Table
 from marketswarm.agents import catalog
 from marketswarm.topology.agent import AgentSpec
 from marketswarm.topology.settings import Settings, env_help, mask_url
-from marketswarm.topology.shell.mistakes import DEBUG_FLAG, FAILED, Cli, Mistake, agent_spec, set_redis_url
+from marketswarm.topology.shell.mistakes import DEBUG_FLAG, FAILED, USAGE, Cli, Mistake, agent_spec, set_redis_url
 
 
 def env_table(width: int | None = None) -> str:
@@ -90,6 +90,19 @@ def redis_url_of(settings: Settings) -> str:
     return url
 
 
+NO_AUTH_HELP = "Serve beyond loopback without a token (only behind an authenticating proxy)."
+
+
+def exposed(settings: Settings) -> None:
+    """The one line for a gateway that would listen beyond loopback without a token."""
+    from marketswarm.agents.publish.gateway import ExposedWithoutTokenError, check_exposure
+
+    try:
+        check_exposure(settings)
+    except ExposedWithoutTokenError as exc:
+        raise Mistake(str(exc), USAGE) from exc
+
+
 def port_busy(settings: Settings) -> str:
     return (
         f"port {settings.gateway_port} on {settings.gateway_host} is already in use (another program, or another "
@@ -124,13 +137,15 @@ async def _record_model_settings(url: str, settings: Settings) -> None:
 @app.command()
 def run(
     source: Annotated[str | None, typer.Option(help="sim | massive | none (default: MARKETSWARM_SOURCE)")] = None,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help=NO_AUTH_HELP)] = False,
 ) -> None:
     """Start everything: the embedded server (unless MARKETSWARM_REDIS_URL is set), every agent, the
     market source and the gateway. Ctrl-C stops it; the next run resumes from the same data."""
     from marketswarm.topology.shell.embedded import DataDirBusyError, DataDirLock, EmbeddedServer, port_free
     from marketswarm.topology.shell.supervisor import Supervisor, child_env, group_agents
 
-    settings = load_settings(source=source)
+    settings = load_settings(source=source, gateway_no_auth=no_auth or None)
+    exposed(settings)
     lock = DataDirLock(settings.data_dir)
     try:
         lock.acquire()  # held until this process ends
@@ -156,7 +171,10 @@ def run(
     metrics_dir = settings.data_dir / "metrics"
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
-    sup = Supervisor(child_env(url, metrics_dir), grace_s=settings.shutdown_grace_s, server=server)
+    env = child_env(url, metrics_dir)
+    if settings.gateway_no_auth:
+        env["MARKETSWARM_GATEWAY_NO_AUTH"] = "1"
+    sup = Supervisor(env, grace_s=settings.shutdown_grace_s, server=server)
     for group in group_agents([spec.name for spec in catalog.agents()], settings.processes):
         sup.add("+".join(group), "agent", *group)
     if settings.source != "none":
@@ -268,12 +286,13 @@ def source(
 
 
 @app.command()
-def gateway() -> None:
+def gateway(no_auth: Annotated[bool, typer.Option("--no-auth", help=NO_AUTH_HELP)] = False) -> None:
     """Serve REST, SSE and the dashboard (MARKETSWARM_GATEWAY_HOST/PORT)."""
     from marketswarm.agents.publish.gateway import serve
     from marketswarm.topology.shell.embedded import port_free
 
-    settings = load_settings()
+    settings = load_settings(gateway_no_auth=no_auth or None)
+    exposed(settings)
     url = redis_url_of(settings)
     if not port_free(settings.gateway_host, settings.gateway_port):
         raise Mistake(port_busy(settings), FAILED)
