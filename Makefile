@@ -14,7 +14,7 @@ all: lint typecheck test
 
 # Strict editable installs link each module: a new module needs a reinstall, which a change of a
 # package directory's mtime (a file added or removed) triggers.
-PKG_DIRS := topology topology/shell schemas agents agents/calc agents/sources agents/publish agents/publish/static agents/publish/static/vendor agents/publish/static/vendor/echarts agents/publish/static/vendor/swagger-ui agents/derive
+PKG_DIRS := topology topology/shell schemas agents agents/calc agents/sources agents/publish agents/publish/static agents/publish/static/js agents/publish/static/vendor agents/publish/static/vendor/echarts agents/publish/static/vendor/swagger-ui agents/derive
 
 $(STAMP): pyproject.toml $(PKG_DIRS)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 is required"; exit 1; }

@@ -90,7 +90,9 @@ async def test_dashboard_shows_a_live_heatmap(topology: str, chromium: str, redi
     ARTIFACTS.mkdir(exist_ok=True)
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
-        page = await browser.new_page(viewport={"width": 1500, "height": 950})
+        # Playwright's wait_for_function evaluates its predicate with eval, which the page's CSP forbids;
+        # bypass_csp lets the test's own predicates run (test_dashboard_tabs keeps the CSP in force).
+        page = await browser.new_page(viewport={"width": 1500, "height": 950}, bypass_csp=True)
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         await page.goto(topology + "/")

@@ -80,7 +80,10 @@ HOVER = (
 TIP = "document.getElementById('tip').textContent"
 FLAGS = "tds => tds.map(td => [td.textContent, td.classList.contains('neg')])"
 NDX_SHOWN = "window.marketswarm.state.header?.underlying === 'NDX' && document.querySelectorAll('td.cell').length > 50"
-GEX_SHOWN = "window.marketswarm.state.header?.strategy === 'gex' && echarts.getInstanceByDom($('gex-chart'))"
+GEX_SHOWN = (
+    "window.marketswarm.state.header?.strategy === 'gex' && "
+    "echarts.getInstanceByDom(document.getElementById('gex-chart'))"
+)
 
 
 async def option(page: Any, el: str) -> Any:
@@ -116,7 +119,8 @@ async def test_heatmap_gex_freshness_and_docs_over_real_chains(gateway: str, chr
     off_machine: list[str] = []
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
-        context = await browser.new_context(viewport={"width": 1500, "height": 950})
+        # bypass_csp: Playwright's wait_for_function uses eval, which the page's CSP forbids.
+        context = await browser.new_context(viewport={"width": 1500, "height": 950}, bypass_csp=True)
 
         async def local_only(route: Any) -> None:  # no CDN, no font service: this machine or nothing
             if urlparse(route.request.url).hostname in ("127.0.0.1", "localhost"):

@@ -229,7 +229,9 @@ async def test_rest_models_validate_and_match_published_state(sim: Sim, gateway_
                         break
                 assert first.startswith(b"event: geometry\r\nid: ")
         page = await c.get("/")
-        assert page.status_code == 200 and "/static/app.js" in page.text and "http" not in page.text.split("<body>")[1]
+        assert (
+            page.status_code == 200 and "/static/js/main.js" in page.text and "http" not in page.text.split("<body>")[1]
+        )
 
 
 @pytest.mark.parametrize("strategy", ["butterfly", "gex"])

@@ -1,7 +1,10 @@
 // MarketSwarm dashboard charts: GEX (by strike with the gamma profile, by expiry, strike x expiry) and
 // the intent map, drawn with Apache ECharts (vendored: static/vendor/echarts, see ops/vendor). Axes,
 // units, legends, tooltips and zoom are the library's; this file only maps the models onto it.
-"use strict";
+// ECharts is the vendored classic script (the global `echarts`), loaded before the modules.
+import { esc } from "./format.js";
+
+const echarts = window.echarts;
 
 const CHART_THEME = {
   text: "#7d8a99", line: "#1f2a36", good: "#3ddc97", bad: "#ff5d6c", accent: "#4cc2ff", warn: "#ffb547", fg: "#d6dde6",
@@ -109,7 +112,7 @@ function gexMatrixOption(h) {
   const spotX = m.strikes.reduce((b, k, i) => (Math.abs(k - h.spot) < Math.abs(m.strikes[b] - h.spot) ? i : b), 0);
   return {
     animation: false, grid: { left: 90, right: 30, top: 30, bottom: 110 },
-    tooltip: { formatter: (p) => `${m.expiries[p.value[1]]} · strike ${m.strikes[p.value[0]]}<br>net GEX ${moneyAxis(p.value[2])} per 1%` },
+    tooltip: { formatter: (p) => `${esc(m.expiries[p.value[1]])} · strike ${esc(m.strikes[p.value[0]])}<br>net GEX ${moneyAxis(p.value[2])} per 1%` },
     xAxis: axisStyle("strike", { type: "category", data: m.strikes.map(String), splitArea: { show: false } }),
     yAxis: axisStyle("expiry", { type: "category", data: m.expiries, nameGap: 76 }),
     visualMap: { min: -top, max: top, calculable: true, orient: "horizontal", left: "center", bottom: 8,
@@ -166,4 +169,4 @@ function drawIntentChart(rows) {
   }, { notMerge: true, lazyUpdate: true });
 }
 
-window.msCharts = { charts, drawGexChart, drawIntentChart, gexView };
+export { charts, drawGexChart, drawIntentChart, gexView };
