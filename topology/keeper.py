@@ -89,6 +89,7 @@ class Keeper:
     def start(self) -> None:
         if self._thread is not None and self._thread.is_alive():
             return
+        self.turned()  # the loop is turning now; ``follow`` keeps saying so
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name=f"keeper:{self.name}", daemon=True)
         self._thread.start()

@@ -127,7 +127,6 @@ class Runtime:
         handled or nothing arrived for ``idle_timeout_s`` seconds. Returns entries handled."""
         us = list(underlyings or self.settings.underlyings)
         self._last_activity = time.monotonic()
-        self.keeper.turned()
         self.keeper.start()
         progress = asyncio.create_task(self.keeper.follow(), name=f"{self.spec.name}:progress")
         tasks = [asyncio.create_task(self._partition(u), name=f"{self.spec.name}:{u}") for u in us]

@@ -16,8 +16,6 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import ndtr
 
-from marketswarm.schemas.markettime import ET, expiry_close_ns  # noqa: F401 -- re-exported for the calcs
-
 F = NDArray[np.float64]
 SECONDS_PER_YEAR = 365.0 * 86400.0
 MIN_T_YEARS = 60.0 / SECONDS_PER_YEAR  # one minute

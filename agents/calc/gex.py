@@ -44,6 +44,7 @@ import orjson
 from marketswarm.agents.calc import blackscholes as bs
 from marketswarm.schemas import codec
 from marketswarm.schemas.events import ChangeBatch, EpochChange, GreeksChange, SpotChange
+from marketswarm.schemas.markettime import ET, expiry_close_ns
 from marketswarm.schemas.models import F64, I64, Geometry, Staged, columns, pack, unpack
 from marketswarm.schemas.occ import SymbolError, parse_occ
 from marketswarm.topology import streams
@@ -107,7 +108,7 @@ class Book:
             strike=np.array([o.strike_x1000 / 1000 for _, o in parsed], dtype=np.float64),
             is_call=np.array([o.side == "call" for _, o in parsed], dtype=bool),
             expiry=expiries,
-            close_ns=np.array([bs.expiry_close_ns(e) for e in expiries], dtype=np.float64),
+            close_ns=np.array([expiry_close_ns(e) for e in expiries], dtype=np.float64),
             gamma=np.full(n, np.nan),
             iv=np.full(n, np.nan),
             oi=np.zeros(n),
@@ -303,7 +304,7 @@ def compute(
         {"expiry": e, "net": round(float(gex[exp == e].sum()), 2)}
         for e in sorted({e for e, ok in zip(book.expiry, everything, strict=True) if ok})
     ]
-    today = dt.datetime.fromtimestamp(now_ns / 1e9, bs.ET).date().isoformat()
+    today = dt.datetime.fromtimestamp(now_ns / 1e9, ET).date().isoformat()
     zero = (exp == today) & everything
     out["by_expiry"] = by_expiry
     out["by_expiry_strike"] = by_expiry_strike(book, gex, everything, s)

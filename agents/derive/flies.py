@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from marketswarm.agents.calc.blackscholes import expiry_close_ns
 from marketswarm.agents.publish.assemble import scores
+from marketswarm.schemas.markettime import expiry_close_ns
 from marketswarm.schemas.models import Geometry
 
 EXPIRIES = 3

@@ -26,8 +26,8 @@ from typing import Any
 
 import orjson
 
-from marketswarm.agents.calc.blackscholes import ET
 from marketswarm.schemas.events import FillChange, QuoteChange
+from marketswarm.schemas.markettime import ET
 from marketswarm.schemas.occ import SymbolError, parse_occ
 
 QUOTE_HISTORY = 4  # quotes kept per contract: a print is classified against the one in force at its time

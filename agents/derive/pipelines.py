@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 import orjson
 
-from marketswarm.agents.calc.blackscholes import expiry_close_ns
 from marketswarm.agents.derive import flies, levels
 from marketswarm.agents.derive.flow import Flow
 from marketswarm.agents.derive.publishing import CHECKPOINT_EVERY_S, THROUGH_FIELD, Follower, ModelView, Versions
 from marketswarm.agents.publish.assemble import HEADER_FIELD
 from marketswarm.agents.publish.published import Published
 from marketswarm.schemas.events import ChangeBatch, FillChange, QuoteChange, SpotChange
+from marketswarm.schemas.markettime import expiry_close_ns
 from marketswarm.topology import streams
 from marketswarm.topology.agent import AgentSpec, Effects, Entry, Processor, Resume
 from marketswarm.topology.metrics import Metrics

@@ -114,44 +114,52 @@ def _texts(values: np.ndarray) -> list[bytes]:
     """Each number as orjson writes it (NaN as null), without one encoder call per number."""
     if not len(values):
         return []
-    return orjson.dumps(values.tolist())[1:-1].split(b",")
+    return orjson.dumps(np.ascontiguousarray(values), option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
 
 
-def _rows(geometry: Geometry, vals: np.ndarray, cts: np.ndarray, where: np.ndarray) -> list[bytes]:
-    """The JSON of the positions ``where`` (present ones)."""
-    if not len(where):
-        return []
+def _rows(geometry: Geometry, vals: np.ndarray, cts: np.ndarray, where: np.ndarray) -> bytes:
+    """The JSON objects of the positions ``where`` (present ones), comma-separated. Built by slicing
+    the parts of every row into one list and joining it once: a whole butterfly grid (11k tiles, 3 MB)
+    costs 6-9 ms here, against 20-25 ms for a join per row."""
+    n = len(where)
+    if not n:
+        return b""
     head = labels(geometry)
     if geometry.strategy == "gex":
-        c, p, n = (_texts(vals[where, j]) for j in range(3))
-        return [
-            head[i] + b'"call":' + a + b',"put":' + b + b',"net":' + d + b"}"
-            for i, a, b, d in zip(where.tolist(), c, p, n, strict=True)
+        cols = [(name, _texts(vals[where, j])) for j, name in enumerate((b'"call":', b',"put":', b',"net":'))]
+        tail = b"},"
+    else:
+        v = vals[where, 0]
+        leg_times = np.ascontiguousarray(cts[geometry.leg_positions()[where]])
+        cols = [
+            (b'"value":', _texts(v)),
+            (b',"score":', _texts(scores(v, geometry.widths_x1000()[where]))),
+            (b',"legs_ts_ns":[', orjson.dumps(leg_times, option=orjson.OPT_SERIALIZE_NUMPY)[2:-2].split(b"],[")),
         ]
-    v = vals[where, 0]
-    value = _texts(v)
-    score = _texts(scores(v, geometry.widths_x1000()[where]))
-    legs_ts = orjson.dumps(cts[geometry.leg_positions()[where]].tolist())[2:-2].split(b"],[")
-    return [
-        head[i] + b'"value":' + a + b',"score":' + s + b',"legs_ts_ns":[' + t + b"]}"
-        for i, a, s, t in zip(where.tolist(), value, score, legs_ts, strict=True)
-    ]
+        tail = b"]},"
+    k = 2 + 2 * len(cols)  # head, (separator, number) per column, tail
+    parts: list[bytes] = [tail] * (n * k)
+    parts[0::k] = [head[i] for i in where.tolist()]
+    for j, (name, texts) in enumerate(cols):
+        parts[1 + 2 * j :: k] = [name] * n
+        parts[2 + 2 * j :: k] = texts
+    parts[-1] = tail[:-1]  # no comma after the last: joined once, never copied again
+    return b"".join(parts)
 
 
 def model_json(strategy: str, geometry: Geometry | None, vals: np.ndarray, cts: np.ndarray, header: bytes) -> bytes:
     """The full model JSON (heatmaps: ``tiles``; GEX: ``by_strike``), the same bytes for REST, export
     and the inspector."""
     field = b"by_strike" if strategy == "gex" else b"tiles"
-    rows: list[bytes] = []
+    rows = b""
     if geometry is not None:
         rows = _rows(geometry, vals, cts, np.flatnonzero(~np.isnan(vals[:, 0])))
-    return header[:-1] + b',"' + field + b'":[' + b",".join(rows) + b"]}"
+    return header[:-1] + b',"' + field + b'":[' + rows + b"]}"
 
 
 def tile_json(geometry: Geometry, vals: np.ndarray, cts: np.ndarray, pos: int) -> bytes | None:
     """One position's JSON, None if it is absent."""
-    rows = _rows(geometry, vals, cts, np.flatnonzero(~np.isnan(vals[pos : pos + 1, 0])) + pos)
-    return rows[0] if rows else None
+    return _rows(geometry, vals, cts, np.flatnonzero(~np.isnan(vals[pos : pos + 1, 0])) + pos) or None
 
 
 # --- SSE: columns for the dashboard ---------------------------------------------------------
@@ -198,12 +206,12 @@ def snapshot_json(geometry: Geometry | None, vals: np.ndarray, cts: np.ndarray, 
         "version": h["version"],
         "epoch": h["epoch"],
         "k": vals.shape[1],
-        "vals": vals.reshape(-1).tolist() if geometry is not None else [],
+        "vals": np.ascontiguousarray(vals).reshape(-1) if geometry is not None else [],
         "cts_ago_ns": _ago(cts, asof),
     }
     if geometry is not None and geometry.strategy in LEG_WEIGHTS:
-        body["scores"] = scores(vals[:, 0], geometry.widths_x1000()).tolist()
-    return b'{"header":' + header + b"," + orjson.dumps(body)[1:]
+        body["scores"] = scores(vals[:, 0], geometry.widths_x1000())
+    return b'{"header":' + header + b"," + orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)[1:]
 
 
 def diff_json(diff: Diff, widths_x1000: np.ndarray | None = None) -> bytes:
@@ -219,7 +227,7 @@ def diff_json(diff: Diff, widths_x1000: np.ndarray | None = None) -> bytes:
         "reset": diff.reset,
         "k": cols.k,
         "pos": _deltas(cols.positions()),
-        "vals": cols.values().reshape(-1).tolist(),
+        "vals": np.ascontiguousarray(cols.values()).reshape(-1),
         "cpos": _deltas(cols.contract_positions()),
         "cts_ago_ns": _ago(cols.contract_times(), diff.asof_ns),
     }
@@ -227,5 +235,5 @@ def diff_json(diff: Diff, widths_x1000: np.ndarray | None = None) -> bytes:
         widths_x1000 = diff.geometry.widths_x1000()
     if diff.strategy in LEG_WEIGHTS and widths_x1000 is not None:
         widths = widths_x1000 if cols.dense else widths_x1000[cols.positions()]
-        body["scores"] = scores(cols.values()[:, 0], widths).tolist()
-    return b'{"header":' + diff.header + b"," + orjson.dumps(body)[1:]
+        body["scores"] = scores(cols.values()[:, 0], widths)
+    return b'{"header":' + diff.header + b"," + orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)[1:]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ MAX_VERSION_DIGITS = 18  # a version longer than this is no version of ours (int
 log = logging.getLogger(__name__)
 
 MAX_TAB_FEEDS = 16  # feeds one tab connection may carry
+# A heatmap's whole-grid REST JSON (3 MB, 6-9 ms for a butterfly) is built at most this often.
+REST_REFRESH_S = 0.25
 TAB_QUEUE = 64  # events a tab's feeds may have ready before they wait for the client
 
 
@@ -86,6 +89,7 @@ class _Model:
     published: Published
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     body: tuple[int, bytes] | None = None  # (version, REST JSON)
+    body_at: float = 0.0  # when it was built (monotonic)
     snapshot: tuple[int, Events] | None = None  # (version, SSE geometry + snapshot events)
     geometry: tuple[str, bytes] | None = None  # (epoch, geometry JSON)
 
@@ -120,15 +124,21 @@ class ModelCache:
         return m
 
     async def body(self, redis: aioredis.Redis, u: str, strategy: str) -> bytes | None:
-        """The model's REST JSON (None before its first version)."""
+        """The model's REST JSON (None before its first version). A heatmap's is built at most once
+        per REST_REFRESH_S: within that window every request gets the copy built last (its version
+        and as-of time say which), so a client polling a whole grid costs one build per window, not
+        one per version; SSE is the path that carries every version."""
         m = self._model(u, strategy)
         async with m.lock:
+            if m.body is not None and strategy in LEG_WEIGHTS and time.monotonic() - m.body_at < REST_REFRESH_S:
+                return m.body[1]
             await self._current(redis, u, strategy)
             p = m.published
             if p.header is None:
                 return None
             if m.body is None or m.body[0] != p.version:
                 m.body = (p.version, await asyncio.to_thread(p.body) or b"")
+                m.body_at = time.monotonic()
             return m.body[1]
 
     async def geometry(self, redis: aioredis.Redis, u: str, strategy: str) -> bytes | None:
@@ -277,12 +287,12 @@ def parse_tab(spec: str, models: frozenset[str] | set[str]) -> list[tuple[str, s
     for part in (p.strip() for p in spec.split(",")):
         if not part:
             continue
-        name, _, at = part.partition("@")
+        name, resumes, at = part.partition("@")
         u, _, model = name.partition(":")
         if not u or model not in models:
             raise TabRequestError(f"feed {part[:40]!r}: UNDERLYING:MODEL[@VERSION], a model one of {sorted(models)}")
-        version = parse_version(at) if at else -1
-        if at and version < 0:
+        version = parse_version(at) if resumes else -1
+        if resumes and version < 0:
             raise TabRequestError(f"feed {part[:40]!r}: the version after @ is a number")
         out.append((u.upper(), model, version))
     if not out or len(out) > MAX_TAB_FEEDS:

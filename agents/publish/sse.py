@@ -23,6 +23,7 @@ from starlette.types import Receive, Scope, Send
 PING_S = 15.0  # a comment line this often keeps proxies from closing an idle stream
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # gzip, deflate, no name or time, unknown OS
 DEFLATE_LEVEL = 6
+OFFLOAD_BYTES = 16 * 1024  # events at least this large are compressed off the event loop
 HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
 
@@ -103,6 +104,10 @@ class SseResponse(Response):
                 else:
                     seg = PING
                 if self.gzip:
+                    if seg._deflated is None and len(seg.raw) >= OFFLOAD_BYTES:
+                        # A large event (a snapshot, a derived model's whole document): compressed in
+                        # a worker thread (zlib releases the GIL), never on the loop every client shares.
+                        await asyncio.to_thread(getattr, seg, "deflated")
                     crc, size = zlib.crc32(seg.raw, crc), size + len(seg.raw)
                 await send(
                     {"type": "http.response.body", "body": seg.deflated if self.gzip else seg.raw, "more_body": True}

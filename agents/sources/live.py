@@ -56,7 +56,6 @@ from redis.exceptions import RedisClusterException, RedisError
 from websockets.exceptions import ConnectionClosed
 
 from marketswarm.agents import catalog
-from marketswarm.agents.calc.blackscholes import ET
 from marketswarm.agents.normalize import REST_CHAIN, REST_INDICES, WS, WS_DELAYED
 from marketswarm.agents.sources.subscriptions import (
     MAX_QUOTES_PER_CONNECTION,
@@ -68,6 +67,7 @@ from marketswarm.agents.sources.subscriptions import (
 )
 from marketswarm.agents.sources.writer import RawWriter
 from marketswarm.agents.sources.wsframes import FramePump
+from marketswarm.schemas.markettime import ET
 from marketswarm.schemas.occ import INDEX_PREFIX, provider_index_ticker
 from marketswarm.topology.backpressure import Gate
 from marketswarm.topology.metrics import Metrics

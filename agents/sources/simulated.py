@@ -27,8 +27,8 @@ import redis.asyncio as aioredis
 
 from marketswarm.agents import catalog
 from marketswarm.agents.calc import blackscholes as bs
-from marketswarm.agents.calc.blackscholes import ET
 from marketswarm.agents.sources.writer import RawWriter
+from marketswarm.schemas.markettime import ET, expiry_close_ns
 from marketswarm.schemas.occ import format_occ, provider_index_ticker
 from marketswarm.topology.backpressure import Gate
 from marketswarm.topology.metrics import Metrics
@@ -126,7 +126,7 @@ class SimMarket:
         self.is_call = np.array(calls)
         self.expiry = exps
         self.sym = syms
-        self.close_ns = np.array([bs.expiry_close_ns(e) for e in exps], dtype=np.float64)
+        self.close_ns = np.array([expiry_close_ns(e) for e in exps], dtype=np.float64)
         day = {e: i for i, e in enumerate(sorted(set(exps)))}
         self.exp_index = np.array([day[e] for e in exps])
         moneyness = np.abs(np.log(self.k / self.spot))

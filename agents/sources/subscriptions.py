@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from marketswarm.agents.calc.blackscholes import expiry_close_ns
+from marketswarm.schemas.markettime import expiry_close_ns
 from marketswarm.schemas.occ import PROVIDER_PREFIX, SymbolError, parse_occ
 
 MAX_QUOTES_PER_CONNECTION = 1000  # the provider's limit for options Q subscriptions

@@ -50,30 +50,39 @@ def marketswarm_run(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
                 proc.kill()
 
 
-@pytest.fixture
-def topology(redis_url: str, tmp_path: Path) -> Iterator[str]:
+@contextlib.contextmanager
+def running(redis_url: str, data_dir: Path, underlyings: str, sim_rate: str) -> Iterator[str]:
+    """`marketswarm run` over ``redis_url`` with the simulated market, until every underlying has a
+    butterfly model; yields the gateway's base URL."""
     port = free_port()
     env = dict(
         os.environ,
         MARKETSWARM_REDIS_URL=redis_url,
         MARKETSWARM_GATEWAY_PORT=str(port),
-        MARKETSWARM_DATA_DIR=str(tmp_path / "data"),
-        MARKETSWARM_UNDERLYINGS="SPX",
-        MARKETSWARM_SIM_RATE="1500",
+        MARKETSWARM_DATA_DIR=str(data_dir),
+        MARKETSWARM_UNDERLYINGS=underlyings,
+        MARKETSWARM_SIM_RATE=sim_rate,
         MARKETSWARM_LOG_LEVEL="WARNING",
     )
     base = f"http://127.0.0.1:{port}"
     with marketswarm_run(env) as proc:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 120
         while True:
             try:
-                if httpx.get(base + "/api/models/SPX/butterfly", timeout=2).status_code == 200:
+                urls = [f"{base}/api/models/{u}/butterfly" for u in underlyings.split(",")]
+                if all(httpx.get(url, timeout=2).status_code == 200 for url in urls):
                     break
             except httpx.HTTPError:
                 pass
             assert proc.poll() is None, "marketswarm run exited"
-            assert time.monotonic() < deadline, "no butterfly model within 90 s"
+            assert time.monotonic() < deadline, "no butterfly models within 120 s"
             time.sleep(0.5)
+        yield base
+
+
+@pytest.fixture
+def topology(redis_url: str, tmp_path: Path) -> Iterator[str]:
+    with running(redis_url, tmp_path / "data", "SPX", "1500") as base:
         yield base
 
 

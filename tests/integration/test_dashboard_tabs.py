@@ -18,8 +18,8 @@ import httpx
 import orjson
 import pytest
 
-from marketswarm.topology.shell.embedded import free_port
-from tests.integration.test_dashboard import ARTIFACTS, CHROMIUM_ARGS, gateway_pid, marketswarm_run
+from tests.integration.test_dashboard import ARTIFACTS, CHROMIUM_ARGS, gateway_pid, running
+from tests.integration.test_gateway import gateway_at
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -43,30 +43,7 @@ def chromium(debian_tools: Callable[[str, str], str]) -> str:
 
 @pytest.fixture
 def two_markets(redis_url: str, tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    env = dict(
-        os.environ,
-        MARKETSWARM_REDIS_URL=redis_url,
-        MARKETSWARM_GATEWAY_PORT=str(port),
-        MARKETSWARM_DATA_DIR=str(tmp_path / "data"),
-        MARKETSWARM_UNDERLYINGS="SPX,NDX",
-        MARKETSWARM_SIM_RATE="800",
-        MARKETSWARM_LOG_LEVEL="WARNING",
-    )
-    base = f"http://127.0.0.1:{port}"
-    with marketswarm_run(env) as proc:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if all(
-                    httpx.get(f"{base}/api/models/{u}/butterfly", timeout=2).status_code == 200 for u in ("SPX", "NDX")
-                ):
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, "marketswarm run exited"
-            assert time.monotonic() < deadline, "no butterfly models within 120 s"
-            time.sleep(0.5)
+    with running(redis_url, tmp_path / "data", "SPX,NDX", "800") as base:
         yield base
 
 
@@ -176,23 +153,8 @@ def hostile_gateway(redis_url: str, tmp_path: Path) -> Iterator[str]:
     cli = [sys.executable, "-m", "marketswarm.topology"]
     # Its symbols are SPX's, so it yields no model (exit 1), but the name is recorded as an underlying.
     subprocess.run([*cli, "replay", "--redis-url", redis_url, str(capture)], env=env, capture_output=True, timeout=120)
-    port = free_port()
-    proc = subprocess.Popen([*cli, "gateway"], env=env | {"MARKETSWARM_GATEWAY_PORT": str(port)})
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "the gateway did not start"
-            time.sleep(0.2)
+    with gateway_at(redis_url, MARKETSWARM_DATA_DIR=str(tmp_path / "data")) as (base, _):
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 @pytest.mark.timeout(300)

@@ -244,3 +244,26 @@ async def test_error_bodies_and_readiness_name_no_host_or_port(redis_url: str) -
     finally:
         server.should_exit = True
         await task
+
+
+async def test_rest_bodies_built_in_a_worker_equal_the_model_version_after_version(sim: Sim, redis_url: str) -> None:  # noqa: F811
+    """A polled model's JSON, built off the event loop from the gateway's followed copy: after every
+    version the bytes equal the model built whole from the checkpoint and the diffs."""
+    import redis.asyncio as aioredis
+
+    from marketswarm.agents.publish.reading import read_model
+
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        with gateway_at(redis_url) as (base, _):
+            async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+                seen: dict[str, set[int]] = {}
+                for _ in range(4):
+                    for s, path in (("butterfly", "/api/models/SPX/butterfly"), ("gex", "/api/gex/SPX")):
+                        body = (await http.get(path)).content
+                        assert body == await read_model(r, "SPX", s), s
+                        seen.setdefault(s, set()).add(orjson.loads(body)["version"])
+                    await sim.advance(1)
+                assert all(len(v) == 4 for v in seen.values()), seen  # a new version each time
+    finally:
+        await r.aclose()

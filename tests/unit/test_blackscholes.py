@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from marketswarm.agents.calc import blackscholes as bs
+from marketswarm.schemas.markettime import expiry_close_ns
 
 
 def test_reference_table(shared_data: Path) -> None:
@@ -47,7 +48,7 @@ def test_hull_examples(shared_data: Path) -> None:
 
 
 def test_expiry_convention() -> None:
-    close = bs.expiry_close_ns("2024-01-08")
+    close = expiry_close_ns("2024-01-08")
     assert close == 1704747600 * 1_000_000_000  # 2024-01-08 16:00 EST = 21:00 UTC
     t = bs.years_to_expiry([close], close - 86400 * 1_000_000_000)
     assert float(t[0]) == pytest.approx(1 / 365)

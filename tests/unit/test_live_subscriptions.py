@@ -6,9 +6,9 @@ import random
 
 import orjson
 
-from marketswarm.agents.calc.blackscholes import expiry_close_ns
 from marketswarm.agents.sources.live import EVICTED_BACKOFF_MAX_S, EVICTED_BACKOFF_S, RECONNECT_MAX_S, reconnect_delay
 from marketswarm.agents.sources.subscriptions import Assignment, next_close, subscription_set, wanted
+from marketswarm.schemas.markettime import expiry_close_ns
 
 
 def page(*tickers: str) -> bytes:

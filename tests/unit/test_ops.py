@@ -192,3 +192,27 @@ def test_an_age_is_never_negative() -> None:
     now_ms = 1_800_000_000_000
     assert age_s(now_ms, (now_ms - 1500) * 1_000_000) == 1.5
     assert age_s(now_ms, (now_ms + 86_400_000) * 1_000_000) == 0.0  # event time ahead of this clock
+
+
+def test_the_gateway_manifest_cannot_start_open_to_the_network() -> None:
+    """It binds beyond loopback and takes its token from the Secret, whose placeholder is empty: with
+    the base as it ships, the gateway refuses to start; with a token from an overlay, it starts."""
+    from pydantic import SecretStr
+
+    from marketswarm.agents.publish.gateway import ExposedWithoutTokenError, check_exposure
+    from marketswarm.topology.settings import Settings
+
+    docs = manifests()
+    [gw] = [d for _, d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "marketswarm-gateway"]
+    env = {e["name"]: e for e in gw["spec"]["template"]["spec"]["containers"][0]["env"]}
+    host = env["MARKETSWARM_GATEWAY_HOST"]["value"]
+    assert env["MARKETSWARM_API_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "marketswarm-secrets",
+        "key": "MARKETSWARM_API_TOKEN",
+    }
+    assert "MARKETSWARM_GATEWAY_NO_AUTH" not in env
+    [secret] = [d for _, d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "marketswarm-secrets"]
+    placeholder = secret["stringData"]["MARKETSWARM_API_TOKEN"]
+    with pytest.raises(ExposedWithoutTokenError):
+        check_exposure(Settings(gateway_host=host, api_token=SecretStr(placeholder)))
+    check_exposure(Settings(gateway_host=host, api_token=SecretStr("from-the-overlay")))
