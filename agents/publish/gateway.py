@@ -70,7 +70,7 @@ from marketswarm.agents.publish.feeds import (
 from marketswarm.agents.publish.hub import Hub
 from marketswarm.agents.publish.limits import Admission, Attempts
 from marketswarm.agents.publish.reading import read_quotes
-from marketswarm.agents.publish.sse import Segment, SseResponse, accepts_gzip
+from marketswarm.agents.publish.sse import LargeJson, Segment, SseResponse, accepts_gzip
 from marketswarm.schemas.models import GexModel, ModelOut
 from marketswarm.topology import observe, streams
 from marketswarm.topology.connections import create_redis
@@ -236,7 +236,7 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
         body = await models_of(request).body(redis_of(request), await check_underlying(request, underlying), strategy)
         if body is None:
             raise HTTPException(404, f"no published {strategy} model for {underlying} yet")
-        return Response(body, media_type="application/json")
+        return LargeJson(body)
 
     @app.get("/api/gex/{underlying}", response_model=GexModel)
     async def gex(request: Request, underlying: str) -> Response:
@@ -244,7 +244,7 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
         body = await models_of(request).body(redis_of(request), u, streams.Strategy.GEX)
         if body is None:
             raise HTTPException(404, f"no published GEX for {underlying} yet")
-        return Response(body, media_type="application/json")
+        return LargeJson(body)
 
     @app.get("/api/quotes/{underlying}")
     async def quotes(request: Request, underlying: str, epoch: str, symbols: str) -> Response:
@@ -268,7 +268,7 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
         body = await models_of(request).geometry(redis_of(request), u, strategy)
         if body is None:
             raise HTTPException(404, f"no published {strategy} model for {underlying} yet")
-        return Response(body, media_type="application/json")
+        return LargeJson(body)
 
     def feed_source(request: Request) -> FeedSource:
         return FeedSource(redis_of(request), request.app.state.hub, models_of(request), settings.sse_max_resume_diffs)

@@ -24,6 +24,7 @@ PING_S = 15.0  # a comment line this often keeps proxies from closing an idle st
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # gzip, deflate, no name or time, unknown OS
 DEFLATE_LEVEL = 6
 OFFLOAD_BYTES = 16 * 1024  # events at least this large are compressed off the event loop
+SLICE_BYTES = 256 * 1024  # a large REST body goes out in slices of this size
 HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
 
@@ -142,6 +143,23 @@ class SseResponse(Response):
             if self.on_close is not None:
                 self.on_close()
                 self.on_close = None
+
+
+class LargeJson(Response):
+    """A large JSON body (a whole grid is 3 MB) sent in slices of ``SLICE_BYTES``, each written when
+    the transport has room: the event loop serves the live feeds between slices, and the transport
+    never buffers the whole body (its buffer is moved on every partial send)."""
+
+    media_type = "application/json"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        body = memoryview(self.body)
+        for start in range(0, len(body), SLICE_BYTES):
+            end = start + SLICE_BYTES
+            await send({"type": "http.response.body", "body": bytes(body[start:end]), "more_body": end < len(body)})
+        if not body:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _retrieve(task: asyncio.Future[Segment]) -> None:
