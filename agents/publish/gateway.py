@@ -98,6 +98,7 @@ CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
 )
+PAGE_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
@@ -119,6 +120,12 @@ def check_exposure(settings: Settings) -> None:
 
 def _static() -> Any:
     return resources.files("marketswarm.agents.publish").joinpath("static")
+
+
+def page(name: str) -> HTMLResponse:
+    """One of the dashboard's pages, with its Content-Security-Policy (set here, on the pages, rather
+    than by a middleware every SSE event would pass through)."""
+    return HTMLResponse(_static().joinpath(name).read_text(), headers=PAGE_HEADERS)
 
 
 def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = None) -> FastAPI:
@@ -161,15 +168,6 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
         return JSONResponse(
             {"detail": "busy or the store is unavailable; retry"}, status_code=503, headers={"Retry-After": "1"}
         )
-
-    @app.middleware("http")
-    async def page_policy(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        response = await call_next(request)
-        if response.headers.get("content-type", "").startswith("text/html") and request.url.path != "/api/docs":
-            response.headers["Content-Security-Policy"] = CSP
-            response.headers["X-Content-Type-Options"] = "nosniff"
-            response.headers["Referrer-Policy"] = "no-referrer"
-        return response
 
     @app.middleware("http")
     async def auth(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -320,8 +318,8 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
         return sse(request, lambda: tab(feed_source(request), checked))
 
     @app.get("/login", response_class=HTMLResponse)
-    async def login() -> str:
-        return _static().joinpath("login.html").read_text()  # type: ignore[no-any-return]
+    async def login() -> HTMLResponse:
+        return page("login.html")
 
     @app.post("/auth")
     async def set_token(request: Request, token_field: str = Form(alias="token")) -> Response:
@@ -343,8 +341,8 @@ def create_app(settings: Settings, redis_url: str, metrics: Metrics | None = Non
         return resp
 
     @app.get("/", response_class=HTMLResponse)
-    async def dashboard() -> str:
-        return _static().joinpath("index.html").read_text()  # type: ignore[no-any-return]
+    async def dashboard() -> HTMLResponse:
+        return page("index.html")
 
     # follow_symlink: an editable install links the package files into its build tree.
     app.mount("/static", StaticFiles(directory=str(_static()), follow_symlink=True), name="static")
