@@ -8,10 +8,11 @@ no ``id:``, since one id cannot say where each of several feeds stands. The clie
 reconnects with every feed's version in the request (``SPX:butterfly@1234``) and each feed resumes
 exactly after it, from the diffs stream (or from a fresh snapshot when they were trimmed).
 
-The JSON and the compression of a snapshot cost milliseconds for a large grid (a whole butterfly grid
-is ~90 KB of JSON), and a REST client polling the model would make every SSE client wait behind them:
-they are built in a worker thread, under the model's lock, once per version, and shared by every
-client that asks (agents/publish/sse.py shares the compressed copy too).
+The JSON and the compression of a snapshot cost milliseconds for a large grid (a butterfly's columns
+are ~90 KB of JSON, its REST tiles 3 MB), and a REST client polling the model would make every SSE
+client wait behind them: they are built in a worker thread, under the model's lock, once per version
+(REST at most every REST_REFRESH_S), and shared by every client that asks (agents/publish/sse.py
+shares the compressed copy too).
 """
 
 from __future__ import annotations
@@ -36,11 +37,11 @@ from marketswarm.schemas import codec
 from marketswarm.schemas.models import LEG_WEIGHTS
 from marketswarm.topology import streams
 
+log = logging.getLogger(__name__)
+
 RENDERED_DIFFS = 256  # diffs kept rendered as SSE events, shared by every client (and reconnects)
 RESUME_PAGE = 200  # missed diffs read per XRANGE
 MAX_VERSION_DIGITS = 18  # a version longer than this is no version of ours (int64)
-log = logging.getLogger(__name__)
-
 MAX_TAB_FEEDS = 16  # feeds one tab connection may carry
 # A heatmap's whole-grid REST JSON (3 MB, 6-9 ms for a butterfly) is built at most this often.
 REST_REFRESH_S = 0.25
