@@ -71,9 +71,6 @@ class Hub:
                 feed.task.cancel()
             del self.feeds[key]
 
-    def clients(self) -> int:
-        return sum(len(f.subscribers) for f in self.feeds.values())
-
     async def close(self) -> None:
         for feed in list(self.feeds.values()):
             if feed.task is not None:
