@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Keep the repository root off sys.path, so `import agents` can never load our folder (STYLE.md §1).
+# Keep the repository root off sys.path, so `import agents` can never load our folder (a bare `agents` is also the name of a PyPI package).
 export PYTHONSAFEPATH := 1
 PYTEST_ARGS ?=
 
@@ -14,7 +14,7 @@ all: lint typecheck test
 
 # Strict editable installs link each module: a new module needs a reinstall, which a change of a
 # package directory's mtime (a file added or removed) triggers.
-PKG_DIRS := topology topology/shell schemas agents agents/calc agents/sources agents/publish agents/publish/static agents/publish/static/js agents/publish/static/vendor agents/publish/static/vendor/echarts agents/publish/static/vendor/swagger-ui agents/derive
+PKG_DIRS := topology schemas ops agents agents/sources agents/normalize agents/hydrate agents/calc agents/publish agents/derive agents/gateway agents/gateway/static agents/gateway/static/js agents/gateway/static/vendor agents/gateway/static/vendor/echarts agents/gateway/static/vendor/swagger-ui
 
 $(STAMP): pyproject.toml $(PKG_DIRS)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 is required"; exit 1; }
@@ -47,7 +47,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy -p marketswarm.topology -p marketswarm.agents -p marketswarm.schemas
+	$(BIN)/mypy -p marketswarm.schemas -p marketswarm.topology -p marketswarm.agents -p marketswarm.ops
 
 # The benchmark is test rig (tests/bench/), run by pytest for its imports; BENCH_SUITES=runtime,e2e picks suites.
 bench: $(STAMP)
@@ -59,7 +59,7 @@ diagram: $(STAMP)
 
 # The dashboard's and the API docs' browser libraries, at the versions pinned in ops/vendor/pins.json
 # (`python ops/vendor/vendor.py --latest` moves the pins): fetched from the npm registry, checked
-# against its integrity hash, unpacked with their licenses into agents/publish/static/vendor.
+# against its integrity hash, unpacked with their licenses into agents/gateway/static/vendor.
 vendor:
 	$(PYTHON) ops/vendor/vendor.py
 

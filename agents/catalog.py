@@ -12,8 +12,8 @@ def agents() -> tuple[AgentSpec, ...]:
     from marketswarm.agents.calc.gex import GEX_AGENT
     from marketswarm.agents.calc.strategies import CALC_AGENTS
     from marketswarm.agents.derive.pipelines import DERIVED_AGENTS
-    from marketswarm.agents.hydrate import HYDRATE
-    from marketswarm.agents.normalize import NORMALIZE
+    from marketswarm.agents.hydrate.hydrator import HYDRATE
+    from marketswarm.agents.normalize.normalizer import NORMALIZE
     from marketswarm.agents.publish.publisher import PUBLISH_AGENTS
 
     return (NORMALIZE, HYDRATE, *CALC_AGENTS, GEX_AGENT, *PUBLISH_AGENTS, *DERIVED_AGENTS)

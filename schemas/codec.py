@@ -9,6 +9,7 @@ the staged and diffs streams; checkpoints of calc and publish state use the same
 from __future__ import annotations
 
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import Any, TypeVar
 
 import msgspec
@@ -28,10 +29,20 @@ class DecodeError(ValueError):
     """Raised when a stream entry cannot be decoded into its stream's payload type."""
 
 
+class RawFormat(StrEnum):
+    """The raw frames' formats (``RawFrame.src``): sources name the format they wrote, normalize parses by it."""
+
+    WS = "massive.ws"
+    WS_DELAYED = "massive.ws.delayed"  # the same frames from the provider's delayed feed
+    REST_CHAIN = "massive.rest.chain"
+    REST_INDICES = "massive.rest.indices"
+    CBOE_CSV = "cboe.csv"
+
+
 class RawFrame(msgspec.Struct, frozen=True, kw_only=True):
     """Provider bytes exactly as received, plus the receive time and what produced them."""
 
-    src: str  # ws | rest.chain | rest.spot | sim | cboe.csv | capture
+    src: str  # a RawFormat; kept a str so that an unknown one reaches normalize and is rejected with its reason
     rx_ns: int
     data: bytes
 

@@ -7,7 +7,7 @@ models in pydantic for the HTTP API. Times are event times in epoch nanoseconds 
 
 Provider time: a value's ``ts_ns`` is the time the provider gave it. When the provider gave none
 (a chain quote without ``last_updated``), ``ts_ns`` is the receive time and ``rx_time`` is true:
-such a value never beats one the provider timed (agents/hydrate.py). ``delayed`` marks values the
+such a value never beats one the provider timed (agents/hydrate/hydrator.py). ``delayed`` marks values the
 provider flagged ``timeframe: DELAYED`` (a plan without real-time data).
 """
 
@@ -138,7 +138,7 @@ class TradeChange(_Change, tag="t", frozen=True, kw_only=True):
 
 class FillChange(_Change, tag="f", frozen=True, kw_only=True):
     """A trade print counted into the volume: once per distinct fill, only when its conditions count
-    toward volume (agents/trade_conditions.py). The trade flow (agents/derive/flow.py) reads these."""
+    toward volume (schemas/trade_conditions.py). The trade flow (agents/derive/flow.py) reads these."""
 
     sym: str
     ts_ns: int

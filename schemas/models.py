@@ -6,7 +6,7 @@ labels live once, in the ``Geometry``. Everything after calc moves ``Columns``: 
 their numbers as packed little-endian arrays (NaN in the first value column = the tile is absent), plus
 the quote times of contracts whose quote changed. GEX uses the same shapes with strikes as positions.
 The pydantic classes at the end are the published JSON's contract at the API boundary (FastAPI's
-OpenAPI, and the tests validate published models against them); agents/publish/assemble.py is the one
+OpenAPI, and the tests validate published models against them); schemas/documents.py is the one
 place that JSON is built.
 """
 

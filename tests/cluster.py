@@ -1,4 +1,4 @@
-"""The test suite's Redis Cluster: embedded servers (topology/shell/embedded.py) formed into a cluster,
+"""The test suite's Redis Cluster: embedded servers (ops/embedded.py) formed into a cluster,
 and what tests do to it: flush, find a slot's master, kill -9 and revive a node, migrate a slot. The
 benchmark's cluster suite uses it too."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import redis
 
-from marketswarm.topology.shell.embedded import EmbeddedServer, find_binary, free_port
+from marketswarm.ops.embedded import EmbeddedServer, find_binary, free_port
 
 SLOTS = 16384
 # Longer than the longest commit script (a chain snapshot of thousands of contracts, on a machine

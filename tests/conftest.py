@@ -14,11 +14,11 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from marketswarm.topology.shell.embedded import EmbeddedServer, find_binary
+from marketswarm.ops.embedded import EmbeddedServer, find_binary
 from tests.cluster import LocalCluster
+from tests.rig.realdata import real_data as unpack_real_data
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data" / "real"
 
 
 def _docker_reachable() -> bool:
@@ -112,11 +112,10 @@ async def aredis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
         await client.aclose()
 
 
-@pytest.fixture
-def shared_data() -> Path:
-    if not SHARED_DATA.exists():
-        pytest.skip(f"{SHARED_DATA} is not present")
-    return SHARED_DATA
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The real chains, provider shapes and reference values the repository carries (tests/rig/realdata.py)."""
+    return unpack_real_data()
 
 
 @pytest.fixture(scope="session")

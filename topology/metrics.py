@@ -109,7 +109,7 @@ class Metrics:
             "marketswarm_redis_errors_total", "Redis errors an agent recovered from.", AS, registry=r
         )
 
-        # ingestion (agents/normalize.py, agents/sources/)
+        # ingestion (agents/normalize/normalizer.py, agents/sources/)
         self.rejects = Counter(
             "marketswarm_rejects_total", "Bad input sent to a rejects stream, by reason.", (*AS, "reason"), registry=r
         )
@@ -198,7 +198,7 @@ class Metrics:
             **mpmax,
         )
 
-        # state (agents/hydrate.py)
+        # state (agents/hydrate/hydrator.py)
         self.admissions = Counter(
             "marketswarm_admissions_total",
             "Admission outcomes: A new slot, B newer, C older/equal (discarded), X outside the epoch.",
@@ -259,7 +259,7 @@ class Metrics:
             registry=r,
         )
 
-        # operations (topology/observe.py, agents/publish/gateway.py)
+        # operations (topology/observe.py, agents/gateway/app.py)
         self.group_lag = Gauge(
             "marketswarm_group_lag_entries",
             "Entries not yet delivered to a group (XINFO GROUPS lag).",

@@ -140,6 +140,9 @@ def state_key(u: str, epoch: str) -> str:
     return f"{PREFIX}:{{{u}}}:state:{epoch}"
 
 
+STATE_VALUE_HEADER = 32  # a state hash value: a fixed-size ordering header, then the JSON (agents/hydrate/hydrate.lua)
+
+
 def spot_key(u: str) -> str:
     """String: the latest admitted spot, ``<newness><SpotChange JSON>``."""
     return f"{PREFIX}:{{{u}}}:spot"
@@ -148,6 +151,12 @@ def spot_key(u: str) -> str:
 def fills_key(u: str) -> str:
     """Sorted set of recently counted fill ids (score: event time ms), so a fill counts once."""
     return f"{PREFIX}:{{{u}}}:fills"
+
+
+# Fields of the checkpoint and bookkeeping hashes (publish_state_key, the calc and derive checkpoints).
+STATE_FIELD = "state"  # what an agent restores from: a calc's inputs, a publisher's last version, intent's flow
+STAGING_FIELD = "staging"  # the publisher's staging counts, for the inspector
+THROUGH_FIELD = "through"  # a follower's checkpoint: the last entry of the followed diffs it holds
 
 
 def publish_state_key(u: str, strategy: str) -> str:
@@ -159,7 +168,7 @@ def publish_state_key(u: str, strategy: str) -> str:
 def model_key(u: str, strategy: str) -> str:
     """Hash: the last checkpoint of the published model of (underlying, strategy): ``_header``
     (version, epoch, asof, spot, strategy fields), ``_geometry`` and ``_cols`` (dense columns). The
-    current model is this plus the diffs after it (agents/publish/published.py). Written only by its
+    current model is this plus the diffs after it (topology/published.py). Written only by its
     publisher."""
     return f"{PREFIX}:{{{u}}}:model:{strategy}.v2"
 

@@ -10,7 +10,7 @@ GEX negative. Per contract, in USD per 1% move of the underlying:
 model counts those in ``nonstandard``)
 
 with gamma per 1.00 of the underlying: the provider's when present, otherwise Black-Scholes from the
-contract's IV (r = 0, q = 0) with our time-to-expiry convention (agents/calc/blackscholes.py:
+contract's IV (r = 0, q = 0) with our time-to-expiry convention (schemas/blackscholes.py:
 calendar time to the expiry's 16:00 ET close, ACT/365, floored at one minute).
 
 The flip is where the GEX profile changes sign: the profile re-prices every contract's gamma with
@@ -41,7 +41,7 @@ import msgspec
 import numpy as np
 import orjson
 
-from marketswarm.agents.calc import blackscholes as bs
+from marketswarm.schemas import blackscholes as bs
 from marketswarm.schemas import codec
 from marketswarm.schemas.events import ChangeBatch, EpochChange, GreeksChange, SpotChange
 from marketswarm.schemas.markettime import ET, expiry_close_ns

@@ -7,7 +7,7 @@ Tiles, per (expiry, side) series of the epoch's heatmap grid (agents/calc/grid.p
 * butterfly (center K, width w):   mid(K-w) - 2 mid(K) + mid(K+w)
 
 A tile exists only when every leg has a mid (its score, reward/risk, derives from its value and width
-where the JSON is built: agents/publish/assemble.py). Tiles are positions in the epoch's grid
+where the JSON is built: schemas/documents.py). Tiles are positions in the epoch's grid
 (agents/calc/grid.py); what leaves is columns (schemas/models.py): the positions whose value changed,
 appeared (a number) or vanished (NaN), and the quote times of the contracts quoted since the last
 update, which the publisher keeps per contract (a tile's ``legs_ts_ns`` are its legs' quote times).
@@ -39,10 +39,9 @@ from marketswarm.schemas.models import F64, I32, I64, Geometry, Staged, columns,
 from marketswarm.topology import streams
 from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output, Processor, Resume
 from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.published import CHECKPOINT_EVERY_S
 from marketswarm.topology.settings import Settings
 
-CHECKPOINT_EVERY_S = 5.0  # event time between full checkpoints of a calc's inputs
-STATE_FIELD = "state"  # the checkpoint hash's one field
 _spot_dec = msgspec.json.Decoder(SpotChange)
 
 
@@ -135,7 +134,7 @@ class TileCalc(Processor):
         return self._pending[1]
 
     def state_reads(self) -> Sequence[tuple[Any, ...]]:
-        return [("HGET", self.checkpoint, STATE_FIELD), ("LRANGE", self.flushes, 0, -1)]
+        return [("HGET", self.checkpoint, streams.STATE_FIELD), ("LRANGE", self.flushes, 0, -1)]
 
     def load(self, replies: Sequence[Any]) -> Sequence[Resume]:
         """The last checkpoint; then the changes acked since it are re-applied (their outputs were
@@ -209,7 +208,7 @@ class TileCalc(Processor):
                 dirty=pack(sorted(self.dirty), I32),
             )
         return [
-            ("HSET", self.checkpoint, STATE_FIELD, codec.encode_packed(CalcState(**state))),
+            ("HSET", self.checkpoint, streams.STATE_FIELD, codec.encode_packed(CalcState(**state))),
             ("DEL", self.flushes),
         ]
 

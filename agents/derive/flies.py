@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from marketswarm.agents.publish.assemble import scores
+from marketswarm.schemas.documents import scores
 from marketswarm.schemas.markettime import expiry_close_ns
 from marketswarm.schemas.models import Geometry
 

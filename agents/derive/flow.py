@@ -1,7 +1,7 @@
 """The trade flow of liquidity intent: who initiated each print, summed by strike and side.
 
 Each counted print (a ``FillChange``: hydrate passes only distinct fills whose conditions count toward
-volume, agents/trade_conditions.py) is classified against the quote in force for its contract at the
+volume, schemas/trade_conditions.py) is classified against the quote in force for its contract at the
 print's event time (the newest admitted quote at or before it; the last ``QUOTE_HISTORY`` are kept):
 
 * price >= ask: **bought** (the buyer paid the offer); price <= bid: **sold**;

@@ -25,19 +25,18 @@ import orjson
 
 from marketswarm.agents.derive import flies, levels
 from marketswarm.agents.derive.flow import Flow
-from marketswarm.agents.derive.publishing import CHECKPOINT_EVERY_S, THROUGH_FIELD, Follower, ModelView, Versions
-from marketswarm.agents.publish.assemble import HEADER_FIELD
-from marketswarm.agents.publish.published import Published
+from marketswarm.agents.derive.publishing import Follower, ModelView, Versions
+from marketswarm.schemas.documents import HEADER_FIELD
 from marketswarm.schemas.events import ChangeBatch, FillChange, QuoteChange, SpotChange
 from marketswarm.schemas.markettime import expiry_close_ns
 from marketswarm.topology import streams
 from marketswarm.topology.agent import AgentSpec, Effects, Entry, Processor, Resume
 from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.published import CHECKPOINT_EVERY_S, Published
 from marketswarm.topology.settings import Settings
 
 INTENT_INTERVAL_S = 1.0  # event time between versions of the intent model
 READ_EVERY_S = 0.25  # intent and best flies read their input at most this often (not latency-critical)
-STATE_FIELD = "state"  # the intent checkpoint's flow
 Derived = streams.Derived
 
 
@@ -141,7 +140,7 @@ class Intent(Processor):
         self.structure: tuple[int, dict[str, Any] | None] = (-1, None)
 
     def state_reads(self) -> Sequence[tuple[Any, ...]]:
-        return [("HMGET", self.checkpoint, STATE_FIELD, THROUGH_FIELD), self.versions.read()]
+        return [("HMGET", self.checkpoint, streams.STATE_FIELD, streams.THROUGH_FIELD), self.versions.read()]
 
     def load(self, replies: Sequence[Any]) -> Sequence[Resume]:
         self._clear()
@@ -191,7 +190,7 @@ class Intent(Processor):
                 self._publish(effects)
         if batch and self.flow.now_ns - self.checkpoint_ns >= CHECKPOINT_EVERY_S * 1e9:
             effects.commands.append(
-                ("HSET", self.checkpoint, STATE_FIELD, self.flow.dump(), THROUGH_FIELD, batch[-1].id)
+                ("HSET", self.checkpoint, streams.STATE_FIELD, self.flow.dump(), streams.THROUGH_FIELD, batch[-1].id)
             )
             self.checkpoint_ns = self.flow.now_ns
         counted = self.flow.prints - prints
@@ -235,7 +234,7 @@ def _intent_wants(fields: Mapping[bytes, bytes]) -> bool:
 
 
 # In data-flow order, the one that reads every changes entry (intent) second: `marketswarm run` deals
-# agent kinds round-robin over its processes (topology/shell/supervisor.py), and in this order it
+# agent kinds round-robin over its processes (ops/supervisor.py), and in this order it
 # shares a process with the lightest of the changes readers instead of with normalize.
 DERIVED_AGENTS = (
     AgentSpec(

@@ -23,17 +23,14 @@ from typing import Any
 
 import orjson
 
-from marketswarm.agents.publish.assemble import COLS_FIELD, GEOMETRY_FIELD, HEADER_FIELD, header_json
-from marketswarm.agents.publish.published import Published, apply_diffs, checkpoint_read, from_checkpoint
 from marketswarm.schemas import codec
+from marketswarm.schemas.documents import COLS_FIELD, GEOMETRY_FIELD, HEADER_FIELD, header_fields, header_json
 from marketswarm.schemas.models import Diff, dense_columns
 from marketswarm.topology import streams
 from marketswarm.topology.agent import Effects, Entry, Output, Processor, Resume
 from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.published import CHECKPOINT_EVERY_S, Published, apply_diffs, checkpoint_read, from_checkpoint
 
-CHECKPOINT_EVERY_S = 5.0  # event time between checkpoints of a followed model
-THROUGH_FIELD = "through"
-OWN_FIELDS = ("underlying", "strategy", "version", "epoch", "asof", "asof_ns")
 SIDE_DIFFS_PER_READ = 500
 SIDE_READ_EVERY_S = 0.25  # wall time between reads of a model looked up
 
@@ -57,7 +54,7 @@ class Versions:
         if reply is not None:
             h = orjson.loads(reply)
             self.version, self.asof_ns = int(h["version"]), int(h["asof_ns"])
-            self.fields = {k: v for k, v in h.items() if k not in OWN_FIELDS}
+            self.fields = header_fields(h)
 
     def counted(self, metrics: Metrics, n: int) -> Callable[[Mapping[str, Any]], None]:
         """An ``on_commit`` that counts ``n`` published versions (marketswarm_versions_published_total)."""
@@ -116,7 +113,7 @@ class Follower(Processor):
 
     def state_reads(self) -> Sequence[tuple[Any, ...]]:
         return [
-            ("HMGET", self.checkpoint, HEADER_FIELD, GEOMETRY_FIELD, COLS_FIELD, THROUGH_FIELD),
+            ("HMGET", self.checkpoint, HEADER_FIELD, GEOMETRY_FIELD, COLS_FIELD, streams.THROUGH_FIELD),
             self.versions.read(),
         ]
 
@@ -175,7 +172,7 @@ class Follower(Processor):
         m = self.model
         assert m.header is not None
         h = m.meta
-        fields: list[Any] = [HEADER_FIELD, m.header, THROUGH_FIELD, through]
+        fields: list[Any] = [HEADER_FIELD, m.header, streams.THROUGH_FIELD, through]
         commands: list[tuple[Any, ...]] = []
         if m.geometry is not None:
             fields += [COLS_FIELD, codec.encode_packed(dense_columns(m.vals, m.cts))]

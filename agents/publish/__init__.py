@@ -1,1 +1,1 @@
-"""Publishing: the publisher agents, model assembly, and the gateway (REST, SSE, dashboard)."""
+"""Publish: the publisher agents, one per (underlying, strategy), and the column table they keep."""

@@ -16,7 +16,7 @@ Publishing assigns the next version, makes the staged columns canonical and appe
 positions added, changed or removed, as columns; on a new epoch also its geometry) to
 ``ms:{U}:diffs:{S}.v2`` with entry id ``<version>-0``, so the stream is the SSE history and
 ``Last-Event-ID`` is a version. The whole model is checkpointed, as dense columns, to the model hash
-at a new epoch and every few seconds (agents/publish/published.py); between checkpoints a version costs
+at a new epoch and every few seconds (topology/published.py); between checkpoints a version costs
 one XADD and one small state write, whatever its size. All conditions use event time, so a replay
 publishes the same versions as the live run. A market that stops changing publishes nothing.
 """
@@ -30,8 +30,14 @@ from typing import Any
 
 import orjson
 
-from marketswarm.agents.publish.assemble import COLS_FIELD, GEOMETRY_FIELD, HEADER_FIELD, header_json
-from marketswarm.agents.publish.published import (
+from marketswarm.agents.publish.tiles import ColumnTable
+from marketswarm.schemas import codec
+from marketswarm.schemas.documents import COLS_FIELD, GEOMETRY_FIELD, HEADER_FIELD, header_fields, header_json
+from marketswarm.schemas.models import Diff, Staged
+from marketswarm.topology import streams
+from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output, Processor, Resume
+from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.published import (
     CHECKPOINT_EVERY_S,
     CHECKPOINT_EVERY_VERSIONS,
     Published,
@@ -39,17 +45,8 @@ from marketswarm.agents.publish.published import (
     checkpoint_read,
     from_checkpoint,
 )
-from marketswarm.agents.publish.tiles import ColumnTable
-from marketswarm.schemas import codec
-from marketswarm.schemas.models import Diff, Staged
-from marketswarm.topology import streams
-from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output, Processor, Resume
-from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
 
-STATE_FIELD = "state"  # publish-state hash: version, the staged entry it went through, checkpoint
-STAGING_FIELD = "staging"  # publish-state hash: staging counts for the inspector
-_OWN_HEADER_FIELDS = ("underlying", "strategy", "version", "epoch", "asof", "asof_ns")
 NEW_EPOCH_PATIENCE_S = 2.5  # event time a new epoch may stay incomplete before it is published anyway
 
 
@@ -89,7 +86,7 @@ class Publisher(Processor):
     # --- state -------------------------------------------------------------------------------
 
     def state_reads(self) -> Sequence[tuple[Any, ...]]:
-        return [checkpoint_read(self.u, self.strategy), ("HGET", self.state_key, STATE_FIELD)]
+        return [checkpoint_read(self.u, self.strategy), ("HGET", self.state_key, streams.STATE_FIELD)]
 
     def load(self, replies: Sequence[Any]) -> Sequence[Resume]:
         """The last version: the model's checkpoint, then the diffs after it (``reapply``); then the
@@ -113,7 +110,7 @@ class Publisher(Processor):
             h = orjson.loads(published.header)
             self.version, self.pub_epoch, self.pub_asof_ns = published.version, h["epoch"], h["asof_ns"]
             self.epoch, self.max_ts_ns = self.pub_epoch, self.pub_asof_ns
-            self.fields = {k: v for k, v in h.items() if k not in _OWN_HEADER_FIELDS}
+            self.fields = header_fields(h)
         if state_raw is not None:
             state = orjson.loads(state_raw)
             if state["version"] == self.version:
@@ -147,7 +144,7 @@ class Publisher(Processor):
             "staged_tiles": len(self.tiles),
             "changed_since_version": self.tiles.pending_changes(),
         }
-        commands.append(("HSET", self.state_key, STAGING_FIELD, orjson.dumps(meta)))
+        commands.append(("HSET", self.state_key, streams.STAGING_FIELD, orjson.dumps(meta)))
 
         def committed(_: Mapping[str, Any]) -> None:
             now = time.time_ns()
@@ -257,7 +254,7 @@ class Publisher(Processor):
             "checkpoint_version": self.checkpoint_version,
             "checkpoint_ns": self.checkpoint_ns,
         }
-        commands.append(("HSET", self.state_key, STATE_FIELD, orjson.dumps(state)))
+        commands.append(("HSET", self.state_key, streams.STATE_FIELD, orjson.dumps(state)))
         self.pub_epoch = self.epoch
         self.pub_asof_ns = self.max_ts_ns
         self.header_dirty = False

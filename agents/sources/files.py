@@ -22,10 +22,9 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from marketswarm.agents.cboe_csv import CboeFormatError, date_cell, parse_download_time, underlying_of_file
-from marketswarm.agents.normalize import CBOE_CSV
 from marketswarm.agents.sources.writer import RawWriter
-from marketswarm.schemas.codec import RawFrame
+from marketswarm.schemas.cboefile import CboeFormatError, date_cell, parse_download_time, underlying_of_file
+from marketswarm.schemas.codec import RawFormat, RawFrame
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
 
@@ -56,7 +55,7 @@ def read_cboe(path: Path) -> Recorded:
         ts = parse_download_time(date_cell(lines[2]))
     except CboeFormatError as exc:
         raise InputFileError(f"{path}: {exc}") from exc
-    return Recorded(u, CBOE_CSV, ts, data)
+    return Recorded(u, RawFormat.CBOE_CSV, ts, data)
 
 
 def read_capture(path: Path) -> Iterator[Recorded]:

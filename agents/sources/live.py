@@ -42,7 +42,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -55,8 +55,6 @@ from massive.exceptions import AuthError, BadResponse
 from redis.exceptions import RedisClusterException, RedisError
 from websockets.exceptions import ConnectionClosed
 
-from marketswarm.agents import catalog
-from marketswarm.agents.normalize import REST_CHAIN, REST_INDICES, WS, WS_DELAYED
 from marketswarm.agents.sources.subscriptions import (
     MAX_QUOTES_PER_CONNECTION,
     Assignment,
@@ -67,8 +65,10 @@ from marketswarm.agents.sources.subscriptions import (
 )
 from marketswarm.agents.sources.writer import RawWriter
 from marketswarm.agents.sources.wsframes import FramePump
+from marketswarm.schemas.codec import RawFormat
 from marketswarm.schemas.markettime import ET
 from marketswarm.schemas.occ import INDEX_PREFIX, provider_index_ticker
+from marketswarm.topology.agent import AgentSpec
 from marketswarm.topology.backpressure import Gate
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
@@ -136,22 +136,28 @@ class Connection:
 
 
 class LiveSource:
-    def __init__(self, settings: Settings, redis: aioredis.Redis, metrics: Metrics, stop: asyncio.Event) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        redis: aioredis.Redis,
+        metrics: Metrics,
+        stop: asyncio.Event,
+        agents: Sequence[AgentSpec],
+    ) -> None:
+        """``agents``: the topology, whose groups on the raw streams the backpressure gate watches."""
         assert settings.massive_api_key is not None
         self.settings = settings
         self.key = settings.massive_api_key.get_secret_value()
         self.redis = redis
         self.metrics = metrics
         self.stop = stop
-        self.writer = RawWriter.of(
-            settings, redis, metrics, "massive", Gate(redis, settings.max_backlog, catalog.agents())
-        )
+        self.writer = RawWriter.of(settings, redis, metrics, "massive", Gate(redis, settings.max_backlog, agents))
         self.rest = RESTClient(api_key=self.key, base=settings.massive_rest_base, retries=0, read_timeout=30.0)
         self.spot: dict[str, float] = {}
         self.targets: dict[str, list[Target]] = {}
         self.targets_changed = asyncio.Event()
         self.configured = set(settings.underlyings)
-        ws_format = WS_DELAYED if settings.massive_ws_feed.startswith("delayed.") else WS
+        ws_format = RawFormat.WS_DELAYED if settings.massive_ws_feed.startswith("delayed.") else RawFormat.WS
         self.pump = FramePump(settings, redis, metrics, self.writer, stop, ws_format)
         self.connections: list[Connection] = []
         self.assignment = Assignment(MAX_QUOTES_PER_CONNECTION)
@@ -193,7 +199,7 @@ class LiveSource:
             try:
                 pages = await asyncio.to_thread(self._fetch_chain, u)
                 rx = time.time_ns()
-                await self.writer.write(u, [(REST_CHAIN, b"[" + b",".join(pages) + b"]")], rx)
+                await self.writer.write(u, [(RawFormat.REST_CHAIN, b"[" + b",".join(pages) + b"]")], rx)
                 self._learn_spot(u, pages)
                 capacity = self.option_slots * MAX_QUOTES_PER_CONNECTION
                 targets = subscription_set(pages, u, self.spot.get(u), capacity)
@@ -266,7 +272,7 @@ class LiveSource:
                 self.spot[u] = float(r["value"])
         for u in self.configured:
             try:
-                await self.writer.write(u, [(REST_INDICES, body)], rx)
+                await self.writer.write(u, [(RawFormat.REST_INDICES, body)], rx)
             except (RedisError, RedisClusterException) as exc:  # spot still comes from the indices feed
                 self.metrics.dropped.labels("source.massive", "rest", "redis_unavailable").inc()
                 log.error("indices snapshot for %s: Redis did not take it (%s); spot follows from the feed", u, exc)
@@ -463,5 +469,7 @@ class _StatusCounter(logging.Handler):
             log.error("provider status %s: %s", status, m.group(2))
 
 
-async def run_live(settings: Settings, redis: aioredis.Redis, metrics: Metrics, stop: asyncio.Event) -> None:
-    await LiveSource(settings, redis, metrics, stop).run()
+async def run_live(
+    settings: Settings, redis: aioredis.Redis, metrics: Metrics, stop: asyncio.Event, agents: Sequence[AgentSpec]
+) -> None:
+    await LiveSource(settings, redis, metrics, stop, agents).run()

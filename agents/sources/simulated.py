@@ -19,17 +19,18 @@ import datetime as dt
 import math
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import orjson
 import redis.asyncio as aioredis
 
-from marketswarm.agents import catalog
-from marketswarm.agents.calc import blackscholes as bs
 from marketswarm.agents.sources.writer import RawWriter
+from marketswarm.schemas import blackscholes as bs
 from marketswarm.schemas.markettime import ET, expiry_close_ns
 from marketswarm.schemas.occ import format_occ, provider_index_ticker
+from marketswarm.topology.agent import AgentSpec
 from marketswarm.topology.backpressure import Gate
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
@@ -305,9 +306,11 @@ def _frames(elements: list[dict[str, object]]) -> list[list[dict[str, object]]]:
 TICK_S = 0.02
 
 
-async def run_simulated(settings: Settings, redis: aioredis.Redis, metrics: Metrics, stop: asyncio.Event) -> None:
+async def run_simulated(
+    settings: Settings, redis: aioredis.Redis, metrics: Metrics, stop: asyncio.Event, agents: Sequence[AgentSpec]
+) -> None:
     """The live simulated source: event time follows the wall clock."""
-    writer = RawWriter.of(settings, redis, metrics, "sim", Gate(redis, settings.max_backlog, catalog.agents()))
+    writer = RawWriter.of(settings, redis, metrics, "sim", Gate(redis, settings.max_backlog, agents))
     now = time.time_ns()
     markets = {u: SimMarket(u, settings.sim_seed, settings.sim_rate, now) for u in settings.underlyings}
     while not stop.is_set():

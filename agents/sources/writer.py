@@ -12,9 +12,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from marketswarm.agents.normalize import CBOE_CSV, REST_CHAIN, REST_INDICES, WS, WS_DELAYED
 from marketswarm.schemas import codec
-from marketswarm.schemas.codec import RawFrame
+from marketswarm.schemas.codec import RawFormat, RawFrame
 from marketswarm.topology import streams
 from marketswarm.topology.backpressure import Gate
 from marketswarm.topology.commit import Replication
@@ -35,12 +34,12 @@ _RETRIED = (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSEr
 _TRANSIENT_REPLIES = ("CLUSTERDOWN", "TRYAGAIN", "MOVED", "ASK", "LOADING", "MASTERDOWN", "READONLY")
 
 # Never shed: chain snapshots declare the contracts; index values are one small frame per second.
-KEEP_FRAMES = (REST_CHAIN, REST_INDICES, CBOE_CSV)
+KEEP_FRAMES = (RawFormat.REST_CHAIN, RawFormat.REST_INDICES, RawFormat.CBOE_CSV)
 
 
 def events_in(fmt: str, data: bytes) -> int:
     """Market events in a raw frame (approximate: elements of a WebSocket frame), for the shed count."""
-    return data.count(b'"ev"') if fmt in (WS, WS_DELAYED) else 1
+    return data.count(b'"ev"') if fmt in (RawFormat.WS, RawFormat.WS_DELAYED) else 1
 
 
 class RawWriter:

@@ -20,11 +20,11 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisClusterException, RedisError
 
-from marketswarm.agents.parsing import RejectReason, excerpt
 from marketswarm.agents.sources.writer import RawWriter
 from marketswarm.schemas import codec
 from marketswarm.schemas.models import Reject
 from marketswarm.schemas.occ import INDEX_PREFIX, PROVIDER_PREFIX, underlying_of_root
+from marketswarm.schemas.rejects import RejectReason, excerpt
 from marketswarm.topology import streams
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings

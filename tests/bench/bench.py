@@ -22,11 +22,11 @@ from prometheus_client import CollectorRegistry
 from rich.console import Console
 from rich.table import Table
 
+from marketswarm.ops.embedded import EmbeddedServer
 from marketswarm.topology.connections import create_redis
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
-from marketswarm.topology.shell.embedded import EmbeddedServer
 from tests.cluster import EmbeddedCluster
 from tests.rig.counting import COUNT, TEST_IN, encode_count, sums_key
 

@@ -34,14 +34,14 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from marketswarm.agents import catalog
-from marketswarm.agents.normalize import WS
 from marketswarm.agents.sources.simulated import SimMarket
 from marketswarm.agents.sources.writer import RawWriter
+from marketswarm.ops.embedded import free_port
+from marketswarm.schemas.codec import RawFormat
 from marketswarm.topology.connections import create_redis
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.observe import backlog, group_rows
 from marketswarm.topology.settings import Settings
-from marketswarm.topology.shell.embedded import free_port
 from tests.bench.bench import Row
 
 NS = 1_000_000_000
@@ -98,7 +98,7 @@ class Feed:
 
 def process_groups() -> list[list[str]]:
     """Agents per process, as `marketswarm run` starts them (MARKETSWARM_PROCESSES)."""
-    from marketswarm.topology.shell.supervisor import group_agents
+    from marketswarm.ops.supervisor import group_agents
 
     return group_agents([s.name for s in catalog.agents()], Settings().processes)
 
@@ -238,7 +238,7 @@ def _offered_times(frames: list[tuple[str, bytes]]) -> tuple[list[int], np.ndarr
     at: list[int] = []
     times: list[int] = []
     for fmt, data in frames:
-        if fmt != WS:
+        if fmt != RawFormat.WS:
             at.append(at[-1] if at else 0)
             continue
         ts = [int(e["t"]) * 1_000_000 for e in orjson.loads(data)]

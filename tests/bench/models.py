@@ -9,7 +9,6 @@ import asyncio
 import statistics
 import time
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,13 +16,13 @@ from prometheus_client import CollectorRegistry
 
 from marketswarm.agents.calc.grid import Grid, Window
 from marketswarm.agents.calc.strategies import TileCalc, tile_values
-from marketswarm.agents.normalize import NORMALIZE, WS, Normalizer
-from marketswarm.agents.publish.assemble import model_json, tile_json
+from marketswarm.agents.normalize.normalizer import NORMALIZE, Normalizer
 from marketswarm.agents.publish.publisher import Publisher
 from marketswarm.agents.sources.simulated import SimMarket
 from marketswarm.agents.sources.writer import RawWriter
 from marketswarm.schemas import codec
-from marketswarm.schemas.codec import RawFrame
+from marketswarm.schemas.codec import RawFormat, RawFrame
+from marketswarm.schemas.documents import model_json, tile_json
 from marketswarm.schemas.events import ChainSnapshot, QuoteChange
 from marketswarm.schemas.models import Staged
 from marketswarm.topology import streams
@@ -33,16 +32,16 @@ from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
 from tests.bench.bench import Row
+from tests.rig.realdata import real_data
 
 NS = 1_000_000_000
-SHARED_CBOE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real" / "cboe"
 
 
 def _burst(seconds: float = 4.0, rate: float = 50_000) -> list[tuple[str, bytes]]:
     """A recorded burst: the simulated market well beyond a busy 0DTE session."""
     t0 = time.time_ns() - int(seconds * NS) - NS
     m = SimMarket("SPX", 99, rate, t0)
-    return [f for f in m.advance(t0 + int(seconds * NS)) if f[0] == WS]
+    return [f for f in m.advance(t0 + int(seconds * NS)) if f[0] == RawFormat.WS]
 
 
 def _events_in(frames: list[tuple[str, bytes]]) -> int:
@@ -100,27 +99,14 @@ def normalize_suite(url: str, shared: dict[str, float]) -> list[Row]:
     ]
 
 
-def _real_spx() -> tuple[ChainSnapshot | None, str]:
-    from marketswarm.agents.cboe_csv import parse_cboe_csv
+def _chain() -> tuple[ChainSnapshot, str]:
+    """The real SPX chain the README's figures are for; MissingDataError (the run stops) without it."""
+    from marketswarm.agents.normalize.cboe_csv import parse_cboe_csv
 
-    path = SHARED_CBOE / "spx_2024-01-07_1052ET.csv"
-    if not path.exists():
-        return None, "simulated SPX chain"
+    path = real_data() / "cboe" / "spx_2024-01-07_1052ET.csv"
     snap = parse_cboe_csv(path.read_bytes(), "SPX", ["SPX"]).events[0]
     assert isinstance(snap, ChainSnapshot)
     return snap, path.name
-
-
-def _chain() -> tuple[ChainSnapshot, str]:
-    snap, source = _real_spx()
-    if snap is None:
-        m = SimMarket("SPX", 1, 0, time.time_ns())
-        from marketswarm.agents.massive_frames import parse_rest_chain
-
-        parsed = parse_rest_chain(m.chain_frame(), time.time_ns(), "SPX", ["SPX"])
-        snap = parsed.events[0]  # type: ignore[assignment]
-    assert snap is not None
-    return snap, source
 
 
 def columns_suite(url: str, shared: dict[str, float]) -> list[Row]:

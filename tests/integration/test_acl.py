@@ -20,15 +20,15 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from marketswarm.agents import catalog
-from marketswarm.agents.publish.reading import read_model
 from marketswarm.agents.sources.files import Recorded, read_inputs, write_recorded
+from marketswarm.ops.embedded import EmbeddedServer, find_binary, free_port
+from marketswarm.ops.inprocess import run_until_idle
 from marketswarm.topology import streams
 from marketswarm.topology.connections import create_redis, ensure_group
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.observe import group_rows
+from marketswarm.topology.reading import read_model
 from marketswarm.topology.settings import Settings
-from marketswarm.topology.shell.embedded import EmbeddedServer, find_binary, free_port
-from marketswarm.topology.shell.inprocess import run_until_idle
 from tests.conftest import REPO
 from tests.integration.test_replay import sim_capture
 
@@ -68,10 +68,10 @@ def acl_server() -> Iterator[dict[str, str]]:
 
 
 def test_every_role_does_its_work_and_nothing_more(acl_server: dict[str, str], tmp_path: Path,
-                                                  shared_data: Path) -> None:  # fmt: skip
+                                                  real_data: Path) -> None:  # fmt: skip
     admin = redis.Redis.from_url(acl_server["admin"])
     admin.execute_command("ACL", "LOG", "RESET")
-    inputs = [shared_data / "cboe/ndx_2024-03-22_2140ET.csv", sim_capture(tmp_path / "spx.jsonl")]
+    inputs = [real_data / "cboe/ndx_2024-03-22_2140ET.csv", sim_capture(tmp_path / "spx.jsonl")]
     frames = read_inputs(inputs)
     us = sorted({f.underlying for f in frames})
     asyncio.run(_source_agents_gateway(acl_server, frames, us))
@@ -81,7 +81,7 @@ def test_every_role_does_its_work_and_nothing_more(acl_server: dict[str, str], t
     env = dict(os.environ, MARKETSWARM_REDIS_URL=acl_server["gateway"], MARKETSWARM_UNDERLYINGS=",".join(us),
                MARKETSWARM_GATEWAY_PORT=str(port))  # fmt: skip
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    proc = subprocess.Popen([sys.executable, "-m", "marketswarm.topology", "gateway"], env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "marketswarm.ops", "gateway"], env=env)
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
@@ -101,7 +101,7 @@ def test_every_role_does_its_work_and_nothing_more(acl_server: dict[str, str], t
 
     env = dict(os.environ, MARKETSWARM_REDIS_URL=acl_server["operator"], MARKETSWARM_UNDERLYINGS=",".join(us))
     for cmd in (["inspect", "--json"], ["offsets", "show", "--json"]):
-        done = subprocess.run([sys.executable, "-m", "marketswarm.topology", *cmd], env=env, capture_output=True)
+        done = subprocess.run([sys.executable, "-m", "marketswarm.ops", *cmd], env=env, capture_output=True)
         assert done.returncode == 0, done.stderr.decode()[-2000:]
 
     refused = admin.execute_command("ACL", "LOG")

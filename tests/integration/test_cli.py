@@ -25,15 +25,15 @@ import redis.asyncio as aioredis
 from marketswarm.agents import catalog
 from marketswarm.agents.sources.files import Recorded, write_recorded
 from marketswarm.agents.sources.simulated import SimMarket
+from marketswarm.ops.embedded import free_port
 from marketswarm.topology import streams
 from marketswarm.topology.settings import env_help
-from marketswarm.topology.shell.embedded import free_port
 from tests.integration.test_operate import SECOND, T0, populate
 
 pytestmark = pytest.mark.integration
 
 SCRIPT = Path(sys.executable).parent / "marketswarm"
-CLI = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "marketswarm.topology"]
+CLI = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "marketswarm.ops"]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 SUMMARY = re.compile(r"replayed (\d+) frames \((\d+) chain\), (\d+) events, (\d+) rejects, (\d+) versions in [\d.]+ s")
 
@@ -58,7 +58,9 @@ def populated(redis_url: str) -> str:
     return redis_url
 
 
-def test_every_mistake_of_the_list_gets_one_line_and_a_non_zero_exit(populated: str, tmp_path: Path) -> None:
+def test_every_mistake_of_the_list_gets_one_line_and_a_non_zero_exit(
+    populated: str, tmp_path: Path, real_data: Path
+) -> None:
     url = populated
     env = {"MARKETSWARM_REDIS_URL": url, "MARKETSWARM_UNDERLYINGS": "SPX", "MARKETSWARM_DATA_DIR": str(tmp_path)}
     client = redis.Redis.from_url(url)
@@ -68,7 +70,7 @@ def test_every_mistake_of_the_list_gets_one_line_and_a_non_zero_exit(populated: 
     (tmp_path / "bogus.csv").write_text("a,b,c\n1,2,3\n")
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "bad.jsonl").write_text("{not json\n")
-    chain = str(Path(__file__).resolve().parents[3] / "shared/data/real/cboe/spx_2024-01-07_1052ET.csv")
+    chain = str(real_data / "cboe" / "spx_2024-01-07_1052ET.csv")
     dead = f"redis://127.0.0.1:{free_port()}/0"
     cases: list[tuple[Sequence[str], dict[str, str], int, str]] = [
         (["replay", str(tmp_path / "missing.csv")], {}, 2, "missing.csv: no such file or directory"),

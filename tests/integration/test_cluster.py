@@ -44,17 +44,15 @@ def _collect_dropped_nodes() -> Iterator[None]:
 def replay_into(paths: list[Path], out: Path, url: str | None) -> None:
     env = dict(os.environ)
     env.pop("MARKETSWARM_REDIS_URL", None)
-    cmd = [sys.executable, "-m", "marketswarm.topology", "replay", *map(str, paths), "--export", str(out)]
+    cmd = [sys.executable, "-m", "marketswarm.ops", "replay", *map(str, paths), "--export", str(out)]
     if url:
         cmd += ["--redis-url", url]
     result = subprocess.run(cmd, env=env, capture_output=True, timeout=600)
     assert result.returncode == 0, result.stderr.decode()[-3000:]
 
 
-def test_replay_of_real_chains_on_a_cluster_equals_one_node(
-    tmp_path: Path, shared_data: Path, cluster_url: str
-) -> None:
-    inputs = [shared_data / "cboe/spx_2024-01-07_1052ET.csv", shared_data / "cboe/ndx_2024-03-22_2140ET.csv"]
+def test_replay_of_real_chains_on_a_cluster_equals_one_node(tmp_path: Path, real_data: Path, cluster_url: str) -> None:
+    inputs = [real_data / "cboe/spx_2024-01-07_1052ET.csv", real_data / "cboe/ndx_2024-03-22_2140ET.csv"]
     replay_into(inputs, tmp_path / "one", None)
     replay_into(inputs, tmp_path / "cluster", cluster_url)
     one, cluster = tree(tmp_path / "one"), tree(tmp_path / "cluster")
@@ -123,11 +121,11 @@ async def until(read: Callable[[], Awaitable[int]], want: int, timeout_s: float)
 
 @pytest.mark.slow
 def test_replay_through_a_master_failover_equals_an_undisturbed_run(
-    tmp_path: Path, shared_data: Path, redis_cluster: LocalCluster, cluster_url: str
+    tmp_path: Path, real_data: Path, redis_cluster: LocalCluster, cluster_url: str
 ) -> None:
     """kill -9 of the master that holds SPX while a replay runs into the cluster: with every write and
     commit waiting for a replica, the models exported at the end equal those of an undisturbed run."""
-    cboe = shared_data / "cboe"
+    cboe = real_data / "cboe"
     inputs = [
         *(cboe / f for f in ("spx_2023-09-14_1631ET.csv", "spx_2024-01-07_1052ET.csv")),
         sim_capture(tmp_path / "s.jsonl"),
@@ -135,7 +133,7 @@ def test_replay_through_a_master_failover_equals_an_undisturbed_run(
     replay_into(inputs, tmp_path / "one", None)
     env = dict(os.environ, MARKETSWARM_MIN_REPLICAS_ACK="1", MARKETSWARM_REPLICA_ACK_TIMEOUT_MS="5000")
     env.pop("MARKETSWARM_REDIS_URL", None)
-    cmd = [sys.executable, "-m", "marketswarm.topology", "replay", *map(str, inputs), "--export", str(tmp_path / "c")]
+    cmd = [sys.executable, "-m", "marketswarm.ops", "replay", *map(str, inputs), "--export", str(tmp_path / "c")]
     proc = subprocess.Popen([*cmd, "--redis-url", cluster_url], env=env, stderr=subprocess.PIPE)
     probe = redis.RedisCluster.from_url(cluster_url)
     victim = None

@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from marketswarm.agents.hydrate import HYDRATE, Hydrator
+from marketswarm.agents.hydrate.hydrator import HYDRATE, Hydrator
 from marketswarm.schemas import codec
 from marketswarm.schemas.events import EventBatch, Quote
 from marketswarm.topology import streams

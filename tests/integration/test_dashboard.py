@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from marketswarm.topology.shell.embedded import free_port
+from marketswarm.ops.embedded import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -38,7 +38,7 @@ def chromium(debian_tools: Callable[[str, str], str]) -> str:
 @contextlib.contextmanager
 def marketswarm_run(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
     """`marketswarm run` with ``env``; stopped with Ctrl-C (SIGINT), which must exit cleanly."""
-    proc = subprocess.Popen([sys.executable, "-m", "marketswarm.topology", "run"], env=env, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "marketswarm.ops", "run"], env=env, stdout=subprocess.DEVNULL)
     try:
         yield proc
     finally:
@@ -92,8 +92,8 @@ async def test_dashboard_shows_a_live_heatmap(topology: str, chromium: str, redi
     import redis.asyncio as aioredis
     from playwright.async_api import async_playwright
 
-    from marketswarm.agents.normalize import WS_DELAYED
     from marketswarm.agents.sources.files import Recorded, write_recorded
+    from marketswarm.schemas.codec import RawFormat
 
     exe = chromium
     ARTIFACTS.mkdir(exist_ok=True)
@@ -127,7 +127,7 @@ async def test_dashboard_shows_a_live_heatmap(topology: str, chromium: str, redi
             while True:
                 t_ms = time.time_ns() // 1_000_000 + 1_500
                 frame = orjson.dumps([{"ev": "V", "val": 6001.25, "T": "I:SPX", "t": t_ms}])
-                await write_recorded(r, [Recorded("SPX", WS_DELAYED, time.time_ns(), frame)])
+                await write_recorded(r, [Recorded("SPX", RawFormat.WS_DELAYED, time.time_ns(), frame)])
                 await asyncio.sleep(0.3)
 
         feeding = asyncio.create_task(delayed_values())

@@ -150,7 +150,7 @@ def hostile_gateway(redis_url: str, tmp_path: Path) -> Iterator[str]:
                 f.write(orjson.dumps({"u": HOSTILE, "src": src, "rx_ns": t, "data": data.decode()}) + b"\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MARKETSWARM_")}
     env |= {"MARKETSWARM_REDIS_URL": redis_url, "MARKETSWARM_DATA_DIR": str(tmp_path / "data")}
-    cli = [sys.executable, "-m", "marketswarm.topology"]
+    cli = [sys.executable, "-m", "marketswarm.ops"]
     # Its symbols are SPX's, so it yields no model (exit 1), but the name is recorded as an underlying.
     subprocess.run([*cli, "replay", "--redis-url", redis_url, str(capture)], env=env, capture_output=True, timeout=120)
     with gateway_at(redis_url, MARKETSWARM_DATA_DIR=str(tmp_path / "data")) as (base, _):

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
-from marketswarm.topology.shell.embedded import free_port
+from marketswarm.ops.embedded import free_port
 from tests.integration.test_dashboard import ARTIFACTS, CHROMIUM_ARGS
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -34,7 +34,7 @@ def chromium(debian_tools: Callable[[str, str], str]) -> str:
 
 
 @pytest.fixture
-def gateway(redis_url: str, shared_data: Path, tmp_path: Path) -> Iterator[str]:
+def gateway(redis_url: str, real_data: Path, tmp_path: Path) -> Iterator[str]:
     """The real SPX and NDX chains replayed into the test server, and `marketswarm gateway` over it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MARKETSWARM_")}
     env |= {
@@ -42,9 +42,9 @@ def gateway(redis_url: str, shared_data: Path, tmp_path: Path) -> Iterator[str]:
         "MARKETSWARM_UNDERLYINGS": "SPX,NDX",
         "MARKETSWARM_DATA_DIR": str(tmp_path),
     }
-    cli = [sys.executable, "-m", "marketswarm.topology"]
+    cli = [sys.executable, "-m", "marketswarm.ops"]
     replay = subprocess.run(
-        [*cli, "replay", "--redis-url", redis_url, *(str(shared_data / c) for c in CHAINS)],
+        [*cli, "replay", "--redis-url", redis_url, *(str(real_data / c) for c in CHAINS)],
         env=env,
         capture_output=True,
         text=True,

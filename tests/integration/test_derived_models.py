@@ -26,9 +26,9 @@ def load(d: Path, name: str) -> dict[str, Any]:
 
 
 def test_a_real_chain_replay_exports_every_derived_model_consistent_with_gex_and_butterfly(
-    tmp_path: Path, shared_data: Path
+    tmp_path: Path, real_data: Path
 ) -> None:
-    replay([shared_data / "cboe/spx_2024-01-07_1052ET.csv"], tmp_path / "out")
+    replay([real_data / "cboe/spx_2024-01-07_1052ET.csv"], tmp_path / "out")
     d = tmp_path / "out" / "SPX"
     assert {p.stem for p in d.glob("*.json")} >= set(DERIVED)
     gex, fly = load(d, "gex"), load(d, "butterfly")

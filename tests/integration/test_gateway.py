@@ -19,9 +19,12 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from marketswarm.agents.publish.assemble import model_json
+from marketswarm.agents import catalog
 from marketswarm.agents.sources.simulated import SimMarket
 from marketswarm.agents.sources.writer import RawWriter
+from marketswarm.ops.embedded import free_port
+from marketswarm.ops.inprocess import run_until_idle
+from marketswarm.schemas.documents import model_json
 from marketswarm.schemas.models import (
     I16,
     I32,
@@ -38,8 +41,6 @@ from marketswarm.schemas.models import (
 from marketswarm.topology import streams
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
-from marketswarm.topology.shell.embedded import free_port
-from marketswarm.topology.shell.inprocess import run_until_idle
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +89,7 @@ def gateway_at(redis_url: str, **env_extra: str) -> Iterator[tuple[str, subproce
     )
     env.update(env_extra)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    proc = subprocess.Popen([sys.executable, "-m", "marketswarm.topology", "gateway"], env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "marketswarm.ops", "gateway"], env=env)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -308,11 +309,13 @@ async def test_bearer_token_and_cors(redis_url: str, sim: Sim) -> None:
     import uvicorn
     from pydantic import SecretStr
 
-    from marketswarm.agents.publish.gateway import create_app
+    from marketswarm.agents.gateway.app import create_app
 
     st = Settings(underlyings=["SPX"], api_token=SecretStr("s3cret"), cors_origins=["https://desk.example"])
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(st, redis_url), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(st, redis_url, catalog.agents()), host="127.0.0.1", port=port, log_level="warning")
+    )
     task = asyncio.create_task(server.serve())
     try:
         while not server.started:  # noqa: ASYNC110 -- uvicorn has no "listening" event

@@ -20,10 +20,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr, ValidationError
 
-from marketswarm.agents.publish.assemble import position_of
+from marketswarm.agents import catalog
+from marketswarm.ops.embedded import free_port
+from marketswarm.schemas.documents import position_of
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
-from marketswarm.topology.shell.embedded import free_port
 from tests.integration.test_gateway import Sim, SseClient, gateway_at, sim  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -153,7 +154,7 @@ async def test_the_per_address_cap_holds_under_a_burst_of_300_connects(sim: Sim,
 def test_a_public_bind_without_a_token_is_refused_unless_asked_for(redis_url: str) -> None:
     port = str(free_port())
     env = {"MARKETSWARM_REDIS_URL": redis_url, "MARKETSWARM_GATEWAY_PORT": port, "MARKETSWARM_GATEWAY_HOST": "0.0.0.0"}
-    cmd = [sys.executable, "-m", "marketswarm.topology"]
+    cmd = [sys.executable, "-m", "marketswarm.ops"]
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("MARKETSWARM_")}
     for args in (["gateway"], ["run", "--source", "none"]):
         out = subprocess.run([*cmd, *args], env={**base_env, **env}, capture_output=True, text=True, timeout=30)
@@ -189,12 +190,12 @@ def test_a_wildcard_origin_is_refused_with_credentials() -> None:
 async def serve(settings: Settings, redis_url: str) -> tuple[Any, asyncio.Task[None], str]:
     import uvicorn
 
-    from marketswarm.agents.publish.gateway import create_app
+    from marketswarm.agents.gateway.app import create_app
 
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(settings, redis_url, Metrics(CollectorRegistry())),
+            create_app(settings, redis_url, catalog.agents(), Metrics(CollectorRegistry())),
             host="127.0.0.1",
             port=port,
             log_level="warning",
@@ -251,7 +252,7 @@ async def test_rest_bodies_built_in_a_worker_equal_the_model_version_after_versi
     version the bytes equal the model built whole from the checkpoint and the diffs."""
     import redis.asyncio as aioredis
 
-    from marketswarm.agents.publish.reading import read_model
+    from marketswarm.topology.reading import read_model
 
     r = aioredis.Redis.from_url(redis_url)
     try:

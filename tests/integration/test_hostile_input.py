@@ -13,11 +13,11 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from marketswarm.agents.normalize import NORMALIZE, REST_CHAIN, REST_INDICES, WS
+from marketswarm.agents.normalize.normalizer import NORMALIZE
 from marketswarm.agents.sources.files import capture_line
 from marketswarm.agents.sources.simulated import SimMarket
 from marketswarm.schemas import codec
-from marketswarm.schemas.codec import RawFrame
+from marketswarm.schemas.codec import RawFormat, RawFrame
 from marketswarm.topology import streams
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.runtime import Runtime
@@ -43,18 +43,18 @@ def hostile_frames(t_ns: int, symbol: str) -> list[tuple[str, bytes]]:
         "open_interest": float("inf"),
         "day": {"volume": float("inf")},
     }
-    ws = lambda *els: (WS, json.dumps(list(els)).encode())  # noqa: E731
+    ws = lambda *els: (RawFormat.WS, json.dumps(list(els)).encode())  # noqa: E731
     return [
-        (WS, b"[" * 50_000 + b"]" * 50_000),
-        (WS, b'[{"ev":"status","status":"x","message":"\\ud800"}]'),
-        (WS, b'[{"ev":"Q","sym":"O:\\udfff","bp":1,"ap":2,"t":1}]'),
-        (REST_CHAIN, b'[{"results":[' + orjson.dumps(result).replace(b"null", b"Infinity") + b"]}]"),
-        (REST_CHAIN, json.dumps([{"results": [result]}]).encode()),
-        (REST_INDICES, b'{"results": {"ticker": "I:SPX", "value": 1}}'),
+        (RawFormat.WS, b"[" * 50_000 + b"]" * 50_000),
+        (RawFormat.WS, b'[{"ev":"status","status":"x","message":"\\ud800"}]'),
+        (RawFormat.WS, b'[{"ev":"Q","sym":"O:\\udfff","bp":1,"ap":2,"t":1}]'),
+        (RawFormat.REST_CHAIN, b'[{"results":[' + orjson.dumps(result).replace(b"null", b"Infinity") + b"]}]"),
+        (RawFormat.REST_CHAIN, json.dumps([{"results": [result]}]).encode()),
+        (RawFormat.REST_INDICES, b'{"results": {"ticker": "I:SPX", "value": 1}}'),
         ws({**quote, "bp": 1e308, "ap": 1e308}),
         ws({**quote, "q": 2**64}),
         ws({"ev": "V", "T": "I:SPX", "val": 9999.0, "t": t_ms + 55_000}),  # an index value 55 s ahead
-        (WS, b"[" + b",".join([b"1"] * 200_000) + b"]"),
+        (RawFormat.WS, b"[" + b",".join([b"1"] * 200_000) + b"]"),
     ]
 
 
@@ -72,11 +72,13 @@ def test_hostile_frames_leave_every_model_as_the_clean_input_makes_it(tmp_path: 
             dirty += [capture_line(U, RawFrame(src=f, rx_ns=t, data=d)) for f, d in hostile_frames(t, some)]
             # A receive time ten years ahead of the server's clock: the frame says spot is 1.
             v = orjson.dumps([{"ev": "V", "T": "I:SPX", "val": 1.0, "t": (t + TEN_YEARS_NS) // 1_000_000}])
-            dirty.append(capture_line(U, RawFrame(src=WS, rx_ns=t + TEN_YEARS_NS, data=v)))
+            dirty.append(capture_line(U, RawFrame(src=RawFormat.WS, rx_ns=t + TEN_YEARS_NS, data=v)))
             # A one-contract chain poll of a contract the chain does not list: held, not a new epoch.
             # (Each a different one: the same small geometry twice in a row would be a confirmed shrink.)
             one = {"details": {"ticker": f"O:{UNLISTED[:-1]}{step}"}, "last_quote": {"bid": 1.0, "ask": 1.1}}
-            dirty.append(capture_line(U, RawFrame(src=REST_CHAIN, rx_ns=t, data=orjson.dumps([{"results": [one]}]))))
+            dirty.append(
+                capture_line(U, RawFrame(src=RawFormat.REST_CHAIN, rx_ns=t, data=orjson.dumps([{"results": [one]}])))
+            )
     (tmp_path / "clean.jsonl").write_bytes(b"\n".join(clean) + b"\n")
     (tmp_path / "dirty.jsonl").write_bytes(b"\n".join(dirty) + b"\n")
     replay([tmp_path / "clean.jsonl"], tmp_path / "a")
@@ -91,7 +93,10 @@ def test_hostile_frames_leave_every_model_as_the_clean_input_makes_it(tmp_path: 
 def _frames(n_valid: int, filler: list[tuple[str, bytes]], t_ns: int) -> list[tuple[str, bytes]]:
     """Valid quote frames with the filler interleaved evenly."""
     valid = [
-        (WS, orjson.dumps([{"ev": "Q", "sym": f"O:{VALID}", "bp": 1.0, "ap": 1.2, "t": t_ns // 10**6, "q": i}]))
+        (
+            RawFormat.WS,
+            orjson.dumps([{"ev": "Q", "sym": f"O:{VALID}", "bp": 1.0, "ap": 1.2, "t": t_ns // 10**6, "q": i}]),
+        )
         for i in range(n_valid)
     ]
     per = max(1, len(filler) // max(1, n_valid))
@@ -136,10 +141,13 @@ async def _drain(url: str, frames: list[tuple[str, bytes]]) -> tuple[float, dict
 async def flood(url: str, n_hostile: int) -> None:
     t = time.time_ns() - SECOND
     shapes = [f for f in hostile_frames(t, SYM) if len(f[1]) < 10_000]  # the flood's small shapes
-    shapes += [(WS, b"not json"), (REST_CHAIN, b'{"results": 5}'), (WS, b"[5]")]
+    shapes += [(RawFormat.WS, b"not json"), (RawFormat.REST_CHAIN, b'{"results": 5}'), (RawFormat.WS, b"[5]")]
     hostile = [shapes[i % len(shapes)] for i in range(n_hostile)]
     benign = [
-        (WS, orjson.dumps([{"ev": "Q", "sym": "O:SPXW231115P04700000", "bp": 1.0, "ap": 1.2, "t": t // 10**6, "q": i}]))
+        (
+            RawFormat.WS,
+            orjson.dumps([{"ev": "Q", "sym": "O:SPXW231115P04700000", "bp": 1.0, "ap": 1.2, "t": t // 10**6, "q": i}]),
+        )
         for i in range(n_hostile)
     ]
     n_valid = 500

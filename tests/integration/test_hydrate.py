@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from marketswarm.agents.hydrate import HYDRATE, SHRINK_CONFIRM_S, Hydrator
+from marketswarm.agents.hydrate.hydrator import HYDRATE, SHRINK_CONFIRM_S, Hydrator
 from marketswarm.schemas import codec
 from marketswarm.schemas.events import (
     ChainContract,

@@ -23,20 +23,22 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
-from marketswarm.agents.normalize import NORMALIZE
+from marketswarm.agents import catalog
+from marketswarm.agents.normalize.normalizer import NORMALIZE
 from marketswarm.agents.sources import live
 from marketswarm.agents.sources.live import LiveSource, chain_filter, next_interval
 from marketswarm.agents.sources.simulated import SimMarket
 from marketswarm.agents.sources.subscriptions import Target
+from marketswarm.ops.embedded import EmbeddedServer, free_port
+from marketswarm.ops.supervisor import Supervisor
 from marketswarm.schemas import codec
+from marketswarm.schemas.codec import RawFormat
 from marketswarm.schemas.events import ChainSnapshot, Quote, Spot, Trade
 from marketswarm.topology import streams
 from marketswarm.topology.connections import create_redis
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.runtime import Runtime
 from marketswarm.topology.settings import Settings
-from marketswarm.topology.shell.embedded import EmbeddedServer, free_port
-from marketswarm.topology.shell.supervisor import Supervisor
 from tests.integration.test_dashboard import marketswarm_run
 from tests.rig.fake_provider import FakeProvider, provider_shapes
 
@@ -99,7 +101,7 @@ async def test_live_source_end_to_end_with_a_dropped_connection(
     st = live_settings(provider, redis_url)
     stop = asyncio.Event()
     metrics = Metrics(CollectorRegistry())
-    source = LiveSource(st, aredis, metrics, stop)
+    source = LiveSource(st, aredis, metrics, stop, catalog.agents())
     task = asyncio.create_task(source.run())
     try:
         await wait_for(lambda: provider.connected("options") >= 1 and provider.connected("indices") >= 1)
@@ -147,7 +149,7 @@ async def test_live_source_end_to_end_with_a_dropped_connection(
 
 async def run_source(st: Settings, aredis: aioredis.Redis) -> tuple[LiveSource, asyncio.Event, asyncio.Task[None]]:
     stop = asyncio.Event()
-    source = LiveSource(st, aredis, Metrics(CollectorRegistry()), stop)
+    source = LiveSource(st, aredis, Metrics(CollectorRegistry()), stop, catalog.agents())
     return source, stop, asyncio.create_task(source.run())
 
 
@@ -331,7 +333,7 @@ def raw_seqs(url: str) -> list[int]:
         seqs = []
         for _, fields in client.xrange(streams.RAW.key("SPX")):
             frame = codec.decode(streams.Payload.RAW, fields)
-            if frame.src == live.WS:
+            if frame.src == RawFormat.WS:
                 seqs.extend(el["q"] for el in orjson.loads(frame.data) if el.get("ev") == "Q")
         return seqs
     finally:
@@ -345,7 +347,7 @@ async def test_the_live_source_resumes_writing_after_a_redis_outage(provider: Fa
     client = create_redis(url, st.block_ms)
     metrics = Metrics(CollectorRegistry())
     stop = asyncio.Event()
-    source = LiveSource(st, client, metrics, stop)
+    source = LiveSource(st, client, metrics, stop, catalog.agents())
     task = asyncio.create_task(source.run())
 
     async def quotes(seqs: range) -> None:

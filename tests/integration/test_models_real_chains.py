@@ -16,11 +16,11 @@ import pytest
 import redis.asyncio as aioredis
 from scipy.stats import norm
 
-from marketswarm.agents.publish.reading import read_model
+from marketswarm.ops.inprocess import run_until_idle
 from marketswarm.schemas.models import GexModel, HeatmapModel
 from marketswarm.topology import streams
+from marketswarm.topology.reading import read_model
 from marketswarm.topology.settings import Settings
-from marketswarm.topology.shell.inprocess import run_until_idle
 
 pytestmark = pytest.mark.integration
 
@@ -105,14 +105,12 @@ async def load(r: aioredis.Redis, u: str, strategy: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def published(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def published(redis_server: str, real_data: Path) -> dict[str, Any]:
     import asyncio
 
     from marketswarm.agents.sources.files import read_inputs, write_recorded
 
-    shared = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real" / "cboe"
-    if not shared.exists():
-        pytest.skip("shared data missing")
+    shared = real_data / "cboe"
     st = Settings(underlyings=list(FILES), block_ms=50)
 
     async def go() -> dict[str, Any]:

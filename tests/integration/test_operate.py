@@ -15,11 +15,11 @@ from typer.testing import CliRunner
 
 from marketswarm.agents.sources.files import Recorded, write_recorded
 from marketswarm.agents.sources.simulated import SimMarket
+from marketswarm.ops.cli import app
+from marketswarm.ops.inprocess import run_until_idle
+from marketswarm.ops.replay import export_models
 from marketswarm.topology import streams
 from marketswarm.topology.settings import Settings
-from marketswarm.topology.shell.cli import app
-from marketswarm.topology.shell.inprocess import run_until_idle
-from marketswarm.topology.shell.replay import export_models
 
 pytestmark = pytest.mark.integration
 
@@ -86,7 +86,7 @@ def test_inspect_views_name_the_server_and_show_everything(populated: str) -> No
 
 
 async def _model(url: str) -> bytes:
-    from marketswarm.agents.publish.reading import read_model
+    from marketswarm.topology.reading import read_model
 
     r = aioredis.Redis.from_url(url)
     body = await read_model(r, "SPX", "butterfly")

@@ -17,9 +17,9 @@ import pytest
 import redis
 
 from marketswarm.agents import catalog
+from marketswarm.ops.embedded import free_port
+from marketswarm.ops.supervisor import group_agents
 from marketswarm.topology import streams
-from marketswarm.topology.shell.embedded import free_port
-from marketswarm.topology.shell.supervisor import group_agents
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -56,7 +56,7 @@ def test_overload_sheds_at_the_edge_and_loses_nothing_inside(redis_url: str, tmp
         MARKETSWARM_LOG_LEVEL="WARNING",
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
     )
-    exe = [sys.executable, "-m", "marketswarm.topology"]
+    exe = [sys.executable, "-m", "marketswarm.ops"]
     agents = [
         subprocess.Popen([*exe, "agent", *g], env=env) for g in group_agents([s.name for s in catalog.agents()], 0)
     ]

@@ -13,14 +13,13 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from marketswarm.agents.normalize import CBOE_CSV
 from marketswarm.agents.sources.files import Recorded, write_recorded
 from marketswarm.agents.sources.simulated import SimMarket
+from marketswarm.ops.inprocess import run_until_idle
 from marketswarm.schemas import codec
-from marketswarm.schemas.codec import RawFrame
+from marketswarm.schemas.codec import RawFormat, RawFrame
 from marketswarm.topology import streams
 from marketswarm.topology.settings import Settings
-from marketswarm.topology.shell.inprocess import run_until_idle
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +43,7 @@ def replay(paths: list[Path], out: Path, **knobs: object) -> None:
     """``marketswarm replay --export out``, with ``knobs`` as MARKETSWARM_* environment variables."""
     env = dict(os.environ) | {f"MARKETSWARM_{k.upper()}": str(v) for k, v in knobs.items()}
     env.pop("MARKETSWARM_REDIS_URL", None)
-    cmd = [sys.executable, "-m", "marketswarm.topology", "replay", *map(str, paths), "--export", str(out)]
+    cmd = [sys.executable, "-m", "marketswarm.ops", "replay", *map(str, paths), "--export", str(out)]
     result = subprocess.run(cmd, env=env, capture_output=True, timeout=300)
     assert result.returncode == 0, result.stderr.decode()[-3000:]
 
@@ -53,10 +52,10 @@ def tree(d: Path) -> dict[str, bytes]:
     return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*.json"))}
 
 
-def test_replaying_the_same_input_twice_is_byte_identical(tmp_path: Path, shared_data: Path) -> None:
+def test_replaying_the_same_input_twice_is_byte_identical(tmp_path: Path, real_data: Path) -> None:
     inputs = [
-        shared_data / "cboe/qqq_2023-05-26_1721ET.csv",
-        shared_data / "cboe/qqq_2023-06-12_1635ET.csv",
+        real_data / "cboe/qqq_2023-05-26_1721ET.csv",
+        real_data / "cboe/qqq_2023-06-12_1635ET.csv",
         sim_capture(tmp_path / "spx.jsonl"),
     ]
     replay(inputs, tmp_path / "a")
@@ -127,13 +126,13 @@ async def test_new_geometry_promotes_a_new_epoch_without_a_gap(redis_url: str) -
     await r.aclose()
 
 
-def test_cboe_capture_round_trip(tmp_path: Path, shared_data: Path) -> None:
+def test_cboe_capture_round_trip(tmp_path: Path, real_data: Path) -> None:
     """A recorded capture replays the same as the frames it recorded."""
     from marketswarm.agents.sources.files import read_inputs
 
-    csv = shared_data / "cboe/qqq_2024-03-22_2146ET.csv"
+    csv = real_data / "cboe/qqq_2024-03-22_2146ET.csv"
     [rec] = read_inputs([csv])
-    assert rec.src == CBOE_CSV and rec.underlying == "QQQ" and rec.data == csv.read_bytes()
+    assert rec.src == RawFormat.CBOE_CSV and rec.underlying == "QQQ" and rec.data == csv.read_bytes()
 
 
 def provider_time_capture(path: Path, *, empty_page: bool = False, delayed: bool = False) -> tuple[Path, float, str]:
@@ -191,8 +190,8 @@ async def test_a_replay_adopts_the_model_settings_its_capture_recorded(
     """The live system's model settings travel in its capture: a replay on a machine whose environment
     says otherwise publishes what the live system published."""
     from marketswarm.agents.sources.files import read_inputs
+    from marketswarm.ops.replay import record
     from marketswarm.topology.model_settings import record_model_settings
-    from marketswarm.topology.shell.replay import record
 
     live = {"heatmap_range_pct": 2.0, "publish_interval_ms": 1000, "calc_bucket_ms": 200}
     other = {"heatmap_range_pct": 6.0, "publish_interval_ms": 20, "calc_bucket_ms": 10}

@@ -131,7 +131,7 @@ async def test_a_calc_restored_after_live_flushes_holds_what_it_emitted(redis_ur
 def test_an_embedded_server_whose_picked_port_was_taken_starts_on_another(tmp_path: Path) -> None:
     import socket
 
-    from marketswarm.topology.shell.embedded import EmbeddedServer, PortInUseError
+    from marketswarm.ops.embedded import EmbeddedServer, PortInUseError
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))  # bound, not listening: a bind fails, a connect is refused

@@ -19,14 +19,14 @@ import redis.asyncio as aioredis
 from marketswarm.agents import catalog
 from marketswarm.agents.sources.files import Recorded, write_recorded
 from marketswarm.agents.sources.simulated import SimMarket
+from marketswarm.ops import inprocess
+from marketswarm.ops.inprocess import run_until_idle
+from marketswarm.ops.replay import export_models
 from marketswarm.topology import streams
 from marketswarm.topology.agent import AgentSpec
 from marketswarm.topology.connections import ensure_group
 from marketswarm.topology.observe import backlog
 from marketswarm.topology.settings import Settings
-from marketswarm.topology.shell import inprocess
-from marketswarm.topology.shell.inprocess import run_until_idle
-from marketswarm.topology.shell.replay import export_models
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -89,7 +89,7 @@ def test_killing_agents_at_random_changes_nothing(redis_url: str, tmp_path: Path
     stages = inprocess.stages()
 
     def spawn(name: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "marketswarm.topology", "agent", name], env=env)
+        return subprocess.Popen([sys.executable, "-m", "marketswarm.ops", "agent", name], env=env)
 
     async def drained(specs: list[AgentSpec]) -> None:
         r = aioredis.Redis.from_url(redis_url)

@@ -19,14 +19,14 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from marketswarm.agents import catalog
-from marketswarm.agents.publish.reading import read_model
 from marketswarm.agents.sources.files import read_inputs, write_recorded
+from marketswarm.ops.embedded import free_port
+from marketswarm.ops.inprocess import run_until_idle
 from marketswarm.topology import streams
 from marketswarm.topology.connections import create_redis, ensure_group
 from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.reading import read_model
 from marketswarm.topology.settings import Settings
-from marketswarm.topology.shell.embedded import free_port
-from marketswarm.topology.shell.inprocess import run_until_idle
 
 pytestmark = pytest.mark.integration
 
@@ -83,10 +83,10 @@ def tls_url(tmp_path_factory: pytest.TempPathFactory, debian_tools: Callable[[st
         shutil.rmtree(d, ignore_errors=True)
 
 
-def test_topology_over_tls_with_a_password(tls_url: str, shared_data: Path) -> None:
-    asyncio.run(_topology(tls_url, shared_data))
+def test_topology_over_tls_with_a_password(tls_url: str, real_data: Path) -> None:
+    asyncio.run(_topology(tls_url, real_data))
     env = dict(os.environ, MARKETSWARM_REDIS_URL=tls_url, MARKETSWARM_UNDERLYINGS="QQQ")
-    done = subprocess.run([sys.executable, "-m", "marketswarm.topology", "inspect", "--json"], env=env,
+    done = subprocess.run([sys.executable, "-m", "marketswarm.ops", "inspect", "--json"], env=env,
                           capture_output=True)  # fmt: skip
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert b"***@127.0.0.1" in done.stdout  # the password is masked
@@ -95,8 +95,8 @@ def test_topology_over_tls_with_a_password(tls_url: str, shared_data: Path) -> N
         plain.ping()  # no plain-text port
 
 
-async def _topology(tls_url: str, shared_data: Path) -> None:
-    frames = read_inputs([shared_data / "cboe/qqq_2023-05-26_1721ET.csv"])
+async def _topology(tls_url: str, real_data: Path) -> None:
+    frames = read_inputs([real_data / "cboe/qqq_2023-05-26_1721ET.csv"])
     st = Settings(underlyings=["QQQ"], idle_flush=False, block_ms=100, consumer="tls-test")
     client = create_redis(tls_url)
     try:

@@ -13,7 +13,7 @@ _enc = msgspec.json.Encoder()
 
 
 def encode_changes(batch: ChangeBatch) -> dict[str, Any]:
-    """A changes entry as agents/hydrate.lua writes it (tests/integration/test_hydrate.py holds the
+    """A changes entry as agents/hydrate/hydrate.lua writes it (tests/integration/test_hydrate.py holds the
     script to these bytes; schemas/codec.py decodes them)."""
     return {
         "kind": "changes",

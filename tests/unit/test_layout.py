@@ -3,50 +3,73 @@
 from __future__ import annotations
 
 import ast
+import os
+import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+
+
+TOPS = ("schemas", "topology", "agents", "ops")
+STAGES = ("sources", "normalize", "hydrate", "calc", "publish", "derive", "gateway")
 
 
 def test_pyproject_packages_match_the_folders() -> None:
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     declared = set(cfg["packages"])
     found = set()
-    for top in ("topology", "agents", "schemas"):
+    for top in TOPS:
         for init in (ROOT / top).rglob("__init__.py"):
             rel = init.parent.relative_to(ROOT)
             found.add("marketswarm." + ".".join(rel.parts))
     assert declared == found
-    assert cfg["package-dir"] == {f"marketswarm.{t}": t for t in ("topology", "agents", "schemas")}
-    for top in ("topology", "agents", "schemas"):
+    assert cfg["package-dir"] == {f"marketswarm.{t}": t for t in TOPS}
+    for top in TOPS:
         assert (ROOT / top / "py.typed").exists()
     for d in ("topology", "agents", "schemas", "ops", "tests"):
         assert (ROOT / d).is_dir()
     assert not (ROOT / "tests" / "__init__.py").exists()
 
 
-def test_the_kernel_layer_lists_every_kernel_module() -> None:
-    """import-linter checks the layers of pyproject.toml; the kernel layer names its modules one by
-    one, so a module added to topology/ must be placed in it (or the check would not cover it)."""
+def test_agents_is_one_folder_per_stage() -> None:
+    """agents/ holds the stages, each a package, and only the catalog that lists them; the
+    independence contract (pyproject.toml) names the same stages."""
     contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    independent = next(c for c in contracts if c["type"] == "independence")["modules"]
+    assert independent == [f"marketswarm.agents.{s}" for s in STAGES]
+    folders = {p.name for p in (ROOT / "agents").iterdir() if (p / "__init__.py").exists()}
+    assert folders == set(STAGES)
+    assert {p.name for p in (ROOT / "agents").glob("*.py")} == {"__init__.py", "catalog.py"}
     layers = next(c for c in contracts if c["type"] == "layers")["layers"]
-    kernel = next(layer for layer in layers if "marketswarm.topology.streams" in layer)
-    listed = {m.strip().removeprefix("marketswarm.topology.") for m in kernel.split(":")}
-    modules = {p.stem for p in (ROOT / "topology").glob("*.py")} - {"__init__", "__main__"}
-    assert listed == modules
+    assert layers == [f"marketswarm.{t}" for t in reversed(TOPS)]
+
+
+def test_the_tests_mirror_the_folders() -> None:
+    """Unit tests live under tests/unit/<folder>/, one folder per stage or top-level folder (this one,
+    about the repository as a whole, beside them)."""
+    units = {p.name for p in (ROOT / "tests" / "unit").iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert units <= {*STAGES, "schemas", "topology", "ops"}, units
+    loose = {p.name for p in (ROOT / "tests" / "unit").glob("test_*.py")}
+    assert loose == {"test_layout.py"}, f"a unit test belongs in its folder: {loose}"
 
 
 def test_every_module_has_a_docstring_and_stays_small() -> None:
-    for top in ("topology", "agents", "schemas"):
+    for top in TOPS:
         for path in (ROOT / top).rglob("*.py"):
+            if top == "ops" and "vendor" in path.parts:
+                continue
             tree = ast.parse(path.read_text())
             assert ast.get_docstring(tree), f"{path} has no module docstring"
             assert len(path.read_text().splitlines()) <= 500, f"{path} is too long: split it"
 
 
 def test_stream_key_literals_live_only_in_streams_py() -> None:
-    for top in ("topology", "agents", "schemas"):
+    for top in TOPS:
         for path in (ROOT / top).rglob("*.py"):
             if path.name == "streams.py":
                 continue
@@ -65,18 +88,46 @@ def test_readme_lists_every_setting_and_the_two_commands() -> None:
     assert "make test" in ci
 
 
-def test_the_import_layers_hold() -> None:
-    """`make lint` runs import-linter; this runs it in `make test` too, so CI holds the layers."""
-    import os
-    import shutil
-    import subprocess
-    import sys
-
+def _lint_imports(root: Path, pythonpath: Path | None = None) -> subprocess.CompletedProcess[str]:
     exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
     assert exe, "import-linter is a dev dependency: make install"
     env = dict(os.environ, PYTHONSAFEPATH="1")
-    done = subprocess.run([exe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    cmd = [exe, "--no-cache"]
+    return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=180)
+
+
+def test_the_import_layers_hold() -> None:
+    """`make lint` runs import-linter; this runs it in `make test` too, so CI holds the layers."""
+    done = _lint_imports(ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("module", "planted", "broken"),
+    [
+        ("schemas/occ.py", "import marketswarm.topology.streams", "Layers"),
+        ("topology/graph.py", "import marketswarm.agents.catalog", "Layers"),
+        ("agents/calc/grid.py", "import marketswarm.ops.config", "Layers"),
+        ("agents/sources/writer.py", "import marketswarm.agents.normalize.parsing", "Stages"),
+        ("agents/derive/flies.py", "import marketswarm.agents.publish.tiles", "Stages"),
+    ],
+)
+def test_a_planted_import_against_the_contracts_fails(tmp_path: Path, module: str, planted: str, broken: str) -> None:
+    """The contracts can fail: a copy of the package with one import planted against them breaks the
+    named contract (an upward import between layers, or one stage importing another)."""
+    pkg = tmp_path / "src" / "marketswarm"
+    pkg.mkdir(parents=True)
+    for top in TOPS:
+        shutil.copytree(ROOT / top, pkg / top, ignore=shutil.ignore_patterns("__pycache__", "static", "k8s", "vendor"))
+    target = pkg / module
+    target.write_text(target.read_text() + f"\n{planted}  # planted\n")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    done = _lint_imports(tmp_path, tmp_path / "src")
+    assert done.returncode != 0, done.stdout[-2000:]
+    line = next(ln for ln in done.stdout.splitlines() if ln.startswith(broken))
+    assert line.endswith("BROKEN"), done.stdout[-3000:]
 
 
 def test_every_command_line_in_the_readme_is_one_the_cli_has() -> None:
@@ -87,7 +138,7 @@ def test_every_command_line_in_the_readme_is_one_the_cli_has() -> None:
 
     from typer.main import get_command
 
-    from marketswarm.topology.shell.cli import app
+    from marketswarm.ops.cli import app
 
     readme = (ROOT / "README.md").read_text()
     lines, in_block = [], False
@@ -122,7 +173,7 @@ def test_the_vendored_browser_libraries_are_the_pinned_ones_with_their_licenses(
     import json
     import re
 
-    static = ROOT / "agents" / "publish" / "static"
+    static = ROOT / "agents" / "gateway" / "static"
     pins = json.loads((ROOT / "ops" / "vendor" / "pins.json").read_text())
     manifest = json.loads((static / "vendor" / "VENDORED.json").read_text())
     assert {(m["package"], m["version"]) for m in manifest} == {(p["package"], p["version"]) for p in pins.values()}

@@ -1,0 +1,1 @@
+"""Hydrate: the epoch and the live market state, admitted atomically in Redis (with its script)."""

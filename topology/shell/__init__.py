@@ -1,1 +1,0 @@
-"""The application shell: the command line, the embedded server, the supervisor, replay and the operator's views."""
