@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from marketswarm.topology import streams
-from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
 
 
@@ -48,6 +47,18 @@ class ScriptCall:
     args: Sequence[Any]
 
 
+class Count(NamedTuple):
+    """A metric sample a step asks for; the runtime applies it once the commit succeeded. ``metric``
+    names an attribute of topology/metrics.py's ``Metrics``, ``labels`` its label values. ``how``:
+    ``inc`` adds ``value`` (a counter), ``set`` sets it (a gauge), ``observe`` observes it (a
+    histogram), ``since`` observes the seconds from ``value`` (epoch ns) to the commit (a latency)."""
+
+    metric: str
+    labels: tuple[str, ...]
+    value: float = 1.0
+    how: Literal["inc", "set", "observe", "since"] = "inc"
+
+
 @dataclass
 class Effects:
     """What a step wants committed together with the XACK of its batch."""
@@ -55,8 +66,10 @@ class Effects:
     outputs: list[Output] = field(default_factory=list)
     commands: list[tuple[Any, ...]] = field(default_factory=list)  # raw commands, e.g. ("HSET", k, f, v)
     scripts: list[ScriptCall] = field(default_factory=list)
-    # Called once the commit succeeded (metrics, state) with each script's result by its name.
-    on_commit: Callable[[Mapping[str, Any]], None] | None = None
+    counts: list[Count] = field(default_factory=list)  # metric samples, applied once committed
+    # Called once the commit succeeded with each script's result by its name: the step's state moves
+    # on; it may return counts that depend on those results (what a script admitted).
+    on_commit: Callable[[Mapping[str, Any]], Sequence[Count] | None] | None = None
     events_out: int = 0  # events carried by the outputs, for metrics
 
 
@@ -122,7 +135,8 @@ class Processor:
         return None
 
 
-ProcessorFactory = Callable[[Settings, str, Metrics], Processor]  # (settings, underlying, metrics)
+# (settings, underlying): the spec picks what its processor uses, e.g. ``settings.model_settings``.
+ProcessorFactory = Callable[[Settings, str], Processor]
 
 
 @dataclass(frozen=True)

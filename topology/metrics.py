@@ -9,9 +9,14 @@ Labels: ``agent`` (the group name) and ``stream`` (the Redis key) wherever they 
 from __future__ import annotations
 
 import os
-from typing import Any
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from marketswarm.topology.agent import Count
 
 LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 BATCH_BUCKETS_S = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0)
@@ -301,3 +306,18 @@ class Metrics:
             ("reason",),
             registry=r,
         )
+
+    def apply(self, counts: Iterable[Count]) -> None:
+        """The metric samples a step asked for (topology/agent.py's ``Count``), once its commit succeeded."""
+        now_ns = 0
+        for c in counts:
+            metric = getattr(self, c.metric).labels(*c.labels)
+            if c.how == "inc":
+                metric.inc(c.value)
+            elif c.how == "set":
+                metric.set(c.value)
+            elif c.how == "observe":
+                metric.observe(c.value)
+            else:
+                now_ns = now_ns or time.time_ns()
+                metric.observe(max(0.0, now_ns - c.value) / 1e9)

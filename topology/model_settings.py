@@ -1,6 +1,6 @@
 """The model settings in force, recorded in Redis: written where input enters, adopted by every agent.
 
-The settings a published model depends on (``settings.MODEL_SETTINGS``: the calc bucket, the heatmap
+The settings a published model depends on (``settings.ModelSettings``: the calc bucket, the heatmap
 window, the publish thresholds...) belong to the model, not to whichever process happens to run it.
 The source (or `marketswarm run`, or a replay) records them once at start; each agent adopts the
 recorded ones when it starts, so every agent of a system computes with the same numbers, `record`
@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 
 async def record_model_settings(redis: aioredis.Redis, settings: Settings) -> None:
     """Record ``settings``' model settings as those in force (agents started later adopt them)."""
-    await redis.set(streams.model_settings_key(), orjson.dumps(settings.model_settings(), option=orjson.OPT_SORT_KEYS))
+    await redis.set(
+        streams.model_settings_key(), orjson.dumps(settings.model_settings.model_dump(), option=orjson.OPT_SORT_KEYS)
+    )
 
 
 async def recorded_model_settings(redis: aioredis.Redis) -> dict[str, object] | None:
@@ -47,7 +49,11 @@ async def adopt_model_settings(redis: aioredis.Redis, settings: Settings, who: s
     if recorded is None:
         return settings
     adopted = settings.with_model_settings(recorded)
-    differ = {k: (v, recorded[k]) for k, v in settings.model_settings().items() if k in recorded and v != recorded[k]}
+    differ = {
+        k: (v, recorded[k])
+        for k, v in settings.model_settings.model_dump().items()
+        if k in recorded and v != recorded[k]
+    }
     if differ:
         log.warning(
             "%s: using the recorded model settings, not this environment's: %s",

@@ -21,6 +21,7 @@ from marketswarm.schemas import codec
 from marketswarm.schemas.documents import COLS_FIELD, GEOMETRY_FIELD, HEADER_FIELD, model_json, snapshot_json
 from marketswarm.schemas.models import Columns, Diff, Geometry, value_columns
 from marketswarm.topology import streams
+from marketswarm.topology.agent import Output
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,14 @@ class Published:
         if self.header is None:
             return None
         return snapshot_json(self.geometry, self.vals, self.cts, self.header)
+
+
+def version_output(diff: Diff) -> Output:
+    """A new version's entry on its diffs stream, ``ms:{U}:diffs:{S}.v2``, with id ``<version>-0``: the
+    one way a version is published, by the publishers and the derived models alike (a version is
+    an entry id, so the stream is the SSE history and ``Last-Event-ID`` is a version)."""
+    spec = streams.DIFFS[diff.strategy]
+    return Output(spec, spec.key(diff.underlying), codec.encode_diff(diff), id=f"{diff.version}-0")
 
 
 def diff_version(entry_id: bytes | str) -> int:

@@ -47,7 +47,7 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError, T
 
 from marketswarm.schemas import codec
 from marketswarm.topology import streams
-from marketswarm.topology.agent import AgentSpec, Effects, Entry, Processor
+from marketswarm.topology.agent import AgentSpec, Count, Effects, Entry, Processor
 from marketswarm.topology.commit import Committer, ConflictError, EffectError, LeaseLostError, Replication, encode
 from marketswarm.topology.connections import ensure_group, error_code, text
 from marketswarm.topology.failures import Failures
@@ -184,7 +184,7 @@ class Runtime:
                 if processor is None:
                     await ensure_group(self.redis, key, self.group)
                     await self.redis.sadd(streams.underlyings_key(), u)
-                    processor = self.spec.make(await self._adopt_model_settings(), u, self.metrics)
+                    processor = self.spec.make(await self._adopt_model_settings(), u)
                 if self.spec.stateful:
                     if not await self.leases.acquire(u):
                         await pause(self.stop, self.settings.lease_ttl_ms / 3000)
@@ -440,7 +440,7 @@ class Runtime:
         for u in underlyings:
             if self.spec.stateful and not await self.leases.acquire(u):
                 raise LeaseLostError(streams.lease_key(u, self.spec.name))
-            processor = self.spec.make(await self._adopt_model_settings(), u, self.metrics)
+            processor = self.spec.make(await self._adopt_model_settings(), u)
             await self._restore(u, processor)
             n += await self.flush(u, self.spec.reads.key(u), processor)
             await self.leases.release(u)
@@ -462,15 +462,13 @@ class Runtime:
 
     def _committed(self, key: str, effects: Effects, ack_ids: list[str], results: list[Any]) -> None:
         self.failures.settled(ack_ids)
+        counts = [*effects.counts, Count("entries_acked", (self.group, key), len(ack_ids))]
+        counts += [Count("entries_out", (self.group, out.key)) for out in effects.outputs]
+        counts += [Count("events_out", (self.group, key), effects.events_out)] if effects.events_out else []
         if effects.on_commit is not None:
-            effects.on_commit({call.name: r for call, r in zip(effects.scripts, results, strict=False)})
+            counts += effects.on_commit({call.name: r for call, r in zip(effects.scripts, results, strict=False)}) or ()
+        self.metrics.apply(counts)
         self.processed += len(ack_ids)
-        labels = (self.group, key)
-        self.metrics.entries_acked.labels(*labels).inc(len(ack_ids))
-        for out in effects.outputs:
-            self.metrics.entries_out.labels(self.group, out.key).inc()
-        if effects.events_out:
-            self.metrics.events_out.labels(*labels).inc(effects.events_out)
 
     async def _dead_letter(self, u: str, key: str, dead: list[tuple[str, dict[bytes, bytes], int]]) -> None:
         """Dead letters: move entries to ``<stream>.dlq`` with their error, and ack them, in

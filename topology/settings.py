@@ -7,14 +7,72 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CsvList = Annotated[list[str], NoDecode]
 
 
-class Settings(BaseSettings):
-    """Deployment settings. Stream keys and group names are code (topology/streams.py), never settings.
+class ModelSettings(BaseModel):
+    """The settings a published model depends on: part of the model, not of the deployment.
+
+    The system in force records them (streams.model_settings_key, written by the source or `marketswarm
+    run`), every agent adopts the recorded ones at start, `record` writes them into a capture and
+    `replay` adopts a capture's, so a replay reproduces the live run whatever its own environment says.
+    A step that depends on them is given this object, not the process's settings. Each is also a
+    ``MARKETSWARM_*`` variable (``Settings`` inherits them).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # hydrate
+    fill_window_s: float = Field(
+        default=900.0, gt=0, description="Event-time window of the fill ledger that counts each fill once."
+    )
+
+    # calc
+    calc_bucket_ms: int = Field(
+        default=50,
+        ge=1,
+        description="Calc agents coalesce changes per bucket of this much event time (live: a change "
+        "waits at most this long, wall time, to be emitted).",
+    )
+    heatmap_expiries: int = Field(default=5, ge=1, description="Nearest expiries in the heatmaps.")
+    heatmap_range_pct: float = Field(
+        default=4.0, gt=0, description="Heatmap strikes within this % of the epoch's spot."
+    )
+    max_width_steps: int = Field(
+        default=20, ge=1, description="Vertical/butterfly widths: 1..N times the expiry's strike step."
+    )
+    gex_stale_s: float = Field(
+        default=300.0, gt=0, description="GEX is flagged stale when its chain data is this much older than spot."
+    )
+
+    # publish
+    publish_min_tiles: int = Field(default=5000, ge=1, description="Publish when this many tiles changed.")
+    publish_min_changed_pct: float = Field(
+        default=30.0, gt=0, description="... or when this % of the model's tiles changed."
+    )
+    publish_interval_ms: int = Field(
+        default=40,
+        ge=1,
+        description="... or when this much event time passed since the last version (live: a change "
+        "waits at most this long, wall time, to be published).",
+    )
+
+
+class Settings(BaseSettings, ModelSettings):
+    """Deployment settings, and the model settings (``ModelSettings``) as this environment has them.
+    Stream keys and group names are code (topology/streams.py), never settings.
 
     Every field is read from ``MARKETSWARM_<FIELD>`` (upper case); lists are comma-separated.
     """
@@ -96,9 +154,6 @@ class Settings(BaseSettings):
 
     # hydrate
     epoch_retire_ttl_s: int = Field(default=300, ge=1, description="A retired epoch's state lives this long.")
-    fill_window_s: float = Field(
-        default=900.0, gt=0, description="Event-time window of the fill ledger that counts each fill once."
-    )
 
     idle_flush: bool = Field(
         default=True,
@@ -106,35 +161,7 @@ class Settings(BaseSettings):
         "(off in replays, which flush at the end).",
     )
 
-    # calc
-    calc_bucket_ms: int = Field(
-        default=50,
-        ge=1,
-        description="Calc agents coalesce changes per bucket of this much event time (live: a change "
-        "waits at most this long, wall time, to be emitted).",
-    )
-    heatmap_expiries: int = Field(default=5, ge=1, description="Nearest expiries in the heatmaps.")
-    heatmap_range_pct: float = Field(
-        default=4.0, gt=0, description="Heatmap strikes within this % of the epoch's spot."
-    )
-    max_width_steps: int = Field(
-        default=20, ge=1, description="Vertical/butterfly widths: 1..N times the expiry's strike step."
-    )
-    gex_stale_s: float = Field(
-        default=300.0, gt=0, description="GEX is flagged stale when its chain data is this much older than spot."
-    )
-
-    # publish
-    publish_min_tiles: int = Field(default=5000, ge=1, description="Publish when this many tiles changed.")
-    publish_min_changed_pct: float = Field(
-        default=30.0, gt=0, description="... or when this % of the model's tiles changed."
-    )
-    publish_interval_ms: int = Field(
-        default=40,
-        ge=1,
-        description="... or when this much event time passed since the last version (live: a change "
-        "waits at most this long, wall time, to be published).",
-    )
+    # the model settings (calc, publish, the fill window) are ModelSettings' fields, inherited
 
     # sources
     source: Literal["sim", "massive", "none"] = Field(
@@ -229,18 +256,19 @@ class Settings(BaseSettings):
             out["redis_url"] = mask_url(out["redis_url"])
         return out
 
-    def model_settings(self) -> dict[str, Any]:
-        """The model settings (``MODEL_SETTINGS``): what the published numbers depend on."""
-        return {name: getattr(self, name) for name in MODEL_SETTINGS}
+    @property
+    def model_settings(self) -> ModelSettings:
+        """The model settings: what the published numbers depend on."""
+        return ModelSettings.model_validate({name: getattr(self, name) for name in ModelSettings.model_fields})
 
     def with_model_settings(self, recorded: Mapping[str, Any]) -> Settings:
         """These settings with recorded model settings in place of this environment's. Validated like
         the environment: a name that is not a model setting, or a value out of range, raises
         ModelSettingsError."""
-        unknown = set(recorded) - set(MODEL_SETTINGS)
+        unknown = set(recorded) - set(ModelSettings.model_fields)
         if unknown:
             raise ModelSettingsError(f"not model settings: {', '.join(sorted(unknown))}")
-        fields = type(self).model_fields
+        fields = ModelSettings.model_fields
         values: dict[str, Any] = {}
         for name, value in recorded.items():
             field = fields[name]
@@ -254,23 +282,6 @@ class Settings(BaseSettings):
 
 class ModelSettingsError(ValueError):
     """Raised when recorded model settings (in Redis or a capture) name an unknown setting or a bad value."""
-
-
-# The settings a published model depends on. They are part of the model, not of the deployment: the
-# system in force records them (streams.model_settings_key, written by the source or `marketswarm run`),
-# every agent adopts the recorded ones at start, `record` writes them into the capture and `replay`
-# adopts a capture's, so a replay reproduces the live run whatever its own environment says.
-MODEL_SETTINGS = (
-    "fill_window_s",
-    "calc_bucket_ms",
-    "heatmap_expiries",
-    "heatmap_range_pct",
-    "max_width_steps",
-    "gex_stale_s",
-    "publish_min_tiles",
-    "publish_min_changed_pct",
-    "publish_interval_ms",
-)
 
 
 def env_help() -> list[tuple[str, str, str]]:

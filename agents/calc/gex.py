@@ -49,8 +49,7 @@ from marketswarm.schemas.models import F64, I64, Geometry, Staged, columns, pack
 from marketswarm.schemas.occ import SymbolError, parse_occ
 from marketswarm.topology import streams
 from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output, Processor, Resume
-from marketswarm.topology.metrics import Metrics
-from marketswarm.topology.settings import Settings
+from marketswarm.topology.settings import ModelSettings
 
 CONTRACT_SIZE = 100  # shares per standard contract
 PROFILE_POINTS = 81
@@ -317,10 +316,9 @@ def compute(
 
 
 class GexCalc(Processor):
-    def __init__(self, settings: Settings, underlying: str, metrics: Metrics) -> None:
+    def __init__(self, model: ModelSettings, underlying: str) -> None:
         self.u = underlying
-        self.metrics = metrics
-        self.stale_ns = int(settings.gex_stale_s * 1e9)
+        self.stale_ns = int(model.gex_stale_s * 1e9)
         self.checkpoint = streams.calc_checkpoint_key(underlying, streams.Strategy.GEX)
         self.out_spec = streams.STAGED[streams.Strategy.GEX]
         self.out_key = self.out_spec.key(underlying)
@@ -487,7 +485,7 @@ GEX_AGENT = AgentSpec(
     name="calc.gex",
     reads=streams.CHANGES,
     writes=(streams.STAGED[streams.Strategy.GEX],),
-    make=GexCalc,
+    make=lambda settings, u: GexCalc(settings.model_settings, u),
     stateful=True,
     doc="Dealer gamma exposure by strike and expiry, flip level and walls.",
     accepts=wants,

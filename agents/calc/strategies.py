@@ -24,8 +24,7 @@ stream alone (bucket boundaries are event times, not read batches), which makes 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from functools import partial
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -37,10 +36,9 @@ from marketswarm.schemas import codec
 from marketswarm.schemas.events import ChangeBatch, EpochChange, QuoteChange, SpotChange
 from marketswarm.schemas.models import F64, I32, I64, Geometry, Staged, columns, pack, unpack
 from marketswarm.topology import streams
-from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output, Processor, Resume
-from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.agent import AgentSpec, Count, Effects, Entry, Output, Processor, ProcessorFactory, Resume
 from marketswarm.topology.published import CHECKPOINT_EVERY_S
-from marketswarm.topology.settings import Settings
+from marketswarm.topology.settings import ModelSettings
 
 _spot_dec = msgspec.json.Decoder(SpotChange)
 
@@ -81,14 +79,13 @@ def tile_values(tiles: Tiles, grid: Grid, sel: np.ndarray | slice) -> tuple[np.n
 class TileCalc(Processor):
     """The step of one heatmap strategy for one underlying."""
 
-    def __init__(self, settings: Settings, underlying: str, metrics: Metrics, strategy: str) -> None:
+    def __init__(self, model: ModelSettings, underlying: str, strategy: str) -> None:
         self.u = underlying
         self.strategy = strategy
-        self.metrics = metrics
         self.agent = f"calc.{strategy}"
-        self.window = Window(settings.heatmap_expiries, settings.heatmap_range_pct, settings.max_width_steps)
-        self.bucket_ns = settings.calc_bucket_ms * 1_000_000
-        self.max_hold_s = settings.calc_bucket_ms / 1000  # live: held changes go out within a bucket
+        self.window = Window(model.heatmap_expiries, model.heatmap_range_pct, model.max_width_steps)
+        self.bucket_ns = model.calc_bucket_ms * 1_000_000
+        self.max_hold_s = model.calc_bucket_ms / 1000  # live: held changes go out within a bucket
         self.checkpoint = streams.calc_checkpoint_key(underlying, strategy)
         self.flushes = streams.calc_flushes_key(underlying, strategy)
         self.out_spec = streams.STAGED[strategy]
@@ -223,7 +220,7 @@ class TileCalc(Processor):
         new_epoch = self.grid is not None and self.grid.epoch != epoch
         if new_epoch or int(self.last["ts_ns"]) - self.checkpoint_ns >= CHECKPOINT_EVERY_S * 1e9:
             commands = self._checkpoint()
-        return Effects(outputs=outputs, commands=commands, on_commit=self._on_commit(), events_out=len(outputs))
+        return Effects(outputs=outputs, commands=commands, counts=self._counts(), events_out=len(outputs))
 
     def _step(self, entry: Entry) -> list[Output]:
         """One changes entry: close the open bucket if this one is in another, then apply it."""
@@ -294,24 +291,18 @@ class TileCalc(Processor):
         return Effects(
             outputs=outputs,
             commands=[("RPUSH", self.flushes, after)],
-            on_commit=self._on_commit(),
+            counts=self._counts(),
             events_out=len(outputs),
         )
 
-    def _on_commit(self) -> Callable[[Mapping[str, Any]], None]:
+    def _counts(self) -> list[Count]:
         """Metrics of the work since the last commit, counted once it is committed."""
         recomputed, self.recomputed = self.recomputed, 0
-        coverage = None
+        counts = [Count("tiles_recomputed", (self.agent, self.u), recomputed)] if recomputed else []
         if self.tiles is not None and len(self.tiles):
             coverage = float(np.isfinite(self.values).sum()) / len(self.tiles)
-
-        def committed(_: Mapping[str, Any]) -> None:
-            if recomputed:
-                self.metrics.tiles_recomputed.labels(self.agent, self.u).inc(recomputed)
-            if coverage is not None:
-                self.metrics.tile_coverage.labels(self.u, self.strategy).set(coverage)
-
-        return committed
+            counts.append(Count("tile_coverage", (self.u, self.strategy), coverage, "set"))
+        return counts
 
     def _emit(self, *, reset: bool) -> list[Output]:
         """The staged update of everything changed since the last one (all valid tiles on a reset)."""
@@ -365,12 +356,16 @@ class TileCalc(Processor):
         return sel[changed], new[changed], len(sel)
 
 
+def _tile_calc(strategy: str) -> ProcessorFactory:
+    return lambda settings, u: TileCalc(settings.model_settings, u, strategy)
+
+
 CALC_AGENTS = tuple(
     AgentSpec(
         name=f"calc.{s}",
         reads=streams.CHANGES,
         writes=(streams.STAGED[s],),
-        make=partial(TileCalc, strategy=s),
+        make=_tile_calc(s),
         stateful=True,
         doc=f"{s} tiles of the heatmap grid, recomputed where contracts changed.",
         max_batch=100,

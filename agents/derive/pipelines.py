@@ -30,10 +30,8 @@ from marketswarm.schemas.documents import HEADER_FIELD
 from marketswarm.schemas.events import ChangeBatch, FillChange, QuoteChange, SpotChange
 from marketswarm.schemas.markettime import expiry_close_ns
 from marketswarm.topology import streams
-from marketswarm.topology.agent import AgentSpec, Effects, Entry, Processor, Resume
-from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.agent import AgentSpec, Count, Effects, Entry, Processor, Resume
 from marketswarm.topology.published import CHECKPOINT_EVERY_S, Published
-from marketswarm.topology.settings import Settings
 
 INTENT_INTERVAL_S = 1.0  # event time between versions of the intent model
 READ_EVERY_S = 0.25  # intent and best flies read their input at most this often (not latency-critical)
@@ -53,9 +51,6 @@ def gex_rows(model: Published) -> levels.GexRows | None:
 class MarketMode(Follower):
     source, name = streams.Strategy.GEX, Derived.MARKET_MODE
 
-    def __init__(self, settings: Settings, underlying: str, metrics: Metrics) -> None:
-        super().__init__(underlying, metrics)
-
     def compute(self) -> dict[str, Any] | None:
         g = gex_rows(self.model)
         return None if g is None else {**levels.market_mode(g), "stale": self.model.meta.get("stale", False)}
@@ -63,9 +58,6 @@ class MarketMode(Follower):
 
 class Gravity(Follower):
     source, name = streams.Strategy.GEX, Derived.GRAVITY
-
-    def __init__(self, settings: Settings, underlying: str, metrics: Metrics) -> None:
-        super().__init__(underlying, metrics)
 
     def compute(self) -> dict[str, Any] | None:
         g = gex_rows(self.model)
@@ -75,8 +67,8 @@ class Gravity(Follower):
 class BestFlies(Follower):
     source, name = streams.Strategy.BUTTERFLY, Derived.BEST_FLIES
 
-    def __init__(self, settings: Settings, underlying: str, metrics: Metrics) -> None:
-        super().__init__(underlying, metrics)
+    def __init__(self, underlying: str) -> None:
+        super().__init__(underlying)
         self.gravity: dict[str, Any] | None = None
         self.gravity_key = streams.model_key(underlying, Derived.GRAVITY)
         self.closes: tuple[str, dict[str, int]] = ("", {})  # per epoch: each expiry's close
@@ -123,9 +115,8 @@ class BestFlies(Follower):
 
 
 class Intent(Processor):
-    def __init__(self, settings: Settings, underlying: str, metrics: Metrics) -> None:
+    def __init__(self, underlying: str) -> None:
         self.u = underlying
-        self.metrics = metrics
         self.versions = Versions(underlying, Derived.INTENT)
         self.checkpoint = streams.derive_checkpoint_key(underlying, Derived.INTENT)
         self.gex = ModelView(underlying, streams.Strategy.GEX)
@@ -194,14 +185,9 @@ class Intent(Processor):
             )
             self.checkpoint_ns = self.flow.now_ns
         counted = self.flow.prints - prints
-        versions = self.versions.counted(self.metrics, len(effects.outputs))
-
-        def committed(results: Mapping[str, Any]) -> None:
-            versions(results)
-            if counted:
-                self.metrics.trade_flow_prints.labels(self.u).inc(counted)
-
-        effects.on_commit = committed
+        effects.counts = self.versions.counts(len(effects.outputs))
+        if counted:
+            effects.counts.append(Count("trade_flow_prints", (self.u,), counted))
         effects.events_out = len(effects.outputs)
         return effects
 
@@ -224,7 +210,7 @@ class Intent(Processor):
         effects = Effects()
         self._publish(effects)
         effects.events_out = len(effects.outputs)
-        effects.on_commit = self.versions.counted(self.metrics, len(effects.outputs))
+        effects.counts = self.versions.counts(len(effects.outputs))
         return effects if effects.outputs else None
 
 
@@ -241,7 +227,7 @@ DERIVED_AGENTS = (
         name="derive.market-mode",
         reads=streams.DIFFS[streams.Strategy.GEX],
         writes=(streams.DIFFS[Derived.MARKET_MODE],),
-        make=MarketMode,
+        make=lambda _settings, u: MarketMode(u),
         stateful=True,
         doc="Market mode (compression, expansion, transition) and its score, per GEX version.",
     ),
@@ -249,7 +235,7 @@ DERIVED_AGENTS = (
         name="derive.intent",
         reads=streams.CHANGES,
         writes=(streams.DIFFS[Derived.INTENT],),
-        make=Intent,
+        make=lambda _settings, u: Intent(u),
         stateful=True,
         doc="Liquidity intent: GEX structure (bias, pin) and the trade flow bought/sold by strike.",
         accepts=_intent_wants,
@@ -260,7 +246,7 @@ DERIVED_AGENTS = (
         name="derive.gravity",
         reads=streams.DIFFS[streams.Strategy.GEX],
         writes=(streams.DIFFS[Derived.GRAVITY],),
-        make=Gravity,
+        make=lambda _settings, u: Gravity(u),
         stateful=True,
         doc="Dealer gravity: expected move, the level dealers pull towards, the walls' band, per GEX version.",
     ),
@@ -268,7 +254,7 @@ DERIVED_AGENTS = (
         name="derive.best-flies",
         reads=streams.DIFFS[streams.Strategy.BUTTERFLY],
         writes=(streams.DIFFS[Derived.BEST_FLIES],),
-        make=BestFlies,
+        make=lambda _settings, u: BestFlies(u),
         stateful=True,
         doc="The top butterflies of the nearest expiries by reward/risk and dealer gravity, per butterfly version.",
         max_batch=20,

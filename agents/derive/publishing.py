@@ -18,7 +18,7 @@ Pure: the runtime does every read and commits every write.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -27,9 +27,15 @@ from marketswarm.schemas import codec
 from marketswarm.schemas.documents import COLS_FIELD, GEOMETRY_FIELD, HEADER_FIELD, header_fields, header_json
 from marketswarm.schemas.models import Diff, dense_columns
 from marketswarm.topology import streams
-from marketswarm.topology.agent import Effects, Entry, Output, Processor, Resume
-from marketswarm.topology.metrics import Metrics
-from marketswarm.topology.published import CHECKPOINT_EVERY_S, Published, apply_diffs, checkpoint_read, from_checkpoint
+from marketswarm.topology.agent import Count, Effects, Entry, Output, Processor, Resume
+from marketswarm.topology.published import (
+    CHECKPOINT_EVERY_S,
+    Published,
+    apply_diffs,
+    checkpoint_read,
+    from_checkpoint,
+    version_output,
+)
 
 SIDE_DIFFS_PER_READ = 500
 SIDE_READ_EVERY_S = 0.25  # wall time between reads of a model looked up
@@ -56,14 +62,9 @@ class Versions:
             self.version, self.asof_ns = int(h["version"]), int(h["asof_ns"])
             self.fields = header_fields(h)
 
-    def counted(self, metrics: Metrics, n: int) -> Callable[[Mapping[str, Any]], None]:
-        """An ``on_commit`` that counts ``n`` published versions (marketswarm_versions_published_total)."""
-
-        def committed(_: Mapping[str, Any]) -> None:
-            if n:
-                metrics.versions.labels(self.u, self.name, "value").inc(n)
-
-        return committed
+    def counts(self, n: int) -> list[Count]:
+        """``n`` published versions (marketswarm_versions_published_total)."""
+        return [Count("versions", (self.u, self.name, "value"), n)] if n else []
 
     def publish(
         self, fields: dict[str, Any], epoch: str, asof_ns: int, reason: str = "value"
@@ -79,8 +80,7 @@ class Versions:
             underlying=self.u, strategy=self.name, version=self.version, prev_version=self.version - 1,
             epoch=epoch, asof_ns=asof_ns, reason=reason, header=header,
         )  # fmt: skip
-        out = Output(self.spec, self.spec.key(self.u), codec.encode_diff(diff), id=f"{self.version}-0")
-        return out, ("HSET", self.key, HEADER_FIELD, header)
+        return version_output(diff), ("HSET", self.key, HEADER_FIELD, header)
 
 
 class Follower(Processor):
@@ -89,9 +89,8 @@ class Follower(Processor):
     source: str
     name: str
 
-    def __init__(self, u: str, metrics: Metrics) -> None:
+    def __init__(self, u: str) -> None:
         self.u = u
-        self.metrics = metrics
         self.versions = Versions(u, self.name)
         self.checkpoint = streams.derive_checkpoint_key(u, self.name)
         self._clear()
@@ -165,7 +164,7 @@ class Follower(Processor):
             ):
                 effects.commands += self._checkpoint(batch[-1].id)
         effects.events_out = len(effects.outputs)
-        effects.on_commit = self.versions.counted(self.metrics, len(effects.outputs))
+        effects.counts = self.versions.counts(len(effects.outputs))
         return effects
 
     def _checkpoint(self, through: str) -> list[tuple[Any, ...]]:

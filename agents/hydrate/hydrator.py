@@ -47,8 +47,7 @@ from marketswarm.schemas.events import (
     TradeChange,
 )
 from marketswarm.topology import streams
-from marketswarm.topology.agent import AgentSpec, Effects, Entry, Processor, Resume, ScriptCall
-from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.agent import AgentSpec, Count, Effects, Entry, Processor, Resume, ScriptCall
 from marketswarm.topology.settings import Settings
 
 SCRIPT = resources.files("marketswarm.agents.hydrate").joinpath("hydrate.lua").read_text()
@@ -196,9 +195,9 @@ class Admission(NamedTuple):
 
 
 class Hydrator(Processor):
-    def __init__(self, settings: Settings, underlying: str, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, underlying: str) -> None:
+        """``settings``: the epoch retirement TTL and the fill window (a model setting)."""
         self.u = underlying
-        self.metrics = metrics
         self.keys = [
             streams.epoch_pointer_key(underlying),
             streams.CHANGES.key(underlying),
@@ -232,28 +231,25 @@ class Hydrator(Processor):
             keys += [streams.epoch_meta_key(self.u, e), streams.state_key(self.u, e)]
         args = [self.active, *self.header, len(epochs), *epochs, *records]
 
-        def committed(results: Mapping[str, Any]) -> None:
+        def committed(results: Mapping[str, Any]) -> list[Count]:
             done = Admission.of(results["hydrate"])
             self.active = done.active
-            for outcome, c in zip(OUTCOMES, (done.new, done.newer, done.stale, done.unknown), strict=True):
-                if c:
-                    self.metrics.admissions.labels("hydrate", self.events_key, outcome).inc(c)
-            if done.promotions:
-                self.metrics.epoch_promotions.labels(self.u).inc(done.promotions)
-            if done.duplicate_fills:
-                self.metrics.dropped.labels("hydrate", self.events_key, "duplicate_fill").inc(done.duplicate_fills)
-            if done.fills_beyond_window:
-                self.metrics.dropped.labels("hydrate", self.events_key, "fill_beyond_window").inc(
-                    done.fills_beyond_window
-                )
-            if done.held_snapshots:
-                self.metrics.epoch_holds.labels(self.u).inc(done.held_snapshots)
-            if done.appended:  # the script appends the changes entries itself
-                self.metrics.entries_out.labels("hydrate", self.changes_key).inc(done.appended)
-            for label, c in prints.items():
-                self.metrics.trade_conditions.labels(self.u, label).inc(c)
+            counts = [
+                Count("admissions", ("hydrate", self.events_key, outcome), c)
+                for outcome, c in zip(OUTCOMES, (done.new, done.newer, done.stale, done.unknown), strict=True)
+            ]
+            counts += [
+                Count("epoch_promotions", (self.u,), done.promotions),
+                Count("dropped", ("hydrate", self.events_key, "duplicate_fill"), done.duplicate_fills),
+                Count("dropped", ("hydrate", self.events_key, "fill_beyond_window"), done.fills_beyond_window),
+                Count("epoch_holds", (self.u,), done.held_snapshots),
+                Count("entries_out", ("hydrate", self.changes_key), done.appended),  # the script appends them
+            ]
+            return [c for c in counts if c.value]
 
-        return Effects(scripts=[ScriptCall("hydrate", SCRIPT, keys, args)], on_commit=committed, events_out=n)
+        counts = [Count("trade_conditions", (self.u, label), c) for label, c in prints.items()]
+        scripts = [ScriptCall("hydrate", SCRIPT, keys, args)]
+        return Effects(scripts=scripts, counts=counts, on_commit=committed, events_out=n)
 
 
 HYDRATE = AgentSpec(

@@ -20,8 +20,7 @@ from marketswarm.schemas.events import EventBatch, Trade
 from marketswarm.schemas.models import Reject
 from marketswarm.schemas.rejects import DropReason, RejectReason
 from marketswarm.topology import streams
-from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output, Processor
-from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.agent import AgentSpec, Count, Effects, Entry, Output, Processor
 from marketswarm.topology.settings import Settings
 
 # Trade prints remembered for duplicate detection, per underlying. Hydrate's fill ledger is the
@@ -124,10 +123,9 @@ class RejectSampler:
 class Normalizer(Processor):
     """The duplicate window and the reject sampler are updated on commit only: nothing to restore."""
 
-    def __init__(self, settings: Settings, underlying: str, metrics: Metrics) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings, underlying: str) -> None:
+        self.settings = settings  # the ingest limits: max_frame_bytes, the event-time bounds, the underlyings
         self.u = underlying
-        self.metrics = metrics
         self.events_key = streams.EVENTS.key(underlying)
         self.rejects_key = streams.REJECTS.key(underlying)
         self.raw_key = streams.RAW.key(underlying)
@@ -199,12 +197,10 @@ class Normalizer(Processor):
         def committed(_: Mapping[str, Any]) -> None:
             self.recent.add_all(seen)
             self.sampler = sampler
-            for reason, n in rejects.items():
-                self.metrics.rejects.labels("normalize", self.raw_key, reason).inc(n)
-            for reason, n in drops.items():
-                self.metrics.dropped.labels("normalize", self.raw_key, reason).inc(n)
 
-        return Effects(outputs=outputs, on_commit=committed, events_out=n_events)
+        counts = [Count("rejects", ("normalize", self.raw_key, r), n) for r, n in rejects.items()]
+        counts += [Count("dropped", ("normalize", self.raw_key, r), n) for r, n in drops.items()]
+        return Effects(outputs=outputs, counts=counts, on_commit=committed, events_out=n_events)
 
 
 def _failed(detail: str, frame: RawFrame) -> Parsed:

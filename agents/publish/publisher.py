@@ -23,9 +23,7 @@ publishes the same versions as the live run. A market that stops changing publis
 
 from __future__ import annotations
 
-import time
-from collections.abc import Mapping, Sequence
-from functools import partial
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -35,8 +33,7 @@ from marketswarm.schemas import codec
 from marketswarm.schemas.documents import COLS_FIELD, GEOMETRY_FIELD, HEADER_FIELD, header_fields, header_json
 from marketswarm.schemas.models import Diff, Staged
 from marketswarm.topology import streams
-from marketswarm.topology.agent import AgentSpec, Effects, Entry, Output, Processor, Resume
-from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.agent import AgentSpec, Count, Effects, Entry, Output, Processor, ProcessorFactory, Resume
 from marketswarm.topology.published import (
     CHECKPOINT_EVERY_S,
     CHECKPOINT_EVERY_VERSIONS,
@@ -44,21 +41,21 @@ from marketswarm.topology.published import (
     apply_diffs,
     checkpoint_read,
     from_checkpoint,
+    version_output,
 )
-from marketswarm.topology.settings import Settings
+from marketswarm.topology.settings import ModelSettings
 
 NEW_EPOCH_PATIENCE_S = 2.5  # event time a new epoch may stay incomplete before it is published anyway
 
 
 class Publisher(Processor):
-    def __init__(self, settings: Settings, underlying: str, metrics: Metrics, strategy: str) -> None:
+    def __init__(self, model: ModelSettings, underlying: str, strategy: str) -> None:
         self.u = underlying
         self.strategy = strategy
-        self.metrics = metrics
-        self.min_tiles = settings.publish_min_tiles
-        self.min_pct = settings.publish_min_changed_pct
-        self.interval_ns = settings.publish_interval_ms * 1_000_000
-        self.max_hold_s = settings.publish_interval_ms / 1000  # live: a change is published within this
+        self.min_tiles = model.publish_min_tiles
+        self.min_pct = model.publish_min_changed_pct
+        self.interval_ns = model.publish_interval_ms * 1_000_000
+        self.max_hold_s = model.publish_interval_ms / 1000  # live: a change is published within this
         self.state_key = streams.publish_state_key(underlying, strategy)
         self.model = streams.model_key(underlying, strategy)
         self.diffs_spec = streams.DIFFS[strategy]
@@ -146,14 +143,17 @@ class Publisher(Processor):
         }
         commands.append(("HSET", self.state_key, streams.STAGING_FIELD, orjson.dumps(meta)))
 
-        def committed(_: Mapping[str, Any]) -> None:
-            now = time.time_ns()
-            for reason, _version, n, rx_ns in published:
-                self.metrics.versions.labels(self.u, self.strategy, reason).inc()
-                self.metrics.tiles_changed.labels(self.u, self.strategy).inc(n)
-                self.metrics.publish_latency.labels(self.u, self.strategy).observe(max(0, now - rx_ns) / 1e9)
+        counts = []
+        for reason, _version, n, rx_ns in published:
+            counts += self._counts(reason, n)
+            counts.append(Count("publish_latency", (self.u, self.strategy), rx_ns, "since"))
+        return Effects(outputs=outputs, commands=commands, counts=counts, events_out=len(outputs))
 
-        return Effects(outputs=outputs, commands=commands, on_commit=committed, events_out=len(outputs))
+    def _counts(self, reason: str, tiles_changed: int) -> list[Count]:
+        return [
+            Count("versions", (self.u, self.strategy, reason)),
+            Count("tiles_changed", (self.u, self.strategy), tiles_changed),
+        ]
 
     def holding(self) -> bool:
         """Changes staged and not yet published that a flush would publish (not a new epoch still
@@ -172,11 +172,7 @@ class Publisher(Processor):
         if n is None:
             return None
 
-        def committed(_: Mapping[str, Any]) -> None:
-            self.metrics.versions.labels(self.u, self.strategy, "idle").inc()
-            self.metrics.tiles_changed.labels(self.u, self.strategy).inc(n)
-
-        return Effects(outputs=outputs, commands=commands, on_commit=committed, events_out=1)
+        return Effects(outputs=outputs, commands=commands, counts=self._counts("idle", n), events_out=1)
 
     def _apply(self, staged: Staged, entry_id: str) -> None:
         if staged.epoch != self.epoch:
@@ -231,7 +227,7 @@ class Publisher(Processor):
             cols=cols,
             header=header,
         )
-        outputs.append(Output(self.diffs_spec, self.diffs, codec.encode_diff(diff), id=f"{self.version}-0"))
+        outputs.append(version_output(diff))
         if (
             reset
             or self.version - self.checkpoint_version >= CHECKPOINT_EVERY_VERSIONS
@@ -265,12 +261,16 @@ class Publisher(Processor):
         return f"{self.checkpoint_version + 1}-0" if key == self.diffs else None
 
 
+def _publisher(strategy: str) -> ProcessorFactory:
+    return lambda settings, u: Publisher(settings.model_settings, u, strategy)
+
+
 PUBLISH_AGENTS = tuple(
     AgentSpec(
         name=f"publish.{s}",
         reads=streams.STAGED[s],
         writes=(streams.DIFFS[s],),
-        make=partial(Publisher, strategy=s),
+        make=_publisher(s),
         stateful=True,
         doc=f"Declares versions of the {s} model; diffs double as SSE history.",
         max_batch=20,

@@ -54,7 +54,7 @@ def normalize_suite(url: str, shared: dict[str, float]) -> list[Row]:
     rx = time.time_ns()
     st = Settings(underlyings=["SPX"], batch_size=500, block_ms=50, redis_url=url)
     # The step alone (no Redis): parse, validate, type, encode.
-    step = Normalizer(st, "SPX", Metrics(CollectorRegistry()))
+    step = Normalizer(st, "SPX")
     ms = rx // 1_000_000  # entry ids carry the server's time of the entry
     entries = [Entry(f"{ms}-{i}", RawFrame(src=f, rx_ns=rx, data=d)) for i, (f, d) in enumerate(frames)]
     t0 = time.perf_counter()
@@ -117,7 +117,7 @@ def columns_suite(url: str, shared: dict[str, float]) -> list[Row]:
     rows = []
     for strategy in ("single", "vertical", "butterfly"):
         window = Window(st.heatmap_expiries, st.heatmap_range_pct, st.max_width_steps)
-        calc = TileCalc(st, "SPX", Metrics(CollectorRegistry()), strategy)
+        calc = TileCalc(st.model_settings, "SPX", strategy)
         calc._set_grid(Grid("bench", [c.symbol for c in snap.contracts], snap.spot, window))
         grid, tiles = calc.grid, calc.tiles
         assert grid is not None and tiles is not None
@@ -141,7 +141,7 @@ def columns_suite(url: str, shared: dict[str, float]) -> list[Row]:
                 "<= 5 ms",
             )
         )
-        publisher = Publisher(st, "SPX", Metrics(CollectorRegistry()), strategy)
+        publisher = Publisher(st.model_settings, "SPX", strategy)
         reset = _staged(calc._emit(reset=True))
         publisher._apply(reset, "1-0")
         publisher._publish("structural", [], [])

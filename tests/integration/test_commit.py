@@ -68,7 +68,7 @@ async def test_failed_effect_is_dead_lettered_with_its_reason(redis_url: str, ar
 
 
 def hydrator() -> Hydrator:
-    return Hydrator(Settings(underlyings=["SPX"]), "SPX", Metrics(CollectorRegistry()))
+    return Hydrator(Settings(underlyings=["SPX"]), "SPX")
 
 
 async def test_hydrate_error_mid_script_acks_nothing_and_a_retry_converges(aredis: aioredis.Redis) -> None:

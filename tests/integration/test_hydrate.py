@@ -11,7 +11,6 @@ import pytest
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
 
 from marketswarm.agents.hydrate.hydrator import HYDRATE, SHRINK_CONFIRM_S, Hydrator
 from marketswarm.schemas import codec
@@ -28,7 +27,6 @@ from marketswarm.schemas.events import (
 from marketswarm.topology import streams
 from marketswarm.topology.agent import Entry
 from marketswarm.topology.commit import Committer, encode
-from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.restore import restore
 from marketswarm.topology.settings import Settings
 from tests.rig.wire import encode_changes
@@ -55,7 +53,7 @@ def chain(strikes: Sequence[int] = STRIKES, ts: int = T0, spot: float = 4700.0) 
 
 async def apply(r: aioredis.Redis, batches: Sequence[Sequence[object]], start: int = 0) -> list[int]:
     """Commit hydrate's step for each batch of events (one entry per batch), as the runtime would."""
-    h = Hydrator(Settings(underlyings=[U]), U, Metrics(CollectorRegistry()))
+    h = Hydrator(Settings(underlyings=[U]), U)
     await restore(r, h, HYDRATE.name, U)
     commit = Committer(r)
     totals = [0] * 8

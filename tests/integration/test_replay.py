@@ -202,7 +202,7 @@ async def test_a_replay_adopts_the_model_settings_its_capture_recorded(
     capture = tmp_path / "live.jsonl"
     assert await record(redis_url, ["SPX"], capture, True, len(frames), asyncio.Event()) == len(frames)
     assert orjson.loads(capture.read_bytes().splitlines()[0]) == {
-        "model": Settings().with_model_settings(live).model_settings()
+        "model": Settings().with_model_settings(live).model_settings.model_dump()
     }
     bare = tmp_path / "bare.jsonl"  # the same frames without the recorded settings
     bare.write_bytes(b"\n".join(capture.read_bytes().splitlines()[1:]) + b"\n")

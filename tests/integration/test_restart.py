@@ -121,7 +121,7 @@ async def test_a_calc_restored_after_live_flushes_holds_what_it_emitted(redis_ur
         assert values is not None and sent is not None
         values[staged.cols.positions()] = staged.cols.values()[:, 0]
         sent[staged.cols.contract_positions()] = staged.cols.contract_times()
-    calc = TileCalc(live, "SPX", Metrics(CollectorRegistry()), "butterfly")
+    calc = TileCalc(live.model_settings, "SPX", "butterfly")
     await restore(aredis, calc, "calc.butterfly", "SPX")
     assert values is not None and not calc.holding()
     np.testing.assert_array_equal(calc.values, values)

@@ -103,7 +103,7 @@ class Slow(Processor):
     but less than half the lease: busy, not wedged. On consumer ``wedged`` the first batch blocks
     for ``WEDGE_S``, far past the lease: a step that never returns, as far as anyone can tell."""
 
-    def __init__(self, settings: Settings, u: str, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, u: str) -> None:
         self.key = sums_key(u)
         self.step_s = {"wedged": WEDGE_S, "busy": 1.5}.get(settings.consumer, 0.0)
 

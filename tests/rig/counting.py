@@ -56,7 +56,7 @@ class PoisonError(ValueError):
 
 
 class Counter(Processor):
-    def __init__(self, settings: Settings, underlying: str, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, underlying: str) -> None:
         self.sums_key = sums_key(underlying)
 
     def process(self, batch: Sequence[Entry]) -> Effects:

@@ -6,7 +6,6 @@ import datetime as dt
 
 import orjson
 import pytest
-from prometheus_client import CollectorRegistry
 
 from marketswarm.agents.calc.gex import GexCalc
 from marketswarm.schemas import codec
@@ -14,8 +13,7 @@ from marketswarm.schemas.events import ChangeBatch, EpochChange, GreeksChange, S
 from marketswarm.schemas.models import Staged
 from marketswarm.topology import streams
 from marketswarm.topology.agent import Entry, Output
-from marketswarm.topology.metrics import Metrics
-from marketswarm.topology.settings import Settings
+from marketswarm.topology.settings import ModelSettings
 from tests.rig.wire import as_redis
 
 NOW = int(dt.datetime(2024, 11, 14, 15, 0, tzinfo=dt.UTC).timestamp() * 1e9)
@@ -32,7 +30,7 @@ def staged(outputs: list[Output]) -> list[Staged]:
 
 
 def calc() -> GexCalc:
-    return GexCalc(Settings(underlyings=["SPX"]), "SPX", Metrics(CollectorRegistry()))
+    return GexCalc(ModelSettings(), "SPX")
 
 
 def test_rows_are_signed_dollar_gamma_per_one_percent_move() -> None:

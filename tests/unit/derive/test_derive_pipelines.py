@@ -7,7 +7,6 @@ import datetime as dt
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry
 
 from marketswarm.agents.derive.pipelines import Intent, MarketMode
 from marketswarm.schemas import codec
@@ -16,8 +15,6 @@ from marketswarm.schemas.events import ChangeBatch, FillChange, QuoteChange, Spo
 from marketswarm.schemas.models import Diff
 from marketswarm.topology import streams
 from marketswarm.topology.agent import Effects, Entry
-from marketswarm.topology.metrics import Metrics
-from marketswarm.topology.settings import Settings
 from tests.rig.wire import as_redis
 
 T0 = int(dt.datetime(2025, 1, 9, 15, 0, tzinfo=dt.UTC).timestamp() * 1e9)
@@ -50,12 +47,8 @@ def hash_of(effects: Effects, key: str) -> dict[str, Any]:
     return out
 
 
-def metrics() -> Metrics:
-    return Metrics(CollectorRegistry())
-
-
 def test_market_mode_publishes_a_version_only_when_its_document_changes() -> None:
-    m = MarketMode(Settings(), "SPX", metrics())
+    m = MarketMode("SPX")
     diffs = [gex_diff(1, 100.0, 97.0, 5.0), gex_diff(2, 100.0, 97.0, 5.0), gex_diff(3, 100.0, 99.8, 5.0)]
     effects = m.process(diffs)
     out = docs(effects)
@@ -67,15 +60,15 @@ def test_market_mode_publishes_a_version_only_when_its_document_changes() -> Non
 
 def test_market_mode_resumes_from_its_checkpoint_and_the_acked_diffs() -> None:
     diffs = [gex_diff(v, 100.0, 97.0 + 0.5 * v, 5.0 - v) for v in range(1, 9)]
-    whole = docs(MarketMode(Settings(), "SPX", metrics()).process(diffs))
-    first = MarketMode(Settings(), "SPX", metrics())
+    whole = docs(MarketMode("SPX").process(diffs))
+    first = MarketMode("SPX")
     effects = first.process(diffs[:3])
     ckpt = hash_of(effects, streams.derive_checkpoint_key("SPX", "market_mode"))
     model = hash_of(effects, streams.model_key("SPX", "market_mode"))
     effects = first.process(diffs[3:5])  # committed and acked, after the checkpoint (none was due)
     assert not hash_of(effects, streams.derive_checkpoint_key("SPX", "market_mode"))
     model = model | hash_of(effects, streams.model_key("SPX", "market_mode"))
-    again = MarketMode(Settings(), "SPX", metrics())
+    again = MarketMode("SPX")
     fields = [ckpt.get(f) for f in ("_header", "_geometry", "_cols", "through")]
     replies = [[x if x is None or isinstance(x, bytes) else str(x).encode() for x in fields], model[HEADER_FIELD]]
     (resume,) = again.load(replies)
@@ -94,7 +87,7 @@ def changes(i: int, *items: Any) -> Entry:
 
 
 def test_intent_publishes_at_most_once_a_second_and_flushes_the_rest() -> None:
-    it = Intent(Settings(), "SPX", metrics())
+    it = Intent("SPX")
     batch = [
         changes(1, quote(T0, 1.0, 1.2), FillChange(sym=C100, ts_ns=T0, px=1.2, size=2)),
         changes(2, FillChange(sym=C100, ts_ns=T0 + S // 2, px=1.0, size=3)),  # half a second later: held
@@ -115,15 +108,15 @@ def test_intent_resumes_from_its_checkpoint_and_the_acked_changes() -> None:
     entries = [changes(1, quote(T0, 1.0, 1.2))] + [
         changes(i, FillChange(sym=C100, ts_ns=T0 + i * S, px=1.2 if i % 3 else 1.0, size=i)) for i in range(2, 20)
     ]
-    whole = Intent(Settings(), "SPX", metrics())
+    whole = Intent("SPX")
     expected = docs(whole.process(entries))
-    first = Intent(Settings(), "SPX", metrics())
+    first = Intent("SPX")
     done = first.process(entries[:8])  # through T0 + 7 s: a checkpoint is due
     ckpt = hash_of(done, streams.derive_checkpoint_key("SPX", "intent"))
     assert ckpt["through"] == "8-0"
     more = first.process(entries[8:11])
     model = hash_of(done, streams.model_key("SPX", "intent")) | hash_of(more, streams.model_key("SPX", "intent"))
-    again = Intent(Settings(), "SPX", metrics())
+    again = Intent("SPX")
     (resume,) = again.load([[ckpt["state"], b"8-0"], model[HEADER_FIELD]])
     assert resume.stream is streams.CHANGES and resume.after == "8-0"
     again.reapply(resume.stream, entries[8:11])
@@ -132,7 +125,7 @@ def test_intent_resumes_from_its_checkpoint_and_the_acked_changes() -> None:
 
 
 def test_a_follower_deployed_into_a_running_system_starts_from_the_followed_checkpoint() -> None:
-    m = MarketMode(Settings(), "SPX", metrics())
+    m = MarketMode("SPX")
     assert m.side_reads() == [("HMGET", streams.model_key("SPX", "gex"), "_header", "_geometry", "_cols")]
     checkpoint = gex_diff(5, 100.0, 97.0, 5.0).value.header  # the diffs up to version 5 are trimmed away
     m.take_side([[checkpoint, None, None]])

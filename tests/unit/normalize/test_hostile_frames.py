@@ -47,7 +47,7 @@ def deep(n: int) -> bytes:
 
 
 def run(frames: list[tuple[str, bytes]], rx_ns: int = T0) -> tuple[Effects, list[Reject]]:
-    n = Normalizer(SETTINGS, "SPX", Metrics(CollectorRegistry()))
+    n = Normalizer(SETTINGS, "SPX")
     entries = [Entry(f"{T_MS}-{i}", RawFrame(src=src, rx_ns=rx_ns, data=data)) for i, (src, data) in enumerate(frames)]
     effects = n.process(entries)
     rejects = [
@@ -139,20 +139,19 @@ def test_a_receive_time_after_the_servers_clock_rejects_the_frame() -> None:
 
 
 def test_a_reject_flood_is_sampled_per_reason_and_counted() -> None:
-    n = Normalizer(SETTINGS, "SPX", Metrics(CollectorRegistry()))
+    n = Normalizer(SETTINGS, "SPX")
     entries = [Entry(f"{T_MS}-{i}", RawFrame(src=RawFormat.WS, rx_ns=T0, data=b"not json")) for i in range(300)]
-    entries.append(
-        Entry(f"{T_MS}-300", RawFrame(src=RawFormat.WS, rx_ns=T0, data=b"[5]"))
-    )  # another reason: not crowded out
+    # another reason: not crowded out
+    entries.append(Entry(f"{T_MS}-300", RawFrame(src=RawFormat.WS, rx_ns=T0, data=b"[5]")))
     entries.append(Entry(f"{T_MS + 1000}-0", RawFrame(src=RawFormat.WS, rx_ns=T0, data=b"not json")))  # the next second
     effects = n.process(entries)
     rejects = [codec.decode(streams.Payload.REJECT, _fields(o.fields)) for o in effects.outputs]
     malformed = [r for r in rejects if r.reason == "malformed_json"]
     assert len(malformed) == 51 and malformed[-1].suppressed == 250
     assert [r.reason for r in rejects].count("malformed_element") == 1
-    assert effects.on_commit is not None
-    effects.on_commit([])
-    counted = n.metrics.rejects.labels("normalize", streams.RAW.key("SPX"), "malformed_json")._value.get()
+    metrics = Metrics(CollectorRegistry())
+    metrics.apply(effects.counts)  # as the runtime does once the commit succeeded
+    counted = metrics.rejects.labels("normalize", streams.RAW.key("SPX"), "malformed_json")._value.get()
     assert counted == 301  # every frame counted, sampled or not
 
 

@@ -14,7 +14,7 @@ from marketswarm.agents.sources.simulated import SimMarket
 from marketswarm.schemas import codec
 from marketswarm.schemas.codec import RawFormat, RawFrame
 from marketswarm.topology import streams
-from marketswarm.topology.agent import Entry
+from marketswarm.topology.agent import Count, Entry
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.settings import Settings
 from tests.rig.realdata import real_data
@@ -77,8 +77,7 @@ def test_mutated_real_frames_never_raise(which: int, key: str, value: object, dr
 
 
 def test_rejects_and_events_are_written_per_raw_entry() -> None:
-    metrics = Metrics(CollectorRegistry())
-    n = Normalizer(SETTINGS, "SPX", metrics)
+    n = Normalizer(SETTINGS, "SPX")
     good = b'[{"ev":"Q","sym":"O:SPXW231115C04700000","bp":1.0,"ap":1.1,"t":1700000000000,"q":1}]'
     entries = [
         Entry(f"{T0_MS}-1", RawFrame(src=RawFormat.WS, rx_ns=T0, data=good)),
@@ -97,13 +96,14 @@ def test_rejects_and_events_are_written_per_raw_entry() -> None:
         for o in effects.outputs[1:]
     ]
     assert reasons == ["malformed_json", "oversized", "malformed_frame"]
-    assert effects.on_commit is not None
-    effects.on_commit([])
+    assert Count("rejects", ("normalize", streams.RAW.key("SPX"), "oversized"), 1) in effects.counts
+    metrics = Metrics(CollectorRegistry())
+    metrics.apply(effects.counts)  # as the runtime does once the commit succeeded
     assert metrics.rejects.labels("normalize", streams.RAW.key("SPX"), "oversized")._value.get() == 1
 
 
 def test_duplicate_prints_are_recognised_but_burst_fills_kept() -> None:
-    n = Normalizer(SETTINGS, "SPX", Metrics(CollectorRegistry()))
+    n = Normalizer(SETTINGS, "SPX")
     t = {"ev": "T", "sym": "O:SPXW231115C04700000", "p": 1.5, "s": 2, "t": 1700000000000}
     frame = orjson.dumps([{**t, "q": 1}, {**t, "q": 2}, {**t, "q": 1}])
     effects = n.process([Entry(f"{T0_MS}-1", RawFrame(src=RawFormat.WS, rx_ns=T0, data=frame))])

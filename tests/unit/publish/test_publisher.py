@@ -5,14 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry
 
 from marketswarm.agents.publish.publisher import Publisher
 from marketswarm.schemas import codec
 from marketswarm.schemas.models import Diff, Staged, columns
 from marketswarm.topology import streams
 from marketswarm.topology.agent import Entry, Output
-from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.published import Published, from_checkpoint
 from marketswarm.topology.settings import Settings
 from marketswarm.topology.streams import STATE_FIELD
@@ -25,7 +23,7 @@ MS = 1_000_000
 
 def publisher(**knobs: Any) -> Publisher:
     st = Settings(underlyings=["SPX"], publish_min_tiles=1000, publish_min_changed_pct=50, publish_interval_ms=100)
-    return Publisher(st.with_model_settings(knobs), "SPX", Metrics(CollectorRegistry()), strategy="butterfly")
+    return Publisher(st.with_model_settings(knobs).model_settings, "SPX", strategy="butterfly")
 
 
 def update(i: int, pos: list[int], vals: list[float], *, ts_ms: int, reset: bool = False, pending: int = 0) -> Entry:

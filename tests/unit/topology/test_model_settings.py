@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from marketswarm.agents.sources.files import InputFileError, capture_model_settings, model_line, read_capture
-from marketswarm.topology.settings import MODEL_SETTINGS, ModelSettingsError, Settings
+from marketswarm.topology.settings import ModelSettings, ModelSettingsError, Settings
 
 
 def test_adopting_replaces_only_the_model_settings() -> None:
@@ -15,7 +15,7 @@ def test_adopting_replaces_only_the_model_settings() -> None:
     adopted = env.with_model_settings({"calc_bucket_ms": 250, "heatmap_range_pct": "2.5"})
     assert adopted.calc_bucket_ms == 250 and adopted.heatmap_range_pct == 2.5
     assert adopted.underlyings == ["QQQ"]
-    assert set(adopted.model_settings()) == set(MODEL_SETTINGS)
+    assert set(adopted.model_settings.model_dump()) == set(ModelSettings.model_fields)
 
 
 @pytest.mark.parametrize(
