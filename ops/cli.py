@@ -70,7 +70,7 @@ NO_AUTH_HELP = "Serve beyond loopback without a token (only behind an authentica
 
 def exposed(settings: Settings) -> None:
     """The one line for a gateway that would listen beyond loopback without a token."""
-    from marketswarm.agents.gateway.app import ExposedWithoutTokenError, check_exposure
+    from marketswarm.agents.gateway.access import ExposedWithoutTokenError, check_exposure
 
     try:
         check_exposure(settings)

@@ -3,11 +3,13 @@ a tab's feed list, and the exposure check."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from pydantic import SecretStr
 
-from marketswarm.agents.gateway.app import ExposedWithoutTokenError, check_exposure
-from marketswarm.agents.gateway.feeds import MAX_TAB_FEEDS, TabRequestError, parse_tab, parse_version
+from marketswarm.agents.gateway.access import ExposedWithoutTokenError, check_exposure
+from marketswarm.agents.gateway.feeds import MAX_TAB_FEEDS, TabRequestError, cancel_all, parse_tab, parse_version
 from marketswarm.agents.gateway.limits import Admission, Attempts
 from marketswarm.topology import streams
 from marketswarm.topology.settings import Settings
@@ -64,3 +66,26 @@ def test_only_loopback_may_go_without_a_token_unless_told() -> None:
             check_exposure(Settings(gateway_host=host, api_token=SecretStr("")))  # empty is none
         check_exposure(Settings(gateway_host=host, api_token=SecretStr("t")))
         check_exposure(Settings(gateway_host=host, gateway_no_auth=True))
+
+
+async def test_cancel_all_cancels_again_a_task_that_absorbed_its_cancellation() -> None:
+    """As redis-py can (a cancellation landing inside a command completes the command instead): the
+    first cancellation is swallowed, the task goes on, and cancel_all still ends it."""
+    absorbed = 0
+
+    async def stubborn() -> None:
+        nonlocal absorbed
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                absorbed += 1
+                if absorbed == 1:
+                    continue  # swallowed, as the command that absorbed it returned normally
+                raise
+
+    tasks = [asyncio.create_task(stubborn()), asyncio.create_task(asyncio.sleep(3600))]
+    await asyncio.sleep(0)
+    async with asyncio.timeout(5):
+        await cancel_all(tasks)
+    assert absorbed == 2 and all(t.done() for t in tasks)

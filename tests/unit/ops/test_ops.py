@@ -199,7 +199,7 @@ def test_the_gateway_manifest_cannot_start_open_to_the_network() -> None:
     the base as it ships, the gateway refuses to start; with a token from an overlay, it starts."""
     from pydantic import SecretStr
 
-    from marketswarm.agents.gateway.app import ExposedWithoutTokenError, check_exposure
+    from marketswarm.agents.gateway.access import ExposedWithoutTokenError, check_exposure
     from marketswarm.topology.settings import Settings
 
     docs = manifests()
