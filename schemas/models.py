@@ -247,7 +247,10 @@ class GexView(_Api):
     by_strike: list[GexStrike]
 
 
-class GexModel(_Api):
+class GexModel(GexView):
+    """The GEX model: the view over every expiry (``profile``: net GEX re-priced at hypothetical spots,
+    the flip's curve), its header, and the totals by expiry."""
+
     underlying: str
     strategy: Literal["gex"]
     version: int
@@ -259,16 +262,6 @@ class GexModel(_Api):
     nonstandard: int = 0  # adjusted contracts, weighted by their own shares per contract
     units: str
     convention: str
-    total: float
-    calls: float
-    puts: float
-    flip: float | None
-    call_wall: float | None  # the strike with the largest call GEX, all strikes
-    put_wall: float | None  # the strike with the largest put GEX (magnitude), all strikes
-    call_wall_above: float | None = None  # ... at or above spot: the call wall as traders read it
-    put_wall_below: float | None = None  # ... at or below spot: the put wall as traders read it
-    profile: list[GexProfilePoint] = []  # net GEX re-priced at hypothetical spots (the flip's curve)
-    by_strike: list[GexStrike]
     by_expiry: list[GexExpiry]
     by_expiry_strike: GexMatrix | None = None
     iv_atm: float | None  # the nearest live expiry's at-the-money IV (decimal)

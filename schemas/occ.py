@@ -11,7 +11,7 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 Side = Literal["call", "put"]
 
@@ -58,6 +58,17 @@ class OptionSymbol:
     @property
     def provider(self) -> str:
         return PROVIDER_PREFIX + self.occ
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that name a contract in a chain snapshot (events.ChainContract), from its symbol."""
+        return {
+            "symbol": self.occ,
+            "underlying": self.underlying,
+            "root": self.root,
+            "expiry": self.expiry.isoformat(),
+            "side": self.side,
+            "strike_x1000": self.strike_x1000,
+        }
 
 
 def underlying_of_root(root: str) -> str:

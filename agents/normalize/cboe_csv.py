@@ -164,12 +164,7 @@ def _leg(
     oif = bounded(_f(oi), "open interest", 0, MAX_SIZE)
     vol = bounded(_f(volume), "volume", 0, MAX_SIZE)
     return ChainContract(
-        symbol=osym.occ,
-        underlying=osym.underlying,
-        root=osym.root,
-        expiry=osym.expiry.isoformat(),
-        side=osym.side,
-        strike_x1000=osym.strike_x1000,
+        **osym.identity(),
         bid=b if b else None,
         ask=a if a else None,
         last=lastf if lastf else None,

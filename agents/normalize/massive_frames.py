@@ -400,12 +400,7 @@ def _chain_element(
     conditions = t.get("conditions") or ()
     shares = _opt_count(out, el, "shares_per_contract", details.get("shares_per_contract"))
     contract = ChainContract(
-        symbol=osym.occ,
-        underlying=osym.underlying,
-        root=osym.root,
-        expiry=osym.expiry.isoformat(),
-        side=osym.side,
-        strike_x1000=osym.strike_x1000,
+        **osym.identity(),
         bid=bid,
         ask=ask,
         last=last if last is not None and last > 0 else None,
