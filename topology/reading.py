@@ -1,8 +1,8 @@
 """Reading a published model from Redis: its checkpoint, then the diffs after it.
 
-The gateway, derived agents' side reads, export, replay and the inspector read models here; the model
-itself, as columns, and applying diffs to it are topology/published.py (pure, shared with the
-publisher's restore).
+The gateway, export, replay and the inspector read models here (a derived agent's side reads go
+through the runtime instead: agents/derive/publishing.py). The model itself, as columns, and applying
+diffs to it are topology/published.py (pure, shared with the publisher's restore).
 """
 
 from __future__ import annotations

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import Sequence
 
 import redis.asyncio as aioredis
@@ -20,6 +18,7 @@ from marketswarm.topology.commit import Replication
 from marketswarm.topology.connections import error_code
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.retention import Trimmer
+from marketswarm.topology.retrying import pauses, retried
 from marketswarm.topology.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,6 +31,15 @@ RETRY_FOR_S = 60.0
 RETRY_PAUSE_S = 0.5
 _RETRIED = (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError)
 _TRANSIENT_REPLIES = ("CLUSTERDOWN", "TRYAGAIN", "MOVED", "ASK", "LOADING", "MASTERDOWN", "READONLY")
+
+
+def transient(exc: Exception) -> bool:
+    """A failure of the moment, worth retrying: a lost connection or timeout, or a reply that says the
+    cluster is moving (MOVED, TRYAGAIN, LOADING...)."""
+    if isinstance(exc, ResponseError):
+        return error_code(exc) in _TRANSIENT_REPLIES
+    return isinstance(exc, _RETRIED)
+
 
 # Never shed: chain snapshots declare the contracts; index values are one small frame per second.
 KEEP_FRAMES = (RawFormat.REST_CHAIN, RawFormat.REST_INDICES, RawFormat.CBOE_CSV)
@@ -93,29 +101,28 @@ class RawWriter:
             frames = [(f, d) for f, d in frames if f in KEEP_FRAMES]
             if not frames:
                 return []
-        deadline = time.monotonic() + RETRY_FOR_S
         blocked = self.metrics.source_write_blocked.labels(self.source)
-        failing = False
-        while True:
-            try:
-                if underlying not in self._known:  # a global key: its own slot, its own command
-                    await self.redis.sadd(streams.underlyings_key(), underlying)
-                    self._known.add(underlying)
-                results = await self._append(key, frames, rx_ns)
-                break
-            except (*_RETRIED, ResponseError) as exc:
-                transient = not isinstance(exc, ResponseError) or error_code(exc) in _TRANSIENT_REPLIES
-                if not transient or time.monotonic() > deadline:
-                    raise
-                if not failing:  # once per outage, not every pause
-                    log.warning(
-                        "%s: writing %s failed (%s); trying again for up to %.0fs", self.source, key, exc, RETRY_FOR_S
-                    )
-                failing = True
-                blocked.set(1)
-                self.metrics.redis_errors.labels(f"source.{self.source}", key).inc()
-                await asyncio.sleep(RETRY_PAUSE_S)
-        if failing:
+        outage = False
+
+        async def attempt() -> list[object]:
+            if underlying not in self._known:  # a global key: its own slot, its own command
+                await self.redis.sadd(streams.underlyings_key(), underlying)
+                self._known.add(underlying)
+            return await self._append(key, frames, rx_ns)
+
+        def failed(exc: Exception, n: int) -> None:
+            nonlocal outage
+            if n == 1:  # once per outage, not every pause
+                log.warning(
+                    "%s: writing %s failed (%s); trying again for up to %.0fs", self.source, key, exc, RETRY_FOR_S
+                )
+            outage = True
+            blocked.set(1)
+            self.metrics.redis_errors.labels(f"source.{self.source}", key).inc()
+
+        waits = pauses(RETRY_PAUSE_S, RETRY_PAUSE_S, for_s=RETRY_FOR_S)
+        results = await retried(attempt, retry_if=transient, waits=waits, failed=failed)
+        if outage:
             log.warning("%s: writing %s again", self.source, key)
         blocked.set(0)  # whichever write was blocked (a poll that gave up too), writes go through now
         self.metrics.source_frames.labels(self.source, key).inc(len(frames))

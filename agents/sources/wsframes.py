@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import time
+from functools import partial
 
 import orjson
 import redis.asyncio as aioredis
@@ -27,8 +28,8 @@ from marketswarm.schemas.occ import INDEX_PREFIX, PROVIDER_PREFIX, underlying_of
 from marketswarm.schemas.rejects import RejectReason, excerpt
 from marketswarm.topology import streams
 from marketswarm.topology.metrics import Metrics
+from marketswarm.topology.retrying import pauses, retried
 from marketswarm.topology.settings import Settings
-from marketswarm.topology.stopping import pause
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ WRITE_BATCH_FRAMES = 200
 # restart of a few seconds costs a few seconds, and a long outage costs Redis one attempt per 5 s.
 WRITE_RETRY_MIN_S = 0.25
 WRITE_RETRY_MAX_S = 5.0
+WRITE_RETRIED = (RedisError, RedisClusterException, OSError)  # a batch is held through these, never dropped
 OCC_TAIL = 15  # an OCC symbol ends with YYMMDD, C/P and eight strike digits: the root is before them
 MAX_ROOTS = 10_000  # roots remembered at most
 UNKNOWN = "?"  # elements no underlying can be named for (normalize rejects them, with their reason)
@@ -164,19 +166,28 @@ class FramePump:
             while len(batch) < WRITE_BATCH_FRAMES and not self.buffer.empty():
                 batch.append(self.buffer.get_nowait())
             self.metrics.ws_buffer_depth.labels("massive").set(self.buffer.qsize())
-            delay_s, failing = WRITE_RETRY_MIN_S, False
-            while not self.stop.is_set():
-                try:
-                    await self._write_batch(batch)
-                    break
-                except (RedisError, RedisClusterException, OSError) as exc:
-                    if not failing:
-                        log.error("massive: Redis is not taking frames (%s); holding them and retrying", exc)
-                    failing = True
-                    self.metrics.redis_errors.labels("source.massive", "ws").inc()
-                    self.metrics.source_write_blocked.labels("massive").set(1)
-                    await pause(self.stop, delay_s)
-                    delay_s = min(delay_s * 2, WRITE_RETRY_MAX_S)
+            failing = False
+
+            def failed(exc: Exception, n: int) -> None:
+                nonlocal failing
+                if n == 1:
+                    log.error("massive: Redis is not taking frames (%s); holding them and retrying", exc)
+                failing = True
+                self.metrics.redis_errors.labels("source.massive", "ws").inc()
+                self.metrics.source_write_blocked.labels("massive").set(1)
+
+            try:
+                await retried(
+                    partial(self._write_batch, batch),
+                    retry_if=lambda exc: isinstance(exc, WRITE_RETRIED),
+                    waits=pauses(WRITE_RETRY_MIN_S, WRITE_RETRY_MAX_S),
+                    failed=failed,
+                    stop=self.stop,
+                )
+            except WRITE_RETRIED:
+                if not self.stop.is_set():
+                    raise
+                return  # stopping while Redis was not taking them: the batch was never written
             if failing:
                 log.warning("massive: Redis takes frames again; %d buffered", self.buffer.qsize())
                 self.metrics.source_write_blocked.labels("massive").set(0)
