@@ -47,7 +47,6 @@ class Versions:
     def __init__(self, u: str, name: str) -> None:
         self.u, self.name = u, name
         self.key = streams.model_key(u, name)
-        self.spec = streams.DIFFS[name]
         self.version = 0
         self.asof_ns = 0
         self.fields: dict[str, Any] | None = None
