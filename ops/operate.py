@@ -1,6 +1,6 @@
 """Operating a running system: offsets (show, reset), rebuild, contract and tile drill-downs.
 
-The command line (topology/ops_cli.py) renders these; tests call them directly. Every function takes
+The command line (ops/commands.py) renders these; tests call them directly. Every function takes
 a client and returns plain data, so `--json` is the same data the tables show.
 """
 

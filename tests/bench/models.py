@@ -1,6 +1,6 @@
 """Benchmark suites beyond the runtime: normalize, the columnar hops after calc, and the whole topology end to end.
 
-Every figure is printed beside a baseline measured in the same run (see topology/bench.py).
+Every figure is printed beside a baseline measured in the same run (see tests/bench/bench.py).
 """
 
 from __future__ import annotations

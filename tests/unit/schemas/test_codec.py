@@ -1,4 +1,4 @@
-"""The codec round trip, for every payload kind a stream carries (columns: tests/unit/test_columns.py)."""
+"""The codec round trip, for every payload kind a stream carries (columns: tests/unit/schemas/test_columns.py)."""
 
 from __future__ import annotations
 
