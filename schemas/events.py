@@ -48,7 +48,7 @@ class ChainContract(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
 
 
 class ChainSnapshot(_Event, tag="chain", frozen=True, kw_only=True):
-    """A chain snapshot declares topology: which contracts exist (see DESIGN.md)."""
+    """A chain snapshot declares structure: which contracts exist (README, "Design notes")."""
 
     underlying: str
     ts_ns: int  # the poll's (or file's) time: the time of the chain analytics

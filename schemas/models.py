@@ -1,6 +1,6 @@
 """Models: columnar updates (calc -> publish -> readers), an epoch's geometry, rejects, and the HTTP API's shapes.
 
-Tiles are positions (DESIGN.md, "Tiles are positions"). A heatmap's geometry (expiries, sides, strikes,
+Tiles are positions (README, "Design notes": columns on the hot path). A heatmap's geometry (expiries, sides, strikes,
 widths) is fixed for an epoch, so a tile is an integer position in that epoch's dense grid and its
 labels live once, in the ``Geometry``. Everything after calc moves ``Columns``: changed positions and
 their numbers as packed little-endian arrays (NaN in the first value column = the tile is absent), plus
