@@ -127,6 +127,8 @@ class Runtime:
         handled or nothing arrived for ``idle_timeout_s`` seconds. Returns entries handled."""
         us = list(underlyings or self.settings.underlyings)
         self._last_activity = time.monotonic()
+        if self.spec.stateful:
+            await asyncio.to_thread(self.keeper.first_beat)  # before its first lease (keeper.py)
         self.keeper.start()
         progress = asyncio.create_task(self.keeper.follow(), name=f"{self.spec.name}:progress")
         tasks = [asyncio.create_task(self._partition(u), name=f"{self.spec.name}:{u}") for u in us]
@@ -428,11 +430,9 @@ class Runtime:
         return True
 
     async def _trim(self, u: str, processor: Processor, effects: Effects) -> None:
-        """Keep the streams this agent writes within their bounds (at most once a second each)."""
-        written = {out.key: out.spec for out in effects.outputs}
-        written.update({spec.key(u): spec for spec in self.spec.writes})
-        for key, spec in written.items():
-            await self.trimmer.after_write(spec, key, processor.retention_floor(key))
+        """Keep the streams this agent writes within their bounds (topology/retention.py)."""
+        streams_written = [(spec.key(u), spec) for spec in self.spec.writes]
+        await self.trimmer.after_commit(effects.outputs, streams_written, processor.retention_floor)
 
     async def flush_all(self, underlyings: Sequence[str]) -> int:
         """One flush per underlying, for the end of a replay (taking leases as needed)."""

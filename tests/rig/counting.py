@@ -5,14 +5,19 @@ agent adds ``n`` to ``key`` in ``ms:{U}:test.sums``. An entry with ``"poison": t
 raise, which is how the tests check that one bad entry is isolated and dead-lettered without holding
 back its batch. It is test rig, not part of the package: it uses the runtime as any agent does.
 
-Run it as a process: ``python tests/rig/counting.py`` (settings from the environment).
+Run it as a process: ``python tests/rig/counting.py`` (settings from the environment); with
+``COUNT_LEASED=1`` it runs ``LEASED`` (stateful: a lease per underlying), and ``COUNT_STEP_S`` makes
+each step hold its event loop that long.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -58,8 +63,11 @@ class PoisonError(ValueError):
 class Counter(Processor):
     def __init__(self, settings: Settings, underlying: str) -> None:
         self.sums_key = sums_key(underlying)
+        self.step_s = float(os.environ.get("COUNT_STEP_S", "0"))
 
     def process(self, batch: Sequence[Entry]) -> Effects:
+        if self.step_s:
+            time.sleep(self.step_s)  # CPU-bound, as far as the event loop is concerned
         totals: dict[str, int] = {}
         for entry in batch:
             value: dict[str, Any] = orjson.loads(entry.value.data)
@@ -79,6 +87,8 @@ COUNT = AgentSpec(
     make=Counter,
     doc="Adds each entry's n to its key's sum (tests and benchmark of the runtime).",
 )
+# The same, stateful: one replica at a time per underlying, fenced by its lease.
+LEASED = replace(COUNT, name="count.leased", stateful=True)
 
 
 async def _main() -> None:
@@ -90,7 +100,8 @@ async def _main() -> None:
         loop.add_signal_handler(sig, stop.set)
     redis = create_redis(settings.redis_url, settings.block_ms)
     try:
-        await Runtime(COUNT, settings, redis, Metrics(), stop=stop).run()
+        spec = LEASED if os.environ.get("COUNT_LEASED") == "1" else COUNT
+        await Runtime(spec, settings, redis, Metrics(), stop=stop).run()
     finally:
         await redis.aclose()
 
