@@ -102,10 +102,11 @@ class Settings(BaseSettings, ModelSettings):
     )
     heartbeat_ttl_s: int = Field(default=15, ge=2, description="TTL of an agent's liveness key.")
     lease_ttl_ms: int = Field(
-        default=20_000,
+        default=8_000,
         ge=100,
-        description="Lease of stateful per-underlying work: a standby takes over within this long; "
-        "an agent whose event loop is blocked for half of it stops renewing, so a wedged step hands over.",
+        description="Lease of stateful per-underlying work: a standby takes over within this long (a "
+        "restarted agent, or one whose holder's heartbeat is gone, at once); an agent whose event loop is "
+        "blocked for half of it stops renewing, so a wedged step hands over.",
     )
     min_replicas_ack: int = Field(
         default=0,
@@ -134,7 +135,10 @@ class Settings(BaseSettings, ModelSettings):
 
     # normalize
     max_frame_bytes: int = Field(
-        default=8 * 1024 * 1024, ge=1024, description="Raw frames larger than this are rejected (oversized)."
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="Frames larger than this are rejected (oversized) where they arrive: the sources do not "
+        "store them, normalize rejects any other raw entry that large.",
     )
     max_event_future_s: float = Field(
         default=2.0,

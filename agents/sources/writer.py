@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -12,6 +13,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from marketswarm.schemas import codec
 from marketswarm.schemas.codec import RawFormat, RawFrame
+from marketswarm.schemas.models import Reject
+from marketswarm.schemas.rejects import RejectReason, excerpt
 from marketswarm.topology import streams
 from marketswarm.topology.backpressure import Gate
 from marketswarm.topology.commit import Replication
@@ -41,6 +44,9 @@ def transient(exc: Exception) -> bool:
     return isinstance(exc, _RETRIED)
 
 
+DEFAULT_MAX_FRAME_BYTES = 4 * 1024 * 1024  # Settings.max_frame_bytes' default
+RAW_ENTRY_FIELDS_BYTES = 40  # a raw entry's fields beside its data: names, format, receive time
+
 # Never shed: chain snapshots declare the contracts; index values are one small frame per second.
 KEEP_FRAMES = (RawFormat.REST_CHAIN, RawFormat.REST_INDICES, RawFormat.CBOE_CSV)
 
@@ -53,9 +59,12 @@ def events_in(fmt: str, data: bytes) -> int:
 class RawWriter:
     """Appends frames to ``ms:{U}:raw.v1`` in one round trip, then keeps the stream within its bounds.
 
-    With a ``gate`` (topology/backpressure.py) it sheds market frames, counted, while the agents of the
-    underlying are too far behind; chain snapshots and index values always go through. With
-    ``replicas`` it waits (WAIT, on the same connection) until that many replicas have the frames."""
+    A frame larger than ``max_frame_bytes`` is never stored: its reject (reason ``oversized``, its size
+    and first bytes) goes to the underlying's rejects stream, counted. With a ``gate``
+    (topology/backpressure.py) it sheds market frames, counted, while the agents of the underlying are
+    too far behind, or while the raw stream is over its byte bound because they have not read enough
+    of it; chain snapshots and index values always go through. With ``replicas`` it waits (WAIT, on
+    the same connection) until that many replicas have the frames."""
 
     def __init__(
         self,
@@ -66,8 +75,10 @@ class RawWriter:
         *,
         replicas: int = 0,
         timeout_ms: int = 1000,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     ) -> None:
         self.redis = redis
+        self.max_frame_bytes = max_frame_bytes
         self.metrics = metrics
         self.source = source
         self.gate = gate
@@ -85,7 +96,13 @@ class RawWriter:
     ) -> RawWriter:
         """A writer with the deployment's replication setting."""
         return cls(
-            redis, metrics, source, gate, replicas=settings.min_replicas_ack, timeout_ms=settings.replica_ack_timeout_ms
+            redis,
+            metrics,
+            source,
+            gate,
+            replicas=settings.min_replicas_ack,
+            timeout_ms=settings.replica_ack_timeout_ms,
+            max_frame_bytes=settings.max_frame_bytes,
         )
 
     async def write(self, underlying: str, frames: Sequence[tuple[str, bytes]], rx_ns: int) -> list[bytes]:
@@ -93,7 +110,13 @@ class RawWriter:
         if not frames:
             return []
         key = streams.RAW.key(underlying)
-        if self.gate is not None and not await self.gate.open(underlying):
+        oversized = [(f, d) for f, d in frames if len(d) > self.max_frame_bytes]
+        if oversized:
+            await self._reject_oversized(underlying, oversized, rx_ns)
+            frames = [(f, d) for f, d in frames if len(d) <= self.max_frame_bytes]
+            if not frames:
+                return []
+        if self.gate is not None and (self.trimmer.held(key) or not await self.gate.open(underlying)):
             shed = [(f, d) for f, d in frames if f not in KEEP_FRAMES]
             if shed:
                 self.metrics.shed.labels(self.source, key).inc(len(shed))
@@ -126,9 +149,27 @@ class RawWriter:
             log.warning("%s: writing %s again", self.source, key)
         blocked.set(0)  # whichever write was blocked (a poll that gave up too), writes go through now
         self.metrics.source_frames.labels(self.source, key).inc(len(frames))
-        self.metrics.source_bytes.labels(self.source, key).inc(sum(len(d) for _, d in frames))
-        await self.trimmer.after_write(streams.RAW, key)
+        written = sum(len(d) for _, d in frames)
+        self.metrics.source_bytes.labels(self.source, key).inc(written)
+        await self.trimmer.after_write(streams.RAW, key, written=written + len(frames) * RAW_ENTRY_FIELDS_BYTES)
         return [r for r in results if isinstance(r, bytes)]
+
+    async def _reject_oversized(self, underlying: str, frames: Sequence[tuple[str, bytes]], rx_ns: int) -> None:
+        """Each frame's reject, in the underlying's rejects stream (bounded by count at the XADD)."""
+        key = streams.REJECTS.key(underlying)
+        for fmt, data in frames:
+            detail = f"{fmt} frame of {len(data)} bytes > max_frame_bytes {self.max_frame_bytes}"
+            log.warning("%s: %s on %s: not stored", self.source, detail, underlying)
+            reject = Reject(
+                reason=RejectReason.OVERSIZED, detail=detail, source=self.source, rx_ns=rx_ns, excerpt=excerpt(data)
+            )
+            fields = codec.encode_reject(reject)
+            await retried(
+                partial(self.redis.xadd, key, fields, maxlen=streams.REJECTS_MAXLEN, approximate=True),
+                retry_if=transient,
+                waits=pauses(RETRY_PAUSE_S, RETRY_PAUSE_S, for_s=RETRY_FOR_S),
+            )
+            self.metrics.rejects.labels(f"source.{self.source}", key, RejectReason.OVERSIZED).inc()
 
     async def _append(self, key: str, frames: Sequence[tuple[str, bytes]], rx_ns: int) -> list[object]:
         """One round trip: the XADDs of one key (one slot, one connection, on a cluster too), then

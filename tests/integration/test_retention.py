@@ -4,6 +4,8 @@ what a group still needs, backpressure at the sources, and leases a long step ca
 from __future__ import annotations
 
 import asyncio
+import math
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -15,6 +17,8 @@ from prometheus_client import CollectorRegistry
 
 from marketswarm.agents import catalog
 from marketswarm.agents.sources.writer import RawWriter
+from marketswarm.schemas import codec
+from marketswarm.schemas.codec import RawFormat
 from marketswarm.topology import streams
 from marketswarm.topology.agent import AgentSpec, Effects, Entry, Processor
 from marketswarm.topology.backpressure import Gate
@@ -42,12 +46,14 @@ async def fill(r: aioredis.Redis, key: str, batches: int, n: int) -> None:
 
 def test_plan_cuts_by_bytes_and_age_but_not_past_a_group() -> None:
     spec = replace(SMALL, max_bytes=1000, max_age_s=10)
-    p = plan(spec, 4000, (1000, 0), (5000, 0), [], None)
-    assert p.cut == (4001, 0) and p.safe is None  # three quarters of the bytes, spread over the time
-    assert plan(spec, 500, (1000, 0), (30000, 0), [], None).cut == (20000, 0)  # age alone
-    held = plan(spec, 4000, (1000, 0), (5000, 0), [((2000, 3), (4000, 0)), (None, (3000, 7))], (9000, 0))
+    p = plan(spec, (4001, 0), (5000, 0), [], None)
+    assert p.cut == (4001, 0) and p.safe is None  # where the bytes say
+    assert plan(spec, None, (30000, 0), [], None).cut == (20000, 0)  # age alone
+    assert plan(spec, (25000, 1), (30000, 0), [], None).cut == (25000, 1)  # the further of the two
+    held = plan(spec, (4001, 0), (5000, 0), [((2000, 3), (4000, 0)), (None, (3000, 7))], (9000, 0))
     assert held.safe == (2000, 3)  # the oldest entry a group has not acknowledged
-    assert plan(spec, 4000, (1000, 0), (5000, 0), [(None, (3000, 7))], None).safe == (3000, 8)
+    assert plan(spec, (4001, 0), (5000, 0), [(None, (3000, 7))], None).safe == (3000, 8)
+    assert plan(replace(spec, versioned=True), None, (30000, 0), [], None).cut is None  # ids are versions
 
 
 async def test_a_stream_is_trimmed_to_its_bytes_never_past_unacked_entries(aredis: aioredis.Redis) -> None:
@@ -176,3 +182,57 @@ async def test_a_wedged_step_hands_its_lease_to_a_standby_and_is_fenced(redis_ur
     assert await blocked == 0, "the wedged replica woke and committed with its old token"
     assert await aredis.hget(sums_key("WEDGE"), "n") == b"1", "the fenced replica's commit went through"
     assert await aredis.xpending(key, "slow") == {"pending": 0, "min": None, "max": None, "consumers": []}
+
+
+async def test_a_stream_of_mixed_entry_sizes_stays_within_its_byte_bound(aredis: aioredis.Redis) -> None:
+    """Frames from 100 B to 2 MB, ten times the raw stream's bound in all, through a source's writer and
+    gate, while a group reads them: measured exactly after every write, the stream never exceeds its
+    bound by more than 10 %; the metric says the exact size; the group reads every frame written."""
+    u = "MIXED"
+    key, bound = streams.RAW.key(u), streams.RAW.max_bytes
+    await aredis.xgroup_create(key, "normalize", id="0", mkstream=True)
+    metrics = Metrics(CollectorRegistry())
+    gate = Gate(aredis, max_backlog=2000, specs=[catalog.by_name("normalize")])
+    writer = RawWriter(aredis, metrics, "test", gate)
+    rng = random.Random(5)
+    written: set[bytes] = set()
+    read: set[bytes] = set()
+    done = asyncio.Event()
+
+    async def group() -> None:
+        while not (done.is_set() and read >= written):
+            got = await aredis.xreadgroup("normalize", "c", {key: ">"}, count=20, block=20)
+            ids = [i for i, _ in got[0][1]] if got else []
+            if ids:
+                read.update(ids)
+                await aredis.xack(key, "normalize", *ids)
+
+    reader = asyncio.create_task(group())
+    total, peak = 0, 0
+    while total < 10 * bound:
+        size = int(math.exp(rng.uniform(math.log(100), math.log(2 * streams.MiB))))
+        frame = rng.randbytes(size)
+        written.update(await writer.write(u, [(RawFormat.WS, frame)], time.time_ns()))
+        total += size
+        peak = max(peak, int(await aredis.execute_command("MEMORY", "USAGE", key, "SAMPLES", 0)))
+    done.set()
+    await asyncio.wait_for(reader, 60)
+    assert peak <= 1.1 * bound, f"{peak / streams.MiB:.1f} MiB against a bound of {bound / streams.MiB:.0f} MiB"
+    assert read >= written, f"{len(written - read)} frames written were never read"
+    assert metrics.trimmed.labels("source.test", key)._value.get() > 0
+    assert metrics.trimmed_unread.labels("source.test", key)._value.get() == 0
+    await writer.trimmer.trim(streams.RAW, key)
+    exact = int(await aredis.execute_command("MEMORY", "USAGE", key, "SAMPLES", 0))
+    assert metrics.stream_memory.labels(key)._value.get() == exact
+
+
+async def test_a_frame_over_the_maximum_is_rejected_at_the_source_and_not_stored(aredis: aioredis.Redis) -> None:
+    metrics = Metrics(CollectorRegistry())
+    writer = RawWriter(aredis, metrics, "test", max_frame_bytes=64 * 1024)
+    big, small = b"[" + b" " * (64 * 1024) + b"]", b"[]"
+    ids = await writer.write("BIG", [(RawFormat.WS, big), (RawFormat.WS, small)], time.time_ns())
+    assert len(ids) == 1 and await aredis.xlen(streams.RAW.key("BIG")) == 1
+    ((_, fields),) = await aredis.xrange(streams.REJECTS.key("BIG"))
+    reject = codec.decode(streams.Payload.REJECT, fields)
+    assert reject.reason == "oversized" and "65538 bytes > max_frame_bytes 65536" in reject.detail
+    assert metrics.rejects.labels("source.test", streams.REJECTS.key("BIG"), "oversized")._value.get() == 1
