@@ -302,7 +302,8 @@ class Metrics:
         self.sse_refused = Counter(
             "marketswarm_gateway_refused_total",
             "Requests the gateway refused at its limits: SSE connections over the total or per-address "
-            "cap, and sign-in attempts over the rate limit (reason: total, address, sign-in).",
+            "cap, sign-in attempts over the rate limit, and requests the store did not answer within their "
+            "budget (reason: total, address, sign-in, budget).",
             ("reason",),
             registry=r,
         )

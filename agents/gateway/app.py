@@ -22,7 +22,10 @@ run as many as needed behind a load balancer; each reads Redis and never writes 
 Each kind of work has its own Redis budget, bounded and queued: REST and SSE reads share one pool
 whose commands wait up to ``POOL_WAIT_S`` for a connection (then 503 and ``Retry-After``); health and
 metrics have their own small pool and are computed at most once per ``HEALTH_CACHE_S`` whoever asks;
-the SSE feed readers have theirs. An unknown underlying or strategy is a 404 before any Redis work.
+the SSE feed readers have theirs. Every REST, readiness or metrics request answers within
+``REQUEST_BUDGET_S`` (else 503 and ``Retry-After``: a paused store never holds a client; limits.Budget),
+and SSE clients are told when the store stalls (hub.py). An unknown underlying or strategy is a 404
+before any Redis work.
 SSE connections are admitted up to ``sse_max_clients`` in all (then 503) and ``sse_max_per_address``
 per client address (then 429), counted as they are admitted (agents/gateway/limits.py). REST JSON,
 snapshots and their compression are built off the event loop, once per version (feeds.py).
@@ -53,9 +56,9 @@ from redis.exceptions import RedisError
 from marketswarm.agents.gateway import access, health, rest, streaming
 from marketswarm.agents.gateway.access import AUTH_ATTEMPTS, AUTH_WINDOW_S, check_exposure, static_files
 from marketswarm.agents.gateway.apidocs import add_docs
-from marketswarm.agents.gateway.feeds import ModelCache
+from marketswarm.agents.gateway.feeds import ModelCache, cancel_all
 from marketswarm.agents.gateway.hub import Hub
-from marketswarm.agents.gateway.limits import Admission, Attempts
+from marketswarm.agents.gateway.limits import Admission, Attempts, Budget
 from marketswarm.agents.gateway.state import Gateway, Recent
 from marketswarm.topology import streams
 from marketswarm.topology.agent import AgentSpec
@@ -68,6 +71,10 @@ log = logging.getLogger(__name__)
 API_CONNECTIONS = 48  # REST and SSE snapshot/resume reads
 HEALTH_CONNECTIONS = 4  # /readyz, /metrics and the known-underlyings refresh
 POOL_WAIT_S = 5.0  # a request waits this long for a connection of its budget, then gets a 503
+# A REST, readiness or metrics request not answered within this long gets a 503 (limits.Budget):
+# a paused or unreachable store never holds a client longer.
+REQUEST_BUDGET_S = 5.0
+BUDGETED = ("/api/", "/readyz", "/metrics")
 KNOWN_CACHE_S = 5.0  # the published underlyings, re-read at most this often
 
 
@@ -126,7 +133,7 @@ def create_app(
     # follow_symlink: an editable install links the package files into its build tree.
     app.mount("/static", StaticFiles(directory=str(static_files()), follow_symlink=True), name="static")
     if settings.cors_origins:
-        # Added last, so it wraps the token check: a preflight carries no credentials.
+        # Added after the token check, so it wraps it: a preflight carries no credentials.
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
@@ -134,6 +141,16 @@ def create_app(
             allow_headers=["Authorization", "Last-Event-ID"],
             allow_credentials=True,
         )
+
+    def late(path: str) -> None:
+        log.warning("%s: no answer from the store within %.0f s; answered 503", path, REQUEST_BUDGET_S)
+        metrics.sse_refused.labels("budget").inc()
+
+    async def abandon(task: asyncio.Task[None]) -> None:
+        await cancel_all([task])
+
+    # Outermost: the time a request takes, whatever it waits for inside.
+    app.add_middleware(Budget, budget_s=REQUEST_BUDGET_S, prefixes=BUDGETED, on_timeout=late, abandon=abandon)
     return app
 
 

@@ -25,10 +25,11 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from marketswarm.agents.gateway.hub import Hub
+from marketswarm.agents.gateway.hub import Hub, Status
 from marketswarm.agents.gateway.sse import Segment, sse_event
 from marketswarm.schemas import codec
 from marketswarm.schemas.documents import diff_json, geometry_json
@@ -81,6 +82,12 @@ def _events(feed: str, parts: list[tuple[str, int, bytes]], *, deflate: bool) ->
     if deflate:  # a worker thread's job: zlib releases the GIL while it compresses
         _ = out.plain.deflated, out.tagged.deflated
     return out
+
+
+def _status_events(feed: str, status: Status) -> Events:
+    """``stalled`` / ``resumed``: the store stopped answering, or answers again (hub.py). No ``id:``."""
+    data = orjson.dumps({"store": status.value})
+    return Events(Segment(sse_event(status.value, None, data)), Segment(sse_event(status.value, None, data, feed=feed)))
 
 
 @dataclass
@@ -227,7 +234,8 @@ async def model_feed(
 ) -> AsyncGenerator[Segment, None]:
     """One model's events after ``version`` (-1: from a snapshot): the missed diffs from the diffs
     stream when they are all there and few enough, else a snapshot; then the live diffs. Ends when
-    the hub cuts the client off as too slow (it reconnects and resumes)."""
+    the hub cuts the client off as too slow (it reconnects and resumes). A ``stalled`` event says the
+    store stopped answering, ``resumed`` that it answers again (the held-up diffs follow)."""
     redis, models = src.redis, src.models
     key = streams.DIFFS[strategy].key(u)
     q = await src.hub.subscribe(key)  # before the history is read: nothing falls between the two
@@ -261,6 +269,9 @@ async def model_feed(
             item = await q.get()
             if item is None:
                 return  # cut off as too slow: the client reconnects and resumes
+            if isinstance(item, Status):
+                yield _status_events(feed_name(u, strategy), item).of(tagged)
+                continue
             entry_id, fields = item
             v = diff_version(entry_id)
             if v <= version:

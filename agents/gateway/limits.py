@@ -1,5 +1,6 @@
-"""The gateway's limits at the edge: SSE connections in total and per client address, and sign-in
-attempts per address. Each refusal is counted; nothing is queued behind a limit.
+"""The gateway's limits at the edge: SSE connections in total and per client address, sign-in
+attempts per address, and the time a request may take (``Budget``). Each refusal is counted; nothing
+is queued behind a limit.
 
 A connection is admitted and counted in one synchronous step on the event loop, before its response
 starts, so a burst of connects cannot all pass a check made before any of them subscribed; it is
@@ -8,8 +9,12 @@ released when its stream ends, however it ends.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class Admission:
@@ -65,3 +70,55 @@ class Attempts:
             return self.window_s - (now - times[0])
         times.append(now)
         return None
+
+
+class Budget:
+    """ASGI middleware: a request under one of ``prefixes`` answers within ``budget_s``. When its
+    response has not started by then (the store does not answer: a paused server, a lost network),
+    the client gets a 503 with Retry-After at once, and the request's own work is cancelled in the
+    background (``abandon``), however long its Redis command takes to give up; whatever it sends
+    later is dropped. ``on_timeout`` counts it."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        budget_s: float,
+        prefixes: tuple[str, ...],
+        on_timeout: Callable[[str], None],
+        abandon: Callable[[asyncio.Task[None]], Awaitable[None]],
+    ) -> None:
+        self.app = app
+        self.budget_s = budget_s
+        self.prefixes = prefixes
+        self.on_timeout = on_timeout
+        self.abandon = abandon
+        self._abandoned: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.prefixes):
+            await self.app(scope, receive, send)
+            return
+        started = late = False
+
+        async def guarded(message: Message) -> None:
+            nonlocal started
+            if late:
+                return  # the 503 went out instead
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        work = asyncio.ensure_future(self.app(scope, receive, guarded))
+        done, _ = await asyncio.wait([work], timeout=self.budget_s)
+        if work in done or started:
+            await work  # answered in time (or answering: a large body going out in slices)
+            return
+        late = True
+        self.on_timeout(scope["path"])
+        body = b'{"detail":"the store did not answer in time; retry"}'
+        headers = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+        cleanup = asyncio.ensure_future(self.abandon(work))
+        self._abandoned.add(cleanup)
+        cleanup.add_done_callback(self._abandoned.discard)

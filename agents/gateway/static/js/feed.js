@@ -4,14 +4,16 @@
 // feed's last version and reconnects (its own backoff, not EventSource's, whose retry would repeat
 // the first request) with all of them, so each feed resumes exactly where it stopped: no gap, no
 // duplicate. Changing the feeds reopens the connection the same way: the feeds kept resume, the new
-// ones start from a snapshot.
+// ones start from a snapshot. A "stalled" event says the gateway's store stopped answering (the
+// connection stays up, the diffs wait); "resumed" that it answers again and the held diffs follow.
 
 const RETRY_MIN_MS = 300;
 const RETRY_MAX_MS = 4000;
 const TYPES = ["geometry", "snapshot", "diff"];
 
 export class TabFeed {
-  // onEvent(feed, type, body) for every event in order; onStatus("up" | "retry") as the connection goes.
+  // onEvent(feed, type, body) for every event in order; onStatus("up" | "stalled" | "retry") as the
+  // connection and the store behind it go.
   constructor(onEvent, onStatus) {
     this.onEvent = onEvent;
     this.onStatus = onStatus;
@@ -21,6 +23,7 @@ export class TabFeed {
     this.timer = null;
     this.retryMs = RETRY_MIN_MS;
     this.status = "retry";
+    this.stalled = new Set(); // feeds whose store stopped answering
   }
 
   // Follow exactly these feeds ("U:model"); the ones already followed keep their place.
@@ -42,7 +45,7 @@ export class TabFeed {
     if (!this.feeds.length) return;
     const es = new EventSource(this.url(), { withCredentials: true });
     this.es = es;
-    es.onopen = () => { if (this.es === es) { this.retryMs = RETRY_MIN_MS; this.setStatus("up"); } };
+    es.onopen = () => { if (this.es === es) { this.retryMs = RETRY_MIN_MS; this.stalled.clear(); this.setStatus("up"); } };
     es.onerror = () => {
       if (this.es !== es) return;
       this.close();
@@ -51,6 +54,14 @@ export class TabFeed {
       this.retryMs = Math.min(RETRY_MAX_MS, this.retryMs * 2);
     };
     for (const type of TYPES) es.addEventListener(type, (e) => { if (this.es === es) this.take(type, e.data); });
+    for (const type of ["stalled", "resumed"]) {
+      es.addEventListener(type, (e) => {
+        if (this.es !== es) return;
+        const feed = e.data.slice(0, e.data.indexOf("\n"));
+        if (type === "stalled") this.stalled.add(feed); else this.stalled.delete(feed);
+        this.setStatus(this.stalled.size ? "stalled" : "up");
+      });
+    }
   }
 
   take(type, data) {

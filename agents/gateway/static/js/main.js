@@ -35,7 +35,7 @@ const app = {
   },
   model: new ColumnsModel(), // the heatmap or GEX model on screen
   docs: {}, // the derived models' documents, by name
-  conn: "connecting", // the tab's connection: connecting | up | retry
+  conn: "connecting", // the tab's connection: connecting | up | stalled (its store is not answering) | retry
   table: null, // the heatmap table on screen: {key, cells: Map(pos -> td)}
   flashed: [], // [td, since] of cells flashing, oldest first
   scale: { lo: 0, hi: 1, at: 0 },
@@ -64,11 +64,14 @@ function follow() {
   feed.set(feeds);
 }
 
+const CONN_TEXT = { up: "live", connecting: "connecting", retry: "reconnecting", stalled: "store stalled" };
+
 function setConn(status) {
-  app.conn = status === "up" ? "up" : app.conn === "connecting" ? "connecting" : "retry";
+  app.conn = status === "up" || status === "stalled" ? status : app.conn === "connecting" ? "connecting" : "retry";
   const c = $("conn");
   c.className = "pill " + (app.conn === "up" ? "up" : "retry");
-  c.textContent = app.conn === "up" ? "live" : app.conn === "connecting" ? "connecting" : "reconnecting";
+  c.textContent = CONN_TEXT[app.conn];
+  c.title = app.conn === "stalled" ? "the gateway's store is not answering: the screen holds its last data and resumes by itself" : "";
   freshness();
 }
 
@@ -101,7 +104,7 @@ function staleness() {
   if (!h || !h.asof_ns) return { level: "stale", text: app.conn === "up" ? "no data yet" : "no data" };
   const age = Math.max(0, Date.now() / 1000 - h.asof_ns / 1e9); // event time ahead of this clock: 0, never negative
   const old = ageText(age);
-  if (app.conn !== "up") return { level: "stale", text: `${app.conn === "connecting" ? "connecting" : "reconnecting"} · ${old}` };
+  if (app.conn !== "up") return { level: "stale", text: `${CONN_TEXT[app.conn]} · ${old}` };
   if (h.stale) return { level: "stale", text: `chain data stale · ${old}` };
   return { level: age < FRESH_S ? "fresh" : age < STALE_S ? "lagging" : "stale", text: old };
 }
