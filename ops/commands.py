@@ -145,7 +145,7 @@ def overview(ctx: typer.Context, as_json: JsonOpt = False) -> None:
             _table(
                 "groups",
                 d["groups"],
-                ["agent", "stream", "consumers", "lag", "lag_s", "pending", "oldest_pending_idle_ms"],
+                ["agent", "stream", "consumers", "lag", "behind", "pending", "oldest_pending_idle_ms"],
             ),
             _table("dead letters and rejects", bad, ["stream", "length", "last"]),
             _table("underlyings", d["placement"], ["underlying", "node", "slot"]),
@@ -283,7 +283,7 @@ async def _known(redis: Any, settings: Any, u: str) -> None:
         raise Mistake(f"unknown underlying {u!r}: known {', '.join(known) or 'none yet'}", FAILED)
 
 
-TOP_COLUMNS = ["agent", "stream", "entries/s", "lag", "lag_s", "pending", "consumers"]
+TOP_COLUMNS = ["agent", "stream", "entries/s", "lag", "behind", "pending", "consumers"]
 
 
 def top(
@@ -333,7 +333,7 @@ def offsets_show(as_json: JsonOpt = False) -> None:
             _table(
                 "offsets",
                 d["groups"],
-                ["agent", "stream", "last_delivered", "entries_read", "lag", "lag_s", "pending", "consumers"],
+                ["agent", "stream", "last_delivered", "entries_read", "lag", "behind", "pending", "consumers"],
             )
         ],
     )

@@ -79,6 +79,7 @@ async def group_rows(
     """Every agent's group on every underlying: consumers, lag, pending, oldest pending idle.
     Two round trips whatever the number of groups: XINFO GROUPS, then XPENDING where needed."""
     pairs = [(spec.name, u, spec.reads.key(u)) for spec in specs for u in underlyings]
+    versioned = {spec.reads.key(u) for spec in specs for u in underlyings if spec.reads.versioned}
     async with redis.pipeline(transaction=False) as pipe:
         for _, _, key in pairs:
             pipe.xinfo_groups(key)
@@ -118,6 +119,7 @@ async def group_rows(
                 "underlying": u,
                 "stream": key,
                 "exists": True,
+                "versioned": key in versioned,
                 "consumers": int(g["consumers"]),
                 "lag": int(g["lag"]) if g.get("lag") is not None else counted[(name, key)],
                 "pending": int(g["pending"]),
@@ -130,22 +132,37 @@ async def group_rows(
 
 
 async def add_lag_seconds(redis: aioredis.Redis, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each group row with ``lag_s``: how long ago (server time) its oldest unread entry was added;
-    0 with nothing unread. One round trip for all the groups that lag."""
-    behind = [r for r in rows if r.get("exists") and r.get("lag")]
+    """Each group row with how far behind it is, in the unit its stream's ids have: ``lag_s``, how long
+    ago (server time) its oldest unread entry was added, on streams whose ids are times; on a diffs
+    stream, whose ids are versions, ``lag_versions``, the versions it has not read. 0 with nothing
+    unread; ``behind`` says either for a person. One round trip for all the groups that lag."""
     for r in rows:
-        r["lag_s"] = 0.0 if r.get("exists") else None
-    if not behind:
-        return rows
-    async with redis.pipeline(transaction=False) as pipe:
-        for r in behind:
-            pipe.xrange(r["stream"], min="(" + r["last_delivered"], count=1)
-        firsts = await pipe.execute()
-    secs, micros = await redis.time()
-    now_ms = int(secs) * 1000 + int(micros) // 1000
-    for r, first in zip(behind, firsts, strict=True):
-        t = id_ms(first[0][0]) if first else None
-        r["lag_s"] = None if t is None else round(max(now_ms - t, 0) / 1000, 3)
+        r["lag_s"] = r["lag_versions"] = None
+        if r.get("exists"):
+            r["lag_versions" if r.get("versioned") else "lag_s"] = 0 if r.get("versioned") else 0.0
+    behind = [r for r in rows if r.get("exists") and r.get("lag")]
+    if behind:
+        async with redis.pipeline(transaction=False) as pipe:
+            for r in behind:
+                if r.get("versioned"):
+                    pipe.xrevrange(r["stream"], count=1)
+                else:
+                    pipe.xrange(r["stream"], min="(" + r["last_delivered"], count=1)
+            ends = await pipe.execute()
+        secs, micros = await redis.time()
+        now_ms = int(secs) * 1000 + int(micros) // 1000
+        for r, end in zip(behind, ends, strict=True):
+            t = id_ms(end[0][0]) if end else None
+            if r.get("versioned"):
+                delivered = id_ms(r["last_delivered"]) or 0
+                r["lag_versions"] = None if t is None else max(t - delivered, 0)
+            else:
+                r["lag_s"] = None if t is None else round(max(now_ms - t, 0) / 1000, 3)
+    for r in rows:
+        if r["lag_versions"] is not None:
+            r["behind"] = f"{r['lag_versions']} version" + ("" if r["lag_versions"] == 1 else "s")
+        else:
+            r["behind"] = None if r["lag_s"] is None else f"{r['lag_s']:.1f} s"
     return rows
 
 

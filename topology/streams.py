@@ -26,8 +26,8 @@ CHANGES_MAX_BYTES = 24 * MiB
 FLOW_MAX_AGE_S = 30 * 60  # events and changes: agents need only what they have not acknowledged
 STAGED_MAX_BYTES = 8 * MiB
 STAGED_MAX_AGE_S = 10 * 60
-DIFFS_MAX_BYTES = 16 * MiB  # diffs double as SSE history (Last-Event-ID resume)
-DIFFS_MAX_AGE_S = 30 * 60
+# Diffs double as SSE history (Last-Event-ID resume). Bytes only: their ids are versions, not times.
+DIFFS_MAX_BYTES = 16 * MiB
 REJECTS_MAX_BYTES = 8 * MiB
 DLQ_MAX_BYTES = 16 * MiB
 REJECTS_MAXLEN = 100_000  # sources outside the runtime trim their rejects by count at XADD as well
@@ -43,6 +43,7 @@ class StreamSpec:
     max_bytes: int  # memory bound of one key (topology/retention.py trims to it)
     max_age_s: int | None = None  # entries older than this (by entry id time) are trimmed as well
     ingress: bool = False  # written by sources outside the agent graph
+    versioned: bool = False  # entry ids are model versions (``<version>-0``), not times
 
     def key(self, underlying: str) -> str:
         return self.template.format(u=underlying)
@@ -95,7 +96,7 @@ STAGED: dict[str, StreamSpec] = {
     for s in STRATEGIES
 }
 DIFFS: dict[str, StreamSpec] = {
-    s: StreamSpec(f"diffs.{s}", per_underlying(f"diffs:{s}.v2"), Payload.DIFF, DIFFS_MAX_BYTES, DIFFS_MAX_AGE_S)
+    s: StreamSpec(f"diffs.{s}", per_underlying(f"diffs:{s}.v2"), Payload.DIFF, DIFFS_MAX_BYTES, versioned=True)
     for s in MODELS
 }
 

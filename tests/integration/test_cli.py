@@ -257,9 +257,12 @@ def test_views_json_local_times_ages_lag_and_the_environment_table(populated: st
     top = orjson.loads(run_cli("top", "--json", "--interval-s", "0.2", env=env).stdout)
     normalize = next(g for g in top["groups"] if g["agent"] == "normalize")
     assert normalize["lag"] == 1 and 0.4 <= normalize["lag_s"] < 60 and "entries_per_s" in normalize
-    assert all(g["lag_s"] == 0 for g in top["groups"] if g.get("exists") and g["lag"] == 0)
+    assert all(g["lag_s"] == 0 for g in top["groups"] if g.get("exists") and g["lag"] == 0 and not g["versioned"])
+    # On a diffs stream an entry id is a version: lag in versions, never a time since 1970.
+    derived = [g for g in top["groups"] if g.get("exists") and g["versioned"]]
+    assert derived and all(g["lag_s"] is None and g["lag_versions"] is not None for g in derived)
     shown = run_cli("offsets", "show", env=env).stdout
-    assert "lag_s" in shown
+    assert "behind" in shown
 
     under = run_cli("inspect", "underlying", "SPX", env=env)
     assert under.returncode == 0, under.stderr
@@ -281,3 +284,12 @@ def test_views_json_local_times_ages_lag_and_the_environment_table(populated: st
     for var, _, _ in env_help():
         assert any(re.match(rf"\s+{var}\s+\S", line) for line in table), var
     assert all(len(line) <= 120 for line in table)
+
+    # A version no derive agent has read yet (last: the diffs entry is no real diff): behind in versions.
+    top_version = client.xrevrange(streams.DIFFS["butterfly"].key("SPX"), count=1)
+    version = int(top_version[0][0].split(b"-")[0]) if top_version else 0
+    client.xadd(streams.DIFFS["butterfly"].key("SPX"), {"x": "1"}, id=f"{version + 3}-0")
+    offsets = orjson.loads(run_cli("offsets", "show", "--json", env=env).stdout)["groups"]
+    flies = next(g for g in offsets if g["agent"] == "derive.best-flies")
+    assert flies["lag"] >= 1 and flies["lag_versions"] >= 3 and flies["lag_s"] is None, flies
+    assert "version" in run_cli("offsets", "show", env=env).stdout
