@@ -81,6 +81,16 @@ def underlying_of_root(root: str) -> str:
     return root
 
 
+def parse_provider_option(symbol: str) -> OptionSymbol:
+    """The provider's form, ``O:SPXW240108C04700000``, and only it: a bare OCC symbol is not what the
+    provider sends (SymbolError)."""
+    if not isinstance(symbol, str):
+        raise SymbolError(f"option symbol must be a string, got {type(symbol).__name__}")
+    if not symbol.startswith(PROVIDER_PREFIX):
+        raise SymbolError(f"{symbol[:40]!r}: the provider's option symbols start with {PROVIDER_PREFIX!r}")
+    return parse_occ(symbol)
+
+
 @lru_cache(maxsize=262_144)
 def parse_occ(symbol: str) -> OptionSymbol:
     """Parse ``SPXW240108C04700000`` or ``O:SPXW240108C04700000``; raise SymbolError if invalid."""

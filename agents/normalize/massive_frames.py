@@ -40,8 +40,8 @@ from marketswarm.agents.normalize.parsing import (
     req,
 )
 from marketswarm.schemas.events import ChainContract, ChainSnapshot, ProviderStatus, Quote, Spot, Trade
-from marketswarm.schemas.occ import INDEX_PREFIX, OptionSymbol, SymbolError, parse_occ
-from marketswarm.schemas.rejects import DropReason, RejectReason, text
+from marketswarm.schemas.occ import INDEX_PREFIX, OptionSymbol, SymbolError, parse_provider_option
+from marketswarm.schemas.rejects import DropReason, RejectReason, excerpt, text
 
 MS_TO_NS = 1_000_000
 MAX_CODE = 1_000_000  # exchange ids and trade condition codes are small integers
@@ -69,10 +69,15 @@ def loads(data: bytes) -> Any:
 
 
 def _ms_to_ns(x: Any) -> int:
-    """An event time in ms (as the provider sends it) in ns; NaN or Infinity is NonFiniteError."""
+    """An event time in ms, an integer as the provider sends it, in ns; NaN or Infinity is
+    NonFiniteError, any other type (a string, a fraction) TypeError."""
     if isinstance(x, float) and not math.isfinite(x):
         raise NonFiniteError(f"event time: non-finite number {x!r}")
-    return int(x) * MS_TO_NS
+    if isinstance(x, float) and x.is_integer() and abs(x) > MAX_SEQ:
+        raise RangeError(f"event time {x!r} beyond any clock")  # an integer too long for int64, parsed as a float
+    if not isinstance(x, int) or isinstance(x, bool):
+        raise TypeError(f"event time must be an integer of milliseconds, not {type(x).__name__} {excerpt(x)[:40]}")
+    return x * MS_TO_NS
 
 
 def _in_time(out: Parsed, ts_ns: int, rx_ns: int, limits: Limits, el: Any) -> bool:
@@ -137,7 +142,7 @@ def _route(out: Parsed, sym: Any, underlying: str, configured: Collection[str], 
     """The element's contract if it is one of this stream's; None if it is left out (a bad symbol
     is rejected)."""
     try:
-        osym = parse_occ(sym)
+        osym = parse_provider_option(sym)
     except SymbolError as exc:
         out.reject(RejectReason.BAD_SYMBOL, str(exc), el)
         return None
@@ -218,7 +223,10 @@ def _ws_element(
             )  # fmt: skip
         )
     elif ev == "V":
-        ticker = str(el["T"])
+        ticker = el["T"]
+        if not isinstance(ticker, str) or not ticker.startswith(INDEX_PREFIX):
+            out.reject(RejectReason.BAD_SYMBOL, f"index ticker {excerpt(ticker)[:40]}: not {INDEX_PREFIX}<index>", el)
+            return
         if not _ours(out, ticker.removeprefix(INDEX_PREFIX), underlying, configured, el):
             return
         value = req(el["val"])
@@ -348,9 +356,14 @@ def _opt_count(out: Parsed, el: Any, name: str, value: Any) -> int | None:
 
 
 def _provider_ns(out: Parsed, el: Any, name: str, value: Any, rx_ns: int, limits: Limits) -> tuple[bool, int | None]:
-    """(usable, the provider's time in ns or None). A time too far after receipt rejects the value."""
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    """(usable, the provider's time in ns or None: absent, or 0). A time of another type than an
+    integer, or too far after receipt, rejects the value it dates."""
+    if value is None or value == 0:
         return True, None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        detail = f"{name} must be a positive integer of ns, not {excerpt(value)[:40]}"
+        out.reject(RejectReason.MALFORMED_ELEMENT, detail, el)
+        return False, None
     if value > rx_ns + limits.max_future_ns:
         out.reject(RejectReason.FUTURE_TIMESTAMP, f"{name} {value} is after receive time {rx_ns}", el)
         return False, None
@@ -439,9 +452,11 @@ def parse_rest_indices(data: bytes, rx_ns: int, underlying: str, limits: Limits 
         if "error" in el:
             out.drop(DropReason.PROVIDER_ERROR_ITEM)
             continue
-        ticker = str(el.get("ticker", ""))
-        u = ticker[len(INDEX_PREFIX) :] if ticker.startswith(INDEX_PREFIX) else ticker
-        if u != underlying:
+        ticker = el.get("ticker")
+        if not isinstance(ticker, str):  # the provider answers "I:SPX" or, in its own example, "SPX"
+            out.reject(RejectReason.BAD_SYMBOL, f"index ticker {excerpt(ticker)[:40]} is not a string", el)
+            continue
+        if ticker.removeprefix(INDEX_PREFIX) != underlying:
             out.drop(DropReason.UNCONFIGURED_UNDERLYING)
             continue
         try:
