@@ -116,6 +116,8 @@ class RawWriter:
             frames = [(f, d) for f, d in frames if len(d) <= self.max_frame_bytes]
             if not frames:
                 return []
+        if self.gate is not None and self.trimmer.held(key):
+            await self.trimmer.after_write(streams.RAW, key)  # shedding writes nothing: re-measure (once a second)
         if self.gate is not None and (self.trimmer.held(key) or not await self.gate.open(underlying)):
             shed = [(f, d) for f, d in frames if f not in KEEP_FRAMES]
             if shed:

@@ -236,3 +236,23 @@ async def test_a_frame_over_the_maximum_is_rejected_at_the_source_and_not_stored
     reject = codec.decode(streams.Payload.REJECT, fields)
     assert reject.reason == "oversized" and "65538 bytes > max_frame_bytes 65536" in reject.detail
     assert metrics.rejects.labels("source.test", streams.REJECTS.key("BIG"), "oversized")._value.get() == 1
+
+
+async def test_a_source_sheds_while_a_group_holds_its_stream_over_the_bound(aredis: aioredis.Redis) -> None:
+    """A group that reads nothing: the raw stream fills to its bound and no further (the source sheds,
+    counted; nothing unread is trimmed); once the group has read it all, frames go through again."""
+    u = "HELD"
+    key, bound = streams.RAW.key(u), streams.RAW.max_bytes
+    await aredis.xgroup_create(key, "normalize", id="0", mkstream=True)
+    metrics = Metrics(CollectorRegistry())
+    writer = RawWriter(aredis, metrics, "test", Gate(aredis, max_backlog=0, specs=[]))  # the entry count ungated
+    frame = (RawFormat.WS, b"x" * streams.MiB)
+    for _ in range(2 * bound // streams.MiB):
+        await writer.write(u, [frame], time.time_ns())
+    assert metrics.shed.labels("test", key)._value.get() > 0
+    assert metrics.trimmed_unread.labels("test", key)._value.get() == 0
+    assert int(await aredis.execute_command("MEMORY", "USAGE", key, "SAMPLES", 0)) <= 1.1 * bound
+    while got := await aredis.xreadgroup("normalize", "c", {key: ">"}, count=100):
+        await aredis.xack(key, "normalize", *[i for i, _ in got[0][1]])
+    await asyncio.sleep(1.1)  # the next trim, at most a second after the last
+    assert len(await writer.write(u, [frame], time.time_ns())) == 1, "still shedding after the group caught up"
