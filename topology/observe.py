@@ -138,8 +138,10 @@ async def add_lag_seconds(redis: aioredis.Redis, rows: list[dict[str, Any]]) -> 
     unread; ``behind`` says either for a person. One round trip for all the groups that lag."""
     for r in rows:
         r["lag_s"] = r["lag_versions"] = None
-        if r.get("exists"):
-            r["lag_versions" if r.get("versioned") else "lag_s"] = 0 if r.get("versioned") else 0.0
+        if r.get("exists") and r.get("versioned"):
+            r["lag_versions"] = 0
+        elif r.get("exists"):
+            r["lag_s"] = 0.0
     behind = [r for r in rows if r.get("exists") and r.get("lag")]
     if behind:
         async with redis.pipeline(transaction=False) as pipe:

@@ -116,9 +116,7 @@ class RawWriter:
             frames = [(f, d) for f, d in frames if len(d) <= self.max_frame_bytes]
             if not frames:
                 return []
-        if self.gate is not None and self.trimmer.held(key):
-            await self.trimmer.after_write(streams.RAW, key)  # shedding writes nothing: re-measure (once a second)
-        if self.gate is not None and (self.trimmer.held(key) or not await self.gate.open(underlying)):
+        if self.gate is not None and await self._closed(self.gate, underlying, key):
             shed = [(f, d) for f, d in frames if f not in KEEP_FRAMES]
             if shed:
                 self.metrics.shed.labels(self.source, key).inc(len(shed))
@@ -155,6 +153,13 @@ class RawWriter:
         self.metrics.source_bytes.labels(self.source, key).inc(written)
         await self.trimmer.after_write(streams.RAW, key, written=written + len(frames) * RAW_ENTRY_FIELDS_BYTES)
         return [r for r in results if isinstance(r, bytes)]
+
+    async def _closed(self, gate: Gate, underlying: str, key: str) -> bool:
+        """Market frames are shed now: the raw stream is over its bound because a group has not read
+        enough of it, or the agents are too far behind (the gate)."""
+        if self.trimmer.held(key):
+            await self.trimmer.after_write(streams.RAW, key)  # shedding writes nothing: re-measure (once a second)
+        return self.trimmer.held(key) or not await gate.open(underlying)
 
     async def _reject_oversized(self, underlying: str, frames: Sequence[tuple[str, bytes]], rx_ns: int) -> None:
         """Each frame's reject, in the underlying's rejects stream (bounded by count at the XADD)."""
