@@ -300,18 +300,30 @@ def replay(
 
 
 @app.command("export")
-def export_cmd(out: Annotated[Path, typer.Argument(help="Directory for {underlying}/{strategy}.json")]) -> None:
-    """Write the current published models of a running system."""
+def export_cmd(
+    out: Annotated[Path, typer.Argument(help="Directory for {underlying}/{strategy}.json")],
+    at: Annotated[
+        str | None,
+        typer.Option(help="A past time (ISO 8601, no offset: New York; or epoch ms): the models as they stood then."),
+    ] = None,
+) -> None:
+    """Write the published models of a running system: the current ones, or with --at as they stood then
+    (the same bytes as REST's ?at=)."""
     from marketswarm.ops.replay import export_models
+    from marketswarm.schemas.history import TimeError, parse_time
     from marketswarm.topology.connections import create_redis
 
     settings = load_settings()
     url = redis_url_of(settings)
+    try:
+        at_ms = parse_time(at) if at is not None else None
+    except TimeError as exc:
+        raise Mistake(f"--at: {exc}", USAGE) from exc
 
     async def main() -> list[Path]:
         redis = create_redis(url)
         try:
-            return await export_models(redis, out, settings.underlyings)
+            return await export_models(redis, out, settings.underlyings, at_ms)
         finally:
             await redis.aclose()
 

@@ -44,6 +44,7 @@ from marketswarm.topology.model_settings import record_model_settings, recorded_
 from marketswarm.topology.observe import known_underlyings
 from marketswarm.topology.reading import read_model, top_version
 from marketswarm.topology.settings import Settings, mask_url
+from marketswarm.topology.travel import HistoryError, model_at
 
 log = logging.getLogger(__name__)
 CHAIN_FORMATS = (RawFormat.CBOE_CSV, RawFormat.REST_CHAIN)  # frames that can start an epoch: without one, no model
@@ -75,13 +76,23 @@ class Summary:
         )
 
 
-async def export_models(redis: aioredis.Redis, out: Path, underlyings: Sequence[str]) -> list[Path]:
+async def export_models(
+    redis: aioredis.Redis, out: Path, underlyings: Sequence[str], at_ms: int | None = None
+) -> list[Path]:
     """``out/{U}/{model}.json`` for every published model (heatmaps, ``gex`` and the derived ones),
-    the same bytes as the REST endpoints."""
+    the same bytes as the REST endpoints; with ``at_ms``, as they stood then (REST's ``?at=``;
+    a model with nothing kept from then is left out)."""
     written = []
     for u in await known_underlyings(redis, underlyings):
         for s in streams.MODELS:
-            body = await read_model(redis, u, s)
+            if at_ms is None:
+                body = await read_model(redis, u, s)
+            else:
+                try:
+                    body = (await model_at(redis, u, s, at_ms)).published.body()
+                except HistoryError as exc:
+                    log.warning("%s", exc)
+                    continue
             if body is None:
                 continue
             path = out / u / f"{s}.json"

@@ -15,3 +15,6 @@ class Payload(StrEnum):
     DIFF = "diff"  # a published version's diff
     REJECT = "reject"  # bad input with its reason
     DEAD = "dead"  # a dead letter: the original entry's fields, its group and error
+    LEVELS = "levels"  # a point of a model's level series (schemas/history.py)
+    KEYFRAME = "keyframe"  # a model as it stood at a time (schemas/history.py)
+    GEOMETRY = "geometry"  # an epoch's geometry, kept for the keyframes

@@ -146,7 +146,7 @@ class Trimmer:
         since = self._written[key] = self._written.get(key, 0) + written
         if now < self._next.get(key, 0.0) and since < spec.max_bytes * EARLY_FRACTION:
             return
-        self._next[key] = now + self.interval_s
+        self._next[key] = now + max(self.interval_s, spec.trim_every_s)
         self._written[key] = 0
         try:
             await self.trim(spec, key, floor)

@@ -30,6 +30,18 @@ STAGED_MAX_AGE_S = 10 * 60
 DIFFS_MAX_BYTES = 16 * MiB
 REJECTS_MAX_BYTES = 8 * MiB
 DLQ_MAX_BYTES = 16 * MiB
+# History (schemas/history.py): kept by event time for the day and the day before, across a weekend
+# (the age runs from the newest entry, so a replay of an old day keeps it too), and bounded in bytes
+# (README, "What a trading day costs"). Trimmed at most every HISTORY_TRIM_S: they grow slowly.
+HISTORY_MAX_AGE_S = 4 * 24 * 3600
+LEVELS_MAX_BYTES = 8 * MiB
+KEYFRAMES_MAX_BYTES = 64 * MiB  # a butterfly grid's keyframe is 30-45 KB: 390 a day
+GEOMETRIES_MAX_AGE_S = 7 * 24 * 3600  # longer than the keyframes that name them
+GEOMETRIES_MAX_BYTES = 16 * MiB
+# Recent checkpoints of the heatmaps and GEX: where `?at=` starts applying the retained diffs. They
+# outlast the diffs (a checkpoint every 5 s of event time), so every retained diff is reachable.
+CHECKPOINTS_MAX_BYTES = 4 * MiB
+HISTORY_TRIM_S = 30.0
 REJECTS_MAXLEN = 100_000  # sources outside the runtime trim their rejects by count at XADD as well
 
 
@@ -44,6 +56,7 @@ class StreamSpec:
     max_age_s: int | None = None  # entries older than this (by entry id time) are trimmed as well
     ingress: bool = False  # written by sources outside the agent graph
     versioned: bool = False  # entry ids are model versions (``<version>-0``), not times
+    trim_every_s: float = 0.0  # trimmed at most this often (at least the trimmer's interval)
 
     def key(self, underlying: str) -> str:
         return self.template.format(u=underlying)
@@ -98,6 +111,45 @@ STAGED: dict[str, StreamSpec] = {
 DIFFS: dict[str, StreamSpec] = {
     s: StreamSpec(f"diffs.{s}", per_underlying(f"diffs:{s}.v2"), Payload.DIFF, DIFFS_MAX_BYTES, versioned=True)
     for s in MODELS
+}
+
+LEVEL_MODELS = (Strategy.GEX, Derived.MARKET_MODE, Derived.GRAVITY, Derived.INTENT)  # schemas/history.py
+LEVELS: dict[str, StreamSpec] = {
+    m: StreamSpec(
+        f"levels.{m}",
+        per_underlying(f"levels:{m}.v1"),
+        Payload.LEVELS,
+        LEVELS_MAX_BYTES,
+        HISTORY_MAX_AGE_S,
+        trim_every_s=HISTORY_TRIM_S,
+    )
+    for m in LEVEL_MODELS
+}
+KEYFRAMES: dict[str, StreamSpec] = {
+    m: StreamSpec(
+        f"keyframes.{m}",
+        per_underlying(f"keyframes:{m}.v1"),
+        Payload.KEYFRAME,
+        KEYFRAMES_MAX_BYTES,
+        HISTORY_MAX_AGE_S,
+        trim_every_s=HISTORY_TRIM_S,
+    )
+    for m in MODELS
+}
+CHECKPOINTS: dict[str, StreamSpec] = {
+    s: StreamSpec(f"checkpoints.{s}", per_underlying(f"checkpoints:{s}.v1"), Payload.KEYFRAME, CHECKPOINTS_MAX_BYTES)
+    for s in STRATEGIES
+}
+GEOMETRIES: dict[str, StreamSpec] = {
+    s: StreamSpec(
+        f"geometries.{s}",
+        per_underlying(f"geometries:{s}.v1"),
+        Payload.GEOMETRY,
+        GEOMETRIES_MAX_BYTES,
+        GEOMETRIES_MAX_AGE_S,
+        trim_every_s=HISTORY_TRIM_S,
+    )
+    for s in STRATEGIES
 }
 
 # Sources that cannot attribute a frame to an underlying (a WebSocket frame that is not JSON) write

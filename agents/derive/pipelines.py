@@ -25,7 +25,7 @@ import orjson
 
 from marketswarm.agents.derive import flies, levels
 from marketswarm.agents.derive.flow import Flow
-from marketswarm.agents.derive.publishing import Follower, ModelView, Versions
+from marketswarm.agents.derive.publishing import Follower, ModelView, Versions, derived_writes
 from marketswarm.schemas.documents import HEADER_FIELD
 from marketswarm.schemas.events import ChangeBatch, FillChange, QuoteChange, SpotChange
 from marketswarm.schemas.markettime import expiry_close_ns
@@ -131,7 +131,7 @@ class Intent(Processor):
         self.structure: tuple[int, dict[str, Any] | None] = (-1, None)
 
     def state_reads(self) -> Sequence[tuple[Any, ...]]:
-        return [("HMGET", self.checkpoint, streams.STATE_FIELD, streams.THROUGH_FIELD), self.versions.read()]
+        return [("HMGET", self.checkpoint, streams.STATE_FIELD, streams.THROUGH_FIELD), *self.versions.reads()]
 
     def load(self, replies: Sequence[Any]) -> Sequence[Resume]:
         self._clear()
@@ -139,7 +139,7 @@ class Intent(Processor):
         if state is not None:
             self.flow = Flow.load(state)
             self.checkpoint_ns = self.flow.now_ns
-        self.versions.load(replies[1])
+        self.versions.load(replies[1:])
         self.published_ns = self.versions.asof_ns
         self.dirty = True  # compared with the last version when next published
         return [Resume(streams.CHANGES, through.decode() if through is not None else "0-0")]
@@ -175,31 +175,31 @@ class Intent(Processor):
     def process(self, batch: Sequence[Entry]) -> Effects:
         effects = Effects()
         prints = self.flow.prints
+        published = 0
         for entry in batch:
             self._apply(entry.value)
             if self.dirty and self.flow.now_ns - self.published_ns >= INTENT_INTERVAL_S * 1e9:
-                self._publish(effects)
+                published += self._publish(effects)
         if batch and self.flow.now_ns - self.checkpoint_ns >= CHECKPOINT_EVERY_S * 1e9:
             effects.commands.append(
                 ("HSET", self.checkpoint, streams.STATE_FIELD, self.flow.dump(), streams.THROUGH_FIELD, batch[-1].id)
             )
             self.checkpoint_ns = self.flow.now_ns
         counted = self.flow.prints - prints
-        effects.counts = self.versions.counts(len(effects.outputs))
+        effects.counts = self.versions.counts(published)
         if counted:
             effects.counts.append(Count("trade_flow_prints", (self.u,), counted))
-        effects.events_out = len(effects.outputs)
+        effects.events_out = published
         return effects
 
-    def _publish(self, effects: Effects) -> None:
+    def _publish(self, effects: Effects) -> bool:
         self.dirty = False
         h = self.gex.model.meta
         fields = {"spot": h.get("spot"), "structure": self.structure[1], "flow": self.flow.view()}
-        done = self.versions.publish(fields, str(h.get("epoch", "")), self.flow.now_ns)
-        if done is not None:
-            self.published_ns = self.flow.now_ns
-            effects.outputs.append(done[0])
-            effects.commands.append(done[1])
+        if not self.versions.publish(effects, fields, str(h.get("epoch", "")), self.flow.now_ns):
+            return False
+        self.published_ns = self.flow.now_ns
+        return True
 
     def holding(self) -> bool:
         return self.dirty and self.flow.now_ns > 0
@@ -208,9 +208,9 @@ class Intent(Processor):
         if not self.holding():
             return None
         effects = Effects()
-        self._publish(effects)
-        effects.events_out = len(effects.outputs)
-        effects.counts = self.versions.counts(len(effects.outputs))
+        published = self._publish(effects)
+        effects.events_out = int(published)
+        effects.counts = self.versions.counts(int(published))
         return effects if effects.outputs else None
 
 
@@ -226,7 +226,7 @@ DERIVED_AGENTS = (
     AgentSpec(
         name="derive.market-mode",
         reads=streams.DIFFS[streams.Strategy.GEX],
-        writes=(streams.DIFFS[Derived.MARKET_MODE],),
+        writes=derived_writes(Derived.MARKET_MODE),
         make=lambda _settings, u: MarketMode(u),
         stateful=True,
         doc="Market mode (compression, expansion, transition) and its score, per GEX version.",
@@ -234,7 +234,7 @@ DERIVED_AGENTS = (
     AgentSpec(
         name="derive.intent",
         reads=streams.CHANGES,
-        writes=(streams.DIFFS[Derived.INTENT],),
+        writes=derived_writes(Derived.INTENT),
         make=lambda _settings, u: Intent(u),
         stateful=True,
         doc="Liquidity intent: GEX structure (bias, pin) and the trade flow bought/sold by strike.",
@@ -245,7 +245,7 @@ DERIVED_AGENTS = (
     AgentSpec(
         name="derive.gravity",
         reads=streams.DIFFS[streams.Strategy.GEX],
-        writes=(streams.DIFFS[Derived.GRAVITY],),
+        writes=derived_writes(Derived.GRAVITY),
         make=lambda _settings, u: Gravity(u),
         stateful=True,
         doc="Dealer gravity: expected move, the level dealers pull towards, the walls' band, per GEX version.",
@@ -253,7 +253,7 @@ DERIVED_AGENTS = (
     AgentSpec(
         name="derive.best-flies",
         reads=streams.DIFFS[streams.Strategy.BUTTERFLY],
-        writes=(streams.DIFFS[Derived.BEST_FLIES],),
+        writes=derived_writes(Derived.BEST_FLIES),
         make=lambda _settings, u: BestFlies(u),
         stateful=True,
         doc="The top butterflies of the nearest expiries by reward/risk and dealer gravity, per butterfly version.",

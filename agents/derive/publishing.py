@@ -4,6 +4,9 @@
   document changed (not its as-of time alone): the next version number, a diff on
   ``ms:{U}:diffs:{name}.v2`` with id ``<version>-0`` whose header is the whole document (these models
   are small), and the model hash's header rewritten, so the hash is always the current version.
+  History goes in the same commit (topology/history.py): the first version after a minute boundary
+  carries the keyframe of the version before it, and the models with a level series (market mode,
+  gravity, intent) observe their levels at every document computed, versions or not.
 * ``Follower``: an agent whose input is another model's diffs (market mode and gravity follow GEX,
   best butterflies the butterfly heatmap). It holds that model as columns, computes its document per
   version of it, and checkpoints the followed model every ``CHECKPOINT_EVERY_S`` of event time (and
@@ -25,9 +28,10 @@ import orjson
 
 from marketswarm.schemas import codec
 from marketswarm.schemas.documents import COLS_FIELD, GEOMETRY_FIELD, HEADER_FIELD, header_fields, header_json
+from marketswarm.schemas.history import Keyframe, LevelTrack, keyframe_boundary, level_values
 from marketswarm.schemas.models import Diff, dense_columns
-from marketswarm.topology import streams
-from marketswarm.topology.agent import Count, Effects, Entry, Output, Processor, Resume
+from marketswarm.topology import history, streams
+from marketswarm.topology.agent import Count, Effects, Entry, Processor, Resume
 from marketswarm.topology.published import (
     CHECKPOINT_EVERY_S,
     Published,
@@ -41,6 +45,15 @@ SIDE_DIFFS_PER_READ = 500
 SIDE_READ_EVERY_S = 0.25  # wall time between reads of a model looked up
 
 
+def derived_writes(name: str) -> tuple[streams.StreamSpec, ...]:
+    """The streams a derived model's agent appends to: its diffs and its history."""
+    return (
+        streams.DIFFS[name],
+        streams.KEYFRAMES[name],
+        *([streams.LEVELS[name]] if name in streams.LEVELS else []),
+    )
+
+
 class Versions:
     """The versions of one derived model of one underlying."""
 
@@ -49,37 +62,54 @@ class Versions:
         self.key = streams.model_key(u, name)
         self.version = 0
         self.asof_ns = 0
+        self.epoch = ""
         self.fields: dict[str, Any] | None = None
+        self.header: bytes | None = None
+        self.levels = LevelTrack() if name in streams.LEVELS else None
 
-    def read(self) -> tuple[Any, ...]:
-        return ("HGET", self.key, HEADER_FIELD)
+    def reads(self) -> list[tuple[Any, ...]]:
+        """The commands ``load`` takes the replies of: the model's header (and its last level point)."""
+        head = ("HGET", self.key, HEADER_FIELD)
+        return [head, history.last_level_read(self.u, self.name)] if self.levels is not None else [head]
 
-    def load(self, reply: bytes | None) -> None:
-        self.version, self.asof_ns, self.fields = 0, 0, None
-        if reply is not None:
-            h = orjson.loads(reply)
-            self.version, self.asof_ns = int(h["version"]), int(h["asof_ns"])
+    def load(self, replies: Sequence[Any]) -> None:
+        self.version, self.asof_ns, self.epoch, self.fields, self.header = 0, 0, "", None, replies[0]
+        if self.header is not None:
+            h = orjson.loads(self.header)
+            self.version, self.asof_ns, self.epoch = int(h["version"]), int(h["asof_ns"]), str(h["epoch"])
             self.fields = header_fields(h)
+        if self.levels is not None:
+            values = level_values(self.name, self.fields) if self.fields is not None else None
+            self.levels.restore(history.last_level(replies[1]), self.asof_ns // 1_000_000, values)
 
     def counts(self, n: int) -> list[Count]:
         """``n`` published versions (marketswarm_versions_published_total)."""
         return [Count("versions", (self.u, self.name, "value"), n)] if n else []
 
     def publish(
-        self, fields: dict[str, Any], epoch: str, asof_ns: int, reason: str = "value"
-    ) -> tuple[Output, tuple[Any, ...]] | None:
-        """The diff and the model write of a new version, or None when ``fields`` did not change.
-        ``fields`` starts with ``spot`` (the header's place for it)."""
+        self, effects: Effects, fields: dict[str, Any], epoch: str, asof_ns: int, reason: str = "value"
+    ) -> bool:
+        """Add to ``effects`` the diff and the model write of a new version (and its history); False
+        when ``fields`` did not change. ``fields`` starts with ``spot`` (the header's place for it)."""
+        if self.levels is not None:
+            points = self.levels.observe(asof_ns // 1_000_000, level_values(self.name, fields))
+            effects.outputs += history.level_outputs(self.u, self.name, points)
         if fields == self.fields:
-            return None
+            return False
+        boundary = keyframe_boundary(self.asof_ns, asof_ns) if self.header is not None else None
+        if boundary is not None and self.header is not None:
+            frame = Keyframe(version=self.version, epoch=self.epoch, asof_ns=self.asof_ns, header=self.header)
+            effects.outputs.append(history.keyframe_output(self.u, self.name, boundary, frame))
         self.version += 1
-        self.fields, self.asof_ns = fields, asof_ns
-        header = header_json(self.u, self.name, self.version, epoch, asof_ns, fields)
+        self.fields, self.asof_ns, self.epoch = fields, asof_ns, epoch
+        self.header = header = header_json(self.u, self.name, self.version, epoch, asof_ns, fields)
         diff = Diff(
             underlying=self.u, strategy=self.name, version=self.version, prev_version=self.version - 1,
             epoch=epoch, asof_ns=asof_ns, reason=reason, header=header,
         )  # fmt: skip
-        return version_output(diff), ("HSET", self.key, HEADER_FIELD, header)
+        effects.outputs.append(version_output(diff))
+        effects.commands.append(("HSET", self.key, HEADER_FIELD, header))
+        return True
 
 
 class Follower(Processor):
@@ -112,7 +142,7 @@ class Follower(Processor):
     def state_reads(self) -> Sequence[tuple[Any, ...]]:
         return [
             ("HMGET", self.checkpoint, HEADER_FIELD, GEOMETRY_FIELD, COLS_FIELD, streams.THROUGH_FIELD),
-            self.versions.read(),
+            *self.versions.reads(),
         ]
 
     def load(self, replies: Sequence[Any]) -> Sequence[Resume]:
@@ -122,7 +152,7 @@ class Follower(Processor):
         if self.model.header is not None:
             h = self.model.meta
             self.checkpoint_ns, self.checkpoint_epoch = int(h["asof_ns"]), str(h["epoch"])
-        self.versions.load(replies[1])
+        self.versions.load(replies[1:])
         return [Resume(streams.DIFFS[self.source], through.decode() if through is not None else "0-0")]
 
     def reapply(self, stream: streams.StreamSpec, entries: Sequence[Entry]) -> Sequence[Resume]:
@@ -139,6 +169,7 @@ class Follower(Processor):
 
     def process(self, batch: Sequence[Entry]) -> Effects:
         effects = Effects()
+        published = 0
         for entry in batch:
             diff = entry.value
             boot = self.bootstrap
@@ -151,10 +182,8 @@ class Follower(Processor):
             self.diff = diff
             fields = self.compute()
             h = self.model.meta
-            done = None if fields is None else self.versions.publish(fields, str(h["epoch"]), int(h["asof_ns"]))
-            if done is not None:
-                effects.outputs.append(done[0])
-                effects.commands.append(done[1])
+            if fields is not None:
+                published += self.versions.publish(effects, fields, str(h["epoch"]), int(h["asof_ns"]))
         if batch and self.model.header is not None:
             h = self.model.meta
             if (
@@ -162,8 +191,8 @@ class Follower(Processor):
                 or int(h["asof_ns"]) - self.checkpoint_ns >= CHECKPOINT_EVERY_S * 1e9
             ):
                 effects.commands += self._checkpoint(batch[-1].id)
-        effects.events_out = len(effects.outputs)
-        effects.counts = self.versions.counts(len(effects.outputs))
+        effects.events_out = published
+        effects.counts = self.versions.counts(published)
         return effects
 
     def _checkpoint(self, through: str) -> list[tuple[Any, ...]]:

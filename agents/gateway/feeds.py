@@ -33,6 +33,7 @@ from marketswarm.agents.gateway.hub import Hub, Status
 from marketswarm.agents.gateway.sse import Segment, sse_event
 from marketswarm.schemas import codec
 from marketswarm.schemas.documents import diff_json, geometry_json
+from marketswarm.schemas.history import LEVEL_SOURCES
 from marketswarm.schemas.models import LEG_WEIGHTS
 from marketswarm.topology import streams
 from marketswarm.topology.published import GapError, Published, diff_version
@@ -48,6 +49,8 @@ MAX_TAB_FEEDS = 16  # feeds one tab connection may carry
 REST_REFRESH_S = 0.25
 TAB_QUEUE = 64  # events a tab's feeds may have ready before they wait for the client
 CANCEL_RECHECK_S = 0.2  # a task still running this long after its cancellation is cancelled again
+LEVEL_FEEDS = {f"levels.{m}": m for m in streams.LEVEL_MODELS}  # a level series as a tab's feed
+MAX_LEVEL_RESUME = 2000  # level points a feed sends from history on resume (REST pages the rest)
 
 
 def feed_name(u: str, strategy: str) -> str:
@@ -289,13 +292,52 @@ async def model_feed(
         src.hub.unsubscribe(key, q)
 
 
+def level_event(model: str, entry_id: bytes, fields: dict[bytes, bytes], feed: str | None = None) -> Segment:
+    """A level point as an SSE event ``level``: ``{"model", "t", <its fields>}``, ``id:`` its time."""
+    t = streams.entry_id_ms(entry_id)
+    values = codec.decode(streams.Payload.LEVELS, fields)
+    body = {"model": model, "t": t, **dict(zip(LEVEL_SOURCES[model], values, strict=True))}
+    return Segment(sse_event("level", None if feed else t, orjson.dumps(body), feed=feed))
+
+
+async def levels_feed(
+    src: FeedSource, u: str, model: str, after_ms: int, *, tagged: bool = False
+) -> AsyncGenerator[Segment, None]:
+    """A model's level points after ``after_ms`` (-1: only new ones), at most MAX_LEVEL_RESUME from
+    history, then live. Ends when the hub cuts the client off as too slow."""
+    key = streams.LEVELS[model].key(u)
+    feed = feed_name(u, f"levels.{model}") if tagged else None
+    q = await src.hub.subscribe(key)
+    try:
+        last = after_ms
+        if after_ms >= 0:
+            page = await src.redis.xrange(key, min=f"({after_ms}-0", count=MAX_LEVEL_RESUME)
+            for entry_id, fields in page:
+                last = streams.entry_id_ms(entry_id)
+                yield level_event(model, entry_id, fields, feed)
+        while True:
+            item = await q.get()
+            if item is None:
+                return
+            if isinstance(item, Status):
+                yield _status_events(feed_name(u, f"levels.{model}"), item).of(tagged)
+                continue
+            entry_id, fields = item
+            if streams.entry_id_ms(entry_id) > last:
+                last = streams.entry_id_ms(entry_id)
+                yield level_event(model, entry_id, fields, feed)
+    finally:
+        src.hub.unsubscribe(key, q)
+
+
 class TabRequestError(ValueError):
     """Raised by ``parse_tab`` when a tab's ``feeds`` parameter is not a list of feeds."""
 
 
 def parse_tab(spec: str, models: frozenset[str] | set[str]) -> list[tuple[str, str, int]]:
     """``SPX:butterfly@1234,SPX:market_mode,NDX:gex@7`` as (underlying, model, version) with -1 for
-    "from a snapshot"; at most MAX_TAB_FEEDS, each once. The underlyings are not checked here."""
+    "from a snapshot"; at most MAX_TAB_FEEDS, each once. The underlyings are not checked here. A
+    level series (``SPX:levels.gex@<ms>``) resumes after a time instead, -1 meaning new points only."""
     out: list[tuple[str, str, int]] = []
     for part in (p.strip() for p in spec.split(",")):
         if not part:
@@ -322,7 +364,10 @@ async def tab(src: FeedSource, feeds: list[tuple[str, str, int]]) -> AsyncIterat
     ready: asyncio.Queue[Segment | None] = asyncio.Queue(TAB_QUEUE)
 
     async def pump(u: str, strategy: str, version: int) -> None:
-        events = model_feed(src, u, strategy, version, tagged=True)
+        if strategy in LEVEL_FEEDS:
+            events = levels_feed(src, u, LEVEL_FEEDS[strategy], version, tagged=True)
+        else:
+            events = model_feed(src, u, strategy, version, tagged=True)
         try:
             async for seg in events:
                 await ready.put(seg)

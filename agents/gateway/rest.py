@@ -8,11 +8,12 @@ an unknown underlying or model is a 404 before any Redis work.
 from __future__ import annotations
 
 import orjson
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from marketswarm.agents.gateway.quotes import read_quotes
 from marketswarm.agents.gateway.sse import LargeJson
 from marketswarm.agents.gateway.state import gateway_of
+from marketswarm.agents.gateway.timeline import past
 from marketswarm.schemas.models import GexModel, ModelOut
 from marketswarm.topology import streams
 
@@ -20,6 +21,7 @@ HEATMAPS = {s.value for s in streams.HEATMAP_STRATEGIES}
 DOCUMENTS = {*HEATMAPS, *streams.DERIVED}  # served at /api/models/{underlying}/{name}
 MAX_QUOTES = 8  # contracts per /api/quotes request (a tile has at most 3 legs)
 MAX_EPOCH_CHARS = 32
+AT = Query(None, description="a past time (ISO 8601, no offset: New York; or epoch ms): the version in force then")
 
 router = APIRouter()
 
@@ -31,12 +33,15 @@ async def underlyings(request: Request) -> list[str]:
 
 
 @router.get("/api/models/{underlying}/{strategy}", response_model=ModelOut)
-async def model(request: Request, underlying: str, strategy: str) -> Response:
+async def model(request: Request, underlying: str, strategy: str, at: str | None = AT) -> Response:
     """A heatmap (``single``, ``vertical``, ``butterfly``) or a derived model (``market_mode``,
-    ``gravity``, ``intent``, ``best_flies``)."""
+    ``gravity``, ``intent``, ``best_flies``); with ``at``, as it stood then (agents/gateway/timeline.py;
+    the ``X-History`` header says how exact)."""
     if strategy not in DOCUMENTS:
         raise HTTPException(404, f"unknown model {strategy!r}; one of {sorted(DOCUMENTS)}")
     gw = gateway_of(request)
+    if at is not None:
+        return await past(request, await gw.underlying(underlying), strategy, at)
     body = await gw.models.body(gw.redis, await gw.underlying(underlying), strategy)
     if body is None:
         raise HTTPException(404, f"no published {strategy} model for {underlying} yet")
@@ -44,8 +49,11 @@ async def model(request: Request, underlying: str, strategy: str) -> Response:
 
 
 @router.get("/api/gex/{underlying}", response_model=GexModel)
-async def gex(request: Request, underlying: str) -> Response:
+async def gex(request: Request, underlying: str, at: str | None = AT) -> Response:
+    """The GEX model; with ``at``, as it stood then."""
     gw = gateway_of(request)
+    if at is not None:
+        return await past(request, await gw.underlying(underlying), streams.Strategy.GEX, at)
     body = await gw.models.body(gw.redis, await gw.underlying(underlying), streams.Strategy.GEX)
     if body is None:
         raise HTTPException(404, f"no published GEX for {underlying} yet")

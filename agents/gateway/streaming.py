@@ -1,5 +1,6 @@
-"""The gateway's SSE routes: one model's feed (``/sse/heatmap/{S}``, ``/sse/gex``, ``/sse/models/{name}``)
-and a dashboard tab's feeds on one connection (``/sse/tab``).
+"""The gateway's SSE routes: one model's feed (``/sse/heatmap/{S}``, ``/sse/gex``, ``/sse/models/{name}``),
+one level series (``/sse/history/{U}/levels/{model}``) and a dashboard tab's feeds on one connection
+(``/sse/tab``).
 
 Each connection is admitted before its response starts (in all, then per client address) and released
 when it ends; the events themselves come from agents/gateway/feeds.py's generators.
@@ -11,7 +12,15 @@ from collections.abc import AsyncIterator, Callable
 
 from fastapi import APIRouter, HTTPException, Request
 
-from marketswarm.agents.gateway.feeds import TabRequestError, model_feed, parse_tab, parse_version, tab
+from marketswarm.agents.gateway.feeds import (
+    LEVEL_FEEDS,
+    TabRequestError,
+    levels_feed,
+    model_feed,
+    parse_tab,
+    parse_version,
+    tab,
+)
 from marketswarm.agents.gateway.rest import HEATMAPS
 from marketswarm.agents.gateway.sse import Segment, SseResponse, accepts_gzip
 from marketswarm.agents.gateway.state import gateway_of
@@ -64,13 +73,26 @@ async def sse_gex(request: Request, underlying: str = "SPX") -> SseResponse:
 async def sse_tab(request: Request, feeds: str) -> SseResponse:
     """Every feed a dashboard tab shows, on one connection (a browser allows six per host).
     ``feeds=SPX:butterfly@1234,SPX:market_mode,NDX:gex`` names each feed, with the version to resume
-    after (none: from a snapshot). Events are the per-feed endpoints' events, without ``id:``,
-    each with a first ``data:`` line naming its feed; to resume, reconnect with every feed's last
-    version (agents/gateway/feeds.py)."""
+    after (none: from a snapshot); ``SPX:levels.gex@<ms>`` is a level series (``levels.gex``,
+    ``levels.market_mode``, ``levels.gravity``, ``levels.intent``) resuming after a time. Events are
+    the per-feed endpoints' events, without ``id:``, each with a first ``data:`` line naming its feed;
+    to resume, reconnect with every feed's last version or time (agents/gateway/feeds.py)."""
     gw = gateway_of(request)
     try:
-        wanted = parse_tab(feeds, set(streams.MODELS))
+        wanted = parse_tab(feeds, {*streams.MODELS, *LEVEL_FEEDS})
     except TabRequestError as exc:
         raise HTTPException(422, str(exc)) from exc
     checked = [(await gw.underlying(u), m, v) for u, m, v in wanted]
     return admitted(request, lambda: tab(gw.feed_source(), checked))
+
+
+@router.get("/sse/history/{underlying}/levels/{model}")
+async def sse_levels(request: Request, underlying: str, model: str) -> SseResponse:
+    """New points of one level series (``gex``, ``market_mode``, ``gravity``, ``intent``): ``level``
+    events, ``{"model", "t", <fields>}``, ``id:`` the point's time (epoch ms). With ``Last-Event-ID``
+    the points after that time come first (up to 2000; ``/api/history/{U}/levels`` pages the rest)."""
+    if model not in streams.LEVELS:
+        raise HTTPException(404, f"no level series {model!r}; one of {list(streams.LEVELS)}")
+    u = await gateway_of(request).underlying(underlying)
+    after = parse_version(request.headers.get("last-event-id", ""))
+    return admitted(request, lambda: levels_feed(gateway_of(request).feed_source(), u, model, after))

@@ -19,6 +19,11 @@ positions added, changed or removed, as columns; on a new epoch also its geometr
 at a new epoch and every few seconds (topology/published.py); between checkpoints a version costs
 one XADD and one small state write, whatever its size. All conditions use event time, so a replay
 publishes the same versions as the live run. A market that stops changing publishes nothing.
+
+History (topology/history.py) goes in the same commits: the first version after a minute boundary
+carries the keyframe of the version before it (the one in force at the boundary), a checkpoint is
+also appended to the recent checkpoints, a new epoch's geometry is kept once, and GEX's versions
+make its level points (spot, flip, walls, total).
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ import orjson
 from marketswarm.agents.publish.tiles import ColumnTable
 from marketswarm.schemas import codec
 from marketswarm.schemas.documents import COLS_FIELD, GEOMETRY_FIELD, HEADER_FIELD, header_fields, header_json
+from marketswarm.schemas.history import Keyframe, LevelTrack, keyframe_boundary, level_values
 from marketswarm.schemas.models import Diff, Staged
-from marketswarm.topology import streams
+from marketswarm.topology import history, streams
 from marketswarm.topology.agent import AgentSpec, Count, Effects, Entry, Output, Processor, ProcessorFactory, Resume
 from marketswarm.topology.published import (
     CHECKPOINT_EVERY_S,
@@ -79,11 +85,15 @@ class Publisher(Processor):
         self.checkpoint_version = 0
         self.checkpoint_ns = 0
         self.restoring: tuple[Published, bytes | None] = (Published(self.strategy), None)
+        self.header: bytes | None = None  # the last version's
+        self.levels = LevelTrack() if self.strategy in streams.LEVELS else None
+        self.last_point: tuple[int, tuple[Any, ...]] | None = None  # the level point written last
 
     # --- state -------------------------------------------------------------------------------
 
     def state_reads(self) -> Sequence[tuple[Any, ...]]:
-        return [checkpoint_read(self.u, self.strategy), ("HGET", self.state_key, streams.STATE_FIELD)]
+        reads = [checkpoint_read(self.u, self.strategy), ("HGET", self.state_key, streams.STATE_FIELD)]
+        return [*reads, history.last_level_read(self.u, self.strategy)] if self.levels is not None else reads
 
     def load(self, replies: Sequence[Any]) -> Sequence[Resume]:
         """The last version: the model's checkpoint, then the diffs after it (``reapply``); then the
@@ -91,6 +101,7 @@ class Publisher(Processor):
         it is re-derived from the stream."""
         self._clear()
         self.restoring = (from_checkpoint(self.strategy, replies[0]), replies[1])
+        self.last_point = history.last_level(replies[2]) if self.levels is not None else None
         return [Resume(self.diffs_spec, f"{self.restoring[0].version}-0", acked=False)]
 
     def reapply(self, stream: streams.StreamSpec, entries: Sequence[Entry]) -> Sequence[Resume]:
@@ -108,6 +119,10 @@ class Publisher(Processor):
             self.version, self.pub_epoch, self.pub_asof_ns = published.version, h["epoch"], h["asof_ns"]
             self.epoch, self.max_ts_ns = self.pub_epoch, self.pub_asof_ns
             self.fields = header_fields(h)
+            self.header = published.header
+        if self.levels is not None:
+            values = level_values(self.strategy, self.fields) if self.header is not None else None
+            self.levels.restore(self.last_point, self.pub_asof_ns // 1_000_000, values)
         if state_raw is not None:
             state = orjson.loads(state_raw)
             if state["version"] == self.version:
@@ -147,7 +162,7 @@ class Publisher(Processor):
         for reason, _version, n, rx_ns in published:
             counts += self._counts(reason, n)
             counts.append(Count("publish_latency", (self.u, self.strategy), rx_ns, "since"))
-        return Effects(outputs=outputs, commands=commands, counts=counts, events_out=len(outputs))
+        return Effects(outputs=outputs, commands=commands, counts=counts, events_out=len(published))
 
     def _counts(self, reason: str, tiles_changed: int) -> list[Count]:
         return [
@@ -207,12 +222,21 @@ class Publisher(Processor):
 
     def _publish(self, reason: str, commands: list[tuple[Any, ...]], outputs: list[Output]) -> int | None:
         reset = self.epoch != self.pub_epoch
+        boundary = keyframe_boundary(self.pub_asof_ns, self.max_ts_ns) if self.header is not None else None
+        before = self.tiles.checkpoint() if boundary is not None else None  # the version in force at it
         done = self.tiles.publish(reset, self.header_dirty)
         if done is None:
             return None
         cols, n = done
+        if boundary is not None and before is not None and self.header is not None:
+            frame = Keyframe(
+                version=self.version, epoch=self.pub_epoch, asof_ns=self.pub_asof_ns, header=self.header,
+                cols=codec.compress(codec.encode_packed(before)), zipped=True,
+            )  # fmt: skip
+            outputs.append(history.keyframe_output(self.u, self.strategy, boundary, frame))
         self.version += 1
         header = header_json(self.u, self.strategy, self.version, self.epoch, self.max_ts_ns, self.fields)
+        self.header = header
         geometry = self.tiles.geometry if reset else None
         diff = Diff(
             underlying=self.u,
@@ -228,6 +252,11 @@ class Publisher(Processor):
             header=header,
         )
         outputs.append(version_output(diff))
+        if reset and geometry is not None:
+            outputs.append(history.geometry_output(self.u, self.strategy, self.max_ts_ns, self.version, geometry))
+        if self.levels is not None:
+            points = self.levels.observe(self.max_ts_ns // 1_000_000, level_values(self.strategy, self.fields))
+            outputs += history.level_outputs(self.u, self.strategy, points)
         if (
             reset
             or self.version - self.checkpoint_version >= CHECKPOINT_EVERY_VERSIONS
@@ -235,7 +264,10 @@ class Publisher(Processor):
         ):
             # A checkpoint: the whole model as dense columns, so readers replay at most a few seconds
             # of diffs. The geometry is written only with a new epoch.
-            fields: list[Any] = [HEADER_FIELD, header, COLS_FIELD, codec.encode_packed(self.tiles.checkpoint())]
+            packed = codec.encode_packed(self.tiles.checkpoint())
+            fields: list[Any] = [HEADER_FIELD, header, COLS_FIELD, packed]
+            frame = Keyframe(version=self.version, epoch=self.epoch, asof_ns=self.max_ts_ns, header=header, cols=packed)
+            outputs.append(history.checkpoint_output(self.u, self.strategy, frame))
             if reset and geometry is not None:
                 commands.append(("DEL", self.model))
                 fields += [GEOMETRY_FIELD, codec.encode_packed(geometry)]
@@ -269,7 +301,13 @@ PUBLISH_AGENTS = tuple(
     AgentSpec(
         name=f"publish.{s}",
         reads=streams.STAGED[s],
-        writes=(streams.DIFFS[s],),
+        writes=(
+            streams.DIFFS[s],
+            streams.KEYFRAMES[s],
+            streams.CHECKPOINTS[s],
+            streams.GEOMETRIES[s],
+            *([streams.LEVELS[s]] if s in streams.LEVELS else []),
+        ),
         make=_publisher(s),
         stateful=True,
         doc=f"Declares versions of the {s} model; diffs double as SSE history.",

@@ -33,7 +33,8 @@ def gex_diff(v: int, spot: float, flip: float | None, total: float) -> Entry:
 
 
 def docs(effects: Effects) -> list[dict[str, Any]]:
-    return [orjson.loads(codec.decode(streams.Payload.DIFF, as_redis(o.fields)).header) for o in effects.outputs]
+    diffs = [o for o in effects.outputs if o.spec.payload is streams.Payload.DIFF]
+    return [orjson.loads(codec.decode(streams.Payload.DIFF, as_redis(o.fields)).header) for o in diffs]
 
 
 def hash_of(effects: Effects, key: str) -> dict[str, Any]:
@@ -53,7 +54,9 @@ def test_market_mode_publishes_a_version_only_when_its_document_changes() -> Non
     effects = m.process(diffs)
     out = docs(effects)
     assert [(d["version"], d["mode"]) for d in out] == [(1, "compression"), (2, "transition")]
-    assert out[1]["asof_ns"] == T0 + 3 * S and [o.id for o in effects.outputs] == ["1-0", "2-0"]
+    assert out[1]["asof_ns"] == T0 + 3 * S and [
+        o.id for o in effects.outputs if o.spec.payload is streams.Payload.DIFF
+    ] == ["1-0", "2-0"]
     model = hash_of(effects, streams.model_key("SPX", "market_mode"))
     assert orjson.loads(model[HEADER_FIELD])["version"] == 2  # the model hash is the current version
 
@@ -70,7 +73,7 @@ def test_market_mode_resumes_from_its_checkpoint_and_the_acked_diffs() -> None:
     model = model | hash_of(effects, streams.model_key("SPX", "market_mode"))
     again = MarketMode("SPX")
     fields = [ckpt.get(f) for f in ("_header", "_geometry", "_cols", "through")]
-    replies = [[x if x is None or isinstance(x, bytes) else str(x).encode() for x in fields], model[HEADER_FIELD]]
+    replies = [[x if x is None or isinstance(x, bytes) else str(x).encode() for x in fields], model[HEADER_FIELD], []]
     (resume,) = again.load(replies)
     assert resume.stream is streams.DIFFS["gex"] and resume.after == "3-0" and resume.acked
     again.reapply(resume.stream, diffs[3:5])
@@ -117,7 +120,7 @@ def test_intent_resumes_from_its_checkpoint_and_the_acked_changes() -> None:
     more = first.process(entries[8:11])
     model = hash_of(done, streams.model_key("SPX", "intent")) | hash_of(more, streams.model_key("SPX", "intent"))
     again = Intent("SPX")
-    (resume,) = again.load([[ckpt["state"], b"8-0"], model[HEADER_FIELD]])
+    (resume,) = again.load([[ckpt["state"], b"8-0"], model[HEADER_FIELD], []])
     assert resume.stream is streams.CHANGES and resume.after == "8-0"
     again.reapply(resume.stream, entries[8:11])
     assert docs(again.process(entries[11:])) == [d for d in expected if d["version"] > len(docs(done) + docs(more))]

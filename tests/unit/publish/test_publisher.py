@@ -37,7 +37,11 @@ def update(i: int, pos: list[int], vals: list[float], *, ts_ms: int, reset: bool
 
 
 def diffs(outputs: list[Output]) -> list[Diff]:
-    return [codec.decode(streams.Payload.DIFF, as_redis(o.fields)) for o in outputs]
+    return [
+        codec.decode(streams.Payload.DIFF, as_redis(o.fields))
+        for o in outputs
+        if o.spec.payload is streams.Payload.DIFF
+    ]
 
 
 def test_an_epoch_is_published_when_structurally_complete_then_by_value_or_time() -> None:
