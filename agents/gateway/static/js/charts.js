@@ -169,4 +169,90 @@ function drawIntentChart(rows) {
   }, { notMerge: true, lazyUpdate: true });
 }
 
-export { charts, drawGexChart, drawIntentChart, gexView };
+// The Day view: spot over the session with the levels as step lines (each holds until its next
+// point), the market mode as a coloured band under it, and the 5-minute net premium as bars. One
+// tooltip reads every value of the row at the hovered time.
+const MODE_COLORS = { compression: CHART_THEME.good, expansion: CHART_THEME.bad, transition: CHART_THEME.warn, neutral: "#3a4654" };
+const DAY_LINES = [
+  ["spot", "Spot", CHART_THEME.accent, "solid", false],
+  ["flip", "Flip", CHART_THEME.warn, "dashed", true],
+  ["call_wall", "Call wall", CHART_THEME.good, "dotted", true],
+  ["put_wall", "Put wall", CHART_THEME.bad, "dotted", true],
+  ["gravity_level", "Gravity level", "#c792ea", "dashed", true],
+];
+const DAY_TIP = [
+  ["spot", "spot", 2], ["flip", "flip", 2], ["call_wall", "call wall", 2], ["put_wall", "put wall", 2],
+  ["gex_total", "net GEX", "money"], ["mode", "mode", null], ["mode_score", "mode score", 0],
+  ["gravity_level", "gravity level", 2], ["gravity_band_low", "band low", 2], ["gravity_band_high", "band high", 2],
+  ["expected_move", "expected move", 2], ["intent_bias", "intent bias", 0], ["intent_pin", "intent pin", 0],
+  ["intent_quadrant", "quadrant", null], ["net_premium_day", "net premium (day)", "money"], ["net_premium_5m", "net premium (5m)", "money"],
+];
+
+function dayTipValue(v, how) {
+  if (v === null || v === undefined) return "-";
+  if (how === "money") return moneyAxis(v);
+  return how === null ? String(v) : Number(v).toFixed(how);
+}
+
+function timeLabel(t) {
+  const d = new Date(t), pad = (x) => String(x).padStart(2, "0");
+  return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+}
+
+function modeBands(rows) {
+  const out = [];
+  for (let i = 0; i < rows.length; i++) {
+    const m = rows[i].mode;
+    if (!m) continue;
+    const end = i + 1 < rows.length ? rows[i + 1].t : rows[i].t + 1000;
+    const last = out[out.length - 1];
+    if (last && last.mode === m && last.end === rows[i].t) last.end = end;
+    else out.push({ mode: m, start: rows[i].t, end });
+  }
+  return out.map((b) => [{ xAxis: b.start, itemStyle: { color: MODE_COLORS[b.mode] || "#3a4654", opacity: 0.8 }, name: b.mode }, { xAxis: b.end }]);
+}
+
+function drawDayChart(rows) {
+  const c = chartOn("day-chart");
+  if (!rows.length) { c.clear(); return false; }
+  const x = { type: "time", axisLabel: { color: CHART_THEME.text, formatter: (t) => timeLabel(t) }, axisLine: { lineStyle: { color: CHART_THEME.line } }, splitLine: { show: false } };
+  const series = DAY_LINES.map(([f, name, color, type, step]) => ({
+    name, type: "line", xAxisIndex: 0, yAxisIndex: 0, showSymbol: false, step: step ? "end" : false, connectNulls: false,
+    data: rows.map((r) => [r.t, r[f]]), lineStyle: { color, type, width: f === "spot" ? 2 : 1.5 }, itemStyle: { color },
+  }));
+  series.push({ name: "Market mode", type: "line", xAxisIndex: 1, yAxisIndex: 1, showSymbol: false, data: rows.map((r) => [r.t, 0]),
+    lineStyle: { opacity: 0 }, markArea: { silent: true, data: modeBands(rows) } });
+  series.push({ name: "Net premium (5m)", type: "bar", xAxisIndex: 2, yAxisIndex: 2, large: true,
+    data: rows.map((r) => ({ value: [r.t, r.net_premium_5m], itemStyle: { color: r.net_premium_5m >= 0 ? CHART_THEME.good : CHART_THEME.bad } })) });
+  c.setOption({
+    animation: false, backgroundColor: "transparent",
+    legend: { top: 4, textStyle: { color: CHART_THEME.fg }, data: [...DAY_LINES.map((l) => l[1]), "Net premium (5m)"] },
+    axisPointer: { link: [{ xAxisIndex: "all" }] },
+    grid: [{ left: 80, right: 30, top: 36, height: "52%" }, { left: 80, right: 30, top: "64%", height: 18 }, { left: 80, right: 30, top: "72%", bottom: 60 }],
+    xAxis: [{ ...x, gridIndex: 0, axisLabel: { show: false } }, { ...x, gridIndex: 1, axisLabel: { show: false } }, { ...x, gridIndex: 2 }],
+    yAxis: [
+      axisStyle("price", { gridIndex: 0, type: "value", scale: true, nameGap: 56 }),
+      { gridIndex: 1, type: "value", show: false, min: 0, max: 1 },
+      axisStyle("net premium, 5m", { gridIndex: 2, type: "value", nameGap: 56, axisLabel: { color: CHART_THEME.text, formatter: moneyAxis } }),
+    ],
+    tooltip: {
+      trigger: "axis", className: "day-tip",
+      formatter: (params) => {
+        const p = params.find((q) => q.seriesIndex === 0) || params[0];
+        const r = rows[p.dataIndex];
+        if (!r) return "";
+        return `<b>${esc(timeLabel(r.t))}</b><br>` + DAY_TIP.map(([f, label, how]) => `<span data-f="${f}">${esc(label)} <b>${esc(dayTipValue(r[f], how))}</b></span>`).join("<br>");
+      },
+    },
+    dataZoom: [{ type: "inside", xAxisIndex: [0, 1, 2] }, { type: "slider", xAxisIndex: [0, 1, 2], bottom: 8, height: 18, textStyle: { color: CHART_THEME.text } }],
+    series,
+  }, { lazyUpdate: true }); // merged: the zoom and a tooltip under the mouse survive new points
+  return true;
+}
+
+function hideDayTip() {
+  const c = charts["day-chart"];
+  if (c && !c.isDisposed()) c.dispatchAction({ type: "hideTip" });
+}
+
+export { charts, drawDayChart, drawGexChart, drawIntentChart, gexView, hideDayTip };

@@ -9,7 +9,7 @@
 
 const RETRY_MIN_MS = 300;
 const RETRY_MAX_MS = 4000;
-const TYPES = ["geometry", "snapshot", "diff"];
+const TYPES = ["geometry", "snapshot", "diff", "level"]; // level: a point of a level series ("U:levels.gex")
 
 export class TabFeed {
   // onEvent(feed, type, body) for every event in order; onStatus("up" | "stalled" | "retry") as the
@@ -69,7 +69,8 @@ export class TabFeed {
     const feed = data.slice(0, nl), body = JSON.parse(data.slice(nl + 1));
     if (!this.feeds.includes(feed)) return;
     this.onEvent(feed, type, body);
-    if (type !== "geometry" && body) this.versions.set(feed, body.version);
+    if (type === "level") this.versions.set(feed, body.t); // a level series resumes after a time
+    else if (type !== "geometry" && body) this.versions.set(feed, body.version);
   }
 
   close() {

@@ -1,12 +1,16 @@
 // MarketSwarm dashboard: one tab, one SSE connection (feed.js) carrying the heatmap or GEX model on
-// screen and the four derived models (market mode, dealer gravity, liquidity intent, best flies).
+// screen and the four derived models (market mode, dealer gravity, liquidity intent, best flies), and
+// on the Day view the level series. The scrubber shows a past moment: every view draws the models as
+// they stood then (history.js, REST ?at=) while the live ones keep arriving underneath; Live returns.
 // This module owns the tab's state (the viewer's choices, the models as they arrive, the connection),
 // the controls and the frame loop; each view draws from that state (heatmap.js, gex.js, derived.js).
 // What the server computes (scores, leg weights, expiry closes) comes from the server.
 
 import { renderFlies, renderIndicators, renderIntent } from "./derived.js";
 import { TabFeed } from "./feed.js";
+import { drawDayChart, hideDayTip } from "./charts.js";
 import { $, ageText, localTime, options } from "./format.js";
+import { DayHistory, LEVEL_MODELS, loadPast } from "./history.js";
 import { renderGex } from "./gex.js";
 import { renderHeatmap, unflash } from "./heatmap.js";
 import { ColumnsModel } from "./model.js";
@@ -14,6 +18,8 @@ import { bindTip, naturalDebit } from "./tip.js";
 
 const DERIVED = ["market_mode", "gravity", "intent", "best_flies"];
 const HEATMAPS = ["single", "vertical", "butterfly"];
+const MINUTE_MS = 60000;
+const DAY_DRAW_MS = 1000; // the Day chart is redrawn at most this often while points arrive
 // One notion of freshness for every view: the age of the model's newest event (wall clock minus
 // as-of), the connection, and the model's own stale flag. The pill, the cells and the cards show it.
 const FRESH_S = 5, STALE_S = 60;
@@ -33,8 +39,10 @@ const app = {
     gexExpiry: "all", // all | 0dte | an expiry of the strike x expiry matrix
     focus: null, // a tile to show once the heatmap is drawn: {strike, width, scrolled}
   },
-  model: new ColumnsModel(), // the heatmap or GEX model on screen
-  docs: {}, // the derived models' documents, by name
+  model: null, // the heatmap or GEX model on screen: the live one, or a past one (scrubber)
+  docs: null, // the derived models' documents on screen, by name
+  past: null, // {t, model, docs}: the moment the scrubber shows; null: live
+  day: new DayHistory(), // the Day view's rows
   conn: "connecting", // the tab's connection: connecting | up | stalled (its store is not answering) | retry
   table: null, // the heatmap table on screen: {key, cells: Map(pos -> td)}
   flashed: [], // [td, since] of cells flashing, oldest first
@@ -44,15 +52,20 @@ const app = {
   hovered: null,
 };
 
-const isDoc = () => DERIVED.includes(app.view.strategy);
+const live = { model: new ColumnsModel(), docs: {} }; // what the feeds keep current
+app.model = live.model;
+app.docs = live.docs;
+
+const isDoc = () => DERIVED.includes(app.view.strategy) || app.view.strategy === "day";
 const modelFeed = () => (isDoc() ? null : `${app.view.underlying}:${app.view.strategy}`);
-const current = () => (isDoc() ? app.docs[app.view.strategy] || null : app.model.header);
+const current = () => (app.view.strategy === "day" ? app.docs.market_mode || null : isDoc() ? app.docs[app.view.strategy] || null : app.model.header);
 
 const feed = new TabFeed(
   (name, type, body) => {
-    if (name === modelFeed()) app.model.apply(type, body);
-    else if (type !== "geometry" && body) app.docs[name.slice(name.indexOf(":") + 1)] = body.header;
-    schedule();
+    if (type === "level") { app.day.add(body); dayChanged(); return; }
+    if (name === modelFeed()) live.model.apply(type, body);
+    else if (type !== "geometry" && body) live.docs[name.slice(name.indexOf(":") + 1)] = body.header;
+    if (!app.past) schedule();
   },
   (status) => setConn(status),
 );
@@ -61,7 +74,103 @@ function follow() {
   const u = app.view.underlying;
   const feeds = DERIVED.map((d) => `${u}:${d}`);
   if (modelFeed()) feeds.push(modelFeed());
+  if (app.view.strategy === "day" && app.day.ready) feeds.push(...levelFeeds());
   feed.set(feeds);
+}
+
+// --- the Day view and the scrubber ------------------------------------------------------------
+
+const levelFeeds = () => LEVEL_MODELS.map((m) => `${app.view.underlying}:levels.${m}`);
+
+// The Day view: today's rows from REST, then the level feeds from the last of them on.
+function openDay() {
+  const day = app.day;
+  day.load(app.view.underlying).then(() => {
+    if (day !== app.day) return;
+    for (const f of levelFeeds()) if (!feed.versions.has(f)) feed.versions.set(f, day.span ? day.span.last : 0);
+    follow();
+    scrubRange();
+    schedule();
+  });
+}
+
+let dayDrawn = 0, dayTimer = null;
+function dayChanged() {
+  scrubRange();
+  if (app.view.strategy !== "day" || dayTimer) return;
+  dayTimer = setTimeout(() => { dayTimer = null; schedule(); }, Math.max(0, DAY_DRAW_MS - (performance.now() - dayDrawn)));
+}
+
+function renderDay() {
+  dayDrawn = performance.now();
+  const drawn = drawDayChart(app.day.rows);
+  $("day-empty").hidden = drawn || app.day.loading === null;
+}
+
+// The scrubber spans the day of the newest data: from its first level point to the newest as-of time.
+function scrubRange() {
+  const el = $("scrub"), h = live.model.header || live.docs.market_mode;
+  const newest = Math.max(h && h.asof_ns ? Math.floor(h.asof_ns / 1e6) : 0, app.day.span ? app.day.span.last : 0);
+  if (!newest) return;
+  const first = app.day.span ? Math.max(app.day.span.first, newest - 86400000) : newest - 3600000;
+  el.min = String(Math.floor(first / MINUTE_MS) * MINUTE_MS);
+  el.max = String(newest);
+  if (!app.past) el.value = el.max;
+}
+
+let pastSeq = 0;
+async function showPast(t) {
+  const seq = ++pastSeq, v = app.view;
+  const past = await loadPast(v.underlying, v.strategy, modelFeed() !== null, DERIVED, t);
+  if (seq !== pastSeq) return; // a newer move of the scrubber won
+  app.past = past;
+  app.model = past.model;
+  app.docs = past.docs;
+  app.table = null;
+  $("scrub").value = String(t);
+  const when = $("when");
+  when.textContent = `as of ${localTime(t * 1e6).slice(11, 16)} (history)`;
+  when.className = "pill history";
+  $("live").hidden = false;
+  schedule();
+}
+
+function goLive() {
+  pastSeq++;
+  app.past = null;
+  app.model = live.model;
+  app.docs = live.docs;
+  app.table = null;
+  $("when").textContent = "live";
+  $("when").className = "pill up";
+  $("live").hidden = true;
+  scrubRange();
+  schedule();
+}
+
+// Scrub to t (epoch ms): the newest second or later is live.
+function scrubTo(t) {
+  if (t >= Number($("scrub").max) - 1000) goLive();
+  else showPast(t);
+}
+
+function bindScrubber() {
+  let timer = null;
+  $("scrub").addEventListener("input", (e) => {
+    clearTimeout(timer);
+    const t = Number(e.target.value);
+    timer = setTimeout(() => scrubTo(t), 120);
+  });
+  $("live").onclick = goLive;
+  document.addEventListener("keydown", (e) => {
+    if (e.key !== "ArrowLeft" && e.key !== "ArrowRight") return;
+    const el = document.activeElement;
+    if (el && el !== $("scrub") && ["INPUT", "SELECT", "TEXTAREA"].includes(el.tagName)) return;
+    e.preventDefault();
+    const now = app.past ? app.past.t : Number($("scrub").max);
+    // The minute boundary before (or after) the moment shown.
+    scrubTo(e.key === "ArrowLeft" ? Math.floor((now - 1) / MINUTE_MS) * MINUTE_MS : (Math.floor(now / MINUTE_MS) + 1) * MINUTE_MS);
+  });
 }
 
 const CONN_TEXT = { up: "live", connecting: "connecting", retry: "reconnecting", stalled: "store stalled" };
@@ -89,7 +198,8 @@ function render() {
   $("delayed").hidden = !(h && h.delayed);
   $("asof").textContent = h && h.asof ? localTime(h.asof_ns) : "-";
   renderIndicators(app.docs);
-  if (s === "gex") renderGex(app, activate);
+  if (s === "day") renderDay();
+  else if (s === "gex") renderGex(app, activate);
   else if (s === "intent") renderIntent(app, activate);
   else if (s === "best_flies") renderFlies(app);
   else renderHeatmap(app);
@@ -100,6 +210,7 @@ function render() {
 
 // {level: fresh | lagging | stale, text}: the one answer to "can I trust what is on screen?".
 function staleness() {
+  if (app.past) return { level: "history", text: "history" };
   const h = current();
   if (!h || !h.asof_ns) return { level: "stale", text: app.conn === "up" ? "no data yet" : "no data" };
   const age = Math.max(0, Date.now() / 1000 - h.asof_ns / 1e9); // event time ahead of this clock: 0, never negative
@@ -122,7 +233,8 @@ function freshness() {
 function setStrategy(s) {
   const before = modelFeed();
   app.view.strategy = s;
-  if (modelFeed() !== before) app.model = new ColumnsModel(); // its feed starts from a snapshot
+  if (modelFeed() !== before) live.model = new ColumnsModel(); // its feed starts from a snapshot
+  if (!app.past) app.model = live.model;
   app.table = null;
   remember("strategy", s);
   activate("tabs", "strategy", s);
@@ -130,6 +242,10 @@ function setStrategy(s) {
   $("gex-view").hidden = s !== "gex";
   $("intent-view").hidden = s !== "intent";
   $("flies-view").hidden = s !== "best_flies";
+  if (s !== "day") hideDayTip();
+  $("day-view").hidden = s !== "day";
+  if (s === "day") openDay();
+  if (app.past) showPast(app.past.t); // the past moment, for this view
   $("heatmap-view").hidden = !heatmap;
   for (const el of document.querySelectorAll(".hm-only")) el.style.visibility = heatmap ? "visible" : "hidden";
   follow();
@@ -150,8 +266,10 @@ function bind() {
   $("underlying").onchange = (e) => {
     v.underlying = e.target.value;
     remember("underlying", v.underlying);
-    app.docs = {};
-    app.model = new ColumnsModel();
+    live.docs = {};
+    live.model = new ColumnsModel();
+    app.day = new DayHistory();
+    goLive();
     setStrategy(v.strategy); // every feed changes: each starts from a snapshot
   };
   for (const b of document.querySelectorAll("#flow-window button")) b.onclick = () => { v.flowWindow = b.dataset.window; remember("flowWindow", v.flowWindow); schedule(); };
@@ -168,6 +286,7 @@ function bind() {
   activate("side", "side", v.side);
   activate("colorby", "color", v.colorBy);
   bindTip(app);
+  bindScrubber();
   setInterval(freshness, 1000);
 }
 
@@ -181,7 +300,8 @@ async function init() {
   bind();
   const s = app.view.strategy;
   app.view.strategy = null;
-  setStrategy([...HEATMAPS, "gex", ...DERIVED].includes(s) ? s : "butterfly");
+  setStrategy([...HEATMAPS, "gex", ...DERIVED, "day"].includes(s) ? s : "butterfly");
+  app.day.load(app.view.underlying).then(scrubRange); // the scrubber's range
 }
 
 // For tests and the curious: the tab's state as the views read it.
@@ -193,6 +313,7 @@ window.marketswarm = {
   tileAt: (p, blank = false) => app.model.tileAt(p, blank),
   staleness,
   naturalDebit,
+  get history() { return { past: app.past ? app.past.t : null, rows: app.day.rows.length }; },
 };
 
 init();
