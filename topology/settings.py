@@ -125,6 +125,11 @@ class Settings(BaseSettings, ModelSettings):
         "core plus one (one per kind on a machine with as many cores as kinds).",
     )
     log_level: str = Field(default="INFO", description="Python logging level.")
+    history: bool = Field(
+        default=True,
+        description="Keep the day's history (level points, minute keyframes, recent checkpoints) for `?at=`, "
+        "the Day view and the scrubber; off: the publishers write none of it.",
+    )
 
     max_backlog: int = Field(
         default=2000,

@@ -67,8 +67,8 @@ class Gravity(Follower):
 class BestFlies(Follower):
     source, name = streams.Strategy.BUTTERFLY, Derived.BEST_FLIES
 
-    def __init__(self, underlying: str) -> None:
-        super().__init__(underlying)
+    def __init__(self, underlying: str, history: bool = True) -> None:
+        super().__init__(underlying, history)
         self.gravity: dict[str, Any] | None = None
         self.gravity_key = streams.model_key(underlying, Derived.GRAVITY)
         self.closes: tuple[str, dict[str, int]] = ("", {})  # per epoch: each expiry's close
@@ -115,9 +115,9 @@ class BestFlies(Follower):
 
 
 class Intent(Processor):
-    def __init__(self, underlying: str) -> None:
+    def __init__(self, underlying: str, history: bool = True) -> None:
         self.u = underlying
-        self.versions = Versions(underlying, Derived.INTENT)
+        self.versions = Versions(underlying, Derived.INTENT, history)
         self.checkpoint = streams.derive_checkpoint_key(underlying, Derived.INTENT)
         self.gex = ModelView(underlying, streams.Strategy.GEX)
         self.max_hold_s = INTENT_INTERVAL_S
@@ -227,7 +227,7 @@ DERIVED_AGENTS = (
         name="derive.market-mode",
         reads=streams.DIFFS[streams.Strategy.GEX],
         writes=derived_writes(Derived.MARKET_MODE),
-        make=lambda _settings, u: MarketMode(u),
+        make=lambda settings, u: MarketMode(u, settings.history),
         stateful=True,
         doc="Market mode (compression, expansion, transition) and its score, per GEX version.",
     ),
@@ -235,7 +235,7 @@ DERIVED_AGENTS = (
         name="derive.intent",
         reads=streams.CHANGES,
         writes=derived_writes(Derived.INTENT),
-        make=lambda _settings, u: Intent(u),
+        make=lambda settings, u: Intent(u, settings.history),
         stateful=True,
         doc="Liquidity intent: GEX structure (bias, pin) and the trade flow bought/sold by strike.",
         accepts=_intent_wants,
@@ -246,7 +246,7 @@ DERIVED_AGENTS = (
         name="derive.gravity",
         reads=streams.DIFFS[streams.Strategy.GEX],
         writes=derived_writes(Derived.GRAVITY),
-        make=lambda _settings, u: Gravity(u),
+        make=lambda settings, u: Gravity(u, settings.history),
         stateful=True,
         doc="Dealer gravity: expected move, the level dealers pull towards, the walls' band, per GEX version.",
     ),
@@ -254,7 +254,7 @@ DERIVED_AGENTS = (
         name="derive.best-flies",
         reads=streams.DIFFS[streams.Strategy.BUTTERFLY],
         writes=derived_writes(Derived.BEST_FLIES),
-        make=lambda _settings, u: BestFlies(u),
+        make=lambda settings, u: BestFlies(u, settings.history),
         stateful=True,
         doc="The top butterflies of the nearest expiries by reward/risk and dealer gravity, per butterfly version.",
         max_batch=20,

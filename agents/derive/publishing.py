@@ -57,15 +57,16 @@ def derived_writes(name: str) -> tuple[streams.StreamSpec, ...]:
 class Versions:
     """The versions of one derived model of one underlying."""
 
-    def __init__(self, u: str, name: str) -> None:
+    def __init__(self, u: str, name: str, history: bool = True) -> None:
         self.u, self.name = u, name
+        self.history = history  # keyframes and level points
         self.key = streams.model_key(u, name)
         self.version = 0
         self.asof_ns = 0
         self.epoch = ""
         self.fields: dict[str, Any] | None = None
         self.header: bytes | None = None
-        self.levels = LevelTrack() if name in streams.LEVELS else None
+        self.levels = LevelTrack() if history and name in streams.LEVELS else None
 
     def reads(self) -> list[tuple[Any, ...]]:
         """The commands ``load`` takes the replies of: the model's header (and its last level point)."""
@@ -96,7 +97,7 @@ class Versions:
             effects.outputs += history.level_outputs(self.u, self.name, points)
         if fields == self.fields:
             return False
-        boundary = keyframe_boundary(self.asof_ns, asof_ns) if self.header is not None else None
+        boundary = keyframe_boundary(self.asof_ns, asof_ns) if self.history and self.header else None
         if boundary is not None and self.header is not None:
             frame = Keyframe(version=self.version, epoch=self.epoch, asof_ns=self.asof_ns, header=self.header)
             effects.outputs.append(history.keyframe_output(self.u, self.name, boundary, frame))
@@ -118,9 +119,9 @@ class Follower(Processor):
     source: str
     name: str
 
-    def __init__(self, u: str) -> None:
+    def __init__(self, u: str, history: bool = True) -> None:
         self.u = u
-        self.versions = Versions(u, self.name)
+        self.versions = Versions(u, self.name, history)
         self.checkpoint = streams.derive_checkpoint_key(u, self.name)
         self._clear()
 

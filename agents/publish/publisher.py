@@ -55,8 +55,9 @@ NEW_EPOCH_PATIENCE_S = 2.5  # event time a new epoch may stay incomplete before 
 
 
 class Publisher(Processor):
-    def __init__(self, model: ModelSettings, underlying: str, strategy: str) -> None:
+    def __init__(self, model: ModelSettings, underlying: str, strategy: str, history: bool = True) -> None:
         self.u = underlying
+        self.history = history  # keyframes, recent checkpoints, geometries and level points
         self.strategy = strategy
         self.min_tiles = model.publish_min_tiles
         self.min_pct = model.publish_min_changed_pct
@@ -86,7 +87,7 @@ class Publisher(Processor):
         self.checkpoint_ns = 0
         self.restoring: tuple[Published, bytes | None] = (Published(self.strategy), None)
         self.header: bytes | None = None  # the last version's
-        self.levels = LevelTrack() if self.strategy in streams.LEVELS else None
+        self.levels = LevelTrack() if self.history and self.strategy in streams.LEVELS else None
         self.last_point: tuple[int, tuple[Any, ...]] | None = None  # the level point written last
 
     # --- state -------------------------------------------------------------------------------
@@ -222,7 +223,7 @@ class Publisher(Processor):
 
     def _publish(self, reason: str, commands: list[tuple[Any, ...]], outputs: list[Output]) -> int | None:
         reset = self.epoch != self.pub_epoch
-        boundary = keyframe_boundary(self.pub_asof_ns, self.max_ts_ns) if self.header is not None else None
+        boundary = keyframe_boundary(self.pub_asof_ns, self.max_ts_ns) if self.history and self.header else None
         before = self.tiles.checkpoint() if boundary is not None else None  # the version in force at it
         done = self.tiles.publish(reset, self.header_dirty)
         if done is None:
@@ -252,7 +253,7 @@ class Publisher(Processor):
             header=header,
         )
         outputs.append(version_output(diff))
-        if reset and geometry is not None:
+        if reset and geometry is not None and self.history:
             outputs.append(history.geometry_output(self.u, self.strategy, self.max_ts_ns, self.version, geometry))
         if self.levels is not None:
             points = self.levels.observe(self.max_ts_ns // 1_000_000, level_values(self.strategy, self.fields))
@@ -267,7 +268,8 @@ class Publisher(Processor):
             packed = codec.encode_packed(self.tiles.checkpoint())
             fields: list[Any] = [HEADER_FIELD, header, COLS_FIELD, packed]
             frame = Keyframe(version=self.version, epoch=self.epoch, asof_ns=self.max_ts_ns, header=header, cols=packed)
-            outputs.append(history.checkpoint_output(self.u, self.strategy, frame))
+            if self.history:
+                outputs.append(history.checkpoint_output(self.u, self.strategy, frame))
             if reset and geometry is not None:
                 commands.append(("DEL", self.model))
                 fields += [GEOMETRY_FIELD, codec.encode_packed(geometry)]
@@ -294,7 +296,7 @@ class Publisher(Processor):
 
 
 def _publisher(strategy: str) -> ProcessorFactory:
-    return lambda settings, u: Publisher(settings.model_settings, u, strategy)
+    return lambda settings, u: Publisher(settings.model_settings, u, strategy, settings.history)
 
 
 PUBLISH_AGENTS = tuple(

@@ -70,6 +70,10 @@ E2E_RATES = (
     (60_000, ""),
 )
 ATTRIBUTE_AT = 5_000  # the rate at which each agent's CPU is measured (one process per agent kind)
+# What history costs the live feeds: 5k events/s with the publishers writing it (MARKETSWARM_HISTORY)
+# and without, agents restarted for each pass, in an ABBA order so no drift favours one; each side's
+# latencies pooled over its passes.
+HISTORY_PASSES = (False, True, True, False, False, True, True, False)
 E2E_SECONDS = 8.0  # offered per rate
 E2E_DRAIN_S = 20.0  # the longest wait for the backlog after offering stops
 SUSTAINED_DRAIN_S = 5.0  # a rate counts as sustained when its backlog drained within this
@@ -125,6 +129,7 @@ def e2e_suite(url: str, shared: dict[str, float]) -> list[Row]:
     shared["rest_elsewhere_port"] = port2
     rows: list[Row] = []
     try:
+        rows += _history_cost(exe, env, url, base, shared, gateway.pid)
         attribution = ([[s.name] for s in catalog.agents()], ((ATTRIBUTE_AT, ""),))
         for groups, rates in ((process_groups(), E2E_RATES), attribution):
             procs = [subprocess.Popen([exe, "agent", *group], env=env) for group in groups]
@@ -139,6 +144,32 @@ def e2e_suite(url: str, shared: dict[str, float]) -> list[Row]:
     finally:
         _stop([gateway, gateway2])
     return rows
+
+
+def _history_cost(exe: str, env: dict[str, str], url: str, base: str, shared: dict[str, float], gw: int) -> list[Row]:
+    """The event-to-browser p99 at 5k events/s with history written and without (HISTORY_PASSES)."""
+    pooled: dict[bool, list[np.ndarray]] = {True: [], False: []}
+    for on in HISTORY_PASSES:
+        hist_env = {**env, "MARKETSWARM_HISTORY": "true" if on else "false"}
+        procs = [subprocess.Popen([exe, "agent", *group], env=hist_env) for group in process_groups()]
+        try:
+            pids = {"gateway": gw, **{f"p{i}": p.pid for i, p in enumerate(procs)}}
+            asyncio.run(_e2e(url, base, shared, pids, ((5_000, "history"),), attribute=False, collect=pooled[on]))
+        finally:
+            _stop(procs)
+    with_it, without = (float(np.percentile(np.concatenate(pooled[k]), 99)) for k in (True, False))
+    return [
+        Row(
+            "e2e",
+            f"offered 5,000/s, history written: event-to-browser p99, {len(pooled[True])} passes",
+            with_it,
+            "ms",
+            without,
+            f"p99 without history (MARKETSWARM_HISTORY=false), {len(pooled[False])} passes",
+            ">= 0.95 (within 5 %)",
+            key="e2e_sse_p99_ms_at_5000_with_history",
+        )
+    ]
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -264,8 +295,9 @@ async def _e2e(
     base: str,
     shared: dict[str, float],
     pids: dict[str, int],
-    rates: tuple[tuple[int, bool], ...],
+    rates: tuple[tuple[int, str], ...],
     attribute: bool,
+    collect: list[np.ndarray] | None = None,
 ) -> list[Row]:
     """Offer ``rates`` in turn; with ``attribute``, report only where the cores went (one process per
     agent kind), else latency, throughput and bytes."""
@@ -359,6 +391,9 @@ async def _e2e(
         lat = [_latencies_ms(events[u], feeds[(u, s)]) for u, s in TABS]
         ms = np.concatenate([x for x, _ in lat]) if lat else np.zeros(0)
         uncovered = sum(n for _, n in lat)
+        if compare == "history" and collect is not None:
+            collect.append(ms)
+            continue
         if compare:
             pooled[compare].append(ms)
             continue
