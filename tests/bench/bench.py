@@ -182,6 +182,7 @@ def cluster_suite(url: str, shared: dict[str, float]) -> list[Row]:
 def suites() -> dict[str, Suite]:
     """Every benchmark suite, in report order."""
     from tests.bench.e2e import e2e_suite
+    from tests.bench.history import history_suite
     from tests.bench.models import columns_suite, normalize_suite
 
     return {
@@ -190,6 +191,7 @@ def suites() -> dict[str, Suite]:
         "normalize": normalize_suite,
         "columns": columns_suite,
         "e2e": e2e_suite,
+        "history": history_suite,
     }
 
 

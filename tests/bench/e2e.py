@@ -38,7 +38,6 @@ from marketswarm.agents.sources.simulated import SimMarket
 from marketswarm.agents.sources.writer import RawWriter
 from marketswarm.ops.embedded import free_port
 from marketswarm.schemas.codec import RawFormat
-from marketswarm.topology import streams
 from marketswarm.topology.connections import create_redis
 from marketswarm.topology.metrics import Metrics
 from marketswarm.topology.observe import backlog, group_rows
@@ -353,7 +352,6 @@ async def _e2e(
         await asyncio.sleep(max(0.0, (t0 - time.time_ns()) / NS))
         cpu0 = {name: _cpu_s(pid) for name, pid in pids.items()}
         read0 = await _entries_read(r)
-        points0 = await _level_points(r)
         lags: list[int] = []
         next_lag = time.monotonic()
         cursor = dict.fromkeys(markets, 0)
@@ -433,8 +431,6 @@ async def _e2e(
         )
         n_diffs = sum(1 for t in tab.recv if w0 <= t < w1)
         rows.append(Row("e2e", f"{label}: diffs/s, one tab", n_diffs / gen_s, "diffs/s"))
-        if rate == 5_000:
-            rows.append(await _history_row(r, (await _level_points(r) - points0) / gen_s))
         if rate == ATTRIBUTE_AT:
             for name, share in sorted(cpu.items(), key=lambda kv: -kv[1]):
                 rows.append(Row("e2e", f"{label}: CPU of process {name}", share * 100, "% of a core"))
@@ -502,39 +498,6 @@ def _attribution(label: str, cpu: dict[str, float], read: dict[str, int], gen_s:
         per = f" ({read[name] / gen_s:,.0f} entries/s, {share * gen_s / n * 1e6:,.0f} us each)" if n else ""
         rows.append(Row("e2e", f"{label}, one process per agent: CPU of {name}{per}", share * 100, "% of a core"))
     return rows
-
-
-SESSION_S = 6.5 * 3600
-
-
-async def _level_points(r: Any) -> int:
-    return sum([await r.xlen(spec.key(u)) for u in E2E_UNDERLYINGS for spec in streams.LEVELS.values()])
-
-
-async def _history_row(r: Any, points_per_s: float) -> Row:
-    """What a trading session of history costs in Redis at this rate, every underlying: the level
-    points at the rate measured in this window, a keyframe per model per minute at the mean keyframe
-    size kept, and the recent checkpoints and geometries as they stand (they are bounded, not daily)."""
-
-    async def mean(key: str) -> float:
-        n = await r.xlen(key)
-        return float(await r.execute_command("MEMORY", "USAGE", key, "SAMPLES", 0) or 0) / n if n else 0.0
-
-    levels = [await mean(spec.key(u)) for u in E2E_UNDERLYINGS for spec in streams.LEVELS.values()]
-    frames = sum([await mean(spec.key(u)) for u in E2E_UNDERLYINGS for spec in streams.KEYFRAMES.values()])
-    bounded = 0.0
-    for u in E2E_UNDERLYINGS:
-        for spec in (*streams.CHECKPOINTS.values(), *streams.GEOMETRIES.values()):
-            bounded += float(await r.execute_command("MEMORY", "USAGE", spec.key(u), "SAMPLES", 0) or 0)
-    per_day = points_per_s * SESSION_S * (sum(levels) / max(1, len(levels))) + frames * SESSION_S / 60 + bounded
-    return Row(
-        "e2e",
-        f"history bytes per 6.5 h session, {len(E2E_UNDERLYINGS)} underlyings: {points_per_s:.1f} level points/s "
-        "measured here, a keyframe per model per minute",
-        per_day,
-        "B",
-        key="history_bytes_per_day",
-    )
 
 
 async def _entries_read(r: Any) -> dict[str, int]:

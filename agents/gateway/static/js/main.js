@@ -115,10 +115,10 @@ function scrubRange() {
   const first = app.day.span ? Math.max(app.day.span.first, newest - 86400000) : newest - 3600000;
   el.min = String(Math.floor(first / MINUTE_MS) * MINUTE_MS);
   el.max = String(newest);
-  if (!app.past) el.value = el.max;
+  if (!app.past && !scrubbing) el.value = el.max;
 }
 
-let pastSeq = 0;
+let pastSeq = 0, scrubbing = false; // scrubbing: the viewer is moving the scrubber (not yet settled)
 async function showPast(t) {
   const seq = ++pastSeq, v = app.view;
   const past = await loadPast(v.underlying, v.strategy, modelFeed() !== null, DERIVED, t);
@@ -150,6 +150,7 @@ function goLive() {
 
 // Scrub to t (epoch ms): the newest second or later is live.
 function scrubTo(t) {
+  scrubbing = false;
   if (t >= Number($("scrub").max) - 1000) goLive();
   else showPast(t);
 }
@@ -158,6 +159,7 @@ function bindScrubber() {
   let timer = null;
   $("scrub").addEventListener("input", (e) => {
     clearTimeout(timer);
+    scrubbing = true;
     const t = Number(e.target.value);
     timer = setTimeout(() => scrubTo(t), 120);
   });
@@ -198,6 +200,7 @@ function render() {
   $("delayed").hidden = !(h && h.delayed);
   $("asof").textContent = h && h.asof ? localTime(h.asof_ns) : "-";
   renderIndicators(app.docs);
+  if (!app.past) scrubRange(); // the scrubber's right end follows the newest data
   if (s === "day") renderDay();
   else if (s === "gex") renderGex(app, activate);
   else if (s === "intent") renderIntent(app, activate);
