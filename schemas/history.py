@@ -122,9 +122,9 @@ def keyframe_boundary(prev_asof_ns: int, asof_ns: int) -> int | None:
 
 class Keyframe(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A model as it stood at a time: its version, epoch and header (a derived model's whole document),
-    and for the heatmaps and GEX every position's numbers (``Columns``, packed; ``zipped``: then
-    zlib-compressed, as keyframes are kept for days). The geometry is the epoch's, kept once per epoch
-    (``ms:{U}:geometries:{S}.v1``)."""
+    and for the heatmaps and GEX every position's numbers (``Columns``, packed). ``zipped``: header and
+    columns zlib-compressed, as keyframes are kept for days (an intent document is ~100 KB of JSON,
+    ~10 KB compressed). The geometry is the epoch's, kept once per epoch (``ms:{U}:geometries:{S}.v1``)."""
 
     version: int
     epoch: str

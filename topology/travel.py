@@ -110,7 +110,7 @@ async def _geometry(redis: aioredis.Redis, u: str, strategy: str, epoch: str) ->
 async def from_keyframe(redis: aioredis.Redis, u: str, strategy: str, frame: Keyframe) -> Published:
     """The model a keyframe or a recent checkpoint holds."""
     out = Published(strategy=strategy)
-    out.header, out.version = frame.header, frame.version
+    out.header, out.version = zlib.decompress(frame.header) if frame.zipped else frame.header, frame.version
     if frame.cols is not None:
         geometry = await _geometry(redis, u, strategy, frame.epoch)
         if geometry is None:

@@ -99,7 +99,13 @@ class Versions:
             return False
         boundary = keyframe_boundary(self.asof_ns, asof_ns) if self.history and self.header else None
         if boundary is not None and self.header is not None:
-            frame = Keyframe(version=self.version, epoch=self.epoch, asof_ns=self.asof_ns, header=self.header)
+            frame = Keyframe(
+                version=self.version,
+                epoch=self.epoch,
+                asof_ns=self.asof_ns,
+                header=codec.compress(self.header),
+                zipped=True,
+            )
             effects.outputs.append(history.keyframe_output(self.u, self.name, boundary, frame))
         self.version += 1
         self.fields, self.asof_ns, self.epoch = fields, asof_ns, epoch

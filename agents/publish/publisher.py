@@ -231,8 +231,8 @@ class Publisher(Processor):
         cols, n = done
         if boundary is not None and before is not None and self.header is not None:
             frame = Keyframe(
-                version=self.version, epoch=self.pub_epoch, asof_ns=self.pub_asof_ns, header=self.header,
-                cols=codec.compress(codec.encode_packed(before)), zipped=True,
+                version=self.version, epoch=self.pub_epoch, asof_ns=self.pub_asof_ns,
+                header=codec.compress(self.header), cols=codec.compress(codec.encode_packed(before)), zipped=True,
             )  # fmt: skip
             outputs.append(history.keyframe_output(self.u, self.strategy, boundary, frame))
         self.version += 1
