@@ -78,7 +78,9 @@ async def exact_from_ms(r: aioredis.Redis, model: str) -> int:
     return max(first_ms, min(starts))
 
 
-async def test_at_answers_the_recorded_bytes_then_the_minute_keyframes_beyond_the_diffs(redis_url: str) -> None:
+async def test_at_answers_the_recorded_bytes_then_the_minute_keyframes_beyond_the_diffs(
+    redis_url: str, tmp_path: Path
+) -> None:
     sim = Sim(redis_url)
     r = aioredis.Redis.from_url(redis_url)
     recorded: list[tuple[str, int, int, bytes]] = []  # (model, version, asof_ns, bytes) as REST served them
@@ -142,6 +144,15 @@ async def test_at_answers_the_recorded_bytes_then_the_minute_keyframes_beyond_th
                 assert resp.status_code == 400 and "at:" in resp.json()["detail"], bad
             future = await c.get(model_url(base, "gex"), params={"at": "2999-01-01T00:00:00Z"})
             assert future.status_code == 400 and "future" in future.json()["detail"]
+            # `marketswarm export --at` writes the same documents.
+            out = tmp_path / "at"
+            cmd = [sys.executable, "-m", "marketswarm.ops", "export", str(out), "--at", str(boundaries[0])]
+            env = {**os.environ, "MARKETSWARM_REDIS_URL": redis_url, "MARKETSWARM_UNDERLYINGS": "SPX"}
+            done = await asyncio.to_thread(subprocess.run, cmd, env=env, capture_output=True, timeout=120)
+            assert done.returncode == 0, done.stderr.decode()[-2000:]
+            for model in streams.MODELS:
+                rest = await c.get(model_url(base, model), params={"at": str(boundaries[0])})
+                assert (out / "SPX" / f"{model}.json").read_bytes() == rest.content, model
             cols = (await c.get(f"{base}/api/columns/SPX/butterfly", params={"at": str(boundaries[0])})).json()
             assert cols["snapshot"]["version"] == versions["butterfly"].at(boundaries[0])[0]
             assert cols["geometry"]["strategy"] == "butterfly"
