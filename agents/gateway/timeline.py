@@ -34,11 +34,12 @@ from marketswarm.topology.travel import At, HistoryError, levels_between, levels
 FUTURE_SLACK_MS = 5_000  # a time this far past the gateway's clock is still "now" (clocks differ)
 DAY_MS = 86_400_000
 MAX_LEVEL_ROWS = 5000
-BODIES_KEPT = 8  # past models' bodies kept, by (underlying, model, version, form)
+BODIES_KEPT = 8  # past models' bodies kept (a heatmap's is up to 3 MB)
 
 router = APIRouter()
-_bodies: OrderedDict[tuple[str, str, int, str], bytes] = OrderedDict()
-_lock = asyncio.Lock()
+# (underlying, model, version, its header, form) -> body; the loop is the only writer (no await between
+# a lookup and its use), so no lock.
+_bodies: OrderedDict[tuple[str, str, int, bytes, str], bytes] = OrderedDict()
 
 
 def when(text: str, name: str) -> int:
@@ -67,12 +68,11 @@ async def past(request: Request, u: str, strategy: str, at: str, form: str = "re
 
 async def _body(u: str, strategy: str, found: At, form: str) -> bytes:
     p = found.published
-    key = (u, strategy, p.version, form)
-    async with _lock:
-        cached = _bodies.get(key)
-        if cached is not None:
-            _bodies.move_to_end(key)
-            return cached
+    key = (u, strategy, p.version, p.header or b"", form)
+    cached = _bodies.get(key)
+    if cached is not None:
+        _bodies.move_to_end(key)
+        return cached
 
     def build() -> bytes:
         if form == "rest":
@@ -81,10 +81,9 @@ async def _body(u: str, strategy: str, found: At, form: str) -> bytes:
         return b'{"geometry":' + geometry + b',"snapshot":' + (p.snapshot() or b"null") + b"}"
 
     body = await asyncio.to_thread(build)
-    async with _lock:
-        _bodies[key] = body
-        while len(_bodies) > BODIES_KEPT:
-            _bodies.popitem(last=False)
+    _bodies[key] = body
+    while len(_bodies) > BODIES_KEPT:
+        _bodies.popitem(last=False)
     return body
 
 
