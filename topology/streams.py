@@ -32,14 +32,15 @@ REJECTS_MAX_BYTES = 8 * MiB
 DLQ_MAX_BYTES = 16 * MiB
 # History (schemas/history.py): kept by event time for the day and the day before, across a weekend
 # (the age runs from the newest entry, so a replay of an old day keeps it too), and bounded in bytes
-# (README, "What a trading day costs"). Trimmed at most every HISTORY_TRIM_S: they grow slowly.
+# (README, "The day as a timeline"). Trimmed at most every HISTORY_TRIM_S: they grow slowly.
 HISTORY_MAX_AGE_S = 4 * 24 * 3600
 LEVELS_MAX_BYTES = 8 * MiB
 KEYFRAMES_MAX_BYTES = 64 * MiB  # a butterfly grid's keyframe is 30-45 KB: 390 a day
 GEOMETRIES_MAX_AGE_S = 7 * 24 * 3600  # longer than the keyframes that name them
 GEOMETRIES_MAX_BYTES = 16 * MiB
 # Recent checkpoints of the heatmaps and GEX: where `?at=` starts applying the retained diffs. They
-# outlast the diffs (a checkpoint every 5 s of event time), so every retained diff is reachable.
+# outlast the diffs (a checkpoint every 5 s of event time), so every retained diff after the first
+# retained checkpoint is reachable (a trim does not cut the diffs at a checkpoint).
 CHECKPOINTS_MAX_BYTES = 4 * MiB
 HISTORY_TRIM_S = 30.0
 REJECTS_MAXLEN = 100_000  # sources outside the runtime trim their rejects by count at XADD as well
