@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from marketswarm.agents import catalog
-from marketswarm.ops import commands
+from marketswarm.ops import alerting, commands
 from marketswarm.ops.config import load_settings, redis_url_of
 from marketswarm.ops.mistakes import DEBUG_FLAG, FAILED, USAGE, Cli, Mistake, agent_spec, set_redis_url
 from marketswarm.topology.agent import AgentSpec
@@ -121,6 +121,7 @@ def run(
 
     settings = load_settings(source=source, gateway_no_auth=no_auth or None)
     exposed(settings)
+    receivers = alerting.rules_of(settings).receivers  # a bad rules file stops here, in one line
     lock = DataDirLock(settings.data_dir)
     try:
         lock.acquire()  # held until this process ends
@@ -154,6 +155,8 @@ def run(
         sup.add("+".join(group), "agent", *group)
     if settings.source != "none":
         sup.add(f"source.{settings.source}", "source", settings.source)
+    if receivers:
+        sup.add("alerts.deliver", "alerts", "deliver")
     sup.add("gateway", "gateway")
     host = "localhost" if settings.gateway_host in ("127.0.0.1", "0.0.0.0") else settings.gateway_host
     banner = Table.grid(padding=(0, 2))
@@ -188,6 +191,8 @@ def agent(
 
     settings = load_settings()
     specs = [agent_spec(n) for n in names]
+    if any(s.name == "vigil" for s in specs):
+        alerting.rules_of(settings)  # a bad rules file stops here, in one line
     url = redis_url_of(settings)
     agents_named = ",".join(names)
     log.info(
@@ -466,6 +471,7 @@ def check(
 
 app.add_typer(commands.inspect_app, name="inspect")
 app.add_typer(commands.offsets_app, name="offsets")
+app.add_typer(alerting.alerts_app, name="alerts")
 app.command("top")(commands.top)
 app.command("rebuild")(commands.rebuild)
 

@@ -14,7 +14,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,9 @@ from marketswarm.topology.travel import HistoryError, model_at
 
 log = logging.getLogger(__name__)
 CHAIN_FORMATS = (RawFormat.CBOE_CSV, RawFormat.REST_CHAIN)  # frames that can start an epoch: without one, no model
+
+
+Collect = Callable[[aioredis.Redis, list[str]], Awaitable[None]]
 
 
 class ServerInUseError(RuntimeError):
@@ -142,6 +145,7 @@ async def _replay(
     console: Console,
     *,
     shared: bool,
+    collect: Collect | None = None,
 ) -> Summary:
     from marketswarm.agents import catalog
 
@@ -194,6 +198,8 @@ async def _replay(
         if export is not None:
             for p in await export_models(redis, export, underlyings):
                 console.print(f"wrote {p}", soft_wrap=True)
+        if collect is not None:
+            await collect(redis, underlyings)
         return summary
     finally:
         await redis.aclose()
@@ -212,20 +218,31 @@ def why_no_model(s: Summary) -> str:
 
 
 def replay(
-    settings: Settings, paths: Sequence[Path], export: Path | None, redis_url: str | None, paced: bool, console: Console
+    settings: Settings,
+    paths: Sequence[Path],
+    export: Path | None,
+    redis_url: str | None,
+    paced: bool,
+    console: Console,
+    collect: Collect | None = None,
 ) -> Summary:
     """Replay ``paths`` on a temporary server (or ``redis_url``, which must be empty). InputFileError
-    for bad input, ServerInUseError for a server in use, NoModelError when no model came of it."""
+    for bad input, ServerInUseError for a server in use, NoModelError when no model came of it.
+    ``collect`` reads what it wants of the result before the server goes away."""
     frames = read_inputs(paths)
     recorded = capture_model_settings(paths)
     with quiet_logs(console, settings.log_level):
         if redis_url:
-            return asyncio.run(_replay(redis_url, settings, frames, recorded, export, paced, console, shared=True))
+            return asyncio.run(
+                _replay(redis_url, settings, frames, recorded, export, paced, console, shared=True, collect=collect)
+            )
         tmp = Path(tempfile.mkdtemp(prefix="ms-replay-"))
         try:
             with EmbeddedServer(tmp, appendonly=False, record=False) as server:
                 return asyncio.run(
-                    _replay(server.url, settings, frames, recorded, export, paced, console, shared=False)
+                    _replay(
+                        server.url, settings, frames, recorded, export, paced, console, shared=False, collect=collect
+                    )
                 )
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

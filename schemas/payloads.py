@@ -18,3 +18,4 @@ class Payload(StrEnum):
     LEVELS = "levels"  # a point of a model's level series (schemas/history.py)
     KEYFRAME = "keyframe"  # a model as it stood at a time (schemas/history.py)
     GEOMETRY = "geometry"  # an epoch's geometry, kept for the keyframes
+    ALERT = "alert"  # an alert a rule fired (schemas/alerts.py)

@@ -264,6 +264,40 @@ class Metrics:
             registry=r,
         )
 
+        # alerts (agents/vigil/)
+        self.alerts_fired = Counter(
+            "marketswarm_alerts_fired_total", "Alerts a rule fired.", ("underlying", "rule", "severity"), registry=r
+        )
+        self.alerts_suppressed = Counter(
+            "marketswarm_alerts_suppressed_total", "Firings inside a rule's cooldown.", ("underlying",), registry=r
+        )
+        self.alert_commit_seconds = Histogram(
+            "marketswarm_alert_commit_seconds",
+            "From an alert's event time to its append to the alerts stream.",
+            ("underlying",),
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.alert_deliveries = Counter(
+            "marketswarm_alert_deliveries_total",
+            "Webhook tries, by outcome (delivered, failed: retried, dead: dead-lettered).",
+            ("receiver", "outcome"),
+            registry=r,
+        )
+        self.alert_delivery_seconds = Histogram(
+            "marketswarm_alert_delivery_seconds",
+            "From an alert's event time to its receiver's 2xx answer.",
+            ("receiver",),
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.alert_dead_letters = Counter(
+            "marketswarm_alert_dead_letters_total",
+            "Alerts a receiver did not take before their deadline (ms:{U}:alerts:dead.v1).",
+            ("receiver",),
+            registry=r,
+        )
+
         # operations (topology/observe.py, agents/gateway/app.py)
         self.group_lag = Gauge(
             "marketswarm_group_lag_entries",

@@ -130,6 +130,11 @@ class Settings(BaseSettings, ModelSettings):
         description="Keep the day's history (level points, minute keyframes, recent checkpoints) for `?at=`, "
         "the Day view and the scrubber; off: the publishers write none of it.",
     )
+    rules: Path | None = Field(
+        default=None,
+        description="The alert rules and webhook receivers (TOML, schemas/alerts.toml shows every key); "
+        "unset: that shipped file.",
+    )
 
     max_backlog: int = Field(
         default=2000,

@@ -43,6 +43,8 @@ GEOMETRIES_MAX_BYTES = 16 * MiB
 # retained checkpoint is reachable (a trim does not cut the diffs at a checkpoint).
 CHECKPOINTS_MAX_BYTES = 4 * MiB
 HISTORY_TRIM_S = 30.0
+# Alerts (schemas/alerts.py): a few hundred a day; kept like the history, ids are event times.
+ALERTS_MAX_BYTES = 4 * MiB
 REJECTS_MAXLEN = 100_000  # sources outside the runtime trim their rejects by count at XADD as well
 
 
@@ -152,6 +154,19 @@ GEOMETRIES: dict[str, StreamSpec] = {
     )
     for s in STRATEGIES
 }
+
+ALERTS = StreamSpec(  # trimmed like the history
+    "alerts",
+    per_underlying("alerts.v1"),
+    Payload.ALERT,
+    ALERTS_MAX_BYTES,
+    HISTORY_MAX_AGE_S,
+    trim_every_s=HISTORY_TRIM_S,
+)
+# Webhook deliveries that failed until their deadline (agents/vigil/courier.py): the alert, the
+# receiver and the last error. Written outside the agent graph, trimmed by count at XADD.
+ALERTS_DEAD = StreamSpec("alerts.dead", per_underlying("alerts:dead.v1"), Payload.DEAD, DLQ_MAX_BYTES)
+ALERTS_DEAD_MAXLEN = 10_000
 
 # Sources that cannot attribute a frame to an underlying (a WebSocket frame that is not JSON) write
 # its reject here; "edge" is a pseudo-underlying so the key keeps the same shape.
@@ -270,6 +285,22 @@ def derive_checkpoint_key(u: str, model: str) -> str:
     """Hash: a derived model agent's inputs as of a recent commit (the model it follows as columns,
     or the trade flow), and the input entry it went through; the entries acked since are re-applied."""
     return f"{PREFIX}:{{{u}}}:derive:{model}.v1"
+
+
+def vigil_checkpoint_key(u: str) -> str:
+    """Hash: the GEX model as the alerts agent last checkpointed it (topology/following.py)."""
+    return f"{PREFIX}:{{{u}}}:vigil:gex.v1"
+
+
+def vigil_state_key(u: str) -> str:
+    """String: the alert rules' state (sides, armed walls, last firings), written in every commit that
+    changed it, so a restore re-applies the diffs since without firing again."""
+    return f"{PREFIX}:{{{u}}}:vigil:rules.v1"
+
+
+def deliveries_key(u: str) -> str:
+    """Hash: per webhook receiver, the last alert id it was given (delivered or dead-lettered)."""
+    return f"{PREFIX}:{{{u}}}:vigil:deliveries.v1"
 
 
 def calc_checkpoint_key(u: str, strategy: str) -> str:

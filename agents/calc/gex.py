@@ -24,7 +24,7 @@ call GEX and ``put_wall_below`` the strike at or below S with the largest put GE
 ``by_expiry_strike`` is the net GEX per strike of each of the ``MATRIX_EXPIRIES`` nearest live
 expiries, strikes within ``MATRIX_RANGE`` of S: the strike x expiry view.
 ``iv_atm`` is the nearest live expiry's at-the-money IV (``atm_iv``): dealer gravity's expected move
-(agents/derive/levels.py) starts from it.
+(schemas/levels.py) starts from it.
 The 0DTE view repeats totals, flip, walls and by-strike for the contracts expiring on the as-of date
 (America/New_York). ``stale`` is true when the chain data (gamma, OI) is more than ``gex_stale_s``
 older than the as-of time.

@@ -4,7 +4,7 @@ Each is its own pipeline, with its own consumer group and the publisher of its o
 (agents/derive/publishing.py):
 
 * ``derive.market-mode`` and ``derive.gravity`` follow the GEX model's diffs: a document per GEX
-  version (agents/derive/levels.py), published when it changed.
+  version (schemas/levels.py), published when it changed.
 * ``derive.best-flies`` follows the butterfly heatmap's diffs: a document per butterfly version
   (agents/derive/flies.py), with the dealer gravity in force looked up (a side input).
 * ``derive.intent`` reads the changes stream: every quote and counted print makes the trade flow
@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from marketswarm.agents.derive import flies, levels
+from marketswarm.agents.derive import flies
 from marketswarm.agents.derive.flow import Flow
 from marketswarm.agents.derive.publishing import Follower, ModelView, Versions, derived_writes
+from marketswarm.schemas import levels
 from marketswarm.schemas.documents import HEADER_FIELD
 from marketswarm.schemas.events import ChangeBatch, FillChange, QuoteChange, SpotChange
 from marketswarm.schemas.markettime import expiry_close_ns

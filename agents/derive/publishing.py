@@ -8,10 +8,8 @@
   carries the keyframe of the version before it, and the models with a level series (market mode,
   gravity, intent) observe their levels at every document computed, versions or not.
 * ``Follower``: an agent whose input is another model's diffs (market mode and gravity follow GEX,
-  best butterflies the butterfly heatmap). It holds that model as columns, computes its document per
-  version of it, and checkpoints the followed model every ``CHECKPOINT_EVERY_S`` of event time (and
-  at each new epoch) with the diff it went through; a restore loads that and re-applies the diffs
-  acknowledged since, so no version of the followed model is skipped or applied twice.
+  best butterflies the butterfly heatmap), held as columns and checkpointed by topology/following.py;
+  it computes its document per version of that model.
 * ``ModelView``: a model another agent looks up (a side input, read by the runtime before a step):
   the checkpoint once, then the diffs after the version held, at most every ``SIDE_READ_EVERY_S``.
 
@@ -27,19 +25,13 @@ from typing import Any
 import orjson
 
 from marketswarm.schemas import codec
-from marketswarm.schemas.documents import COLS_FIELD, GEOMETRY_FIELD, HEADER_FIELD, header_fields, header_json
+from marketswarm.schemas.documents import HEADER_FIELD, header_fields, header_json
 from marketswarm.schemas.history import Keyframe, LevelTrack, keyframe_boundary, level_values
-from marketswarm.schemas.models import Diff, dense_columns
+from marketswarm.schemas.models import Diff
 from marketswarm.topology import history, streams
-from marketswarm.topology.agent import Count, Effects, Entry, Processor, Resume
-from marketswarm.topology.published import (
-    CHECKPOINT_EVERY_S,
-    Published,
-    apply_diffs,
-    checkpoint_read,
-    from_checkpoint,
-    version_output,
-)
+from marketswarm.topology.agent import Count, Effects, Entry
+from marketswarm.topology.following import Following
+from marketswarm.topology.published import Published, apply_diffs, checkpoint_read, from_checkpoint, version_output
 
 SIDE_DIFFS_PER_READ = 500
 SIDE_READ_EVERY_S = 0.25  # wall time between reads of a model looked up
@@ -119,103 +111,36 @@ class Versions:
         return True
 
 
-class Follower(Processor):
+class Follower(Following):
     """A derived model computed per version of the model it follows (``source``)."""
 
-    source: str
     name: str
 
     def __init__(self, u: str, history: bool = True) -> None:
-        self.u = u
         self.versions = Versions(u, self.name, history)
-        self.checkpoint = streams.derive_checkpoint_key(u, self.name)
-        self._clear()
+        super().__init__(u, streams.derive_checkpoint_key(u, self.name))
 
-    def _clear(self) -> None:
-        self.model = Published(self.source)
-        self.checkpoint_ns = 0
-        self.checkpoint_epoch = ""
-        self.bootstrap: Published | None = None
-        self.diff: Diff | None = None  # the followed model's diff ``compute`` is called for
+    def own_reads(self) -> list[tuple[Any, ...]]:
+        return self.versions.reads()
 
-    def side_reads(self) -> Sequence[tuple[Any, ...]]:
-        """Nothing followed yet: the followed model's checkpoint, in case its first diffs are gone
-        (an agent deployed into a running system); otherwise nothing."""
-        return [checkpoint_read(self.u, self.source)] if self.model.version == 0 else []
-
-    def take_side(self, replies: Sequence[Any]) -> None:
-        self.bootstrap = from_checkpoint(self.source, replies[0]) if replies else None
-
-    def state_reads(self) -> Sequence[tuple[Any, ...]]:
-        return [
-            ("HMGET", self.checkpoint, HEADER_FIELD, GEOMETRY_FIELD, COLS_FIELD, streams.THROUGH_FIELD),
-            *self.versions.reads(),
-        ]
-
-    def load(self, replies: Sequence[Any]) -> Sequence[Resume]:
-        self._clear()
-        header, geometry, cols, through = replies[0]
-        self.model = from_checkpoint(self.source, [header, geometry, cols])
-        if self.model.header is not None:
-            h = self.model.meta
-            self.checkpoint_ns, self.checkpoint_epoch = int(h["asof_ns"]), str(h["epoch"])
-        self.versions.load(replies[1:])
-        return [Resume(streams.DIFFS[self.source], through.decode() if through is not None else "0-0")]
-
-    def reapply(self, stream: streams.StreamSpec, entries: Sequence[Entry]) -> Sequence[Resume]:
-        self._apply(entries)
-        return ()
-
-    def _apply(self, entries: Sequence[Entry]) -> None:
-        fresh = [(e.id, e.value) for e in entries if e.value.version > self.model.version]
-        apply_diffs(self.model, streams.DIFFS[self.source].key(self.u), fresh)
+    def load_own(self, replies: Sequence[Any]) -> None:
+        self.versions.load(replies)
 
     def compute(self) -> dict[str, Any] | None:
         """The document for the followed model as it stands (None: nothing to publish yet)."""
         raise NotImplementedError
 
-    def process(self, batch: Sequence[Entry]) -> Effects:
-        effects = Effects()
-        published = 0
-        for entry in batch:
-            diff = entry.value
-            boot = self.bootstrap
-            if self.model.version == 0 and diff.version > 1 and not diff.reset and boot is not None:
-                if boot.version >= diff.version - 1:  # the diffs before this one are gone: start there
-                    self.model, self.bootstrap = boot, None
-            if diff.version <= self.model.version:
-                continue  # already in the model (a checkpoint taken past it)
-            self._apply([entry])
-            self.diff = diff
-            fields = self.compute()
-            h = self.model.meta
-            if fields is not None:
-                published += self.versions.publish(effects, fields, str(h["epoch"]), int(h["asof_ns"]))
-        if batch and self.model.header is not None:
-            h = self.model.meta
-            if (
-                h["epoch"] != self.checkpoint_epoch
-                or int(h["asof_ns"]) - self.checkpoint_ns >= CHECKPOINT_EVERY_S * 1e9
-            ):
-                effects.commands += self._checkpoint(batch[-1].id)
-        effects.events_out = published
-        effects.counts = self.versions.counts(published)
-        return effects
+    def on_version(self, effects: Effects) -> int:
+        fields = self.compute()
+        if fields is None:
+            return 0
+        h = self.model.meta
+        return int(self.versions.publish(effects, fields, str(h["epoch"]), int(h["asof_ns"])))
 
-    def _checkpoint(self, through: str) -> list[tuple[Any, ...]]:
-        m = self.model
-        assert m.header is not None
-        h = m.meta
-        fields: list[Any] = [HEADER_FIELD, m.header, streams.THROUGH_FIELD, through]
-        commands: list[tuple[Any, ...]] = []
-        if m.geometry is not None:
-            fields += [COLS_FIELD, codec.encode_packed(dense_columns(m.vals, m.cts))]
-            if h["epoch"] != self.checkpoint_epoch:
-                commands.append(("DEL", self.checkpoint))
-                fields += [GEOMETRY_FIELD, codec.encode_packed(m.geometry)]
-        commands.append(("HSET", self.checkpoint, *fields))
-        self.checkpoint_ns, self.checkpoint_epoch = int(h["asof_ns"]), str(h["epoch"])
-        return commands
+    def process(self, batch: Sequence[Entry]) -> Effects:
+        effects = super().process(batch)
+        effects.counts = self.versions.counts(effects.events_out)
+        return effects
 
 
 class ModelView:

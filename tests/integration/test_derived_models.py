@@ -9,10 +9,10 @@ import numpy as np
 import orjson
 import pytest
 
-from marketswarm.agents.derive.levels import GexRows, gravity, structure
 from marketswarm.agents.sources.files import capture_line
 from marketswarm.agents.sources.simulated import SimMarket
 from marketswarm.schemas.codec import RawFrame
+from marketswarm.schemas.levels import GexRows, gravity, structure
 from marketswarm.schemas.models import BestFliesModel, GravityModel, IntentModel, MarketModeModel
 from tests.integration.test_replay import SECOND, T0, replay
 

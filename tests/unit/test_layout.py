@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 TOPS = ("schemas", "topology", "agents", "ops")
-STAGES = ("sources", "normalize", "hydrate", "calc", "publish", "derive", "gateway")
+STAGES = ("sources", "normalize", "hydrate", "calc", "publish", "derive", "vigil", "gateway")
 
 
 def test_pyproject_packages_match_the_folders() -> None:

@@ -182,7 +182,7 @@ def test_redis_urls_come_from_a_secret_one_least_privilege_user_per_role() -> No
         [url] = [e for e in container["env"] if e["name"] == "MARKETSWARM_REDIS_URL"]
         ref = url["valueFrom"]["secretKeyRef"]
         args = container["args"]
-        role = "agent" if args[0] == "agent" else args[0]
+        role = "agent" if args[0] in ("agent", "alerts") else args[0]  # the courier reads and writes as an agent
         assert ref == {"name": "marketswarm-redis", "key": role}, d["metadata"]["name"]
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from marketswarm.agents.calc.gex import Book, atm_iv
-from marketswarm.agents.derive.levels import GexRows, gravity, market_mode, structure
+from marketswarm.schemas.levels import GexRows, gravity, market_mode, structure
 
 
 def rows(

@@ -1,0 +1,158 @@
+"""Webhook delivery of the alerts: each receiver of the rules file, each underlying, its own task.
+
+A receiver's task reads ``ms:{U}:alerts.v1`` after the last alert it was given (kept in
+``streams.deliveries_key``, so a restarted courier goes on where it stopped: at least once) and POSTs
+each alert it wants, as Alertmanager v4 JSON or as the plain alert; the body carries the alert's
+fingerprint, so a receiver can drop a repeat. A try that does not end in a 2xx answer within the
+receiver's timeout is retried after ``backoff_s``, doubling to ``max_backoff_s``, until ``deadline_s``
+after the first try; then the alert is dead-lettered in ``ms:{U}:alerts:dead.v1`` with the last error,
+counted, and the receiver goes on with the next one. A receiver's first start takes the alerts of the
+last ``deadline_s`` (older ones could not be delivered in time anyway).
+
+The tasks share nothing but the HTTP client's pool, so a slow or dead receiver delays only itself,
+and the courier is its own process: it never holds up a model. Webhook URLs carry tokens: every log
+line names the receiver and the masked URL (``mask_webhook``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from marketswarm.schemas import alerts, codec
+from marketswarm.topology import streams
+from marketswarm.topology.metrics import Metrics
+
+log = logging.getLogger(__name__)
+READ_COUNT = 50
+BLOCK_MS = 1000
+MAX_ERROR_CHARS = 300
+
+
+def mask_webhook(url: str) -> str:
+    """``url`` with everything after the host masked (paths and queries of webhooks hold tokens)."""
+    scheme, _, rest = url.partition("://")
+    host = rest.split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1]
+    return f"{scheme}://{host}/***" if rest != host else f"{scheme}://{host}"
+
+
+def body_of(alert: alerts.Alert, receiver: alerts.Receiver) -> bytes:
+    if receiver.format == "alertmanager":
+        return orjson.dumps(alerts.alertmanager_json(alert, receiver.name))
+    return orjson.dumps(alerts.plain_json(alert))
+
+
+class Courier:
+    """Delivers the alerts of ``underlyings`` to ``receivers`` until ``stop`` is set."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        receivers: Sequence[alerts.Receiver],
+        underlyings: Sequence[str],
+        metrics: Metrics,
+        stop: asyncio.Event,
+    ) -> None:
+        self.redis, self.receivers, self.underlyings = redis, receivers, underlyings
+        self.metrics, self.stop = metrics, stop
+
+    async def run(self) -> None:
+        if not self.receivers:
+            log.info("no webhook receivers in the rules file: nothing to deliver")
+            await self.stop.wait()
+            return
+        for r in self.receivers:
+            log.info("delivering alerts to %s at %s", r.name, mask_webhook(r.url))
+        async with httpx.AsyncClient(follow_redirects=False) as client:
+            tasks = [
+                asyncio.create_task(self._receiver(client, r, u)) for r in self.receivers for u in self.underlyings
+            ]
+            try:
+                await self.stop.wait()
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _receiver(self, client: httpx.AsyncClient, r: alerts.Receiver, u: str) -> None:
+        key, positions = streams.ALERTS.key(u), streams.deliveries_key(u)
+        pos: str | None = None
+        while not self.stop.is_set():
+            try:
+                if pos is None:
+                    saved = await self.redis.hget(positions, r.name)
+                    pos = (
+                        saved.decode()
+                        if saved
+                        else f"{max(0, time.time_ns() // 1_000_000 - int(r.deadline_s * 1000))}-0"
+                    )
+                reply = await self.redis.xread({key: pos}, count=READ_COUNT, block=BLOCK_MS)
+                for _key, entries in reply or ():
+                    for entry_id, fields in entries:
+                        eid = entry_id.decode()
+                        if not await self._one(client, r, u, eid, fields):
+                            return  # stopping mid-retry: the position stays, a restart tries again
+                        await self.redis.hset(positions, r.name, eid)
+                        pos = eid
+            except (RedisError, OSError) as exc:
+                log.warning("alerts of %s for %s: the store failed (%s); again in 1 s", u, r.name, exc)
+                await self._sleep(1.0)
+
+    async def _one(self, client: httpx.AsyncClient, r: alerts.Receiver, u: str, eid: str, fields: Any) -> bool:
+        """Deliver one alert, or dead-letter it; False when stopped before either."""
+        try:
+            alert = codec.decode(streams.Payload.ALERT, fields)
+        except codec.DecodeError as exc:
+            await self._dead(r, u, eid, fields, f"undecodable alert: {exc}", 0)
+            return True
+        if not r.wants(alert.rule):
+            return True
+        body, first, delay, tries = body_of(alert, r), time.monotonic(), r.backoff_s, 0
+        headers = {"content-type": "application/json"}
+        while True:
+            tries += 1
+            try:
+                resp = await client.post(r.url, content=body, headers=headers, timeout=r.timeout_s)
+                if 200 <= resp.status_code < 300:
+                    self.metrics.alert_deliveries.labels(r.name, "delivered").inc()
+                    self.metrics.alert_delivery_seconds.labels(r.name).observe((time.time_ns() - alert.t_ns) / 1e9)
+                    return True
+                error = f"HTTP {resp.status_code}"
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            error = error.replace(r.url, mask_webhook(r.url))[:MAX_ERROR_CHARS]
+            self.metrics.alert_deliveries.labels(r.name, "failed").inc()
+            if self.stop.is_set():
+                return False
+            if time.monotonic() - first + delay > r.deadline_s:
+                await self._dead(r, u, eid, fields, error, tries)
+                return True
+            log.warning(
+                "alert %s (%s) to %s at %s: %s; try %d again in %.1f s",
+                alert.fingerprint, alert.rule, r.name, mask_webhook(r.url), error, tries + 1, delay,
+            )  # fmt: skip
+            await self._sleep(delay)
+            delay = min(delay * 2, r.max_backoff_s)
+
+    async def _dead(self, r: alerts.Receiver, u: str, eid: str, fields: Any, error: str, tries: int) -> None:
+        record: dict[str, Any] = {f"orig.{k.decode()}": v for k, v in fields.items()}
+        record.update({"id": eid, "receiver": r.name, "tries": tries, "error": error})
+        spec = streams.ALERTS_DEAD
+        await self.redis.xadd(spec.key(u), record, maxlen=streams.ALERTS_DEAD_MAXLEN, approximate=True)
+        self.metrics.alert_deliveries.labels(r.name, "dead").inc()
+        self.metrics.alert_dead_letters.labels(r.name).inc()
+        log.error("alert %s of %s to %s at %s dead-lettered after %d tries: %s",
+                  eid, u, r.name, mask_webhook(r.url), tries, error)  # fmt: skip
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), seconds)

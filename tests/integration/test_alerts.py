@@ -1,0 +1,134 @@
+"""Alerts end to end: captures built for a rule, back-tested with `marketswarm alerts check`, replayed twice."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from marketswarm.agents.sources.files import capture_line
+from marketswarm.agents.sources.simulated import SimMarket
+from marketswarm.schemas.codec import RawFormat, RawFrame
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_763_996_400_000_000_000  # Monday 2025-11-24 15:00 UTC
+SECOND = 1_000_000_000
+
+
+def cli(*args: str, **env: str) -> subprocess.CompletedProcess[bytes]:
+    e = dict(os.environ) | env
+    e.pop("MARKETSWARM_REDIS_URL", None)
+    return subprocess.run([sys.executable, "-m", "marketswarm.ops", *args], env=e, capture_output=True, timeout=300)
+
+
+def capture(path: Path, spots: list[tuple[int, float]], chain_spot: float | None = None) -> Path:
+    """One chain poll at T0 (its underlying at ``chain_spot``), then index values at (second, value)."""
+    m = SimMarket("SPX", 21, 300, T0)
+    m.advance(T0)
+    pages = orjson.loads(m.chain_frame())
+    if chain_spot is not None:
+        for r in pages[0]["results"]:
+            r["underlying_asset"].update(value=chain_spot, last_updated=T0)
+    frames = [(RawFormat.REST_CHAIN, T0, orjson.dumps(pages))]
+    for s, v in spots:
+        t = T0 + s * SECOND
+        frames.append((RawFormat.WS, t, orjson.dumps([{"ev": "V", "val": v, "T": "I:SPX", "t": t // 1_000_000}])))
+    with path.open("wb") as f:
+        for fmt, rx, data in frames:
+            f.write(capture_line("SPX", RawFrame(src=fmt, rx_ns=rx, data=data)) + b"\n")
+    return path
+
+
+def rules_file(path: Path, text: str) -> Path:
+    off = "\n".join(f"[rules.{r}]\nenabled = false" for r in ("flip_cross", "wall_near", "wall_break", "mode_change",
+                                                             "gravity_move") if f"[rules.{r}]" not in text)  # fmt: skip
+    path.write_text(text + "\n" + off + "\n")
+    return path
+
+
+def check(cap: Path, rules: Path) -> list[dict[str, Any]]:
+    r = cli("alerts", "check", "--json", "--rules", str(rules), str(cap))
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    return [orjson.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def gex(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The chain's GEX model (flip, walls) as a replay publishes it."""
+    d = tmp_path_factory.mktemp("gex")
+    cap = capture(d / "chain.jsonl", [(1, 5900.0)], chain_spot=5900.0)
+    r = cli("replay", str(cap), "--export", str(d / "out"))
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    return orjson.loads((d / "out/SPX/gex.json").read_bytes())
+
+
+def fired(alerts: list[dict[str, Any]]) -> list[tuple[float, str, str]]:
+    return [((a["t_ns"] - T0) / SECOND, a["subject"], a["values"]["direction"]) for a in alerts]
+
+
+def test_flip_cross_fires_at_the_hand_worked_times(tmp_path: Path, gex: dict[str, Any]) -> None:
+    flip = gex["flip"]
+    assert flip is not None
+    rules = rules_file(tmp_path / "r.toml", "[rules.flip_cross]\nhysteresis_pct = 0.05\ncooldown_s = 60")
+    # The band is +/- 0.05 % of spot (about 3 points): 1 point off the flip is a wobble.
+    path = [
+        (1, flip - 20),  # below: sets the side
+        (10, flip - 1),  # a wobble inside the band: nothing
+        (20, flip + 20),  # crossed up: fires at 20
+        (30, flip - 20),  # crossed down inside the cooldown (60 s from 20): nothing
+        (40, flip + 1),  # inside the band: the side stays below
+        (90, flip + 20),  # crossed up, 70 s after the last firing: fires at 90
+        (100, flip + 2),  # inside the band: nothing
+        (110, flip - 20),  # crossed down 20 s after 90: nothing
+    ]
+    cap = capture(tmp_path / "flip.jsonl", path, chain_spot=flip - 20)
+    got = check(cap, rules)
+    assert fired(got) == [(20.0, "flip", "up"), (90.0, "flip", "up")]
+    a = got[0]
+    assert a["rule"] == "flip_cross" and a["underlying"] == "SPX" and a["severity"] == "warning"
+    assert a["values"]["spot"] == pytest.approx(flip + 20) and a["values"]["flip"] == pytest.approx(flip, abs=0.5)
+    assert a["id"] == f"{(T0 + 20 * SECOND) // 1_000_000}-0" and len(a["fingerprint"]) == 16
+    assert check(cap, rules) == got  # a second back-test (its own replay) gives the same alerts, ids and bytes
+
+
+def test_the_walls_near_and_break(tmp_path: Path, gex: dict[str, Any]) -> None:
+    call = gex["call_wall"]
+    assert call is not None
+    rules = rules_file(
+        tmp_path / "r.toml",
+        "[rules.wall_near]\nwithin_pct = 0.2\nhysteresis_pct = 0.1\ncooldown_s = 0\n"
+        "[rules.wall_break]\nhysteresis_pct = 0.05\ncooldown_s = 0",
+    )
+    d = call * 0.001  # 0.1 % of the wall
+    path = [
+        (1, call - 8 * d),  # 0.8 % below the call wall: near armed, break side below
+        (10, call - 1.5 * d),  # within 0.2 %: near fires at 10
+        (20, call - 2.5 * d),  # 0.25 %: inside the re-arming margin (0.3 %), nothing
+        (30, call - 1.5 * d),  # within again, not re-armed: nothing
+        (40, call + 1 * d),  # 0.1 % above: broke up through the call wall at 40
+        (50, call - 1 * d),  # back below: no alert
+        (60, call + 1 * d),  # up again through the same wall: fires at 60 (no cooldown)
+    ]
+    cap = capture(tmp_path / "walls.jsonl", path, chain_spot=call - 8 * d)
+    got = [(t, s, w) for t, s, w in fired(check(cap, rules)) if s == "call_wall"]
+    assert got == [(10.0, "call_wall", "near"), (40.0, "call_wall", "up"), (60.0, "call_wall", "up")]
+
+
+def test_a_bad_rules_file_or_capture_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[rules.flip_cross]\ncooldown_s = -5\n")
+    r = cli("alerts", "check", "--rules", str(bad), str(tmp_path / "none.jsonl"))
+    err = r.stderr.decode().strip()
+    assert r.returncode == 2 and err.count("\n") == 0 and "rules.flip_cross.cooldown_s" in err, err
+    r = cli("alerts", "check", str(tmp_path / "none.jsonl"))
+    err = r.stderr.decode().strip()
+    assert r.returncode == 2 and err.count("\n") == 0 and "none.jsonl" in err and "Traceback" not in err, err
+    r = cli("run", MARKETSWARM_RULES=str(bad), MARKETSWARM_DATA_DIR=str(tmp_path / "d"))
+    err = r.stderr.decode().strip()
+    assert r.returncode == 2 and "rules.flip_cross.cooldown_s" in err and "Traceback" not in err, err
