@@ -33,6 +33,8 @@ from marketswarm.topology import streams
 from marketswarm.topology.metrics import Metrics
 
 log = logging.getLogger(__name__)
+# httpx logs every request with its URL at INFO: webhook URLs hold tokens, so only its warnings.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 READ_COUNT = 50
 BLOCK_MS = 1000
 MAX_ERROR_CHARS = 300
