@@ -19,6 +19,7 @@ run as many as needed behind a load balancer; each reads Redis and never writes 
 * ``?at=TIME`` on the model routes, ``GET /api/columns/{underlying}/{strategy}?at=TIME`` and ``GET
   /api/history/{underlying}/levels``: the day as a timeline (agents/gateway/timeline.py);
   ``GET /sse/history/{underlying}/levels/{model}`` appends new level points.
+* ``GET /api/alerts?underlying=&since=`` and ``GET /sse/alerts``: the alerts (agents/gateway/vigil.py).
 * ``GET /healthz``, ``GET /readyz`` (Redis answers, every group exists), ``GET /metrics``.
 * ``GET /``: the dashboard; ``GET /api/docs``: Swagger UI. No CDN: their libraries are vendored.
 
@@ -56,7 +57,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import REGISTRY
 from redis.exceptions import RedisError
 
-from marketswarm.agents.gateway import access, health, rest, streaming, timeline
+from marketswarm.agents.gateway import access, health, rest, streaming, timeline, vigil
 from marketswarm.agents.gateway.access import AUTH_ATTEMPTS, AUTH_WINDOW_S, check_exposure, static_files
 from marketswarm.agents.gateway.apidocs import add_docs
 from marketswarm.agents.gateway.feeds import ModelCache, cancel_all
@@ -131,7 +132,7 @@ def create_app(
         )
 
     app.middleware("http")(access.authenticate)
-    for router in (health.router, rest.router, timeline.router, streaming.router, access.router):
+    for router in (health.router, rest.router, timeline.router, streaming.router, vigil.router, access.router):
         app.include_router(router)
     # follow_symlink: an editable install links the package files into its build tree.
     app.mount("/static", StaticFiles(directory=str(static_files()), follow_symlink=True), name="static")

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 
 from marketswarm.agents.gateway.hub import Hub, Status
 from marketswarm.agents.gateway.sse import Segment, sse_event
-from marketswarm.schemas import codec
+from marketswarm.schemas import alerts, codec
 from marketswarm.schemas.documents import diff_json, geometry_json
 from marketswarm.schemas.history import LEVEL_SOURCES
 from marketswarm.schemas.models import LEG_WEIGHTS
@@ -51,6 +51,9 @@ TAB_QUEUE = 64  # events a tab's feeds may have ready before they wait for the c
 CANCEL_RECHECK_S = 0.2  # a task still running this long after its cancellation is cancelled again
 LEVEL_FEEDS = {f"levels.{m}": m for m in streams.LEVEL_MODELS}  # a level series as a tab's feed
 MAX_LEVEL_RESUME = 2000  # level points a feed sends from history on resume (REST pages the rest)
+ALERTS_FEED = "alerts"  # an underlying's alerts as a tab's feed
+MAX_ALERT_RESUME = 500  # alerts a feed sends from history on resume (REST pages the rest)
+TIMED_SEQ = 1000  # timed ids: ms * TIMED_SEQ + the entry's sequence number
 
 
 def feed_name(u: str, strategy: str) -> str:
@@ -300,34 +303,70 @@ def level_event(model: str, entry_id: bytes, fields: dict[bytes, bytes], feed: s
     return Segment(sse_event("level", None if feed else t, orjson.dumps(body), feed=feed))
 
 
-async def levels_feed(
-    src: FeedSource, u: str, model: str, after_ms: int, *, tagged: bool = False
-) -> AsyncGenerator[Segment, None]:
-    """A model's level points after ``after_ms`` (-1: only new ones), at most MAX_LEVEL_RESUME from
-    history, then live. Ends when the hub cuts the client off as too slow."""
-    key = streams.LEVELS[model].key(u)
-    feed = feed_name(u, f"levels.{model}") if tagged else None
+def timed_id(entry_id: bytes | str) -> int:
+    """An entry ``<ms>-<n>`` of a stream keyed by event time as one number, ``ms * 1000 + n`` (an
+    SSE id, a tab feed's ``@`` resume point); a level point's is its ms (``n`` is 0: see levels_feed)."""
+    ms, _, n = (entry_id.decode() if isinstance(entry_id, bytes) else entry_id).partition("-")
+    return int(ms) * TIMED_SEQ + int(n or 0)
+
+
+def alert_event(entry_id: bytes, fields: dict[bytes, bytes], feed: str | None = None) -> Segment:
+    """An alert as an SSE event ``alert``: the alert's JSON with its entry ``id``; ``id:`` its timed id."""
+    body = {"id": entry_id.decode(), **alerts.plain_json(codec.decode(streams.Payload.ALERT, fields))}
+    return Segment(sse_event("alert", None if feed else timed_id(entry_id), orjson.dumps(body), feed=feed))
+
+
+async def timed_feed(
+    src: FeedSource, key: str, feed: str, after: int, render: Callable[[bytes, dict[bytes, bytes]], Segment],
+    *, limit: int, tagged: bool,
+) -> AsyncGenerator[Segment, None]:  # fmt: skip
+    """A stream keyed by event time after the timed id ``after`` (-1: only new entries), at most
+    ``limit`` from history, then live. Ends when the hub cuts the client off as too slow."""
     q = await src.hub.subscribe(key)
     try:
-        last = after_ms
-        if after_ms >= 0:
-            page = await src.redis.xrange(key, min=f"({after_ms}-0", count=MAX_LEVEL_RESUME)
-            for entry_id, fields in page:
-                last = streams.entry_id_ms(entry_id)
-                yield level_event(model, entry_id, fields, feed)
+        last = after
+        if after >= 0:
+            start = f"({after // TIMED_SEQ}-{after % TIMED_SEQ}"
+            for entry_id, fields in await src.redis.xrange(key, min=start, count=limit):
+                last = timed_id(entry_id)
+                yield render(entry_id, fields)
         while True:
             item = await q.get()
             if item is None:
                 return
             if isinstance(item, Status):
-                yield _status_events(feed_name(u, f"levels.{model}"), item).of(tagged)
+                yield _status_events(feed, item).of(tagged)
                 continue
             entry_id, fields = item
-            if streams.entry_id_ms(entry_id) > last:
-                last = streams.entry_id_ms(entry_id)
-                yield level_event(model, entry_id, fields, feed)
+            if timed_id(entry_id) > last:
+                last = timed_id(entry_id)
+                yield render(entry_id, fields)
     finally:
         src.hub.unsubscribe(key, q)
+
+
+def levels_feed(
+    src: FeedSource, u: str, model: str, after_ms: int, *, tagged: bool = False
+) -> AsyncGenerator[Segment, None]:
+    """A model's level points after ``after_ms`` (their ids are ``<ms>-0``: a resume point is a time)."""
+    feed = feed_name(u, f"levels.{model}")
+    after = after_ms * TIMED_SEQ if after_ms >= 0 else -1
+
+    def render(entry_id: bytes, fields: dict[bytes, bytes]) -> Segment:
+        return level_event(model, entry_id, fields, feed if tagged else None)
+
+    key = streams.LEVELS[model].key(u)
+    return timed_feed(src, key, feed, after, render, limit=MAX_LEVEL_RESUME, tagged=tagged)
+
+
+def alerts_feed(src: FeedSource, u: str, after: int, *, tagged: bool = False) -> AsyncGenerator[Segment, None]:
+    """An underlying's alerts after the timed id ``after`` (-1: only new ones), then live."""
+    feed = feed_name(u, ALERTS_FEED)
+
+    def render(entry_id: bytes, fields: dict[bytes, bytes]) -> Segment:
+        return alert_event(entry_id, fields, feed if tagged else None)
+
+    return timed_feed(src, streams.ALERTS.key(u), feed, after, render, limit=MAX_ALERT_RESUME, tagged=tagged)
 
 
 class TabRequestError(ValueError):
@@ -337,7 +376,8 @@ class TabRequestError(ValueError):
 def parse_tab(spec: str, models: frozenset[str] | set[str]) -> list[tuple[str, str, int]]:
     """``SPX:butterfly@1234,SPX:market_mode,NDX:gex@7`` as (underlying, model, version) with -1 for
     "from a snapshot"; at most MAX_TAB_FEEDS, each once. The underlyings are not checked here. A
-    level series (``SPX:levels.gex@<ms>``) resumes after a time instead, -1 meaning new points only."""
+    level series (``SPX:levels.gex@<ms>``) resumes after a time instead, and alerts (``SPX:alerts@<id>``)
+    after a timed id; -1 meaning new ones only."""
     out: list[tuple[str, str, int]] = []
     for part in (p.strip() for p in spec.split(",")):
         if not part:
@@ -366,6 +406,8 @@ async def tab(src: FeedSource, feeds: list[tuple[str, str, int]]) -> AsyncIterat
     async def pump(u: str, strategy: str, version: int) -> None:
         if strategy in LEVEL_FEEDS:
             events = levels_feed(src, u, LEVEL_FEEDS[strategy], version, tagged=True)
+        elif strategy == ALERTS_FEED:
+            events = alerts_feed(src, u, version, tagged=True)
         else:
             events = model_feed(src, u, strategy, version, tagged=True)
         try:

@@ -132,3 +132,58 @@ def test_a_bad_rules_file_or_capture_is_one_line(tmp_path: Path) -> None:
     r = cli("run", MARKETSWARM_RULES=str(bad), MARKETSWARM_DATA_DIR=str(tmp_path / "d"))
     err = r.stderr.decode().strip()
     assert r.returncode == 2 and "rules.flip_cross.cooldown_s" in err and "Traceback" not in err, err
+
+
+async def test_a_live_run_fires_what_a_replay_of_its_capture_fires(
+    tmp_path: Path, redis_url: str, gex: dict[str, Any]
+) -> None:
+    """The frames of a capture written as a live source writes them (paced, every agent running, idle
+    flushes on) fire the alerts a back-test of that capture prints."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from marketswarm.agents import catalog
+    from marketswarm.agents.sources.files import read_inputs
+    from marketswarm.agents.sources.writer import RawWriter
+    from marketswarm.ops.alerting import read_alerts
+    from marketswarm.ops.inprocess import run_until_idle
+    from marketswarm.topology.connections import create_redis, ensure_group
+    from marketswarm.topology.metrics import Metrics
+    from marketswarm.topology.runtime import Runtime
+    from marketswarm.topology.settings import Settings
+
+    flip = gex["flip"]
+    rules = rules_file(tmp_path / "r.toml", "[rules.flip_cross]\ncooldown_s = 0\n[rules.wall_near]\ncooldown_s = 0")
+    path = [(1, flip - 20), (5, flip + 20), (9, flip - 20), (13, flip + 20), (17, flip + 30)]
+    cap = capture(tmp_path / "live.jsonl", path, chain_spot=flip - 20)
+    replayed = check(cap, rules)
+    assert len(replayed) >= 4
+
+    settings = Settings(underlyings=["SPX"], block_ms=50, rules=rules)
+    r = aioredis.Redis.from_url(redis_url)
+    for spec in catalog.agents():
+        await ensure_group(r, spec.reads.key("SPX"), spec.name)
+    stop, metrics = asyncio.Event(), Metrics()
+    clients = [create_redis(redis_url, settings.block_ms) for _ in catalog.agents()]
+    runs = [asyncio.create_task(Runtime(s, settings, c, metrics, stop=stop).run(["SPX"]))
+            for s, c in zip(catalog.agents(), clients, strict=True)]  # fmt: skip
+    writer = RawWriter(r, metrics, "test")
+    for rec in read_inputs([cap]):
+        await writer.write("SPX", [(rec.src, rec.data)], rec.rx_ns)
+        await asyncio.sleep(0.3)  # each frame its own moment, as live
+    await asyncio.sleep(1.0)
+    stop.set()
+    await asyncio.gather(*runs)
+    await run_until_idle(redis_url, settings, ["SPX"], timeout_s=60)  # anything left, then settled
+    live = [{"id": i, **alerts_json(a)} for i, a in await read_alerts(r, ["SPX"])]
+    await r.aclose()
+    for c in clients:
+        await c.aclose()
+    assert live == replayed
+
+
+def alerts_json(a: Any) -> dict[str, Any]:
+    from marketswarm.schemas.alerts import plain_json
+
+    return orjson.loads(orjson.dumps(plain_json(a)))
