@@ -48,7 +48,8 @@ async def alert_list(
 ) -> Response:
     """The alerts fired since a time, oldest first: each ``{id, fingerprint, rule, severity,
     underlying, t_ns, version, subject, message, values}``. ``next`` is the ``since`` of the next page
-    (null: this was the last)."""
+    (null: this was the last); ``last`` the newest alert's id by underlying ("0-0": none yet), where a
+    feed that follows this list resumes (``SPX:alerts@<timed id>``), so nothing falls between them."""
     gw = gateway_of(request)
     us = await _underlyings(request, underlying)
     if since is not None and ENTRY_ID.match(since):
@@ -56,7 +57,10 @@ async def alert_list(
     else:
         start = f"{when(since, 'since') if since is not None else session_start_ms(int(time.time() * 1000))}-0"
     rows: list[tuple[int, str, bytes, dict[bytes, bytes]]] = []
+    last: dict[str, str] = {}
     for u in us:
+        newest = await gw.redis.xrevrange(streams.ALERTS.key(u), count=1)
+        last[u] = newest[0][0].decode() if newest else "0-0"
         for entry_id, fields in await gw.redis.xrange(streams.ALERTS.key(u), min=start, count=limit + 1):
             rows.append((timed_id(entry_id), u, entry_id, fields))
     rows.sort(key=lambda r: (r[0], r[1]))
@@ -64,7 +68,8 @@ async def alert_list(
     out = [{"id": e.decode(), **alerts.plain_json(codec.decode(streams.Payload.ALERT, f))} for _, _, e, f in page]
     more = len(rows) > limit
     return Response(
-        orjson.dumps({"alerts": out, "next": out[-1]["id"] if more and out else None}), media_type="application/json"
+        orjson.dumps({"alerts": out, "next": out[-1]["id"] if more and out else None, "last": last}),
+        media_type="application/json",
     )
 
 

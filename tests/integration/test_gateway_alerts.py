@@ -54,7 +54,11 @@ async def test_alerts_over_rest_sse_and_a_tab(redis_url: str) -> None:
     with gateway_at(redis_url) as (base, _):
         async with httpx.AsyncClient(timeout=15) as c:
             whole = (await c.get(f"{base}/api/alerts", params={"since": str(t)})).json()
-            assert [a["id"] for a in whole["alerts"]] == ids and whole["next"] is None
+            assert (
+                [a["id"] for a in whole["alerts"]] == ids
+                and whole["next"] is None
+                and whole["last"] == {"SPX": ids[-1]}
+            )
             first = whole["alerts"][0]
             assert first == {"id": ids[0], **orjson.loads(orjson.dumps(alerts.plain_json(alert(0, t))))}
             pages: list[Any] = []

@@ -7,9 +7,12 @@
 // ones start from a snapshot. A "stalled" event says the gateway's store stopped answering (the
 // connection stays up, the diffs wait); "resumed" that it answers again and the held diffs follow.
 
+import { timedId } from "./alerts.js";
+
 const RETRY_MIN_MS = 300;
 const RETRY_MAX_MS = 4000;
-const TYPES = ["geometry", "snapshot", "diff", "level"]; // level: a point of a level series ("U:levels.gex")
+// level: a point of a level series ("U:levels.gex"); alert: an alert ("U:alerts")
+const TYPES = ["geometry", "snapshot", "diff", "level", "alert"];
 
 export class TabFeed {
   // onEvent(feed, type, body) for every event in order; onStatus("up" | "stalled" | "retry") as the
@@ -70,6 +73,7 @@ export class TabFeed {
     if (!this.feeds.includes(feed)) return;
     this.onEvent(feed, type, body);
     if (type === "level") this.versions.set(feed, body.t); // a level series resumes after a time
+    else if (type === "alert") this.versions.set(feed, timedId(body.id)); // alerts after an alert
     else if (type !== "geometry" && body) this.versions.set(feed, body.version);
   }
 

@@ -6,6 +6,7 @@
 // the controls and the frame loop; each view draws from that state (heatmap.js, gex.js, derived.js).
 // What the server computes (scores, leg weights, expiry closes) comes from the server.
 
+import { AlertLog, timedId } from "./alerts.js";
 import { renderFlies, renderIndicators, renderIntent } from "./derived.js";
 import { TabFeed } from "./feed.js";
 import { drawDayChart, hideDayTip } from "./charts.js";
@@ -43,6 +44,7 @@ const app = {
   docs: null, // the derived models' documents on screen, by name
   past: null, // {t, model, docs}: the moment the scrubber shows; null: live
   day: new DayHistory(), // the Day view's rows
+  alerts: new AlertLog(), // the alerts of the underlying on screen
   conn: "connecting", // the tab's connection: connecting | up | stalled (its store is not answering) | retry
   table: null, // the heatmap table on screen: {key, cells: Map(pos -> td)}
   flashed: [], // [td, since] of cells flashing, oldest first
@@ -63,6 +65,7 @@ const current = () => (app.view.strategy === "day" ? app.docs.market_mode || nul
 const feed = new TabFeed(
   (name, type, body) => {
     if (type === "level") { app.day.add(body); dayChanged(); return; }
+    if (type === "alert") { app.alerts.add(body); return; }
     if (name === modelFeed()) live.model.apply(type, body);
     else if (type !== "geometry" && body) live.docs[name.slice(name.indexOf(":") + 1)] = body.header;
     if (!app.past) schedule();
@@ -75,7 +78,22 @@ function follow() {
   const feeds = DERIVED.map((d) => `${u}:${d}`);
   if (modelFeed()) feeds.push(modelFeed());
   if (app.view.strategy === "day" && app.day.ready) feeds.push(...levelFeeds());
+  if (app.alerts.u === u && alertsReady) feeds.push(`${u}:alerts`);
   feed.set(feeds);
+}
+
+// The alerts: today's from REST, then the feed after the newest the stream held when they were read,
+// so none fired in between is missed.
+let alertsReady = false;
+function openAlerts() {
+  const u = app.view.underlying, log = app.alerts;
+  alertsReady = false;
+  log.load(u).then(() => {
+    if (log.u !== u || u !== app.view.underlying) return;
+    feed.versions.set(`${u}:alerts`, timedId(log.last || "0-0"));
+    alertsReady = true;
+    follow();
+  });
 }
 
 // --- the Day view and the scrubber ------------------------------------------------------------
@@ -272,6 +290,7 @@ function bind() {
     live.docs = {};
     live.model = new ColumnsModel();
     app.day = new DayHistory();
+    openAlerts();
     goLive();
     setStrategy(v.strategy); // every feed changes: each starts from a snapshot
   };
@@ -288,6 +307,8 @@ function bind() {
   $("gex-expiry").onchange = (e) => { v.gexExpiry = e.target.value; schedule(); };
   activate("side", "side", v.side);
   activate("colorby", "color", v.colorBy);
+  $("alerts-btn").onclick = () => app.alerts.togglePanel();
+  $("notify").onclick = () => app.alerts.toggleNotify();
   bindTip(app);
   bindScrubber();
   setInterval(freshness, 1000);
@@ -305,6 +326,7 @@ async function init() {
   app.view.strategy = null;
   setStrategy([...HEATMAPS, "gex", ...DERIVED, "day"].includes(s) ? s : "butterfly");
   app.day.load(app.view.underlying).then(scrubRange); // the scrubber's range
+  openAlerts();
 }
 
 // For tests and the curious: the tab's state as the views read it.
@@ -317,6 +339,7 @@ window.marketswarm = {
   staleness,
   naturalDebit,
   get history() { return { past: app.past ? app.past.t : null, rows: app.day.rows.length }; },
+  get alerts() { return { items: app.alerts.items, notify: app.alerts.notify, feeds: feed.feeds }; },
 };
 
 init();
