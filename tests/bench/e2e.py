@@ -11,7 +11,7 @@ Latin-square blocks: a REST client (its own process) fetching the whole butterfl
 second from the tabs' gateway, the same client on a second gateway process, and none; the first's
 p99 against the last's is what REST costs the live feeds, the second's says how much of that is the
 shared cores rather than the gateway. Then, once more at 5k events/s with one process per agent kind,
-where the cores went.
+where the cores went. Before all that, what history and webhooks cost (tests/bench/alerts.py).
 """
 
 from __future__ import annotations
@@ -129,6 +129,9 @@ def e2e_suite(url: str, shared: dict[str, float]) -> list[Row]:
     rows: list[Row] = []
     try:
         rows += _history_cost(exe, env, url, base, shared, gateway.pid)
+        from tests.bench.alerts import alerts_cost
+
+        rows += alerts_cost(exe, env, url, base, shared, gateway.pid)
         attribution = ([[s.name] for s in catalog.agents()], ((ATTRIBUTE_AT, ""),))
         for groups, rates in ((process_groups(), E2E_RATES), attribution):
             procs = [subprocess.Popen([exe, "agent", *group], env=env) for group in groups]
@@ -389,7 +392,7 @@ async def _e2e(
         lat = [_latencies_ms(events[u], feeds[(u, s)]) for u, s in TABS]
         ms = np.concatenate([x for x, _ in lat]) if lat else np.zeros(0)
         uncovered = sum(n for _, n in lat)
-        if compare == "history" and collect is not None:
+        if compare in ("history", "alerts") and collect is not None:
             collect.append(ms)
             continue
         if compare:

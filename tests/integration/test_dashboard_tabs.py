@@ -33,7 +33,8 @@ OPTION_TEXTS = (
 
 # Every feed event the tab applies, recorded from now on: [feed, type, version].
 RECORD = """() => { const f = window.marketswarm.feed, take = f.onEvent; window.__events = [];
-  f.onEvent = (n, t, b) => { if (t !== 'geometry' && b) window.__events.push([n, t, b.version]); take(n, t, b); }; }"""
+  f.onEvent = (n, t, b) => { if (t !== 'geometry' && t !== 'alert' && b) window.__events.push([n, t, b.version]);
+  take(n, t, b); }; }"""
 
 
 @pytest.fixture
@@ -104,9 +105,15 @@ async def test_four_tabs_stay_live_and_resume_exactly_after_the_gateway_dies(two
         assert live_s < 10 + 4 * 2, f"four tabs live after {live_s:.1f} s"  # 10 s each, opened one after another
         # Each tab: one connection, its feeds only; every tab's feeds advance, for 30 s.
         for page, (u, view) in zip(pages, TABS, strict=True):
-            feeds = await page.evaluate("() => window.marketswarm.feed.feeds")
+            feeds = await until(
+                page, f"() => window.marketswarm.feed.feeds.includes('{u}:alerts') && window.marketswarm.feed.feeds", 10
+            )
             assert sorted(feeds) == sorted(
-                {f"{u}:{view}", *(f"{u}:{d}" for d in ("market_mode", "gravity", "intent", "best_flies"))}
+                {
+                    f"{u}:{view}",
+                    f"{u}:alerts",
+                    *(f"{u}:{d}" for d in ("market_mode", "gravity", "intent", "best_flies")),
+                }
             )
         before = await heads(pages)
         await asyncio.sleep(30)
