@@ -15,9 +15,9 @@ def agents() -> tuple[AgentSpec, ...]:
     from marketswarm.agents.hydrate.hydrator import HYDRATE
     from marketswarm.agents.normalize.normalizer import NORMALIZE
     from marketswarm.agents.publish.publisher import PUBLISH_AGENTS
-    from marketswarm.agents.vigil.vigil import VIGIL
+    from marketswarm.agents.vigil.vigil import VIGIL_AGENTS
 
-    return (NORMALIZE, HYDRATE, *CALC_AGENTS, GEX_AGENT, *PUBLISH_AGENTS, *DERIVED_AGENTS, VIGIL)
+    return (NORMALIZE, HYDRATE, *CALC_AGENTS, GEX_AGENT, *PUBLISH_AGENTS, *DERIVED_AGENTS, *VIGIL_AGENTS)
 
 
 def by_name(name: str) -> AgentSpec:

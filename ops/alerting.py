@@ -35,12 +35,13 @@ def rules_of(settings: Settings, path: Path | None = None) -> alerts.Rules:
 
 
 async def read_alerts(redis: aioredis.Redis, underlyings: list[str]) -> list[tuple[str, alerts.Alert]]:
-    """Every alert held for ``underlyings``, by event time: (entry id, alert)."""
+    """Every alert held for ``underlyings`` (every alerts stream), by event time: (entry id, alert)."""
     out = []
     for u in underlyings:
-        for entry_id, fields in await redis.xrange(streams.ALERTS.key(u)):
-            out.append((entry_id.decode(), codec.decode(streams.Payload.ALERT, fields)))
-    return sorted(out, key=lambda ia: (ia[1].t_ns, ia[1].underlying, ia[0]))
+        for spec in streams.ALERTS.values():
+            for entry_id, fields in await redis.xrange(spec.key(u)):
+                out.append((entry_id.decode(), codec.decode(streams.Payload.ALERT, fields)))
+    return sorted(out, key=lambda ia: (ia[1].t_ns, ia[1].underlying, ia[1].rule, ia[0]))
 
 
 def _time(t_ns: int) -> str:

@@ -82,9 +82,17 @@ async def _flush(
 def stages() -> list[list[AgentSpec]]:
     """The production agents in the order a replay settles them: every agent that reads only its
     input, then those that look other models up (``AgentSpec.looks_up``), once those are final, so
-    that what they look up depends on the input alone."""
+    that what they look up depends on the input alone, together with every agent downstream of them
+    (the alerts on their models)."""
     everything = catalog.agents()
-    return [[s for s in everything if not s.looks_up], [s for s in everything if s.looks_up]]
+    late = {s.name for s in everything if s.looks_up}
+    while True:
+        written = {w.name for s in everything if s.name in late for w in s.writes}
+        more = {s.name for s in everything if s.reads.name in written} - late
+        if not more:
+            break
+        late |= more
+    return [[s for s in everything if s.name not in late], [s for s in everything if s.name in late]]
 
 
 async def settle(

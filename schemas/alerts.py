@@ -1,28 +1,10 @@
-"""Alerts ("Vigil events"): the rules, what each observes of a GEX version, and the alert they fire.
+"""Alerts ("Vigil events"): the rules file, the alert a rule fires, and how it is delivered.
 
-Pure: agents/vigil/ runs the rules per version of the GEX model, in event time, and appends each alert
-to ``ms:{U}:alerts.v1``; delivery reads that stream. Every rule is evaluated on an ``Observation`` of
-one GEX version (its header and rows, with the market mode and dealer gravity of schemas/levels.py),
-so a replay of the same input fires the same alerts at the same times.
-
-The rules (each enabled, tuned and given a severity in the rules file, ``load_rules``):
-
-* ``flip_cross``: spot crosses the flip. The side of the flip is "above" when spot is more than
-  ``hysteresis_pct`` above it, "below" when more than that below; in between the side held stays, so a
-  wobble around the flip fires nothing. A change of side fires (up or down).
-* ``wall_near``: spot comes within ``within_pct`` of the call wall at or above it, or of the put wall at
-  or below it. Re-armed once the distance is beyond ``within_pct + hysteresis_pct`` again.
-* ``wall_break``: spot breaks through the call wall (up) or the put wall (down), the walls of largest
-  call and put GEX over all strikes, with the same hysteresis as the flip; a wall that moved is a new
-  wall (its side is taken without firing).
-* ``mode_change``: the market mode changes (compression, transition, expansion). Leaving transition
-  needs spot ``hysteresis_pct`` beyond the transition band.
-* ``gravity_move``: the gravity level moves by ``strikes`` strikes or more from where it last fired (or
-  was first seen).
-
-Each rule also has a cooldown per rule, underlying and subject (the flip, the call or put wall), in
-event time: a firing within ``cooldown_s`` of the last one is suppressed (the rule's state still
-moves). A rule's first observation only sets its state.
+Pure. agents/vigil/ runs the rules (schemas/rules.py says what each watches and when it fires) per
+version of the model they watch, in event time, and appends each alert to its alerts stream;
+delivery (the courier, the gateway) reads those streams. The rules file (TOML, ``load_rules``) has a
+``[rules.<rule>]`` table per rule, each with ``enabled``, ``severity`` and ``cooldown_s`` and its own
+thresholds, and ``[[receivers]]`` for webhooks; a bad file is one line naming the key and why.
 """
 
 from __future__ import annotations
@@ -34,13 +16,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from marketswarm.schemas import levels
-
 Severity = Literal["info", "warning", "critical"]
-MARKET_RULES = ("flip_cross", "wall_near", "wall_break", "mode_change", "gravity_move")
+# The rules by the model they watch: each model's rules run in the agent that follows it.
+WATCHED: dict[str, tuple[str, ...]] = {
+    "gex": ("flip_cross", "wall_near", "wall_break", "mode_change", "gravity_move"),
+    "intent": ("net_premium",),
+    "best_flies": ("best_fly",),
+}
+MARKET_RULES = tuple(r for rules in WATCHED.values() for r in rules)
 
 
 class RulesError(ValueError):
@@ -77,6 +62,18 @@ class ModeChange(_Rule):
 class GravityMove(_Rule):
     severity: Severity = "info"
     strikes: int = Field(default=2, ge=1)
+
+
+class NetPremium(_Rule):
+    total_usd: float = Field(default=5_000_000.0, ge=0, description="|5-minute net premium|, all strikes; 0: off")
+    strike_usd: float = Field(default=1_000_000.0, ge=0, description="|5-minute net premium| at a strike and side")
+    hysteresis_pct: float = Field(default=20.0, ge=0, lt=100)
+
+
+class BestFly(_Rule):
+    severity: Severity = "info"
+    min_reward_risk: float = Field(default=5.0, gt=0)
+    within_em: bool = True
 
 
 class Receiver(BaseModel):
@@ -118,6 +115,8 @@ class RuleSet(BaseModel):
     wall_break: WallBreak = WallBreak()
     mode_change: ModeChange = ModeChange()
     gravity_move: GravityMove = GravityMove()
+    net_premium: NetPremium = NetPremium()
+    best_fly: BestFly = BestFly()
 
 
 class Rules(BaseModel):
@@ -162,58 +161,6 @@ def load_rules(path: Path) -> Rules:
 DEFAULT_RULES = Path(__file__).with_name("alerts.toml")  # the rules `make run` uses
 
 
-# --- what the rules observe ----------------------------------------------------------------------
-
-
-class Observation(msgspec.Struct, frozen=True):
-    """One GEX version as the rules read it."""
-
-    version: int
-    t_ns: int  # its as-of (event) time
-    spot: float
-    flip: float | None
-    call_wall: float | None  # largest call GEX over all strikes
-    put_wall: float | None
-    call_above: float | None  # the walls the dashboard shows: at or above spot, at or below it
-    put_below: float | None
-    mode: str
-    distance_pct: float | None  # spot's distance from the flip, % of spot
-    score: float
-    gravity: float | None
-    em: float | None
-    step: float | None  # the strike spacing around spot
-
-
-def observe(version: int, header: dict[str, Any], strikes: np.ndarray, vals: np.ndarray) -> Observation | None:
-    """What the rules read of a GEX version; None before it has a spot."""
-    if header.get("spot") is None:
-        return None
-    g = levels.GexRows.of(header, strikes, vals)
-    mode = levels.market_mode(g)
-    grav = levels.gravity(g) if len(g.strike) else {"level": None, "em": None}
-    step = None
-    if len(g.strike) > 1:
-        near = np.sort(g.strike[np.argsort(np.abs(g.strike - g.spot))[:5]])
-        gaps = np.diff(near)
-        step = float(np.min(gaps[gaps > 0])) if (gaps > 0).any() else None
-    return Observation(
-        version=version,
-        t_ns=int(header["asof_ns"]),
-        spot=g.spot,
-        flip=g.flip,
-        call_wall=header.get("call_wall"),
-        put_wall=header.get("put_wall"),
-        call_above=header.get("call_wall_above"),
-        put_below=header.get("put_wall_below"),
-        mode=str(mode["mode"]),
-        distance_pct=mode["distance_pct"],
-        score=float(mode["score"]),
-        gravity=grav["level"],
-        em=grav["em"],
-        step=step,
-    )
-
-
 # --- the alert -----------------------------------------------------------------------------------
 
 
@@ -235,134 +182,43 @@ def fingerprint(rule: str, u: str, subject: str, direction: str, level: Any, t_n
     raw = f"{rule}|{u}|{subject}|{direction}|{level}|{t_ns}".encode()
     return hashlib.blake2b(raw, digest_size=8).hexdigest()
 
-
-def _side(spot: float, level: float | None, h_pct: float) -> str | None:
-    if level is None:
-        return None
-    d = 100.0 * (spot - level) / spot
-    return "above" if d > h_pct else "below" if d < -h_pct else None
-
-
-def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:,.2f}"
-
-
-class Engine:
-    """The rules of one underlying, with their state (``state``, JSON-able, kept in the checkpoint)."""
+class Firing:
+    """What every rule set shares: its state (JSON-able, kept in the agent's commits) and how a rule
+    fires, with its cooldown per rule, underlying and subject in event time."""
 
     def __init__(self, u: str, rules: RuleSet, state: dict[str, Any] | None = None) -> None:
         self.u, self.rules = u, rules
-        self.state: dict[str, Any] = state or {"sides": {}, "armed": {}, "mode": None, "gravity": None, "fired": {}}
+        self.state: dict[str, Any] = state or self.initial()
         self.suppressed = 0  # firings inside a cooldown, since the last ``step``
 
-    def step(self, o: Observation) -> list[Alert]:
-        """The alerts this version fires, in a fixed order (the order of MARKET_RULES)."""
-        self.suppressed = 0
-        out: list[Alert] = []
-        r = self.rules
-        if r.flip_cross.enabled:
-            self._flip(o, out)
-        if r.wall_near.enabled:
-            self._near(o, "call_wall", o.call_above, out)
-            self._near(o, "put_wall", o.put_below, out)
-        if r.wall_break.enabled:
-            self._break(o, "call_wall", o.call_wall, "above", out)
-            self._break(o, "put_wall", o.put_wall, "below", out)
-        if r.mode_change.enabled:
-            self._mode(o, out)
-        if r.gravity_move.enabled:
-            self._gravity(o, out)
-        return out
+    def initial(self) -> dict[str, Any]:
+        return {"fired": {}}
 
-    def _fire(
-        self, out: list[Alert], o: Observation, rule: str, subject: str, direction: str, level: Any, message: str,
-        **values: Any,
+    def fire(
+        self, out: list[Alert], t_ns: int, version: int, rule: str, subject: str, direction: str, level: Any,
+        message: str, **values: Any,
     ) -> None:  # fmt: skip
         cfg: _Rule = getattr(self.rules, rule)
         key = f"{rule}:{subject}"
         last = self.state["fired"].get(key)
-        if last is not None and o.t_ns - last < cfg.cooldown_s * 1e9:
+        if last is not None and t_ns - last < cfg.cooldown_s * 1e9:
             self.suppressed += 1
             return
-        self.state["fired"][key] = o.t_ns
+        self.state["fired"][key] = t_ns
         out.append(
             Alert(
-                fingerprint=fingerprint(rule, self.u, subject, direction, level, o.t_ns),
-                rule=rule, severity=cfg.severity, underlying=self.u, t_ns=o.t_ns, version=o.version,
+                fingerprint=fingerprint(rule, self.u, subject, direction, level, t_ns),
+                rule=rule, severity=cfg.severity, underlying=self.u, t_ns=t_ns, version=version,
                 subject=subject, message=f"{self.u} {message}",
-                values={"direction": direction, "level": level, "spot": o.spot, **values},
+                values={"direction": direction, "level": level, **values},
             )
         )  # fmt: skip
 
-    def _flip(self, o: Observation, out: list[Alert]) -> None:
-        sides = self.state["sides"]
-        cur = _side(o.spot, o.flip, self.rules.flip_cross.hysteresis_pct)
-        prev = sides.get("flip")
-        if cur is None:
-            return
-        sides["flip"] = cur
-        if prev is not None and cur != prev:
-            word = "up" if cur == "above" else "down"
-            said = f"spot {_fmt(o.spot)} crossed {word} through the flip {_fmt(o.flip)}"
-            self._fire(out, o, "flip_cross", "flip", word, o.flip, said, flip=o.flip, distance_pct=o.distance_pct)
-
-    def _near(self, o: Observation, subject: str, wall: float | None, out: list[Alert]) -> None:
-        if wall is None:
-            return
-        cfg = self.rules.wall_near
-        d = 100.0 * abs(wall - o.spot) / o.spot
-        armed = self.state["armed"].get(subject)
-        if d > cfg.within_pct + cfg.hysteresis_pct:
-            self.state["armed"][subject] = True
-        elif d <= cfg.within_pct:
-            self.state["armed"][subject] = False
-            if armed:
-                name = subject.replace("_", " ")
-                said = f"spot {_fmt(o.spot)} is within {d:.2f}% of the {name} {_fmt(wall)}"
-                self._fire(out, o, "wall_near", subject, "near", wall, said, wall=wall, distance_pct=round(d, 4))
-        elif armed is None:
-            self.state["armed"][subject] = False  # first seen inside the hysteresis: not armed
-
-    def _break(self, o: Observation, subject: str, wall: float | None, through: str, out: list[Alert]) -> None:
-        sides = self.state["sides"]
-        cur = _side(o.spot, wall, self.rules.wall_break.hysteresis_pct)
-        prev, at = sides.get(subject), sides.get(subject + "@")
-        if cur is None:
-            return
-        sides[subject], sides[subject + "@"] = cur, wall
-        if prev is not None and at == wall and cur != prev and cur == through:
-            word = "up" if through == "above" else "down"
-            name = subject.replace("_", " ")
-            said = f"spot {_fmt(o.spot)} broke {word} through the {name} {_fmt(wall)}"
-            self._fire(out, o, "wall_break", subject, word, wall, said, wall=wall)
-
-    def _mode(self, o: Observation, out: list[Alert]) -> None:
-        prev = self.state["mode"]
-        cur = o.mode
-        band = levels.TRANSITION_PCT + self.rules.mode_change.hysteresis_pct
-        if prev == "transition" and cur != "transition" and o.distance_pct is not None and abs(o.distance_pct) <= band:
-            return  # not yet out of the transition band by the margin
-        self.state["mode"] = cur
-        if prev is not None and cur != prev:
-            said = f"market mode changed from {prev} to {cur} (score {o.score:.0f})"
-            values = {"from": prev, "to": cur, "score": o.score, "flip": o.flip, "distance_pct": o.distance_pct}
-            self._fire(out, o, "mode_change", "mode", cur, cur, said, **values)
-
-    def _gravity(self, o: Observation, out: list[Alert]) -> None:
-        ref = self.state["gravity"]
-        if o.gravity is None:
-            return
-        if ref is None or o.step is None:
-            self.state["gravity"] = o.gravity
-            return
-        moved = o.gravity - ref
-        if abs(moved) >= self.rules.gravity_move.strikes * o.step - 1e-9:
-            self.state["gravity"] = o.gravity
-            word = "up" if moved > 0 else "down"
-            n = abs(moved) / o.step
-            said = f"gravity level moved {word} from {_fmt(ref)} to {_fmt(o.gravity)} ({n:.0f} strikes)"
-            values = {"from": ref, "to": o.gravity, "strikes": round(n, 2), "em": o.em}
-            self._fire(out, o, "gravity_move", "gravity", word, o.gravity, said, **values)
+    def forget(self, t_ns: int) -> None:
+        """Drop the firings whose cooldown is over (subjects come and go: strikes, flies)."""
+        fired = self.state["fired"]
+        for key in [k for k, t in fired.items() if t_ns - t >= getattr(self.rules, k.split(":")[0]).cooldown_s * 1e9]:
+            del fired[key]
 
 
 # --- delivery ------------------------------------------------------------------------------------

@@ -155,14 +155,19 @@ GEOMETRIES: dict[str, StreamSpec] = {
     for s in STRATEGIES
 }
 
-ALERTS = StreamSpec(  # trimmed like the history
-    "alerts",
-    per_underlying("alerts.v1"),
-    Payload.ALERT,
-    ALERTS_MAX_BYTES,
-    HISTORY_MAX_AGE_S,
-    trim_every_s=HISTORY_TRIM_S,
-)
+# One alerts stream per model the rules watch (schemas/alerts.py, WATCHED), each written by the
+# vigil agent that follows that model: its ids are event times, so each has one writer.
+ALERTS: dict[str, StreamSpec] = {
+    m: StreamSpec(
+        "alerts" if m == "gex" else f"alerts.{m}",
+        per_underlying("alerts.v1" if m == "gex" else f"alerts:{m}.v1"),
+        Payload.ALERT,
+        ALERTS_MAX_BYTES,
+        HISTORY_MAX_AGE_S,
+        trim_every_s=HISTORY_TRIM_S,
+    )
+    for m in ("gex", "intent", "best_flies")
+}
 # Webhook deliveries that failed until their deadline (agents/vigil/courier.py): the alert, the
 # receiver and the last error. Written outside the agent graph, trimmed by count at XADD.
 ALERTS_DEAD = StreamSpec("alerts.dead", per_underlying("alerts:dead.v1"), Payload.DEAD, DLQ_MAX_BYTES)
@@ -287,19 +292,20 @@ def derive_checkpoint_key(u: str, model: str) -> str:
     return f"{PREFIX}:{{{u}}}:derive:{model}.v1"
 
 
-def vigil_checkpoint_key(u: str) -> str:
-    """Hash: the GEX model as the alerts agent last checkpointed it (topology/following.py)."""
-    return f"{PREFIX}:{{{u}}}:vigil:gex.v1"
+def vigil_checkpoint_key(u: str, model: str) -> str:
+    """Hash: the model an alerts agent follows, as it last checkpointed it (topology/following.py)."""
+    return f"{PREFIX}:{{{u}}}:vigil:{model}.v1"
 
 
-def vigil_state_key(u: str) -> str:
-    """String: the alert rules' state (sides, armed walls, last firings), written in every commit that
-    changed it, so a restore re-applies the diffs since without firing again."""
-    return f"{PREFIX}:{{{u}}}:vigil:rules.v1"
+def vigil_state_key(u: str, model: str) -> str:
+    """String: the state of the rules watching ``model`` (sides, armed levels, last firings), written in
+    every commit that changed it, so a restore re-applies the diffs since without firing again."""
+    return f"{PREFIX}:{{{u}}}:vigil:{model}:rules.v1"
 
 
 def deliveries_key(u: str) -> str:
-    """Hash: per webhook receiver, the last alert id it was given (delivered or dead-lettered)."""
+    """Hash: per webhook receiver and alerts stream (``<receiver>|<stream name>``), the last alert id
+    it was given (delivered or dead-lettered)."""
     return f"{PREFIX}:{{{u}}}:vigil:deliveries.v1"
 
 

@@ -23,6 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import orjson
@@ -40,6 +41,7 @@ from marketswarm.topology.published import GapError, Published, diff_version
 from marketswarm.topology.reading import catch_up, load_published, top_version
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 RENDERED_DIFFS = 256  # diffs kept rendered as SSE events, shared by every client (and reconnects)
 RESUME_PAGE = 200  # missed diffs read per XRANGE
@@ -51,7 +53,9 @@ TAB_QUEUE = 64  # events a tab's feeds may have ready before they wait for the c
 CANCEL_RECHECK_S = 0.2  # a task still running this long after its cancellation is cancelled again
 LEVEL_FEEDS = {f"levels.{m}": m for m in streams.LEVEL_MODELS}  # a level series as a tab's feed
 MAX_LEVEL_RESUME = 2000  # level points a feed sends from history on resume (REST pages the rest)
-ALERTS_FEED = "alerts"  # an underlying's alerts as a tab's feed
+# An underlying's alerts as a tab's feeds, one per alerts stream: "alerts" (the GEX rules),
+# "alerts.intent", "alerts.best_flies"
+ALERT_FEEDS = {spec.name: m for m, spec in streams.ALERTS.items()}
 MAX_ALERT_RESUME = 500  # alerts a feed sends from history on resume (REST pages the rest)
 TIMED_SEQ = 1000  # timed ids: ms * TIMED_SEQ + the entry's sequence number
 
@@ -317,11 +321,12 @@ def alert_event(entry_id: bytes, fields: dict[bytes, bytes], feed: str | None = 
 
 
 async def timed_feed(
-    src: FeedSource, key: str, feed: str, after: int, render: Callable[[bytes, dict[bytes, bytes]], Segment],
+    src: FeedSource, key: str, feed: str, after: int, render: Callable[[bytes, dict[bytes, bytes]], T],
     *, limit: int, tagged: bool,
-) -> AsyncGenerator[Segment, None]:  # fmt: skip
+) -> AsyncGenerator[T | Segment, None]:  # fmt: skip
     """A stream keyed by event time after the timed id ``after`` (-1: only new entries), at most
-    ``limit`` from history, then live. Ends when the hub cuts the client off as too slow."""
+    ``limit`` from history, then live: each entry as ``render`` makes it, and the store's status
+    events. Ends when the hub cuts the client off as too slow."""
     q = await src.hub.subscribe(key)
     try:
         last = after
@@ -359,14 +364,17 @@ def levels_feed(
     return timed_feed(src, key, feed, after, render, limit=MAX_LEVEL_RESUME, tagged=tagged)
 
 
-def alerts_feed(src: FeedSource, u: str, after: int, *, tagged: bool = False) -> AsyncGenerator[Segment, None]:
-    """An underlying's alerts after the timed id ``after`` (-1: only new ones), then live."""
-    feed = feed_name(u, ALERTS_FEED)
+def alerts_feed(
+    src: FeedSource, u: str, model: str, after: int, *, tagged: bool = False
+) -> AsyncGenerator[Segment, None]:
+    """The alerts of the rules watching ``model`` after the timed id ``after`` (-1: only new ones), then live."""
+    spec = streams.ALERTS[model]
+    feed = feed_name(u, spec.name)
 
     def render(entry_id: bytes, fields: dict[bytes, bytes]) -> Segment:
         return alert_event(entry_id, fields, feed if tagged else None)
 
-    return timed_feed(src, streams.ALERTS.key(u), feed, after, render, limit=MAX_ALERT_RESUME, tagged=tagged)
+    return timed_feed(src, spec.key(u), feed, after, render, limit=MAX_ALERT_RESUME, tagged=tagged)
 
 
 class TabRequestError(ValueError):
@@ -377,7 +385,7 @@ def parse_tab(spec: str, models: frozenset[str] | set[str]) -> list[tuple[str, s
     """``SPX:butterfly@1234,SPX:market_mode,NDX:gex@7`` as (underlying, model, version) with -1 for
     "from a snapshot"; at most MAX_TAB_FEEDS, each once. The underlyings are not checked here. A
     level series (``SPX:levels.gex@<ms>``) resumes after a time instead, and alerts (``SPX:alerts@<id>``)
-    after a timed id; -1 meaning new ones only."""
+    (and ``SPX:alerts.intent``, ``SPX:alerts.best_flies``) after a timed id; -1 meaning new ones only."""
     out: list[tuple[str, str, int]] = []
     for part in (p.strip() for p in spec.split(",")):
         if not part:
@@ -406,8 +414,8 @@ async def tab(src: FeedSource, feeds: list[tuple[str, str, int]]) -> AsyncIterat
     async def pump(u: str, strategy: str, version: int) -> None:
         if strategy in LEVEL_FEEDS:
             events = levels_feed(src, u, LEVEL_FEEDS[strategy], version, tagged=True)
-        elif strategy == ALERTS_FEED:
-            events = alerts_feed(src, u, version, tagged=True)
+        elif strategy in ALERT_FEEDS:
+            events = alerts_feed(src, u, ALERT_FEEDS[strategy], version, tagged=True)
         else:
             events = model_feed(src, u, strategy, version, tagged=True)
         try:

@@ -43,7 +43,7 @@ class Segment:
         return self._deflated
 
 
-def sse_event(event: str, version: int | None, data: bytes, *, feed: str | None = None) -> bytes:
+def sse_event(event: str, version: int | str | None, data: bytes, *, feed: str | None = None) -> bytes:
     """One SSE event, preformatted: the JSON goes out as stored, without a str round trip. With
     ``version``, an ``id:`` line; with ``feed``, a first ``data:`` line naming it (a tab's feeds)."""
     out = b"event: " + event.encode()

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import APIRouter, HTTPException, Request
 
 from marketswarm.agents.gateway.feeds import (
-    ALERTS_FEED,
+    ALERT_FEEDS,
     LEVEL_FEEDS,
     TabRequestError,
     levels_feed,
@@ -76,12 +76,13 @@ async def sse_tab(request: Request, feeds: str) -> SseResponse:
     ``feeds=SPX:butterfly@1234,SPX:market_mode,NDX:gex`` names each feed, with the version to resume
     after (none: from a snapshot); ``SPX:levels.gex@<ms>`` is a level series (``levels.gex``,
     ``levels.market_mode``, ``levels.gravity``, ``levels.intent``) resuming after a time, and
-    ``SPX:alerts@<id>`` the underlying's alerts after an alert's timed id (agents/gateway/vigil.py). Events are
+    ``SPX:alerts@<id>`` (``alerts.intent``, ``alerts.best_flies``) the underlying's alerts after an
+    alert's timed id (agents/gateway/vigil.py). Events are
     the per-feed endpoints' events, without ``id:``, each with a first ``data:`` line naming its feed;
     to resume, reconnect with every feed's last version or time (agents/gateway/feeds.py)."""
     gw = gateway_of(request)
     try:
-        wanted = parse_tab(feeds, {*streams.MODELS, *LEVEL_FEEDS, ALERTS_FEED})
+        wanted = parse_tab(feeds, {*streams.MODELS, *LEVEL_FEEDS, *ALERT_FEEDS})
     except TabRequestError as exc:
         raise HTTPException(422, str(exc)) from exc
     checked = [(await gw.underlying(u), m, v) for u, m, v in wanted]

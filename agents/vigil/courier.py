@@ -1,13 +1,14 @@
-"""Webhook delivery of the alerts: each receiver of the rules file, each underlying, its own task.
+"""Webhook delivery of the alerts: each receiver of the rules file, underlying and alerts stream has a task.
 
-A receiver's task reads ``ms:{U}:alerts.v1`` after the last alert it was given (kept in
-``streams.deliveries_key``, so a restarted courier goes on where it stopped: at least once) and POSTs
-each alert it wants, as Alertmanager v4 JSON or as the plain alert; the body carries the alert's
-fingerprint, so a receiver can drop a repeat. A try that does not end in a 2xx answer within the
-receiver's timeout is retried after ``backoff_s``, doubling to ``max_backoff_s``, until ``deadline_s``
-after the first try; then the alert is dead-lettered in ``ms:{U}:alerts:dead.v1`` with the last error,
-counted, and the receiver goes on with the next one. A receiver's first start takes the alerts of the
-last ``deadline_s`` (older ones could not be delivered in time anyway).
+A task reads an alerts stream (``streams.ALERTS``) after the last alert it gave its receiver (kept in
+``streams.deliveries_key`` by receiver and stream, so a restarted courier goes on where it stopped:
+at least once) and POSTs each alert the receiver wants, as Alertmanager v4 JSON or as the plain
+alert; the body carries the alert's fingerprint, so a receiver can drop a repeat. A try that does not
+end in a 2xx answer within the receiver's timeout is retried after ``backoff_s``, doubling to
+``max_backoff_s``, until ``deadline_s`` after the first try; then the alert is dead-lettered in
+``ms:{U}:alerts:dead.v1`` with the last error, counted, and the receiver goes on with the next one.
+A receiver's first start takes the alerts of the last ``deadline_s`` (older ones could not be
+delivered in time anyway).
 
 The tasks share nothing but the HTTP client's pool, so a slow or dead receiver delays only itself,
 and the courier is its own process: it never holds up a model. Webhook URLs carry tokens: every log
@@ -75,9 +76,8 @@ class Courier:
         for r in self.receivers:
             log.info("delivering alerts to %s at %s", r.name, mask_webhook(r.url))
         async with httpx.AsyncClient(follow_redirects=False) as client:
-            tasks = [
-                asyncio.create_task(self._receiver(client, r, u)) for r in self.receivers for u in self.underlyings
-            ]
+            every = [(r, u, spec) for r in self.receivers for u in self.underlyings for spec in streams.ALERTS.values()]
+            tasks = [asyncio.create_task(self._receiver(client, r, u, spec)) for r, u, spec in every]
             try:
                 await self.stop.wait()
             finally:
@@ -85,13 +85,13 @@ class Courier:
                     t.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _receiver(self, client: httpx.AsyncClient, r: alerts.Receiver, u: str) -> None:
-        key, positions = streams.ALERTS.key(u), streams.deliveries_key(u)
+    async def _receiver(self, client: httpx.AsyncClient, r: alerts.Receiver, u: str, spec: streams.StreamSpec) -> None:
+        key, positions, field = spec.key(u), streams.deliveries_key(u), f"{r.name}|{spec.name}"
         pos: str | None = None
         while not self.stop.is_set():
             try:
                 if pos is None:
-                    saved = await self.redis.hget(positions, r.name)
+                    saved = await self.redis.hget(positions, field)
                     pos = (
                         saved.decode()
                         if saved
@@ -103,10 +103,10 @@ class Courier:
                         eid = entry_id.decode()
                         if not await self._one(client, r, u, eid, fields):
                             return  # stopping mid-retry: the position stays, a restart tries again
-                        await self.redis.hset(positions, r.name, eid)
+                        await self.redis.hset(positions, field, eid)
                         pos = eid
             except (RedisError, OSError) as exc:
-                log.warning("alerts of %s for %s: the store failed (%s); again in 1 s", u, r.name, exc)
+                log.warning("%s of %s for %s: the store failed (%s); again in 1 s", spec.name, u, r.name, exc)
                 await self._sleep(1.0)
 
     async def _one(self, client: httpx.AsyncClient, r: alerts.Receiver, u: str, eid: str, fields: Any) -> bool:

@@ -1,12 +1,15 @@
-"""The alerts agent: the rules (schemas/alerts.py) run on every version of an underlying's GEX model.
+"""The alerts agents: the rules (schemas/rules.py) run on every version of the model each one watches.
 
-``vigil`` follows the GEX diffs (topology/following.py holds the model as columns and checkpoints
-it), observes each version (spot, flip, walls, and the market mode and dealer gravity computed from
-it as the derived models do) and appends each alert a rule fires to ``ms:{U}:alerts.v1`` with id
-``<event ms>-<n>``, in the commit of the diffs that fired it. The rules' state goes in the same
-commit whenever it changed (``streams.vigil_state_key``), so a restore re-applies the diffs acked
-since only to the model, and a replay fires the same alerts at the same times. Delivery (webhooks,
-the dashboard) reads the stream and never holds up this agent.
+One agent per watched model and underlying, each a follower of that model's diffs
+(topology/following.py holds the model and checkpoints it): ``vigil`` follows GEX (spot, flip,
+walls, and the market mode and dealer gravity computed from it as the derived models do),
+``vigil.intent`` the liquidity intent model (the 5-minute trade flow), ``vigil.best-flies`` the best
+butterflies. Each appends the alerts its rules fire to its own alerts stream (``streams.ALERTS``),
+id ``<event ms>-<n>``, in the commit of the diffs that fired them; one writer per stream keeps the
+ids in event time and a replay byte-identical. The rules' state goes in the same commit whenever it
+changed (``streams.vigil_state_key``), so a restore re-applies the diffs acked since only to the
+model, and fires nothing twice. Delivery (webhooks, the dashboard) reads the streams and never holds
+up an agent.
 """
 
 from __future__ import annotations
@@ -17,25 +20,35 @@ from typing import Any
 import numpy as np
 import orjson
 
-from marketswarm.schemas import alerts, codec
+from marketswarm.schemas import alerts, codec, rules
 from marketswarm.topology import streams
 from marketswarm.topology.agent import AgentSpec, Count, Effects, Entry, Output
 from marketswarm.topology.following import Following
 
 
 class Vigil(Following):
-    source = streams.Strategy.GEX
+    """The rules watching ``source``, for one underlying."""
 
-    def __init__(self, u: str, rules: alerts.RuleSet) -> None:
-        self.rules = rules
-        self.state_key = streams.vigil_state_key(u)
-        super().__init__(u, streams.vigil_checkpoint_key(u))
+    watched: str  # the model's name in alerts.WATCHED
+
+    def __init__(self, u: str, ruleset: alerts.RuleSet) -> None:
+        self.ruleset = ruleset
+        self.state_key = streams.vigil_state_key(u, self.watched)
+        self.spec = streams.ALERTS[self.watched]
+        super().__init__(u, streams.vigil_checkpoint_key(u, self.watched))
 
     def _clear(self) -> None:
         super()._clear()
-        self.engine = alerts.Engine(self.u, self.rules)
+        self.engine = self.make_engine(None)
         self.last_id = (0, -1)  # the last alert's id (ms, seq): ids only grow
         self.changed = False
+
+    def make_engine(self, state: dict[str, Any] | None) -> Any:
+        raise NotImplementedError
+
+    def fired(self) -> list[alerts.Alert]:
+        """The alerts of the followed model's new version (``self.model``)."""
+        raise NotImplementedError
 
     def own_reads(self) -> list[tuple[Any, ...]]:
         return [("GET", self.state_key)]
@@ -43,20 +56,12 @@ class Vigil(Following):
     def load_own(self, replies: Sequence[Any]) -> None:
         if replies[0] is not None:
             saved = orjson.loads(replies[0])
-            self.engine = alerts.Engine(self.u, self.rules, saved["rules"])
+            self.engine = self.make_engine(saved["rules"])
             self.last_id = (int(saved["last_id"][0]), int(saved["last_id"][1]))
 
     def on_version(self, effects: Effects) -> int:
-        m = self.model
-        if m.geometry is None:
-            strikes, vals = np.zeros(0), np.zeros((0, 3))
-        else:
-            strikes, vals = m.geometry.strikes_x1000() / 1000.0, m.vals
-        obs = alerts.observe(m.version, m.meta, strikes, vals)
-        if obs is None:
-            return 0
         before = orjson.dumps(self.engine.state)
-        fired = self.engine.step(obs)
+        fired = self.fired()
         self.changed |= fired != [] or orjson.dumps(self.engine.state) != before
         if self.engine.suppressed:
             effects.counts.append(Count("alerts_suppressed", (self.u,), self.engine.suppressed))
@@ -64,8 +69,7 @@ class Vigil(Following):
             ms = a.t_ns // 1_000_000
             self.last_id = (ms, 0) if ms > self.last_id[0] else (self.last_id[0], self.last_id[1] + 1)
             ms, seq = self.last_id
-            spec = streams.ALERTS
-            effects.outputs.append(Output(spec, spec.key(self.u), codec.encode_alert(a), id=f"{ms}-{seq}"))
+            effects.outputs.append(Output(self.spec, self.spec.key(self.u), codec.encode_alert(a), id=f"{ms}-{seq}"))
             effects.counts += [
                 Count("alerts_fired", (self.u, a.rule, a.severity)),
                 Count("alert_commit_seconds", (self.u,), a.t_ns, "since"),
@@ -81,15 +85,66 @@ class Vigil(Following):
         return effects
 
 
-def _make(settings: Any, u: str) -> Vigil:
-    return Vigil(u, alerts.load_rules(settings.rules or alerts.DEFAULT_RULES).rules)
+class GexVigil(Vigil):
+    source, watched = streams.Strategy.GEX, "gex"
+
+    def make_engine(self, state: dict[str, Any] | None) -> rules.GexRules:
+        return rules.GexRules(self.u, self.ruleset, state)
+
+    def fired(self) -> list[alerts.Alert]:
+        m = self.model
+        if m.geometry is None:
+            strikes, vals = np.zeros(0), np.zeros((0, 3))
+        else:
+            strikes, vals = m.geometry.strikes_x1000() / 1000.0, m.vals
+        obs = rules.observe(m.version, m.meta, strikes, vals)
+        return [] if obs is None else list(self.engine.step(obs))
 
 
-VIGIL = AgentSpec(
-    name="vigil",
-    reads=streams.DIFFS[streams.Strategy.GEX],
-    writes=(streams.ALERTS,),
-    make=_make,
-    stateful=True,
-    doc="Alerts: the rules file's rules on every GEX version (flip, walls, market mode, gravity), in event time.",
+class DocumentVigil(Vigil):
+    """Rules on a derived model: its version's header is the whole document."""
+
+    def fired(self) -> list[alerts.Alert]:
+        h = self.model.meta
+        return list(self.engine.step(self.model.version, int(h["asof_ns"]), h))
+
+
+class IntentVigil(DocumentVigil):
+    source, watched = streams.Derived.INTENT, "intent"
+
+    def make_engine(self, state: dict[str, Any] | None) -> rules.FlowRules:
+        return rules.FlowRules(self.u, self.ruleset, state)
+
+
+class FliesVigil(DocumentVigil):
+    source, watched = streams.Derived.BEST_FLIES, "best_flies"
+
+    def make_engine(self, state: dict[str, Any] | None) -> rules.FliesRules:
+        return rules.FliesRules(self.u, self.ruleset, state)
+
+
+def _maker(kind: type[Vigil]) -> Any:
+    def make(settings: Any, u: str) -> Vigil:
+        return kind(u, alerts.load_rules(settings.rules or alerts.DEFAULT_RULES).rules)
+
+    return make
+
+
+def _spec(name: str, kind: type[Vigil], doc: str) -> AgentSpec:
+    return AgentSpec(
+        name=name,
+        reads=streams.DIFFS[kind.source],
+        writes=(streams.ALERTS[kind.watched],),
+        make=_maker(kind),
+        stateful=True,
+        doc=doc,
+    )
+
+
+VIGIL_AGENTS = (
+    _spec("vigil", GexVigil, "Alerts on every GEX version: spot and the flip, the walls, market mode, gravity."),
+    _spec(
+        "vigil.intent", IntentVigil, "Alerts on every intent version: the 5-minute net premium, total and by strike."
+    ),
+    _spec("vigil.best-flies", FliesVigil, "Alerts on every best-flies version: a fly worth buying enters the list."),
 )

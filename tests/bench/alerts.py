@@ -84,7 +84,7 @@ def alerts_cost(exe: str, env: dict[str, str], url: str, base: str, shared: dict
     alert_env = {**env, "MARKETSWARM_RULES": str(rules)}
     pooled: dict[bool, list[np.ndarray]] = {True: [], False: []}
     r = redis.Redis.from_url(url)
-    fired0 = sum(r.xlen(streams.ALERTS.key(u)) for u in ("SPX", "NDX"))
+    fired0 = sum(r.xlen(spec.key(u)) for u in ("SPX", "NDX") for spec in streams.ALERTS.values())
     try:
         for on in ALERT_PASSES:
             procs = [subprocess.Popen([exe, "agent", *group], env=alert_env) for group in process_groups()]
@@ -97,7 +97,7 @@ def alerts_cost(exe: str, env: dict[str, str], url: str, base: str, shared: dict
                     time.sleep(1.0)  # the last deliveries of the pass
             finally:
                 _stop(procs)
-        fired = sum(r.xlen(streams.ALERTS.key(u)) for u in ("SPX", "NDX")) - fired0
+        fired = sum(r.xlen(spec.key(u)) for u in ("SPX", "NDX") for spec in streams.ALERTS.values()) - fired0
         dead_letters = sum(r.xlen(streams.ALERTS_DEAD.key(u)) for u in ("SPX", "NDX"))
     finally:
         r.close()

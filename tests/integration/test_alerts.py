@@ -13,6 +13,7 @@ import pytest
 
 from marketswarm.agents.sources.files import capture_line
 from marketswarm.agents.sources.simulated import SimMarket
+from marketswarm.schemas.alerts import MARKET_RULES
 from marketswarm.schemas.codec import RawFormat, RawFrame
 
 pytestmark = pytest.mark.integration
@@ -46,8 +47,7 @@ def capture(path: Path, spots: list[tuple[int, float]], chain_spot: float | None
 
 
 def rules_file(path: Path, text: str) -> Path:
-    off = "\n".join(f"[rules.{r}]\nenabled = false" for r in ("flip_cross", "wall_near", "wall_break", "mode_change",
-                                                             "gravity_move") if f"[rules.{r}]" not in text)  # fmt: skip
+    off = "\n".join(f"[rules.{r}]\nenabled = false" for r in MARKET_RULES if f"[rules.{r}]" not in text)
     path.write_text(text + "\n" + off + "\n")
     return path
 
@@ -187,3 +187,67 @@ def alerts_json(a: Any) -> dict[str, Any]:
     from marketswarm.schemas.alerts import plain_json
 
     return orjson.loads(orjson.dumps(plain_json(a)))
+
+
+def trades_capture(path: Path) -> Path:
+    """A chain, a quote on its 5900 call (10.00 x 10.40), then prints on it at worked-out times."""
+    m = SimMarket("SPX", 3, 0, T0)
+    chain = [(fmt, data) for fmt, data in m.advance(T0 + SECOND // 4) if fmt == RawFormat.REST_CHAIN]
+    results = orjson.loads(chain[0][1])[0]["results"]
+    call = next(r["details"]["ticker"] for r in results if r["details"]["strike_price"] == 5900.0
+                and r["details"]["contract_type"] == "call")  # fmt: skip
+    ms = T0 // 1_000_000
+    quote = {"ev": "Q", "sym": call, "bp": 10.0, "ap": 10.4, "bs": 1, "as": 1, "t": ms + 1000, "q": 1}
+
+    def tr(s: int, p: float, size: int) -> dict[str, Any]:
+        return {"ev": "T", "sym": call, "p": p, "s": size, "c": [209], "t": ms + s * 1000, "q": 100 + s, "x": 302}
+
+    ws = [
+        (1, [quote]),
+        (10, [tr(10, 10.4, 100)]),  # bought 104,000
+        (20, [tr(20, 10.4, 100)]),  # bought 208,000: past 200,000, fires at 20
+        (30, [tr(30, 10.0, 50)]),  # sold 50,000: net 158,000, under 160,000 (20 % under): re-armed
+        (40, [tr(40, 10.4, 10)]),  # net 168,400: nothing
+        (50, [tr(50, 10.4, 50)]),  # net 220,400: fires at 50
+    ]
+    with path.open("wb") as f:
+        for fmt, data in chain:
+            f.write(capture_line("SPX", RawFrame(src=fmt, rx_ns=T0, data=data)) + b"\n")
+        for s, frame in ws:
+            raw = RawFrame(src=RawFormat.WS, rx_ns=T0 + s * SECOND, data=orjson.dumps(frame))
+            f.write(capture_line("SPX", raw) + b"\n")
+    return path
+
+
+def test_net_premium_at_a_strike_fires_at_the_hand_worked_times(tmp_path: Path) -> None:
+    rules = rules_file(
+        tmp_path / "r.toml",
+        "[rules.net_premium]\ntotal_usd = 0\nstrike_usd = 200000\nhysteresis_pct = 20\ncooldown_s = 0",
+    )
+    got = check(trades_capture(tmp_path / "trades.jsonl"), rules)
+    assert [((a["t_ns"] - T0) / SECOND, a["subject"], a["values"]["direction"]) for a in got] == [
+        (20.0, "5900C", "bought"),
+        (50.0, "5900C", "bought"),
+    ]
+    assert [a["values"]["net_premium"] for a in got] == pytest.approx([208_000.0, 220_400.0])
+    assert got[0]["message"] == "SPX net premium bought at 5900C in 5 minutes: $208,000 (threshold $200,000)"
+
+
+def test_flow_and_flies_rules_on_a_simulated_session_replay_identically(tmp_path: Path) -> None:
+    from .test_replay import sim_capture
+
+    cap = sim_capture(tmp_path / "sim.jsonl", seconds=40, rate=1500)
+    rules = rules_file(
+        tmp_path / "r.toml",
+        "[rules.net_premium]\ntotal_usd = 20000\nstrike_usd = 5000\ncooldown_s = 0\n"
+        "[rules.best_fly]\nmin_reward_risk = 2\nwithin_em = false\ncooldown_s = 0",
+    )
+    first = check(cap, rules)
+    assert check(cap, rules) == first  # ids, times, values: the same alerts streams
+    by_rule = {r: [a for a in first if a["rule"] == r] for r in ("net_premium", "best_fly")}
+    assert by_rule["net_premium"] and by_rule["best_fly"], [a["rule"] for a in first]
+    for a in by_rule["net_premium"]:
+        threshold = 20000 if a["subject"] == "total" else 5000
+        assert abs(a["values"]["net_premium"]) >= threshold and a["values"]["level"] == threshold
+    for a in by_rule["best_fly"]:
+        assert a["values"]["reward_risk"] >= 2 and a["subject"].count("|") == 3

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from marketswarm.agents.sources.writer import RawWriter
 from marketswarm.ops.inprocess import run_until_idle
+from marketswarm.schemas import alerts
 from marketswarm.schemas.documents import HEADER_FIELD
 from marketswarm.topology import streams
 from marketswarm.topology.metrics import Metrics
@@ -48,7 +49,7 @@ async def test_a_rule_firing_shows_a_toast_a_log_entry_and_a_notification(
     from playwright.async_api import async_playwright
 
     rules = tmp_path / "rules.toml"
-    off = "".join(f"[rules.{r}]\nenabled = false\n" for r in ("wall_near", "wall_break", "mode_change", "gravity_move"))
+    off = "".join(f"[rules.{r}]\nenabled = false\n" for r in alerts.MARKET_RULES if r != "flip_cross")
     rules.write_text("[rules.flip_cross]\ncooldown_s = 0\n" + off)
     sim = Sim(redis_url)
     sim.settings = sim.settings.model_copy(update={"rules": rules})
@@ -89,7 +90,7 @@ async def test_a_rule_firing_shows_a_toast_a_log_entry_and_a_notification(
             assert "flip cross" in entry.lower() and "crossed up through the flip" in entry and "distance_pct" in entry
             notes = await page.evaluate("() => window.__notes")
             assert len(notes) == 1 and "crossed up" in notes[0]["body"] and notes[0]["tag"]
-            [(entry_id, fields)] = await r.xrange(streams.ALERTS.key("SPX"))
+            [(entry_id, fields)] = await r.xrange(streams.ALERTS["gex"].key("SPX"))
             assert notes[0]["tag"] == orjson.loads(fields[b"data"])["fingerprint"]
             assert not errors, errors
             await browser.close()

@@ -28,17 +28,19 @@ def alert(i: int, t_ms: int) -> alerts.Alert:
 
 
 async def add(r: aioredis.Redis, i: int, t_ms: int, seq: int = 0) -> str:
-    await r.xadd(streams.ALERTS.key("SPX"), codec.encode_alert(alert(i, t_ms)), id=f"{t_ms}-{seq}")
+    await r.xadd(streams.ALERTS["gex"].key("SPX"), codec.encode_alert(alert(i, t_ms)), id=f"{t_ms}-{seq}")
     return f"{t_ms}-{seq}"
 
 
-async def data_lines(lines: Any, n: int) -> list[list[str]]:
-    """The next ``n`` events' data lines."""
+async def data_lines(lines: Any, n: int, ids: list[str] | None = None) -> list[list[str]]:
+    """The next ``n`` events' data lines (their ``id:`` lines into ``ids``)."""
     out, cur = [], []
     while len(out) < n:
         line = await asyncio.wait_for(anext(lines), 10)
         if line.startswith("data: "):
             cur.append(line[6:])
+        elif line.startswith("id: ") and ids is not None:
+            ids.append(line[4:])
         elif line == "" and cur:
             out.append(cur)
             cur = []
@@ -57,7 +59,12 @@ async def test_alerts_over_rest_sse_and_a_tab(redis_url: str) -> None:
             assert (
                 [a["id"] for a in whole["alerts"]] == ids
                 and whole["next"] is None
-                and whole["last"] == {"SPX": ids[-1]}
+                and whole["last"]
+                == {
+                    "SPX:alerts": ids[-1],
+                    "SPX:alerts.intent": "0-0",
+                    "SPX:alerts.best_flies": "0-0",
+                }
             )
             first = whole["alerts"][0]
             assert first == {"id": ids[0], **orjson.loads(orjson.dumps(alerts.plain_json(alert(0, t))))}
@@ -80,11 +87,21 @@ async def test_alerts_over_rest_sse_and_a_tab(redis_url: str) -> None:
             # SSE: after the second alert (its timed id), the rest, then a new one as it is appended
             async with c.stream("GET", f"{base}/sse/alerts", headers={"Last-Event-ID": str(t * 1000 + 1)}) as resp:
                 lines = resp.aiter_lines()
-                got = await data_lines(lines, 2)
+                event_ids: list[str] = []
+                got = await data_lines(lines, 2, event_ids)
                 assert [orjson.loads(d[0])["id"] for d in got] == ids[2:]
                 new = await add(r, 4, t + 3000)
-                [[d]] = await data_lines(lines, 1)
+                [[d]] = await data_lines(lines, 1, event_ids)
                 assert orjson.loads(d)["id"] == new and orjson.loads(d)["message"] == "SPX <b>spot</b> crossed 4"
+            # every event's id says where each alerts stream stands; a reconnect with the one before the
+            # last gets exactly the last again
+            assert (
+                event_ids[-1] == f"SPX:alerts@{(t + 3000) * 1000}"
+                and event_ids[-2] == f"SPX:alerts@{(t + 2000) * 1000}"
+            )
+            async with c.stream("GET", f"{base}/sse/alerts", headers={"Last-Event-ID": event_ids[-2]}) as resp:
+                [[d]] = await data_lines(resp.aiter_lines(), 1)
+                assert orjson.loads(d)["id"] == new
 
             # a tab's feed: first data line names the feed
             params = {"feeds": f"SPX:alerts@{(t + 1000) * 1000}"}

@@ -87,7 +87,7 @@ async def test_at_least_once_with_backoff_and_dead_letters_without_delaying_othe
     now = time.time_ns()
     sent = [alert(i, now + i * 1_000_000) for i in range(4)] + [alert(9, now + 9_000_000, "wall_break")]
     for a in sent:
-        await aredis.xadd(streams.ALERTS.key("SPX"), codec.encode_alert(a), id=f"{a.t_ns // 1_000_000}-0")
+        await aredis.xadd(streams.ALERTS["gex"].key("SPX"), codec.encode_alert(a), id=f"{a.t_ns // 1_000_000}-0")
     metrics, stop = Metrics(), asyncio.Event()
     caplog.set_level(logging.INFO)
     task = asyncio.create_task(Courier(aredis, receivers, ["SPX"], metrics, stop).run())
@@ -128,7 +128,7 @@ async def test_at_least_once_with_backoff_and_dead_letters_without_delaying_othe
     # positions are kept: a restarted courier delivers nothing twice
     positions = await aredis.hgetall(streams.deliveries_key("SPX"))
     last = f"{sent[-1].t_ns // 1_000_000}-0".encode()
-    assert positions == {b"flaky": last, b"dead": last, b"plain": last}
+    assert positions == {b"flaky|alerts": last, b"dead|alerts": last, b"plain|alerts": last}
     # webhook URLs hold tokens: never in a log line
     assert "SECRET" not in caplog.text and mask_webhook(urls[1]) in caplog.text
     assert mask_webhook(urls[0]) == urls[0].split("/hooks")[0] + "/***"

@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 
 from marketswarm.schemas import alerts
-from marketswarm.schemas.alerts import Engine, Observation, RulesError, RuleSet, parse_rules
+from marketswarm.schemas.alerts import RulesError, RuleSet, parse_rules
+from marketswarm.schemas.rules import FliesRules, FlowRules, Observation
+from marketswarm.schemas.rules import GexRules as Engine
 
 S = 1_000_000_000
 
@@ -162,3 +164,71 @@ def test_a_bad_rules_file_is_one_line_naming_the_key(text: str, line: str) -> No
 def test_the_shipped_rules_file_is_valid_and_enables_every_market_rule() -> None:
     r = alerts.load_rules(alerts.DEFAULT_RULES)
     assert all(getattr(r.rules, name).enabled for name in alerts.MARKET_RULES) and r.receivers == []
+    assert set(alerts.MARKET_RULES) == set(RuleSet.model_fields)
+
+
+def flow(
+    t_s: float, total: float, rows: dict[tuple[float, str], float] | None = None
+) -> tuple[int, int, dict[str, Any]]:
+    """An intent version at ``t_s``: its 5-minute net premium in total and by (strike, side)."""
+    window = {
+        "totals": {"net_premium": total},
+        "rows": [{"strike": k, "side": side, "net_premium": v} for (k, side), v in (rows or {}).items()],
+    }
+    return int(t_s), round(t_s * S), {"spot": 5000.0, "flow": {"5m": window, "day": window}}
+
+
+def test_net_premium_fires_past_the_threshold_either_way_and_re_arms_under_the_margin() -> None:
+    rules = only("net_premium", total_usd=5e6, strike_usd=0, hysteresis_pct=20, cooldown_s=30)
+    e = FlowRules("SPX", rules)
+    path = [
+        flow(0, 1e6),  # under: armed
+        flow(10, 5.2e6),  # past 5M bought: fires at 10
+        flow(20, 4.5e6),  # under the threshold but above 4M (20 % under): not re-armed
+        flow(30, 6e6),  # past again, not re-armed: nothing
+        flow(40, 3.9e6),  # under 4M: re-armed
+        flow(45, 5.5e6),  # past, 35 s after 10: inside the 30 s cooldown? no: 45 - 10 = 35 >= 30: fires
+        flow(50, -1e6),  # re-armed
+        flow(60, -5e6),  # sold 5M: fires (either way), 15 s after 45: inside the cooldown, suppressed
+    ]
+    got = [(a.t_ns / S, a.subject, a.values["direction"]) for v, t, doc in path for a in e.step(v, t, doc)]
+    assert got == [(10, "total", "bought"), (45, "total", "bought")]
+    assert e.suppressed == 1
+
+
+def test_net_premium_at_one_strike_and_a_strike_new_to_the_window() -> None:
+    rules = only("net_premium", total_usd=0, strike_usd=1e6, hysteresis_pct=20, cooldown_s=0)
+    e = FlowRules("SPX", rules)
+    path = [
+        flow(0, 0, {(5000.0, "call"): 2e5}),
+        flow(1, 0, {(5000.0, "call"): 1.1e6, (4950.0, "put"): -3e6}),  # both past: 5000C bought, 4950P sold (new)
+        flow(2, 0, {(5000.0, "call"): 1.2e6}),  # 4950P left the window: forgotten
+        flow(3, 0, {(5000.0, "call"): 1.3e6, (4950.0, "put"): -1.5e6}),  # back, past: fires again
+    ]
+    got = [(a.t_ns / S, a.subject, a.values["direction"]) for v, t, doc in path for a in e.step(v, t, doc)]
+    assert got == [(1, "5000C", "bought"), (1, "4950P", "sold"), (3, "4950P", "sold")]
+    assert (
+        "net premium sold at 4950P in 5 minutes: -$3.00M (threshold $1.00M)"
+        in FlowRules("SPX", rules).step(*flow(1, 0, {(4950.0, "put"): -3e6}))[0].message
+    )
+
+
+def fly(k: str, rr: float, within: bool = True) -> dict[str, Any]:
+    return {"k": k, "expiry": "2026-12-07", "side": "call", "strike": 5000.0, "width": 10.0, "debit": 1.0,
+            "reward_risk": rr, "composite": 0.5, "parts": {"within_em": within}}  # fmt: skip
+
+
+def test_best_fly_fires_when_a_fly_worth_buying_enters_the_list() -> None:
+    rules = only("best_fly", min_reward_risk=5, within_em=True, cooldown_s=60)
+    e = FliesRules("SPX", rules)
+    path = [
+        (0, [fly("a", 8)]),  # the first list: sets the state
+        (1, [fly("a", 8), fly("b", 9), fly("c", 3), fly("d", 9, within=False)]),  # b enters (c too poor, d outside)
+        (2, [fly("a", 8)]),  # b leaves
+        (30, [fly("a", 8), fly("b", 9)]),  # b enters again inside its cooldown: suppressed
+        (40, [fly("a", 8)]),
+        (90, [fly("a", 8), fly("b", 9)]),  # after the cooldown: fires
+    ]
+    got = [(a.t_ns / S, a.subject) for t, flies in path for a in e.step(t, t * S, {"flies": flies, "spot": 5000.0})]
+    assert got == [(1, "b"), (90, "b")]
+    assert e.state["fired"] == {"best_fly:b": 90 * S}

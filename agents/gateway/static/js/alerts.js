@@ -1,6 +1,6 @@
 // Alerts: the log panel, a toast for each new alert, and browser notifications. The day's alerts come
-// from REST (/api/alerts), new ones on the tab's connection (the feed "U:alerts", resumed after the
-// last alert's id). Notifications are off until the viewer turns them on (the browser asks for its
+// from REST (/api/alerts), new ones on the tab's connection: one feed per alerts stream ("U:alerts",
+// "U:alerts.intent", "U:alerts.best_flies"), each resumed after the newest id REST saw in it. Notifications are off until the viewer turns them on (the browser asks for its
 // permission then); they show while the tab is in the background, one per alert (tagged with its
 // fingerprint, so a repeat replaces rather than adds). Every string from data goes in as text.
 
@@ -11,6 +11,7 @@ const TOAST_MS = 8000;
 
 // An alert's id "<ms>-<n>" as the feed's resume point: ms * 1000 + n.
 export const timedId = (id) => { const [ms, n] = id.split("-").map(Number); return ms * 1000 + n; };
+export const ALERT_FEEDS = ["alerts", "alerts.intent", "alerts.best_flies"];
 
 const valuesText = (values) => Object.entries(values || {})
   .filter(([k]) => k !== "direction")
@@ -29,7 +30,7 @@ export class AlertLog {
     this.u = null;
     this.items = []; // newest first
     this.ids = new Set();
-    this.last = null; // the newest id held, or the stream's when the list was read: where the feed resumes
+    this.last = {}; // feed -> the newest id its stream held when the list was read: where it resumes
     this.notify = localStorage.getItem("ms.notify") === "on" && typeof Notification !== "undefined" && Notification.permission === "granted";
     this.unseen = 0;
   }
@@ -37,13 +38,13 @@ export class AlertLog {
   // Today's alerts of ``u`` (REST), replacing the log; resolves when loaded.
   async load(u) {
     this.u = u;
-    this.items = []; this.ids.clear(); this.last = null; this.unseen = 0;
+    this.items = []; this.ids.clear(); this.last = {}; this.unseen = 0;
     try {
       const r = await fetch(`/api/alerts?underlying=${encodeURIComponent(u)}&limit=${KEEP}`, { credentials: "same-origin" });
       const body = r.ok ? await r.json() : null;
       if (body && this.u === u) {
         for (const a of body.alerts) this.add(a, false);
-        this.last = body.last[u] || this.last;
+        this.last = body.last;
       }
     } catch { /* the feed brings new ones; the log fills as they come */ }
     this.render();
@@ -51,11 +52,11 @@ export class AlertLog {
 
   // An alert; ``fresh``: it just fired (toast and notification), not history.
   add(a, fresh = true) {
-    if (this.ids.has(a.id) || a.underlying !== this.u) return;
-    this.ids.add(a.id);
+    const key = `${a.rule}|${a.id}`; // an id is unique within its stream; a rule belongs to one stream
+    if (this.ids.has(key) || a.underlying !== this.u) return;
+    this.ids.add(key);
     this.items.unshift(a);
     this.items.length = Math.min(this.items.length, KEEP);
-    if (this.last === null || timedId(a.id) > timedId(this.last)) this.last = a.id;
     if (!fresh) return;
     if ($("alerts-panel").hidden) this.unseen++;
     this.render();

@@ -6,7 +6,7 @@
 // the controls and the frame loop; each view draws from that state (heatmap.js, gex.js, derived.js).
 // What the server computes (scores, leg weights, expiry closes) comes from the server.
 
-import { AlertLog, timedId } from "./alerts.js";
+import { ALERT_FEEDS, AlertLog, timedId } from "./alerts.js";
 import { renderFlies, renderIndicators, renderIntent } from "./derived.js";
 import { TabFeed } from "./feed.js";
 import { drawDayChart, hideDayTip } from "./charts.js";
@@ -78,19 +78,19 @@ function follow() {
   const feeds = DERIVED.map((d) => `${u}:${d}`);
   if (modelFeed()) feeds.push(modelFeed());
   if (app.view.strategy === "day" && app.day.ready) feeds.push(...levelFeeds());
-  if (app.alerts.u === u && alertsReady) feeds.push(`${u}:alerts`);
+  if (app.alerts.u === u && alertsReady) feeds.push(...ALERT_FEEDS.map((a) => `${u}:${a}`));
   feed.set(feeds);
 }
 
-// The alerts: today's from REST, then the feed after the newest the stream held when they were read,
-// so none fired in between is missed.
+// The alerts: today's from REST, then a feed per alerts stream after the newest it held when they were
+// read, so none fired in between is missed.
 let alertsReady = false;
 function openAlerts() {
   const u = app.view.underlying, log = app.alerts;
   alertsReady = false;
   log.load(u).then(() => {
     if (log.u !== u || u !== app.view.underlying) return;
-    feed.versions.set(`${u}:alerts`, timedId(log.last || "0-0"));
+    for (const a of ALERT_FEEDS) feed.versions.set(`${u}:${a}`, timedId(log.last[`${u}:${a}`] || "0-0"));
     alertsReady = true;
     follow();
   });
