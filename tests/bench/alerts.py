@@ -48,6 +48,14 @@ cooldown_s = 0
 [rules.gravity_move]
 strikes = 1
 cooldown_s = 0
+[rules.net_premium]
+total_usd = 200000
+strike_usd = 50000
+cooldown_s = 0
+[rules.best_fly]
+min_reward_risk = 2
+within_em = false
+cooldown_s = 0
 """
 
 

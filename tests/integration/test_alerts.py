@@ -251,3 +251,22 @@ def test_flow_and_flies_rules_on_a_simulated_session_replay_identically(tmp_path
         assert abs(a["values"]["net_premium"]) >= threshold and a["values"]["level"] == threshold
     for a in by_rule["best_fly"]:
         assert a["values"]["reward_risk"] >= 2 and a["subject"].count("|") == 3
+
+
+def test_mode_change_leaves_transition_only_beyond_its_margin(tmp_path: Path, gex: dict[str, Any]) -> None:
+    flip = gex["flip"]
+    rules = rules_file(tmp_path / "r.toml", "[rules.mode_change]\nhysteresis_pct = 0.1\ncooldown_s = 0")
+    # The transition band is |spot - flip| <= 0.5 % of spot; leaving it needs 0.6 %.
+    path = [
+        (1, flip * 1.002),  # 0.2 % above the flip: transition (sets the state)
+        (10, flip * 1.0055),  # 0.55 %: out of the band, inside the margin: still transition
+        (20, flip * 1.001),  # back inside
+        (30, flip * 1.01),  # 1 %: out beyond the margin: fires at 30, from transition
+        (40, flip * 1.003),  # 0.3 %: back into transition at 40
+    ]
+    got = check(capture(tmp_path / "mode.jsonl", path, chain_spot=flip * 1.002), rules)
+    assert [((a["t_ns"] - T0) / SECOND, a["values"]["from"]) for a in got] == [
+        (30.0, "transition"),
+        (40.0, got[0]["values"]["to"]),
+    ]
+    assert got[0]["values"]["to"] in ("compression", "expansion") and got[1]["values"]["to"] == "transition"
