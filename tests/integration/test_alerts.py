@@ -270,3 +270,36 @@ def test_mode_change_leaves_transition_only_beyond_its_margin(tmp_path: Path, ge
         (40.0, got[0]["values"]["to"]),
     ]
     assert got[0]["values"]["to"] in ("compression", "expansion") and got[1]["values"]["to"] == "transition"
+
+
+async def test_restarted_agents_fire_what_one_run_fires(tmp_path: Path, redis_url: str, gex: dict[str, Any]) -> None:
+    """The topology stopped and started again between frames (each settle starts every agent afresh,
+    restoring from its commits): the rules' state (sides, a cooldown running across the stop) comes
+    back, and the alerts are those of one uninterrupted back-test."""
+    import redis.asyncio as aioredis
+
+    from marketswarm.agents import catalog
+    from marketswarm.agents.sources.files import read_inputs, write_recorded
+    from marketswarm.ops.alerting import read_alerts
+    from marketswarm.ops.inprocess import run_until_idle
+    from marketswarm.topology.connections import ensure_group
+    from marketswarm.topology.settings import Settings
+
+    flip = gex["flip"]
+    rules = rules_file(tmp_path / "r.toml", "[rules.flip_cross]\ncooldown_s = 60")
+    path = [(1, flip - 20), (10, flip + 20), (20, flip - 20), (30, flip + 20), (75, flip - 20), (80, flip + 20)]
+    cap = capture(tmp_path / "restart.jsonl", path, chain_spot=flip - 20)
+    once = check(cap, rules)
+    assert fired(once) == [(10.0, "flip", "up"), (75.0, "flip", "down")]
+
+    settings = Settings(underlyings=["SPX"], block_ms=50, rules=rules, idle_flush=False)
+    r = aioredis.Redis.from_url(redis_url)
+    for spec in catalog.agents():
+        await ensure_group(r, spec.reads.key("SPX"), spec.name)
+    frames = read_inputs([cap])
+    for part in (frames[:3], frames[3:5], frames[5:]):  # stops after 10 s (fired) and 20 s (inside the cooldown)
+        await write_recorded(r, part, settings=settings)
+        await run_until_idle(redis_url, settings, ["SPX"], timeout_s=60)
+    restarted = [{"id": i, **alerts_json(a)} for i, a in await read_alerts(r, ["SPX"])]
+    await r.aclose()
+    assert restarted == once
