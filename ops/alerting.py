@@ -84,7 +84,7 @@ def check(
         for entry_id, a in found:
             typer.echo(orjson.dumps({"id": entry_id, **alerts.plain_json(a)}).decode())
         return
-    table = Table(title=f"{len(found)} alerts ({chosen})", title_justify="left")
+    table = Table(title=f"{len(found)} alert{'' if len(found) == 1 else 's'} ({chosen})", title_justify="left")
     for col in ("time (New York)", "underlying", "rule", "severity", "message", "values"):
         table.add_column(col, overflow="fold")
     for _entry_id, a in found:
