@@ -182,6 +182,7 @@ def fingerprint(rule: str, u: str, subject: str, direction: str, level: Any, t_n
     raw = f"{rule}|{u}|{subject}|{direction}|{level}|{t_ns}".encode()
     return hashlib.blake2b(raw, digest_size=8).hexdigest()
 
+
 class Firing:
     """What every rule set shares: its state (JSON-able, kept in the agent's commits) and how a rule
     fires, with its cooldown per rule, underlying and subject in event time."""
