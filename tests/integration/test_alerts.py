@@ -233,6 +233,7 @@ def test_net_premium_at_a_strike_fires_at_the_hand_worked_times(tmp_path: Path) 
     assert got[0]["message"] == "SPX net premium bought at 5900C in 5 minutes: $208,000 (threshold $200,000)"
 
 
+@pytest.mark.slow  # the same as the captures built for these rules, over a longer simulated session
 def test_flow_and_flies_rules_on_a_simulated_session_replay_identically(tmp_path: Path) -> None:
     from .test_replay import sim_capture
 
@@ -303,3 +304,66 @@ async def test_restarted_agents_fire_what_one_run_fires(tmp_path: Path, redis_ur
     restarted = [{"id": i, **alerts_json(a)} for i, a in await read_alerts(r, ["SPX"])]
     await r.aclose()
     assert restarted == once
+
+
+async def replayed_versions(redis_url: str, cap: Path, rules: Path, model: str) -> tuple[list[Any], list[Any]]:
+    """Replay ``cap`` into the test's server: (``model``'s versions as published, every alert)."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from marketswarm.ops.alerting import read_alerts
+    from marketswarm.schemas import codec
+    from marketswarm.topology import streams
+
+    r = aioredis.Redis.from_url(redis_url)
+    cmd = ["replay", str(cap), "--redis-url", redis_url]
+    result = await asyncio.to_thread(cli, *cmd, MARKETSWARM_RULES=str(rules))
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    versions = [codec.decode(streams.Payload.DIFF, f) for _, f in await r.xrange(streams.DIFFS[model].key("SPX"))]
+    found = [alerts_json(a) for _, a in await read_alerts(r, ["SPX"])]
+    await r.aclose()
+    return versions, found
+
+
+async def test_gravity_moves_fire_where_the_gravity_model_moved(
+    tmp_path: Path, redis_url: str, gex: dict[str, Any]
+) -> None:
+    """Spot walked across the chain: the dealer gravity model's level moves; the alerts fire at exactly
+    the versions where it moved a strike or more from where the rule last fired."""
+    rules = rules_file(tmp_path / "r.toml", "[rules.gravity_move]\nstrikes = 1\ncooldown_s = 0")
+    spot = gex["spot"]
+    path = [(s, spot + d) for s, d in zip(range(1, 100, 3), [*range(-60, 61, 4), *range(60, -61, -8)], strict=False)]
+    gravity, got = await replayed_versions(redis_url, capture(tmp_path / "g.jsonl", path, chain_spot=spot - 60), rules,
+                                           "gravity")  # fmt: skip
+    step = 5.0  # the chain's strike spacing around spot
+    want, ref = [], None
+    for v in gravity:
+        doc = orjson.loads(v.header)
+        level = doc.get("level")
+        if level is None:
+            continue
+        if ref is not None and abs(level - ref) >= step:
+            want.append((v.asof_ns, ref, level))
+        if ref is None or abs(level - ref) >= step:
+            ref = level
+    assert len(want) >= 2, [orjson.loads(v.header).get("level") for v in gravity]
+    assert [(a["t_ns"], a["values"]["from"], a["values"]["to"]) for a in got] == want
+
+
+async def test_best_fly_fires_where_a_qualifying_fly_entered_the_models_list(tmp_path: Path, redis_url: str) -> None:
+    """A simulated session (quotes move, the list changes): the alerts fire at exactly the versions of
+    the best butterflies model where a fly with reward/risk of 3 or more entered its list."""
+    from .test_replay import sim_capture
+
+    rules = rules_file(tmp_path / "r.toml", "[rules.best_fly]\nmin_reward_risk = 3\nwithin_em = false\ncooldown_s = 0")
+    cap = sim_capture(tmp_path / "f.jsonl", seconds=30, rate=1500)
+    best, got = await replayed_versions(redis_url, cap, rules, "best_flies")
+    want, before = [], None
+    for v in best:
+        good = {f["k"] for f in orjson.loads(v.header)["flies"] if f["reward_risk"] >= 3}
+        if before is not None:
+            want += [(v.asof_ns, k) for k in sorted(good - before)]
+        before = good
+    assert want, "the walk never changed the list"
+    assert [(a["t_ns"], a["subject"]) for a in got] == want
