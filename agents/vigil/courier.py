@@ -10,7 +10,9 @@ end in a 2xx answer within the receiver's timeout is retried after ``backoff_s``
 A receiver's first start takes the alerts of the last ``deadline_s`` (older ones could not be
 delivered in time anyway).
 
-The tasks share nothing but the HTTP client's pool, so a slow or dead receiver delays only itself,
+A task delivers the alerts of one read (up to ``READ_COUNT``) concurrently, so a receiver that stopped
+answering holds its stream back by one deadline per batch, not per alert. Each receiver has its own
+HTTP client and connections, so a slow or dead receiver delays only itself,
 and the courier is its own process: it never holds up a model. Webhook URLs carry tokens: every log
 line names the receiver and the masked URL (``mask_webhook``).
 """
@@ -36,7 +38,8 @@ from marketswarm.topology.metrics import Metrics
 log = logging.getLogger(__name__)
 # httpx logs every request with its URL at INFO: webhook URLs hold tokens, so only its warnings.
 logging.getLogger("httpx").setLevel(logging.WARNING)
-READ_COUNT = 50
+READ_COUNT = 50  # alerts read, and delivered concurrently, at a time
+KEEPALIVE = 8  # connections a receiver's pool keeps open
 BLOCK_MS = 1000
 MAX_ERROR_CHARS = 300
 
@@ -75,15 +78,20 @@ class Courier:
             return
         for r in self.receivers:
             log.info("delivering alerts to %s at %s", r.name, mask_webhook(r.url))
-        async with httpx.AsyncClient(follow_redirects=False) as client:
-            every = [(r, u, spec) for r in self.receivers for u in self.underlyings for spec in streams.ALERTS.values()]
-            tasks = [asyncio.create_task(self._receiver(client, r, u, spec)) for r, u, spec in every]
-            try:
-                await self.stop.wait()
-            finally:
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+        # A client (a connection pool) per receiver: one that hangs holds only its own connections.
+        most = READ_COUNT * len(self.underlyings) * len(streams.ALERTS)
+        pool = httpx.Limits(max_connections=most, max_keepalive_connections=KEEPALIVE)
+        clients = {r.name: httpx.AsyncClient(follow_redirects=False, limits=pool) for r in self.receivers}
+        every = [(r, u, spec) for r in self.receivers for u in self.underlyings for spec in streams.ALERTS.values()]
+        tasks = [asyncio.create_task(self._receiver(clients[r.name], r, u, spec)) for r, u, spec in every]
+        try:
+            await self.stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for c in clients.values():
+                await c.aclose()
 
     async def _receiver(self, client: httpx.AsyncClient, r: alerts.Receiver, u: str, spec: streams.StreamSpec) -> None:
         key, positions, field = spec.key(u), streams.deliveries_key(u), f"{r.name}|{spec.name}"
@@ -99,12 +107,14 @@ class Courier:
                     )
                 reply = await self.redis.xread({key: pos}, count=READ_COUNT, block=BLOCK_MS)
                 for _key, entries in reply or ():
-                    for entry_id, fields in entries:
-                        eid = entry_id.decode()
-                        if not await self._one(client, r, u, eid, fields):
-                            return  # stopping mid-retry: the position stays, a restart tries again
-                        await self.redis.hset(positions, field, eid)
-                        pos = eid
+                    # A batch is delivered concurrently (a receiver de-duplicates and orders by
+                    # fingerprint and startsAt), and the position moves past it once every alert of
+                    # it was delivered or dead-lettered.
+                    done = await asyncio.gather(*(self._one(client, r, u, i.decode(), f) for i, f in entries))
+                    if not all(done):
+                        return  # stopping mid-retry: the position stays, a restart tries again
+                    pos = entries[-1][0].decode()
+                    await self.redis.hset(positions, field, pos)
             except (RedisError, OSError) as exc:
                 log.warning("%s of %s for %s: the store failed (%s); again in 1 s", spec.name, u, r.name, exc)
                 await self._sleep(1.0)
