@@ -148,7 +148,10 @@ class Courier:
             if time.monotonic() - first + delay > r.deadline_s:
                 await self._dead(r, u, eid, fields, error, tries)
                 return True
-            log.warning(
+            # The first failure of an alert is a warning; its retries are debug (a receiver that is down
+            # would otherwise log a line per alert per try), and its dead letter an error.
+            log.log(
+                logging.WARNING if tries == 1 else logging.DEBUG,
                 "alert %s (%s) to %s at %s: %s; try %d again in %.1f s",
                 alert.fingerprint, alert.rule, r.name, mask_webhook(r.url), error, tries + 1, delay,
             )  # fmt: skip
