@@ -11,8 +11,10 @@ A receiver's first start takes the alerts of the last ``deadline_s`` (older ones
 delivered in time anyway).
 
 A task delivers the alerts of one read (up to ``READ_COUNT``) concurrently, so a receiver that stopped
-answering holds its stream back by one deadline per batch, not per alert. Each receiver has its own
-HTTP client and connections, so a slow or dead receiver delays only itself,
+answering holds its stream back by one deadline per batch, not per alert. After ``DOWN_AFTER``
+consecutive failed tries a receiver is down: its alerts take turns, one try in flight at a time, each
+until its own deadline, so a dead receiver costs one connection and few CPU cycles. Each receiver has
+its own HTTP client and connections, so a slow or dead receiver delays only itself,
 and the courier is its own process: it never holds up a model. Webhook URLs carry tokens: every log
 line names the receiver and the masked URL (``mask_webhook``).
 """
@@ -24,6 +26,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -39,6 +42,8 @@ log = logging.getLogger(__name__)
 # httpx logs every request with its URL at INFO: webhook URLs hold tokens, so only its warnings.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 READ_COUNT = 50  # alerts read, and delivered concurrently, at a time
+DOWN_AFTER = 3  # consecutive failed tries after which a receiver is down: one try at a time
+JSON = {"content-type": "application/json"}
 KEEPALIVE = 8  # connections a receiver's pool keeps open
 BLOCK_MS = 1000
 MAX_ERROR_CHARS = 300
@@ -57,6 +62,15 @@ def body_of(alert: alerts.Alert, receiver: alerts.Receiver) -> bytes:
     return orjson.dumps(alerts.plain_json(alert))
 
 
+@dataclass
+class Health:
+    """A receiver as its tries found it: consecutive failures; while down, whose turn it is to try."""
+
+    failures: int = 0
+    error: str = ""
+    turn: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
 class Courier:
     """Delivers the alerts of ``underlyings`` to ``receivers`` until ``stop`` is set."""
 
@@ -70,6 +84,7 @@ class Courier:
     ) -> None:
         self.redis, self.receivers, self.underlyings = redis, receivers, underlyings
         self.metrics, self.stop = metrics, stop
+        self.health = {r.name: Health() for r in receivers}
 
     async def run(self) -> None:
         if not self.receivers:
@@ -129,20 +144,22 @@ class Courier:
         if not r.wants(alert.rule):
             return True
         body, first, delay, tries = body_of(alert, r), time.monotonic(), r.backoff_s, 0
-        headers = {"content-type": "application/json"}
+        health = self.health[r.name]
         while True:
             tries += 1
-            try:
-                resp = await client.post(r.url, content=body, headers=headers, timeout=r.timeout_s)
-                if 200 <= resp.status_code < 300:
-                    self.metrics.alert_deliveries.labels(r.name, "delivered").inc()
-                    self.metrics.alert_delivery_seconds.labels(r.name).observe((time.time_ns() - alert.t_ns) / 1e9)
-                    return True
-                error = f"HTTP {resp.status_code}"
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            error = error.replace(r.url, mask_webhook(r.url))[:MAX_ERROR_CHARS]
-            self.metrics.alert_deliveries.labels(r.name, "failed").inc()
+            if health.failures >= DOWN_AFTER:
+                # The receiver is down: one try at a time for all of its alerts, each waiting for its
+                # turn until its deadline, so a dead receiver costs one connection, not one per alert.
+                try:
+                    async with asyncio.timeout(max(0.0, r.deadline_s - (time.monotonic() - first))):
+                        async with health.turn:
+                            error = await self._post(client, r, body, alert, health)
+                except TimeoutError:
+                    error = f"the receiver is down (its last error: {health.error})"
+            else:
+                error = await self._post(client, r, body, alert, health)
+            if error is None:
+                return True
             if self.stop.is_set():
                 return False
             if time.monotonic() - first + delay > r.deadline_s:
@@ -157,6 +174,25 @@ class Courier:
             )  # fmt: skip
             await self._sleep(delay)
             delay = min(delay * 2, r.max_backoff_s)
+
+    async def _post(
+        self, client: httpx.AsyncClient, r: alerts.Receiver, body: bytes, alert: alerts.Alert, health: Health
+    ) -> str | None:
+        """One try; None when the receiver took it, else the error (masked)."""
+        try:
+            resp = await client.post(r.url, content=body, headers=JSON, timeout=r.timeout_s)
+            if 200 <= resp.status_code < 300:
+                health.failures = 0
+                self.metrics.alert_deliveries.labels(r.name, "delivered").inc()
+                self.metrics.alert_delivery_seconds.labels(r.name).observe((time.time_ns() - alert.t_ns) / 1e9)
+                return None
+            error = f"HTTP {resp.status_code}"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        health.failures += 1
+        health.error = error = error.replace(r.url, mask_webhook(r.url))[:MAX_ERROR_CHARS]
+        self.metrics.alert_deliveries.labels(r.name, "failed").inc()
+        return error
 
     async def _dead(self, r: alerts.Receiver, u: str, eid: str, fields: Any, error: str, tries: int) -> None:
         record: dict[str, Any] = {f"orig.{k.decode()}": v for k, v in fields.items()}
