@@ -111,7 +111,7 @@ async def test_four_tabs_stay_live_and_resume_exactly_after_the_gateway_dies(two
             assert sorted(feeds) == sorted(
                 {
                     f"{u}:{view}",
-                    f"{u}:alerts",
+                    *(f"{u}:{a}" for a in ("alerts", "alerts.intent", "alerts.best_flies")),
                     *(f"{u}:{d}" for d in ("market_mode", "gravity", "intent", "best_flies")),
                 }
             )

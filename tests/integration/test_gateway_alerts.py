@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -47,8 +48,11 @@ async def data_lines(lines: Any, n: int, ids: list[str] | None = None) -> list[l
     return out
 
 
-async def test_alerts_over_rest_sse_and_a_tab(redis_url: str) -> None:
+async def test_alerts_over_rest_sse_and_a_tab(redis_url: str, tmp_path: Path) -> None:
     sim = Sim(redis_url)
+    quiet = tmp_path / "rules.toml"  # the alerts here are the test's own: no rule fires
+    quiet.write_text("".join(f"[rules.{r}]\nenabled = false\n" for r in alerts.MARKET_RULES))
+    sim.settings = sim.settings.model_copy(update={"rules": quiet})
     await sim.advance(2)  # SPX is published
     r = aioredis.Redis.from_url(redis_url)
     t = T0 // MS
@@ -93,11 +97,12 @@ async def test_alerts_over_rest_sse_and_a_tab(redis_url: str) -> None:
                 new = await add(r, 4, t + 3000)
                 [[d]] = await data_lines(lines, 1, event_ids)
                 assert orjson.loads(d)["id"] == new and orjson.loads(d)["message"] == "SPX <b>spot</b> crossed 4"
-            # every event's id says where each alerts stream stands; a reconnect with the one before the
-            # last gets exactly the last again
+            # every event's id says where each alerts stream stands (the number resumed them all after it);
+            # a reconnect with the one before the last gets exactly the last again
+            others = f"SPX:alerts.best_flies@{t * 1000 + 1},SPX:alerts.intent@{t * 1000 + 1}"
             assert (
-                event_ids[-1] == f"SPX:alerts@{(t + 3000) * 1000}"
-                and event_ids[-2] == f"SPX:alerts@{(t + 2000) * 1000}"
+                event_ids[-1] == f"SPX:alerts@{(t + 3000) * 1000},{others}"
+                and event_ids[-2] == f"SPX:alerts@{(t + 2000) * 1000},{others}"
             )
             async with c.stream("GET", f"{base}/sse/alerts", headers={"Last-Event-ID": event_ids[-2]}) as resp:
                 [[d]] = await data_lines(resp.aiter_lines(), 1)
