@@ -88,11 +88,11 @@ let alertsReady = false;
 function openAlerts() {
   const u = app.view.underlying, log = app.alerts;
   alertsReady = false;
-  log.load(u).then(() => {
+  return log.load(u).then(() => {
     if (log.u !== u || u !== app.view.underlying) return;
     for (const a of ALERT_FEEDS) feed.versions.set(`${u}:${a}`, timedId(log.last[`${u}:${a}`] || "0-0"));
     alertsReady = true;
-    follow();
+    if (app.view.strategy) follow(); // at start, the first connection carries them (init)
   });
 }
 
@@ -322,11 +322,11 @@ async function init() {
   $("underlying").innerHTML = options(list);
   $("underlying").value = app.view.underlying;
   bind();
+  await openAlerts(); // before the first connection, which then carries the alerts feeds too
   const s = app.view.strategy;
   app.view.strategy = null;
   setStrategy([...HEATMAPS, "gex", ...DERIVED, "day"].includes(s) ? s : "butterfly");
   app.day.load(app.view.underlying).then(scrubRange); // the scrubber's range
-  openAlerts();
 }
 
 // For tests and the curious: the tab's state as the views read it.
