@@ -77,6 +77,7 @@ def derived_keys(u: str) -> list[str]:
     """Every key derived from the raw stream of ``u`` (not raw input, not dead letters)."""
     keys = [streams.EVENTS.key(u), streams.REJECTS.key(u), streams.CHANGES.key(u)]
     keys += [streams.epoch_pointer_key(u), streams.epochs_index_key(u), streams.fills_key(u), streams.spot_key(u)]
+    keys.append(streams.vol_index_key(u))
     for s in streams.STRATEGIES:
         keys += [
             streams.STAGED[s].key(u),

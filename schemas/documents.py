@@ -65,6 +65,16 @@ def scores(values: np.ndarray, width_x1000: np.ndarray) -> np.ndarray:
         return np.where((w > 0) & (values > 0), np.round((w - values) / values, 4), np.nan)
 
 
+def edges(vals: np.ndarray) -> np.ndarray:
+    """Theo minus mid per heatmap tile (columns ``value, natural, theo, pop``); NaN without a theo."""
+    return np.asarray(np.round(vals[:, 2] - vals[:, 0], 6) + 0.0)
+
+
+def spreads(vals: np.ndarray) -> np.ndarray:
+    """A tile's market width: the natural debit less the natural credit (selling it), ``2 (natural - mid)``."""
+    return np.asarray(np.round(2.0 * (vals[:, 1] - vals[:, 0]), 6) + 0.0)
+
+
 def position_of(geometry: Geometry, key: str) -> int | None:
     """The position of a tile key (``expiry|side|strike_x1000|width_x1000``, or ``s|strike`` for GEX)."""
     parts = key.split("|")
@@ -137,11 +147,16 @@ def _rows(geometry: Geometry, vals: np.ndarray, cts: np.ndarray, where: np.ndarr
         cols = [(name, _texts(vals[where, j])) for j, name in enumerate((b'"call":', b',"put":', b',"net":'))]
         tail = b"},"
     else:
-        v = vals[where, 0]
+        v = vals[where]
         leg_times = np.ascontiguousarray(cts[geometry.leg_positions()[where]])
         cols = [
-            (b'"value":', _texts(v)),
-            (b',"score":', _texts(scores(v, geometry.widths_x1000()[where]))),
+            (b'"value":', _texts(v[:, 0])),
+            (b',"score":', _texts(scores(v[:, 0], geometry.widths_x1000()[where]))),
+            (b',"natural":', _texts(v[:, 1])),
+            (b',"spread":', _texts(spreads(v))),
+            (b',"theo":', _texts(v[:, 2])),
+            (b',"edge":', _texts(edges(v))),
+            (b',"pop":', _texts(v[:, 3])),
             (b',"legs_ts_ns":[', orjson.dumps(leg_times, option=orjson.OPT_SERIALIZE_NUMPY)[2:-2].split(b"],[")),
         ]
         tail = b"]},"
@@ -234,6 +249,7 @@ def diff_json(diff: Diff, widths_x1000: np.ndarray | None = None) -> bytes:
         "reason": diff.reason,
         "reset": diff.reset,
         "k": cols.k,
+        "cols": cols.carried(),
         "pos": _deltas(cols.positions()),
         "vals": np.ascontiguousarray(cols.values()).reshape(-1),
         "cpos": _deltas(cols.contract_positions()),

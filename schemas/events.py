@@ -90,13 +90,24 @@ class Spot(_Event, tag="spot", frozen=True, kw_only=True):
     delayed: bool = False
 
 
+class VolIndex(_Event, tag="vol", frozen=True, kw_only=True):
+    """A market volatility index (VIX): an input of every underlying's models, like spot. A source
+    that receives one gives it to every underlying it serves."""
+
+    name: str  # VIX
+    value: float  # index points (an annualized volatility in percent)
+    ts_ns: int
+    rx_time: bool = False
+    delayed: bool = False
+
+
 class ProviderStatus(_Event, tag="status", frozen=True, kw_only=True):
     status: str
     message: str = ""
     ts_ns: int
 
 
-Event = ChainSnapshot | Quote | Trade | Spot | ProviderStatus
+Event = ChainSnapshot | Quote | Trade | Spot | VolIndex | ProviderStatus
 
 
 class EventBatch(msgspec.Struct, frozen=True, kw_only=True):
@@ -166,6 +177,16 @@ class SpotChange(_Change, tag="s", frozen=True, kw_only=True):
     delayed: bool = False
 
 
+class VolChange(_Change, tag="v", frozen=True, kw_only=True):
+    """The volatility index (VIX) changed: admitted like spot, newest first."""
+
+    name: str
+    ts_ns: int
+    value: float
+    rx_time: bool = False
+    delayed: bool = False
+
+
 class EpochChange(_Change, tag="e", frozen=True, kw_only=True):
     """The epoch of a chain snapshot (new and promoted, or the active one again). It lists the epoch's
     contracts, so calc agents build their grid without reading Redis; the values follow as the
@@ -179,7 +200,7 @@ class EpochChange(_Change, tag="e", frozen=True, kw_only=True):
     delayed: bool = False  # the chain's quotes or trades are DELAYED
 
 
-Change = QuoteChange | TradeChange | FillChange | GreeksChange | SpotChange | EpochChange
+Change = QuoteChange | TradeChange | FillChange | GreeksChange | SpotChange | VolChange | EpochChange
 
 
 class ChangeBatch(msgspec.Struct, frozen=True, kw_only=True):

@@ -25,6 +25,10 @@ hedge with the move: moves are amplified).
   ``false-breakout risk`` (moves start, then meet long gamma further out and fade); negative and
   concentrated is ``downside acceleration`` (short gamma at spot: hedging chases the move, puts make
   it worst on the way down); negative and spread out is ``air-pocket expansion`` (nothing holds price).
+* **Volatility regime.** From the volatility index (VIX, an input like spot): ``low`` under 17,
+  ``normal`` from 17 to under 23, ``elevated`` from 23 to under 32, ``high`` from 32 (``VOL_REGIMES``).
+  The heatmaps, GEX, market mode and best flies carry it as ``vix`` and ``regime`` (null before the
+  first value); best flies choose widths by it (agents/derive/flies.py).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from marketswarm.schemas.events import VolChange
 
 TRANSITION_PCT = 0.5  # market mode: |spot - flip| / spot within this (%) is a transition
 SCORE_SCALE_PCT = 2.0  # market mode: distance from the flip (%) at which the score is 50 +/- 38
@@ -155,3 +161,18 @@ def structure(g: GexRows) -> dict[str, Any]:
     pin = None if far == 0 else _r(100.0 * float(np.abs(g.net[dist <= PIN_NEAR_PCT]).sum()) / far)
     quadrant = None if bias is None or pin is None else QUADRANTS[(bias > 0, pin >= PIN_HIGH)]
     return {"bias": bias, "pin": pin, "quadrant": quadrant, "g_above": _r(g_above), "g_below": _r(g_below)}
+
+
+VOL_REGIMES = ((17.0, "low"), (23.0, "normal"), (32.0, "elevated"), (math.inf, "high"))
+
+
+def regime(vix: float | None) -> str | None:
+    """The volatility regime of a VIX level (``VOL_REGIMES``); None without one."""
+    if vix is None:
+        return None
+    return next(name for top, name in VOL_REGIMES if vix < top)
+
+
+def vol_fields(v: VolChange | None) -> dict[str, Any]:
+    """A model header's volatility fields: the VIX level and its regime (null before the first)."""
+    return {"vix": None if v is None else v.value, "regime": regime(None if v is None else v.value)}

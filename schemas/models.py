@@ -31,10 +31,14 @@ def unpack(raw: bytes, dtype: np.dtype) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype)
 
 
+HEATMAP_COLUMNS = ("value", "natural", "theo", "pop")
+
+
 def value_columns(strategy: str) -> tuple[str, ...]:
-    """The numbers a position carries: a heatmap tile its value (mid debit; the score derives from it
-    and the width), a GEX row its call, put and net GEX."""
-    return ("call", "put", "net") if strategy == "gex" else ("value",)
+    """The numbers a position carries: a heatmap tile its mid debit (``value``; the score derives from
+    it and the width), natural debit, theo and probability of profit at the natural debit
+    (agents/calc/theo.py); a GEX row its call, put and net GEX."""
+    return ("call", "put", "net") if strategy == "gex" else HEATMAP_COLUMNS
 
 
 # Each leg's weight in a heatmap structure's debit (bought +, sold -), in the order of a tile's legs.
@@ -82,11 +86,16 @@ class Geometry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 class Columns(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """New numbers of changed positions, and new quote times of changed contracts.
 
-    ``vals`` is (len(pos), k) float64; NaN in the first column means the position is absent (a tile with
-    a leg that has no mid; a strike with no live contract). ``dense`` columns cover every position and
-    contract in order (``pos``/``cpos`` empty): checkpoints and snapshots."""
+    ``vals`` is (len(pos), k) float64, or (len(pos), len(which)) when ``which`` names the value columns
+    carried (the others are unchanged: a heatmap's theo and PoP move only at a theo refresh, so most
+    updates carry mid and natural debit alone); the first column is always carried, and NaN there
+    means the position is absent (a tile with a leg that has no mid; a strike with no live contract):
+    an absent position's every column is NaN, whatever the update carried (``scatter``). ``dense``
+    columns cover every position and contract in order (``pos``/``cpos`` empty): checkpoints and
+    snapshots."""
 
     k: int = 1
+    which: bytes = b""  # int8 indices of the value columns carried; empty: all k
     dense: bool = False
     pos: bytes = b""  # int32, ascending
     vals: bytes = b""  # float64 (n, k)
@@ -96,8 +105,29 @@ class Columns(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     def positions(self) -> np.ndarray:
         return unpack(self.pos, I32)
 
+    def carried(self) -> np.ndarray:
+        """The indices of the value columns ``vals`` holds."""
+        return unpack(self.which, np.dtype(np.int8)) if self.which else np.arange(self.k)
+
     def values(self) -> np.ndarray:
-        return unpack(self.vals, F64).reshape(-1, self.k)
+        return unpack(self.vals, F64).reshape(-1, len(self.which) or self.k)
+
+    def scatter(self, into: np.ndarray) -> None:
+        """Write these numbers into a (positions, k) array of a model's numbers (dense: all of it)."""
+        if self.dense:
+            into[:] = self.values()
+            return
+        pos = self.positions()
+        if not len(pos):
+            return
+        vals = self.values()
+        if self.which:
+            into[pos[:, None], self.carried()] = vals
+            gone = np.isnan(vals[:, 0])
+            if gone.any():
+                into[pos[gone]] = np.nan
+        else:
+            into[pos] = vals
 
     def contract_positions(self) -> np.ndarray:
         return unpack(self.cpos, I32)
@@ -108,16 +138,23 @@ class Columns(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     @property
     def changed(self) -> int:
         """Positions this update carries (for metrics)."""
-        return len(self.vals) // (F64.itemsize * self.k)
+        return len(self.vals) // (F64.itemsize * (len(self.which) or self.k))
 
 
 def columns(
-    pos: np.ndarray, vals: np.ndarray, cpos: np.ndarray | None = None, cts: np.ndarray | None = None
+    pos: np.ndarray,
+    vals: np.ndarray,
+    cpos: np.ndarray | None = None,
+    cts: np.ndarray | None = None,
+    which: tuple[int, ...] | None = None,
+    k: int | None = None,
 ) -> Columns:
-    """Pack an update: ``vals`` is (n, k) or (n,) for one value column."""
+    """Pack an update: ``vals`` is (n, k) or (n,) for one value column; with ``which``, (n, len(which))
+    of a model of ``k`` columns."""
     v = vals.reshape(-1, 1) if vals.ndim == 1 else vals
     return Columns(
-        k=int(v.shape[1]),
+        k=int(v.shape[1]) if k is None else k,
+        which=b"" if which is None else pack(list(which), np.dtype(np.int8)),
         pos=pack(pos, I32),
         vals=pack(v, F64),
         cpos=pack(cpos if cpos is not None else [], I32),
@@ -192,6 +229,11 @@ class TileOut(_Api):
     width: float  # 0 for singles
     value: float  # mid debit
     score: float | None  # reward/risk (width - debit) / debit; None when undefined
+    natural: float  # the debit crossing the market: asks of the legs bought, bids of the legs sold
+    spread: float  # natural debit less natural credit: 2 (natural - value)
+    theo: float | None  # Black-Scholes on the series' smile at the model's theo_spot (None: no smile or spot)
+    edge: float | None  # theo - value
+    pop: float | None  # probability of profit at expiry bought at the natural debit (0..1)
     legs: list[str]
     legs_ts_ns: list[int]
 
@@ -206,6 +248,10 @@ class HeatmapModel(_Api):
     spot: float | None
     delayed: bool = False  # spot or chain data the provider flagged DELAYED
     nonstandard: int = 0  # adjusted contracts (non-standard deliverable) left out of the grid
+    vix: float | None = None  # the volatility index (null before its first value) and its regime
+    regime: Literal["low", "normal", "elevated", "high"] | None = None
+    theo_spot: float | None = None  # the spot and event time the theo column was priced at
+    theo_asof_ns: int | None = None
     tiles: list[TileOut]
 
 
@@ -267,6 +313,8 @@ class GexModel(GexView):
     iv_atm: float | None  # the nearest live expiry's at-the-money IV (decimal)
     zero_dte: GexView | None
     stale: bool
+    vix: float | None = None  # the volatility index (null before its first value) and its regime
+    regime: Literal["low", "normal", "elevated", "high"] | None = None
 
 
 # --- derived models (agents/derive/): the whole document is the header --------------------------
@@ -289,6 +337,8 @@ class MarketModeModel(_Derived):
     total: float
     distance_pct: float | None  # 100 (spot - flip) / spot
     stale: bool = False
+    vix: float | None = None  # the volatility index and its regime (schemas/levels.py VOL_REGIMES)
+    regime: Literal["low", "normal", "elevated", "high"] | None = None
 
 
 class GravityModel(_Derived):
@@ -343,7 +393,13 @@ class IntentModel(_Derived):
 
 
 class FlyParts(_Api):
-    reward: float
+    """A best fly's composite, part by part (agents/derive/flies.py): each in 0..1 before its weight."""
+
+    value: float  # min(theo / natural, 1)
+    reward: float  # min(reward_risk / cap, 1)
+    gravity: float  # 1 / (1 + distance to the gravity level in expected moves)
+    width: float  # how near the width is to the one suited to the day (the regime's, else the expected move's)
+    suited_width: float | None  # that width, in points
     gravity_distance_em: float | None
     within_em: bool
 
@@ -354,8 +410,14 @@ class Fly(_Api):
     side: Literal["call", "put"]
     strike: float  # center
     width: float
-    debit: float
-    reward_risk: float
+    debit: float  # the natural debit: what it costs crossing the market
+    mid: float
+    spread: float  # natural debit less natural credit
+    theo: float  # expected payoff at expiry under the implied distribution
+    edge: float  # theo - mid
+    pop: float | None  # probability of profit at expiry, bought at the natural debit
+    ev: float  # theo - debit: expected value at the price paid
+    reward_risk: float  # (width - debit) / debit
     composite: float
     parts: FlyParts
     legs: list[str]
@@ -369,6 +431,8 @@ class FlyGravity(_Api):
 class BestFliesModel(_Derived):
     strategy: Literal["best_flies"]
     gravity: FlyGravity
+    vix: float | None = None  # the volatility index and its regime, which choose the widths
+    regime: Literal["low", "normal", "elevated", "high"] | None = None
     expiries: list[str]
     flies: list[Fly]
 

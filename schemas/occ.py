@@ -17,6 +17,9 @@ Side = Literal["call", "put"]
 
 PROVIDER_PREFIX = "O:"
 INDEX_PREFIX = "I:"
+# The market's volatility index: an input of every underlying's models (schemas/events.py VolIndex).
+VOL_INDEX = "VIX"
+VOL_INDEX_TICKER = INDEX_PREFIX + VOL_INDEX
 
 # Roots that are a different series of the same underlying: weeklies and PM-settled series of indices.
 ROOT_TO_UNDERLYING: dict[str, str] = {

@@ -68,13 +68,10 @@ class Published:
         self.version = diff.version
 
     def _take(self, cols: Columns) -> None:
+        cols.scatter(self.vals)
         if cols.dense:
-            self.vals[:] = cols.values()
             self.cts[:] = cols.contract_times()
             return
-        pos = cols.positions()
-        if len(pos):
-            self.vals[pos] = cols.values()
         cpos = cols.contract_positions()
         if len(cpos):
             self.cts[cpos] = cols.contract_times()

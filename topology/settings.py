@@ -53,6 +53,14 @@ class ModelSettings(BaseModel):
     max_width_steps: int = Field(
         default=20, ge=1, description="Vertical/butterfly widths: 1..N times the expiry's strike step."
     )
+    theo_spot_step_bp: float = Field(
+        default=2.0,
+        gt=0,
+        description="Heatmap theo is re-priced when spot has moved this many basis points since it was last priced.",
+    )
+    theo_refresh_s: float = Field(
+        default=30.0, gt=0, description="... or when this much event time has passed since it was last priced."
+    )
     gex_stale_s: float = Field(
         default=300.0, gt=0, description="GEX is flagged stale when its chain data is this much older than spot."
     )

@@ -28,6 +28,9 @@ STAGED_MAX_BYTES = 8 * MiB
 STAGED_MAX_AGE_S = 10 * 60
 # Diffs double as SSE history (Last-Event-ID resume). Bytes only: their ids are versions, not times.
 DIFFS_MAX_BYTES = 16 * MiB
+# A heatmap's diffs carry mid and natural debit per changed tile (theo and PoP at a refresh): twice the
+# bound keeps about the minute of versions a single mid column kept in 16 MiB.
+HEATMAP_DIFFS_MAX_BYTES = 32 * MiB
 REJECTS_MAX_BYTES = 8 * MiB
 DLQ_MAX_BYTES = 16 * MiB
 # History (schemas/history.py): kept by event time for the day and the day before, across a weekend
@@ -35,13 +38,15 @@ DLQ_MAX_BYTES = 16 * MiB
 # (README, "The day as a timeline"). Trimmed at most every HISTORY_TRIM_S: they grow slowly.
 HISTORY_MAX_AGE_S = 4 * 24 * 3600
 LEVELS_MAX_BYTES = 8 * MiB
-KEYFRAMES_MAX_BYTES = 64 * MiB  # a butterfly grid's keyframe is 30-45 KB: 390 a day
+# A butterfly or vertical grid's keyframe is 130-160 KB with its four columns (mid, natural, theo, PoP):
+# 390 a day, about 60 MB.
+KEYFRAMES_MAX_BYTES = 160 * MiB
 GEOMETRIES_MAX_AGE_S = 7 * 24 * 3600  # longer than the keyframes that name them
 GEOMETRIES_MAX_BYTES = 16 * MiB
 # Recent checkpoints of the heatmaps and GEX: where `?at=` starts applying the retained diffs. They
 # outlast the diffs (a checkpoint every 5 s of event time), so every retained diff after the first
 # retained checkpoint is reachable (a trim does not cut the diffs at a checkpoint).
-CHECKPOINTS_MAX_BYTES = 4 * MiB
+CHECKPOINTS_MAX_BYTES = 16 * MiB  # a butterfly checkpoint is about 400 KB: some 40 of them, over 3 minutes
 HISTORY_TRIM_S = 30.0
 # Alerts (schemas/alerts.py): a few hundred a day; kept like the history, ids are event times.
 ALERTS_MAX_BYTES = 4 * MiB
@@ -112,7 +117,13 @@ STAGED: dict[str, StreamSpec] = {
     for s in STRATEGIES
 }
 DIFFS: dict[str, StreamSpec] = {
-    s: StreamSpec(f"diffs.{s}", per_underlying(f"diffs:{s}.v2"), Payload.DIFF, DIFFS_MAX_BYTES, versioned=True)
+    s: StreamSpec(
+        f"diffs.{s}",
+        per_underlying(f"diffs:{s}.v2"),
+        Payload.DIFF,
+        HEATMAP_DIFFS_MAX_BYTES if s in HEATMAP_STRATEGIES else DIFFS_MAX_BYTES,
+        versioned=True,
+    )
     for s in MODELS
 }
 
@@ -220,6 +231,11 @@ STATE_VALUE_HEADER = 32  # a state hash value: a fixed-size ordering header, the
 def spot_key(u: str) -> str:
     """String: the latest admitted spot, ``<newness><SpotChange JSON>``."""
     return f"{PREFIX}:{{{u}}}:spot"
+
+
+def vol_index_key(u: str) -> str:
+    """String: the latest admitted volatility index (VIX) as this underlying saw it, ``<newness><VolChange JSON>``."""
+    return f"{PREFIX}:{{{u}}}:vix"
 
 
 def fills_key(u: str) -> str:

@@ -6,28 +6,24 @@ GEX negative. Per contract, in USD per 1% move of the underlying:
 
     GEX = gamma x open interest x shares per contract x S^2 x 0.01
 
-(shares per contract: 100, or the provider's ``shares_per_contract`` of an adjusted contract; the
-model counts those in ``nonstandard``)
+(shares per contract: 100, or the provider's ``shares_per_contract`` of an adjusted contract; the model counts those
+in ``nonstandard``) with gamma per 1.00 of the underlying: the provider's when present, otherwise Black-Scholes from
+the contract's IV (r = 0, q = 0) with our time-to-expiry convention (schemas/blackscholes.py: calendar time to the
+expiry's 16:00 ET close, ACT/365, floored at one minute).
 
-with gamma per 1.00 of the underlying: the provider's when present, otherwise Black-Scholes from the
-contract's IV (r = 0, q = 0) with our time-to-expiry convention (schemas/blackscholes.py:
-calendar time to the expiry's 16:00 ET close, ACT/365, floored at one minute).
-
-The flip is where the GEX profile changes sign: the profile re-prices every contract's gamma with
-Black-Scholes from its IV at ``PROFILE_POINTS`` spots across +/- ``PROFILE_RANGE`` around S; the root
-is found by linear interpolation between the two profile points that straddle zero (the crossing
-nearest S when there are several), and is null when the profile never changes sign. The call wall
-and put wall are the strikes with the largest call GEX and the largest put GEX (in magnitude) over
-all strikes; as traders read walls, ``call_wall_above`` is the strike at or above S with the largest
-call GEX and ``put_wall_below`` the strike at or below S with the largest put GEX (in magnitude).
+The flip is where the GEX profile changes sign: the profile re-prices every contract's gamma with Black-Scholes from
+its IV at ``PROFILE_POINTS`` spots across +/- ``PROFILE_RANGE`` around S; the root is found by linear interpolation
+between the two profile points that straddle zero (the crossing nearest S when there are several), and is null when
+the profile never changes sign. The call wall and put wall are the strikes with the largest call GEX and the largest
+put GEX (in magnitude) over all strikes; as traders read walls, ``call_wall_above`` is the strike at or above S with
+the largest call GEX and ``put_wall_below`` the strike at or below S with the largest put GEX (in magnitude).
 ``profile`` is the net GEX re-priced at each of the profile's spots (what the flip is found on).
-``by_expiry_strike`` is the net GEX per strike of each of the ``MATRIX_EXPIRIES`` nearest live
-expiries, strikes within ``MATRIX_RANGE`` of S: the strike x expiry view.
+``by_expiry_strike`` is the net GEX per strike of each of the ``MATRIX_EXPIRIES`` nearest live expiries, strikes
+within ``MATRIX_RANGE`` of S: the strike x expiry view.
 ``iv_atm`` is the nearest live expiry's at-the-money IV (``atm_iv``): dealer gravity's expected move
-(schemas/levels.py) starts from it.
-The 0DTE view repeats totals, flip, walls and by-strike for the contracts expiring on the as-of date
-(America/New_York). ``stale`` is true when the chain data (gamma, OI) is more than ``gex_stale_s``
-older than the as-of time.
+(schemas/levels.py) starts from it. The 0DTE view repeats totals, flip, walls and by-strike for the contracts
+expiring on the as-of date (America/New_York). ``stale`` is true when the chain data (gamma, OI) is more than
+``gex_stale_s`` older than the as-of time. ``vix`` and ``regime``: the volatility index and its regime.
 """
 
 from __future__ import annotations
@@ -43,7 +39,8 @@ import orjson
 
 from marketswarm.schemas import blackscholes as bs
 from marketswarm.schemas import codec
-from marketswarm.schemas.events import ChangeBatch, EpochChange, GreeksChange, SpotChange
+from marketswarm.schemas.events import ChangeBatch, EpochChange, GreeksChange, SpotChange, VolChange
+from marketswarm.schemas.levels import vol_fields
 from marketswarm.schemas.markettime import ET, expiry_close_ns
 from marketswarm.schemas.models import F64, I64, Geometry, Staged, columns, pack, unpack
 from marketswarm.schemas.occ import SymbolError, parse_occ
@@ -66,6 +63,7 @@ CONVENTION = (
 
 _greeks_dec = msgspec.json.Decoder(GreeksChange)
 _spot_dec = msgspec.json.Decoder(SpotChange)
+_vol_dec = msgspec.json.Decoder(VolChange)
 
 
 @dataclass
@@ -258,16 +256,15 @@ def summarize(
 
 
 def wall(strikes: np.ndarray, size: np.ndarray, where: np.ndarray) -> float | None:
-    """The strike of the largest positive ``size`` among ``where`` (the first, lowest, on a tie);
-    None when none is positive."""
+    """The strike of the largest positive ``size`` among ``where`` (the first, lowest, on a tie); None if none is."""
     if not where.any() or size[where].max() <= 0:
         return None
     return float(strikes[where][np.argmax(size[where])])
 
 
 def by_expiry_strike(book: Book, gex: np.ndarray, alive: np.ndarray, s: float) -> dict[str, Any] | None:
-    """Net GEX per strike (rows: the MATRIX_EXPIRIES nearest live expiries, columns: strikes within
-    MATRIX_RANGE of ``s``); 0 where an expiry lists no contract at a strike."""
+    """Net GEX per strike (rows: the MATRIX_EXPIRIES nearest live expiries, columns: strikes within MATRIX_RANGE
+    of ``s``); 0 where an expiry lists no contract at a strike."""
     near = alive & (np.abs(book.strike / s - 1) <= MATRIX_RANGE)
     exp = np.array(book.expiry)
     expiries = sorted(set(exp[near].tolist()))[:MATRIX_EXPIRIES]
@@ -325,6 +322,7 @@ class GexCalc(Processor):
         self.book: Book | None = None
         self.geometry: Geometry | None = None
         self.spot: SpotChange | None = None
+        self.vix: VolChange | None = None  # in the header from the next emission on
         self.vals = np.zeros((0, 3))  # (call, put, net) per strike as last emitted; NaN = no row
         self.profiles: ProfileCache = {}
         self.inputs: ProfileInputs | None = None
@@ -344,11 +342,13 @@ class GexCalc(Processor):
 
     def load(self, replies: Sequence[Any]) -> Sequence[Resume]:
         raw = replies[0] or {}
-        self.book, self.geometry, self.spot = None, None, None
+        self.book, self.geometry, self.spot, self.vix = None, None, None, None
         self.unannounced = False
         fields = {k.decode(): v for k, v in raw.items()}
         if "_spot" in fields:
             self.spot = _spot_dec.decode(fields["_spot"])
+        if "_vix" in fields:
+            self.vix = _vol_dec.decode(fields["_vix"])
         if "_epoch" in fields:
             symbols = orjson.loads(fields["_symbols"])
             deliverables = orjson.loads(fields.get("_deliverables", b"{}"))
@@ -382,6 +382,9 @@ class GexCalc(Processor):
                     self.spot = ch  # hydrate admits only newer values, in its order (provider time first)
                     ckpt["_spot"] = codec.encode_json(ch)
                     touched = True
+                elif isinstance(ch, VolChange):
+                    self.vix = ch
+                    ckpt["_vix"] = codec.encode_json(ch)
                 elif isinstance(ch, EpochChange):
                     ts_ns = max(ts_ns, ch.ts_ns)
                     if self.book is not None and self.book.epoch == ch.epoch and self.book.delayed != ch.delayed:
@@ -395,7 +398,11 @@ class GexCalc(Processor):
                         self._set_book(book)
                         touched = chain_changed = True
                         commands.append(("DEL", self.checkpoint))
-                        keep = {k: v for k, v in ckpt.items() if k == "_spot"}
+                        keep = {
+                            k: codec.encode_json(v)
+                            for k, v in (("_spot", self.spot), ("_vix", self.vix))
+                            if v is not None
+                        }
                         ckpt = {
                             "_epoch": ch.epoch.encode(),
                             "_symbols": orjson.dumps(book.symbols),
@@ -450,6 +457,7 @@ class GexCalc(Processor):
                 "nonstandard": len(self.book.deliverables),
                 "units": UNITS,
                 "convention": CONVENTION,
+                **vol_fields(self.vix),
                 **model,
             }
         )

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
-from marketswarm.schemas.events import QuoteChange
+from marketswarm.schemas.events import GreeksChange, QuoteChange
 from marketswarm.schemas.models import I16, I32, I64, Geometry, pack
 from marketswarm.schemas.occ import SymbolError, parse_occ, series_priority
 
@@ -91,6 +92,7 @@ class Grid:
         self.ts = np.zeros(n, dtype=np.int64)
         self.seq = np.zeros(n, dtype=np.int64)
         self.seen = np.zeros(n, dtype=bool)
+        self.iv = np.full(n, np.nan)  # the chain's implied volatility (decimal)
         self.first_seen = 0  # positions quoted for the first time: bumps when ``seen`` grows
 
     def __len__(self) -> int:
@@ -112,6 +114,17 @@ class Grid:
             self.first_seen += 1
         return p
 
+    def apply_iv(self, g: GreeksChange) -> bool:
+        """Take a contract's chain analytics; whether its IV (the smile's input) changed."""
+        p = self.pos.get(g.sym)
+        if p is None:
+            return False
+        iv = np.nan if g.iv is None else g.iv
+        if iv == self.iv[p] or (np.isnan(iv) and np.isnan(self.iv[p])):
+            return False
+        self.iv[p] = iv
+        return True
+
     def mids(self, legs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mid, has_mid) at the positions ``legs`` (any shape; the sentinel has mid 0 and counts as
         quoted). Mid is (bid + ask) / 2 only with both sides present and not crossed; else 0, False."""
@@ -126,7 +139,7 @@ class Grid:
         if not common:
             return
         mine, theirs = (np.array(x, dtype=np.int64) for x in zip(*common, strict=True))
-        for arr in ("bid", "ask", "ts", "seq", "seen"):
+        for arr in ("bid", "ask", "ts", "seq", "seen", "iv"):
             getattr(self, arr)[mine] = getattr(other, arr)[theirs]
         self.first_seen += 1
 
@@ -157,6 +170,16 @@ class Tiles:
 
     def __len__(self) -> int:
         return len(self.width_x1000)
+
+    @cached_property
+    def leg_columns(self) -> tuple[tuple[float, np.ndarray], ...]:
+        """(weight, every tile's leg position) per leg the strategy uses: the weights are the same for
+        every tile of a strategy, so the kernels work leg by leg on contiguous columns."""
+        return (
+            tuple((float(self.weights[0, j]), np.ascontiguousarray(self.legs[:, j])) for j in range(self.n_legs))
+            if len(self)
+            else ()
+        )
 
     def touching(self, positions: Sequence[int]) -> np.ndarray:
         """Tiles with a leg at any of ``positions``, ascending (a mask, not a sort: this is hot)."""

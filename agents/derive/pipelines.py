@@ -54,7 +54,10 @@ class MarketMode(Follower):
 
     def compute(self) -> dict[str, Any] | None:
         g = gex_rows(self.model)
-        return None if g is None else {**levels.market_mode(g), "stale": self.model.meta.get("stale", False)}
+        if g is None:
+            return None
+        h = self.model.meta
+        return {**levels.market_mode(g), "stale": h.get("stale", False), "vix": h.get("vix"), "regime": h.get("regime")}
 
 
 class Gravity(Follower):
@@ -101,15 +104,18 @@ class BestFlies(Follower):
         if self.among is None or self.among[0] != (m.geometry.epoch, expiries):
             self.among = ((m.geometry.epoch, expiries), flies.Candidates.of(m.geometry, list(expiries)))
         among = self.among[1]
-        inputs = (self.among[0], g.get("level"), g.get("em"), g.get("spot"))
+        inputs = (self.among[0], g.get("level"), g.get("em"), g.get("spot"), m.meta.get("regime"))
         touched = diff.reset or diff.cols.dense or bool(among.mask[diff.cols.positions()].any())
         if self.last is not None and self.last[0] == inputs and not touched:
             return self.last[1]
+        vix, regime = m.meta.get("vix"), m.meta.get("regime")
         doc = {
             "spot": g.get("spot"),
             "gravity": {"level": g.get("level"), "em": g.get("em")},
+            "vix": vix,
+            "regime": regime,
             "expiries": list(expiries),
-            "flies": flies.best_flies(m.geometry, m.vals, asof, g, among),
+            "flies": flies.best_flies(m.geometry, m.vals, asof, g, among, regime),
         }
         self.last = (inputs, doc)
         return doc

@@ -57,7 +57,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import REGISTRY
 from redis.exceptions import RedisError
 
-from marketswarm.agents.gateway import access, health, rest, streaming, timeline, vigil
+from marketswarm.agents.gateway import access, health, rest, risk, streaming, timeline, vigil
 from marketswarm.agents.gateway.access import AUTH_ATTEMPTS, AUTH_WINDOW_S, check_exposure, static_files
 from marketswarm.agents.gateway.apidocs import add_docs
 from marketswarm.agents.gateway.feeds import ModelCache, cancel_all
@@ -132,7 +132,15 @@ def create_app(
         )
 
     app.middleware("http")(access.authenticate)
-    for router in (health.router, rest.router, timeline.router, streaming.router, vigil.router, access.router):
+    for router in (
+        health.router,
+        rest.router,
+        risk.router,
+        timeline.router,
+        streaming.router,
+        vigil.router,
+        access.router,
+    ):
         app.include_router(router)
     # follow_symlink: an editable install links the package files into its build tree.
     app.mount("/static", StaticFiles(directory=str(static_files()), follow_symlink=True), name="static")

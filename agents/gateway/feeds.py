@@ -35,7 +35,7 @@ from marketswarm.agents.gateway.sse import Segment, sse_event
 from marketswarm.schemas import alerts, codec
 from marketswarm.schemas.documents import diff_json, geometry_json
 from marketswarm.schemas.history import LEVEL_SOURCES
-from marketswarm.schemas.models import LEG_WEIGHTS
+from marketswarm.schemas.models import LEG_WEIGHTS, Geometry
 from marketswarm.topology import streams
 from marketswarm.topology.published import GapError, Published, diff_version
 from marketswarm.topology.reading import catch_up, load_published, top_version
@@ -159,6 +159,16 @@ class ModelCache:
                 m.body = (p.version, await asyncio.to_thread(p.body) or b"")
                 m.body_at = time.monotonic()
             return m.body[1]
+
+    async def columns(self, redis: aioredis.Redis, u: str, strategy: str) -> tuple[Geometry, np.ndarray, bytes] | None:
+        """The current version's geometry, a copy of its value columns and its header (None before the
+        first version): for what is computed from a model's numbers on request (the risk graph)."""
+        m = self._model(u, strategy)
+        async with m.lock:
+            p = (await self._current(redis, u, strategy)).published
+            if p.header is None or p.geometry is None:
+                return None
+            return p.geometry, p.vals.copy(), p.header
 
     async def geometry(self, redis: aioredis.Redis, u: str, strategy: str) -> bytes | None:
         """The current epoch's geometry JSON (None before the first version)."""

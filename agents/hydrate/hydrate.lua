@@ -3,7 +3,8 @@
 -- after the lease check and before the XACK of the batch, in the same script.
 --
 -- K[1] epoch pointer   K[2] changes stream   K[3] fills ledger (zset)   K[4] spot   K[5] epochs index
--- K[4 + 2j] and K[5 + 2j]: the meta hash and the state hash of the j-th declared epoch (j = 1..n)
+-- K[6] volatility index (VIX)
+-- K[5 + 2j] and K[6 + 2j]: the meta hash and the state hash of the j-th declared epoch (j = 1..n)
 -- ARGV[first] the active epoch the step assumed ('' for none)   then retire TTL (s), fill window (ms),
 -- shrink ratio, confirmation time (ns), n, the n declared epoch ids (the assumed active one and every epoch of the batch's snapshots),
 -- then records, each starting with an opcode:
@@ -22,6 +23,7 @@
 --                                     count a fill's size into the volume once; a counted fill goes
 --                                     on the changes stream (the trade flow reads it)
 --   P newness change_json             admission of the spot value
+--   V newness change_json             admission of the volatility index (VIX) value, as spot's
 -- Newness is a fixed-width string "<ts_ns:20><seq:12>", so string order is (event time, sequence) order
 -- and nanosecond times never pass through Lua's doubles.
 -- If the active epoch is not the one assumed (another replica promoted one), it returns MSCONFLICT
@@ -42,7 +44,7 @@ local metas, states = {}, {}
 local nepochs = tonumber(ARGV[first + 5])
 for j = 1, nepochs do
   local e = ARGV[first + 5 + j]
-  metas[e], states[e] = K[4 + 2 * j], K[5 + 2 * j]
+  metas[e], states[e] = K[5 + 2 * j], K[6 + 2 * j]
 end
 local function meta_of(e)
   return metas[e] or error('hydrate: epoch ' .. e .. ' was not declared')
@@ -202,11 +204,12 @@ while i <= last do
       end
     end
     i = i + 6
-  elseif op == 'P' then
+  elseif op == 'P' or op == 'V' then
     local newness, change_json = ARGV[i + 1], ARGV[i + 2]
-    local cur = redis.call('GET', K[4])
+    local key = (op == 'P') and K[4] or K[6]
+    local cur = redis.call('GET', key)
     if (not cur) or newness > string.sub(cur, 1, 32) then
-      redis.call('SET', K[4], newness .. change_json)
+      redis.call('SET', key, newness .. change_json)
       counts[cur and 2 or 1] = counts[cur and 2 or 1] + 1
       table.insert(out, change_json)
     else

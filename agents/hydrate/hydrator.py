@@ -45,6 +45,8 @@ from marketswarm.schemas.events import (
     SpotChange,
     Trade,
     TradeChange,
+    VolChange,
+    VolIndex,
 )
 from marketswarm.topology import streams
 from marketswarm.topology.agent import AgentSpec, Count, Effects, Entry, Processor, Resume, ScriptCall
@@ -165,6 +167,9 @@ def batch_args(batch: Sequence[Entry]) -> tuple[list[Any], int, list[str], dict[
             elif isinstance(ev, Spot):
                 spot = SpotChange(ts_ns=ev.ts_ns, value=ev.value, rx_time=ev.rx_time, delayed=ev.delayed)
                 args += ["P", newness(ev.ts_ns, rx_time=ev.rx_time), codec.encode_json(spot)]
+            elif isinstance(ev, VolIndex):
+                vol = VolChange(name=ev.name, ts_ns=ev.ts_ns, value=ev.value, rx_time=ev.rx_time, delayed=ev.delayed)
+                args += ["V", newness(ev.ts_ns, rx_time=ev.rx_time), codec.encode_json(vol)]
             elif isinstance(ev, ChainSnapshot):
                 epochs.append(chain_args(ev, args))
             elif isinstance(ev, ProviderStatus):
@@ -204,6 +209,7 @@ class Hydrator(Processor):
             streams.fills_key(underlying),
             streams.spot_key(underlying),
             streams.epochs_index_key(underlying),
+            streams.vol_index_key(underlying),
         ]
         self.header = [
             settings.epoch_retire_ttl_s,

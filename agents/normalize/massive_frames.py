@@ -39,8 +39,15 @@ from marketswarm.agents.normalize.parsing import (
     num,
     req,
 )
-from marketswarm.schemas.events import ChainContract, ChainSnapshot, ProviderStatus, Quote, Spot, Trade
-from marketswarm.schemas.occ import INDEX_PREFIX, OptionSymbol, SymbolError, parse_provider_option
+from marketswarm.schemas.events import ChainContract, ChainSnapshot, ProviderStatus, Quote, Spot, Trade, VolIndex
+from marketswarm.schemas.occ import (
+    INDEX_PREFIX,
+    VOL_INDEX,
+    VOL_INDEX_TICKER,
+    OptionSymbol,
+    SymbolError,
+    parse_provider_option,
+)
 from marketswarm.schemas.rejects import DropReason, RejectReason, excerpt, text
 
 MS_TO_NS = 1_000_000
@@ -227,7 +234,8 @@ def _ws_element(
         if not isinstance(ticker, str) or not ticker.startswith(INDEX_PREFIX):
             out.reject(RejectReason.BAD_SYMBOL, f"index ticker {excerpt(ticker)[:40]}: not {INDEX_PREFIX}<index>", el)
             return
-        if not _ours(out, ticker.removeprefix(INDEX_PREFIX), underlying, configured, el):
+        vol = ticker == VOL_INDEX_TICKER  # every underlying's input: each stream has its copy
+        if not vol and not _ours(out, ticker.removeprefix(INDEX_PREFIX), underlying, configured, el):
             return
         value = req(el["val"])
         ts_ns = _ms_to_ns(el["t"])
@@ -237,7 +245,10 @@ def _ws_element(
         bounded(value, "index value", 0, MAX_PRICE)
         if not _in_time(out, ts_ns, rx_ns, limits, el):
             return
-        out.events.append(Spot(underlying=underlying, value=value, ts_ns=ts_ns, delayed=delayed))
+        if vol:
+            out.events.append(VolIndex(name=VOL_INDEX, value=value, ts_ns=ts_ns, delayed=delayed))
+        else:
+            out.events.append(Spot(underlying=underlying, value=value, ts_ns=ts_ns, delayed=delayed))
     elif ev == "status":
         status, message = text(str(el["status"]), 100), text(str(el.get("message", "")))
         out.events.append(ProviderStatus(status=status, message=message, ts_ns=rx_ns))
@@ -456,7 +467,8 @@ def parse_rest_indices(data: bytes, rx_ns: int, underlying: str, limits: Limits 
         if not isinstance(ticker, str):  # the provider answers "I:SPX" or, in its own example, "SPX"
             out.reject(RejectReason.BAD_SYMBOL, f"index ticker {excerpt(ticker)[:40]} is not a string", el)
             continue
-        if ticker.removeprefix(INDEX_PREFIX) != underlying:
+        vol = ticker.removeprefix(INDEX_PREFIX) == VOL_INDEX
+        if ticker.removeprefix(INDEX_PREFIX) != underlying and not vol:
             out.drop(DropReason.UNCONFIGURED_UNDERLYING)
             continue
         try:
@@ -471,7 +483,11 @@ def parse_rest_indices(data: bytes, rx_ns: int, underlying: str, limits: Limits 
             out.reject(RejectReason.MALFORMED_ELEMENT, "index without a positive value", el)
             continue
         ok, ts = _provider_ns(out, el, "last_updated", el.get("last_updated"), rx_ns, limits)
-        if ok:
+        if ok and vol:
+            out.events.append(
+                VolIndex(name=VOL_INDEX, value=value, ts_ns=ts or rx_ns, rx_time=ts is None, delayed=_delayed(el))
+            )
+        elif ok:
             spot = Spot(underlying=underlying, value=value, ts_ns=ts or rx_ns, rx_time=ts is None, delayed=_delayed(el))
             out.events.append(spot)
     return out

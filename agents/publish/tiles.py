@@ -53,15 +53,14 @@ class ColumnTable:
             return
         pos = cols.positions()
         if len(pos):
-            vals = cols.values()
             before = ~np.isnan(self.cur[pos, 0])
-            after = ~np.isnan(vals[:, 0])
+            after = ~np.isnan(cols.values()[:, 0])  # the first column is always carried
             flip = before != after
             self.n_changed += int((flip & ~self.changed[pos]).sum())
             self.n_dirty += int((after & ~self.dirty[pos]).sum())
             self.changed[pos] |= flip
             self.dirty[pos] |= after
-            self.cur[pos] = vals
+            cols.scatter(self.cur)
             self.present += int(after.sum()) - int(before.sum())
         cpos = cols.contract_positions()
         if len(cpos):
@@ -82,6 +81,7 @@ class ColumnTable:
     def publish(self, reset: bool, header_changed: bool) -> tuple[Columns, int] | None:
         """The diff since the last version and how many positions it changes; then it is published.
         None when nothing a reader could see changed (quote times alone wait for the next version)."""
+        which: tuple[int, ...] | None = None
         if reset:
             pos = np.flatnonzero(~np.isnan(self.cur[:, 0]))
             cpos = np.flatnonzero(self.cts != 0)
@@ -100,8 +100,15 @@ class ColumnTable:
                 moved = cur[:, 0] != pub[:, 0] if self.k == 1 else (cur != pub).any(axis=1)
                 if self.legs.shape[1] and len(touched) and cts_moved.any():
                     moved |= cts_moved[self.legs[touched]].any(axis=1)
-            pos = touched[(cur_p != pub_p) | (cur_p & pub_p & self.dirty[touched] & moved)]
+            sent = (cur_p != pub_p) | (cur_p & pub_p & self.dirty[touched] & moved)
+            pos = touched[sent]
             cpos = np.flatnonzero(cts_moved)
+            # The value columns that differ in any position sent and present (the first always): the
+            # others stay. A position that goes absent needs only its first column (NaN) to say so.
+            shown = sent & cur_p
+            differ = (cur[shown].view(np.int64) != pub[shown].view(np.int64)).any(axis=0)
+            differ[0] = True
+            which = None if differ.all() else tuple(np.flatnonzero(differ).tolist())
             self.pub[touched] = cur
         self.changed[touched] = False
         self.dirty[touched] = False
@@ -109,7 +116,9 @@ class ColumnTable:
         if not reset and not len(pos) and not header_changed:
             return None
         self.pub_cts[cpos] = self.cts[cpos]
-        return columns(pos, self.cur[pos], cpos, self.cts[cpos]), len(pos)
+        if reset or which is None:
+            return columns(pos, self.cur[pos], cpos, self.cts[cpos]), len(pos)
+        return columns(pos, self.cur[pos][:, which], cpos, self.cts[cpos], which=which, k=self.k), len(pos)
 
     # --- persistence -----------------------------------------------------------------------
 

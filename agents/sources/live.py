@@ -15,11 +15,14 @@ contracts per connection as the provider allows, over ``ws_connections`` connect
 dropped at their close, not at midnight. A contract stays on its connection while it is wanted, and a
 change subscribes and unsubscribes only the difference.
 
-WebSocket: options ``T`` and ``Q`` and index ``V``. Mode ``targeted`` subscribes ``T`` and ``Q`` for
-the chosen contracts; mode ``firehose`` subscribes ``T.*`` (every option trade; other underlyings are
-dropped at the edge) plus targeted ``Q``. The socket's read path only appends the frame to a bounded
-buffer (the provider disconnects slow consumers); a writer task routes frames by underlying and
-writes them in pipelined batches. Frames from the delayed feed are written as ``massive.ws.delayed``.
+WebSocket: options ``T`` and ``Q`` and index ``V`` (the underlyings' indices and, with them, ``I:VIX``,
+the volatility index every underlying's models take as an input: it is written to every underlying's
+stream; with ETF underlyings alone no indices feed is opened, and the models have no VIX). Mode
+``targeted`` subscribes ``T`` and ``Q`` for the chosen contracts; mode ``firehose`` subscribes ``T.*``
+(every option trade; other underlyings are dropped at the edge) plus targeted ``Q``. The socket's read
+path only appends the frame to a bounded buffer (the provider disconnects slow consumers); a writer task
+routes frames by underlying and writes them in pipelined batches. Frames from the delayed feed are written
+as ``massive.ws.delayed``.
 
 Reconnects: every reconnect waits a jittered, exponentially growing delay (``reconnect_delay``); the
 client's own immediate reconnects are off. The provider enforces the plan's connection limit by
@@ -67,7 +70,7 @@ from marketswarm.agents.sources.writer import RawWriter
 from marketswarm.agents.sources.wsframes import FramePump
 from marketswarm.schemas.codec import RawFormat
 from marketswarm.schemas.markettime import ET
-from marketswarm.schemas.occ import INDEX_PREFIX, provider_index_ticker
+from marketswarm.schemas.occ import INDEX_PREFIX, VOL_INDEX_TICKER, provider_index_ticker
 from marketswarm.topology.agent import AgentSpec
 from marketswarm.topology.backpressure import Gate
 from marketswarm.topology.metrics import Metrics
@@ -259,6 +262,7 @@ class LiveSource:
         ]
         if not tickers:
             return
+        tickers.append(VOL_INDEX_TICKER)
         try:
             body = await asyncio.to_thread(self._fetch_indices, tickers)
         except Exception as exc:
@@ -384,7 +388,8 @@ class LiveSource:
             for u in self.settings.underlyings
             if provider_index_ticker(u).startswith(INDEX_PREFIX)
         ]
-        if indices:
+        if indices:  # an indices plan: the volatility index too, every underlying's input
+            indices.append(f"V.{VOL_INDEX_TICKER}")
             conn = Connection("massive.indices", "indices", 0, lambda: indices)
             tasks.append(asyncio.create_task(self.run_ws(conn)))
         tasks.append(asyncio.create_task(self._options_feeds()))

@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 from marketswarm.agents.sources.writer import RawWriter
 from marketswarm.schemas import blackscholes as bs
 from marketswarm.schemas.markettime import ET, expiry_close_ns
-from marketswarm.schemas.occ import format_occ, provider_index_ticker
+from marketswarm.schemas.occ import VOL_INDEX_TICKER, format_occ, provider_index_ticker
 from marketswarm.topology.agent import AgentSpec
 from marketswarm.topology.backpressure import Gate
 from marketswarm.topology.metrics import Metrics
@@ -40,7 +40,11 @@ NS = 1_000_000_000
 RATE = 0.045  # risk-free rate used for fair values
 FRAME_EVENTS = 100  # the provider batches events into frames; we do too
 FRAME_SPAN_MS = 20  # ...sending as it goes: a frame holds at most this much event time
-SPOT_INTERVAL_NS = NS  # an index value every second
+SPOT_INTERVAL_NS = NS  # an index value every second (the underlying's and the volatility index's)
+VIX_LEVEL = 17.0  # the volatility index's long-run level, its volatility per sqrt(year), its pull back to
+VIX_VOL = 1.2  # that level per year, and the correlation of its moves with spot's (it rises as spot falls)
+VIX_REVERSION = 50.0
+VIX_SPOT_CORR = -0.7
 STEP_NS = 100_000_000  # spot path resolution
 
 
@@ -93,6 +97,10 @@ class SimMarket:
         self.spot = self.p.spot
         self.seq = 0
         self.next_spot_ns = start_ns
+        # The volatility index: mean-reverting in log, moving against spot (its own generator, so the
+        # market's draws are those of a market without it).
+        self.vix_rng = np.random.default_rng([seed, zlib.crc32(underlying.encode()), 1])
+        self.vix = VIX_LEVEL * math.exp(VIX_VOL / math.sqrt(2 * VIX_REVERSION) * self.vix_rng.standard_normal())
         self.chain_interval_ns = int(chain_interval_s * NS)
         self.next_chain_ns = start_ns
         self.center = math.nan
@@ -213,9 +221,11 @@ class SimMarket:
         while self.t_ns < until_ns:
             step_end = min(until_ns, self.t_ns + STEP_NS)
             dt_years = (step_end - self.t_ns) / NS / bs.SECONDS_PER_YEAR
-            self.spot *= math.exp(
-                -0.5 * self.p.vol**2 * dt_years + self.p.vol * math.sqrt(dt_years) * self.rng.standard_normal()
-            )
+            z = self.rng.standard_normal()
+            self.spot *= math.exp(-0.5 * self.p.vol**2 * dt_years + self.p.vol * math.sqrt(dt_years) * z)
+            zv = VIX_SPOT_CORR * z + math.sqrt(1 - VIX_SPOT_CORR**2) * self.vix_rng.standard_normal()
+            drift = -VIX_REVERSION * math.log(self.vix / VIX_LEVEL) * dt_years
+            self.vix *= math.exp(drift + VIX_VOL * math.sqrt(dt_years) * zv)
             if self.t_ns >= self.next_chain_ns:
                 recenter = self.p.near_range / 4
                 if abs(self.spot - self.center) > recenter:
@@ -226,6 +236,9 @@ class SimMarket:
             if self.t_ns >= self.next_spot_ns:
                 ticker = provider_index_ticker(self.u)
                 elements.append({"ev": "V", "val": round(self.spot, 2), "T": ticker, "t": self.t_ns // 1_000_000})
+                elements.append(
+                    {"ev": "V", "val": round(self.vix, 2), "T": VOL_INDEX_TICKER, "t": self.t_ns // 1_000_000}
+                )
                 self.next_spot_ns += SPOT_INTERVAL_NS
             n = int(self.rng.poisson(self.rate * (step_end - self.t_ns) / NS))
             if n:

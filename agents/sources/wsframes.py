@@ -24,7 +24,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from marketswarm.agents.sources.writer import RawWriter
 from marketswarm.schemas import codec
 from marketswarm.schemas.models import Reject
-from marketswarm.schemas.occ import INDEX_PREFIX, PROVIDER_PREFIX, underlying_of_root
+from marketswarm.schemas.occ import INDEX_PREFIX, PROVIDER_PREFIX, VOL_INDEX, underlying_of_root
 from marketswarm.schemas.rejects import RejectReason, excerpt
 from marketswarm.topology import streams
 from marketswarm.topology.metrics import Metrics
@@ -120,7 +120,8 @@ class FramePump:
         return None
 
     def route(self, data: bytes) -> tuple[dict[str, bytes], list[str]]:
-        """Split a frame by underlying (exact bytes when one underlying has it all); statuses seen."""
+        """Split a frame by underlying (exact bytes when one underlying has it all); statuses seen. The
+        volatility index (``I:VIX``) goes to every underlying's stream."""
         elements = orjson.loads(data)
         if not isinstance(elements, list):
             raise ValueError("frame is not a list")
@@ -136,6 +137,10 @@ class FramePump:
                 if isinstance(sym, str):
                     u = self.underlying_of(sym)
             u = u or UNKNOWN
+            if u == VOL_INDEX and u not in self.configured:  # the volatility index is every underlying's input
+                for each in self.configured:
+                    groups.setdefault(each, []).append(i)
+                continue
             if u != UNKNOWN and u not in self.configured:
                 self.metrics.dropped.labels("source.massive", "ws", "unconfigured_underlying").inc()
                 continue

@@ -184,12 +184,14 @@ def suites() -> dict[str, Suite]:
     from tests.bench.e2e import e2e_suite
     from tests.bench.history import history_suite
     from tests.bench.models import columns_suite, normalize_suite
+    from tests.bench.theo import theo_suite
 
     return {
         "runtime": runtime_suite,
         "cluster": cluster_suite,
         "normalize": normalize_suite,
         "columns": columns_suite,
+        "theo": theo_suite,
         "e2e": e2e_suite,
         "history": history_suite,
     }

@@ -61,8 +61,10 @@ def test_a_real_chain_replay_exports_every_derived_model_consistent_with_gex_and
     assert intent.structure is not None and intent.structure.model_dump() == structure(g)
     assert intent.spot == spot
 
-    # Best butterflies: tiles of butterfly.json, with its debit and reward/risk, ranked by the composite.
+    # Best butterflies: tiles of butterfly.json at their natural debit, every leg with a bid and an ask,
+    # none at one tick (0.05) or less, ranked by the composite of the parts each one shows.
     tiles = {t["k"]: t for t in fly["tiles"]}
+    quotes = chain_quotes(real_data / "cboe/spx_2024-01-07_1052ET.csv")
     assert 0 < len(best.flies) <= 10
     for f in best.flies:
         t = tiles[f.k]
@@ -73,11 +75,30 @@ def test_a_real_chain_replay_exports_every_derived_model_consistent_with_gex_and
             t["width"],
             t["legs"],
         )
-        assert f.debit == t["value"] and f.reward_risk == t["score"] and 0 < f.debit <= 0.1 * f.width
+        assert all(quotes[leg][0] > 0 and quotes[leg][1] > 0 for leg in f.legs), f.k
+        assert (f.debit, f.mid, f.theo, f.pop, f.spread) == (t["natural"], t["value"], t["theo"], t["pop"], t["spread"])
+        assert f.debit > 0.05 + 1e-9 and f.debit < f.width
+        assert f.ev == round(f.theo - f.debit, 6) and f.edge == t["edge"]
+        assert f.reward_risk == round((f.width - f.debit) / f.debit, 4)
+        p = f.parts
+        assert f.composite == pytest.approx(
+            0.4 * p.value + 0.2 * p.reward + 0.25 * p.gravity + 0.15 * p.width, abs=2e-6
+        )
+        assert p.value == pytest.approx(min(f.theo / f.debit, 1.0), abs=1e-6)
         assert f.expiry in best.expiries and f.expiry > "2024-01-07"  # the expired 2024-01-05 series is not offered
     assert [f.composite for f in best.flies] == sorted((f.composite for f in best.flies), reverse=True)
     assert (best.gravity.level, best.gravity.em) == (grav.level, grav.em)
     assert intent.flow.day.rows == []  # a chain file has no trades
+
+
+def chain_quotes(path: Path) -> dict[str, tuple[float, float]]:
+    """Bid and ask of every contract of a Cboe chain file, read here from its columns."""
+    import csv
+
+    out = {}
+    for row in csv.reader(path.read_text().splitlines()[4:]):
+        out[row[1]], out[row[12]] = (float(row[4]), float(row[5])), (float(row[15]), float(row[16]))
+    return out
 
 
 def flow_capture(path: Path) -> dict[tuple[float, str], dict[str, float]]:
@@ -148,3 +169,33 @@ def test_a_replayed_capture_of_quotes_and_trades_gives_the_exact_flow(tmp_path: 
         assert (tmp_path / "a" / "SPX" / f"{name}.json").read_bytes() == (
             tmp_path / "b" / "SPX" / f"{name}.json"
         ).read_bytes()
+
+
+def test_the_volatility_index_reaches_every_model_that_uses_it(tmp_path: Path) -> None:
+    """The simulated market's ``I:VIX`` values, replayed: every heatmap, GEX, market mode and best flies
+    carry the newest one and its regime; theo is priced and best flies choose widths by that regime."""
+    from marketswarm.schemas.levels import regime
+    from tests.integration.test_replay import sim_capture
+
+    cap = sim_capture(tmp_path / "sim.jsonl", seconds=6)
+    last = None
+    for line in cap.read_bytes().splitlines():
+        data = orjson.loads(line).get("data", "")
+        if "I:VIX" in data:
+            last = [e for e in orjson.loads(data) if e.get("T") == "I:VIX"][-1]["val"]
+    assert last is not None
+    replay([cap], tmp_path / "out")
+    d = tmp_path / "out" / "SPX"
+    for name in ("single", "vertical", "butterfly", "gex", "market_mode", "best_flies"):
+        doc = load(d, name)
+        assert (doc["vix"], doc["regime"]) == (last, regime(last)), name
+    fly = load(d, "butterfly")
+    assert fly["theo_spot"] is not None and any(t["theo"] is not None for t in fly["tiles"])
+    best = BestFliesModel.model_validate(load(d, "best_flies"))
+    from marketswarm.agents.derive.flies import REGIME_WIDTH_PCT
+
+    want = REGIME_WIDTH_PCT[best.regime] / 100 * best.spot if best.regime and best.spot else None
+    assert all(f.parts.suited_width == pytest.approx(want, abs=1e-3) for f in best.flies)
+    # As `make run` shows them: every leg two-sided (a single's tile exists only then), over one tick.
+    quoted = {t["legs"][0] for t in load(d, "single")["tiles"]}
+    assert best.flies and all(set(f.legs) <= quoted and f.debit > 0.05 + 1e-9 for f in best.flies)

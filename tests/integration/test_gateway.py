@@ -167,7 +167,10 @@ class SseClient:
                 self.vals = np.full((self.geometry.size, k), np.nan)
                 self.cts = np.zeros(len(self.geometry.contracts), dtype=np.int64)
             pos = np.cumsum(body["pos"], dtype=np.int64)
-            self.vals[pos] = floats(body["vals"]).reshape(-1, k)
+            cols = body["cols"]  # the value columns carried (theo and PoP move only at a theo refresh)
+            vals = floats(body["vals"]).reshape(-1, len(cols))
+            self.vals[pos[:, None], cols] = vals
+            self.vals[pos[np.isnan(vals[:, 0])]] = np.nan  # absent: every column
             cpos = np.cumsum(body["cpos"], dtype=np.int64)
             self.cts[cpos] = [0 if a is None else body["asof_ns"] - a for a in body["cts_ago_ns"]]
         self.header = body["header"]

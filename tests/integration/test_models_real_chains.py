@@ -232,3 +232,89 @@ def test_gex_equals_an_independent_computation(published: dict[str, Any], u: str
     for y, e in enumerate(m["expiries"]):
         for x, k in enumerate(m["strikes"]):
             assert m["net"][y][x] == pytest.approx(cell.get((e, round(k * 1000)), 0.0), rel=1e-9, abs=0.01)
+
+
+def csv_ivs(path: Path) -> dict[str, float]:
+    ivs = {}
+    for row in csv.reader(path.read_text().splitlines()[4:]):
+        ivs[row[1]], ivs[row[12]] = float(row[7] or 0), float(row[18] or 0)
+    return ivs
+
+
+def years(expiry: str, asof_ns: int) -> float:
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    close = dt.datetime.fromisoformat(expiry + "T16:00").replace(tzinfo=ZoneInfo("America/New_York"))
+    return max((close.timestamp() - asof_ns / 1e9) / (365 * 86400), 60 / (365 * 86400))
+
+
+def bs_price(s: float, k: np.ndarray, t: float, iv: np.ndarray, call: bool) -> np.ndarray:
+    d1 = (np.log(s / k) + 0.5 * iv * iv * t) / (iv * np.sqrt(t))
+    d2 = d1 - iv * np.sqrt(t)
+    return s * norm.cdf(d1) - k * norm.cdf(d2) if call else k * norm.cdf(-d2) - s * norm.cdf(-d1)
+
+
+def test_a_single_s_theo_is_black_scholes_with_the_chain_s_iv(published: dict[str, Any]) -> None:
+    model = published["models"]["SPX"]["single"]
+    chain = read_chain(published["shared"] / FILES["SPX"])
+    ivs, quotes = csv_ivs(published["shared"] / FILES["SPX"]), {leg["sym"]: leg for leg in chain["legs"]}
+    s, asof = model["theo_spot"], model["theo_asof_ns"]
+    assert s == pytest.approx(chain["spot"]) and asof == model["asof_ns"]
+    checked = 0
+    for tile in model["tiles"]:
+        sym = tile["legs"][0]
+        q = quotes[sym]
+        assert tile["natural"] == q["ask"] and tile["spread"] == pytest.approx(q["ask"] - q["bid"], abs=1e-9)
+        if ivs[sym] <= 0:
+            continue
+        want = bs_price(
+            s, np.array([tile["strike"]]), years(tile["expiry"], asof), np.array([ivs[sym]]), tile["side"] == "call"
+        )
+        assert tile["theo"] == pytest.approx(float(want[0]), abs=0.005 + 1e-9), sym  # published to the cent
+        assert tile["edge"] == pytest.approx(tile["theo"] - tile["value"], abs=1e-9)
+        checked += 1
+    assert checked > 200
+
+
+def implied_pop(chain: dict[str, Any], ivs: dict[str, float], tile: dict[str, Any], s: float, asof: int) -> float:
+    """P(lower < S_T < upper) for a fly bought at its natural debit, by integrating the density the
+    series' smile implies: prices on a fine strike grid, their second differences (Breeden-Litzenberger),
+    a trapezoid sum. The smile: a monotone cubic through the series' IVs in the heatmap window, flat beyond."""
+    from scipy.interpolate import PchipInterpolator
+
+    lo_k, hi_k = s * 0.96, s * 1.04
+    side = tile["side"]
+    root = tile["legs"][0][:-15]
+    knots = sorted(
+        (leg["k"] / 1000, ivs[leg["sym"]])
+        for leg in chain["legs"]
+        if leg["expiry"] == tile["expiry"] and leg["side"] == side and leg["root"] == root
+        and lo_k <= leg["k"] / 1000 <= hi_k and ivs[leg["sym"]] > 0
+    )  # fmt: skip
+    ks, vs = np.array([k for k, _ in knots]), np.array([v for _, v in knots])
+    smile = PchipInterpolator(ks, vs)
+    t = years(tile["expiry"], asof)
+    d, k, w = tile["natural"], tile["strike"], tile["width"]
+    lower, upper = k - w + d, k + w - d
+    h = 0.02
+    x = np.arange(lower - 2 * h, upper + 2 * h + h / 2, h)
+    price = bs_price(s, x, t, smile(np.clip(x, ks[0], ks[-1])), side == "call")
+    density = np.diff(price, 2) / (h * h)  # at x[1:-1]
+    inside = (x[1:-1] >= lower) & (x[1:-1] <= upper)
+    return float(np.trapezoid(density[inside], x[1:-1][inside]))
+
+
+def test_a_fly_s_probability_of_profit_is_the_implied_density_s(published: dict[str, Any]) -> None:
+    model = published["models"]["SPX"]["butterfly"]
+    chain = read_chain(published["shared"] / FILES["SPX"])
+    ivs, quotes = csv_ivs(published["shared"] / FILES["SPX"]), {leg["sym"]: leg for leg in chain["legs"]}
+    s, asof = model["theo_spot"], model["theo_asof_ns"]
+    live = sorted({t["expiry"] for t in model["tiles"] if years(t["expiry"], asof) > 1e-4})
+    tiles = [t for t in model["tiles"] if t["expiry"] in live[:2] and t["pop"] is not None and 0.05 < t["pop"] < 0.95]
+    assert len(tiles) > 50
+    for tile in tiles:  # natural debit: the wings' asks paid, the body's bids taken twice
+        a, b, c = (quotes[sym] for sym in tile["legs"])
+        assert tile["natural"] == pytest.approx(a["ask"] - 2 * b["bid"] + c["ask"], abs=1e-6)
+    for tile in tiles[:: max(1, len(tiles) // 40)]:
+        assert tile["pop"] == pytest.approx(implied_pop(chain, ivs, tile, s, asof), abs=0.005), tile["k"]

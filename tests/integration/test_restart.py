@@ -116,10 +116,10 @@ async def test_a_calc_restored_after_live_flushes_holds_what_it_emitted(redis_ur
         staged = codec.decode(streams.Payload.TILES, fields)
         if staged.reset:
             assert staged.geometry is not None
-            values = np.full(staged.geometry.size, np.nan)
+            values = np.full((staged.geometry.size, staged.cols.k), np.nan)
             sent = np.zeros(len(staged.geometry.contracts), dtype=np.int64)
         assert values is not None and sent is not None
-        values[staged.cols.positions()] = staged.cols.values()[:, 0]
+        values[staged.cols.positions()] = staged.cols.values()  # every column: mid, natural, theo, PoP
         sent[staged.cols.contract_positions()] = staged.cols.contract_times()
     calc = TileCalc(live.model_settings, "SPX", "butterfly")
     await restore(aredis, calc, "calc.butterfly", "SPX")

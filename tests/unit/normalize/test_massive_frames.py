@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 
 from marketswarm.agents.normalize.massive_frames import parse_rest_chain, parse_rest_indices, parse_ws_frame
-from marketswarm.schemas.events import ChainSnapshot, ProviderStatus, Quote, Spot, Trade
+from marketswarm.schemas.events import ChainSnapshot, ProviderStatus, Quote, Spot, Trade, VolIndex
 from marketswarm.schemas.rejects import DropReason
 
 MS = 1_000_000
@@ -148,6 +148,27 @@ def test_rest_indices_keep_the_provider_time_and_timeframe(real_data: Path) -> N
     rx = example["results"][0]["last_updated"] + 900 * 10**9
     [spot] = parse_rest_indices(orjson.dumps(example), rx, "SPX").events
     assert spot == Spot(underlying="SPX", value=3822.39, ts_ns=1679597116344223500, delayed=True)
+
+
+def test_the_volatility_index_is_every_underlying_s_input(real_data: Path) -> None:
+    """``I:VIX`` is not an underlying of ours: on any underlying's stream it is that stream's VolIndex."""
+    frame = orjson.dumps([{"ev": "V", "T": "I:VIX", "val": 18.5, "t": 1_700_000_000_000},
+                          {"ev": "V", "T": "I:SPX", "val": 4700.0, "t": 1_700_000_000_000}])  # fmt: skip
+    rx = 1_700_000_000_100_000_000
+    spx = parse_ws_frame(frame, rx, "SPX", ["SPX", "NDX"])
+    assert spx.events == [VolIndex(name="VIX", value=18.5, ts_ns=1_700_000_000_000_000_000),
+                          Spot(underlying="SPX", value=4700.0, ts_ns=1_700_000_000_000_000_000)]  # fmt: skip
+    ndx = parse_ws_frame(frame, rx, "NDX", ["SPX", "NDX"])
+    assert ndx.events == [VolIndex(name="VIX", value=18.5, ts_ns=1_700_000_000_000_000_000)]
+    bad = parse_ws_frame(
+        orjson.dumps([{"ev": "V", "T": "I:VIX", "val": -1, "t": 1_700_000_000_000}]), rx, "SPX", ["SPX"]
+    )
+    assert bad.events == [] and bad.rejects
+    spec = orjson.loads((real_data / "massive/rest_spec_snapshot_subset.json").read_bytes())
+    example = spec["paths"]["/v3/snapshot/indices"]["get"]["responses"]["200"]["content"]["application/json"]["example"]
+    example["results"][0].update(ticker="I:VIX", value=21.25)
+    [vix] = parse_rest_indices(orjson.dumps(example), example["results"][0]["last_updated"], "NDX").events
+    assert vix == VolIndex(name="VIX", value=21.25, ts_ns=example["results"][0]["last_updated"])
 
 
 def _aapl_page(real_data: Path) -> bytes:

@@ -129,8 +129,8 @@ def test_gex_rows_compare_bit_for_bit() -> None:
 
 def test_model_json_is_the_documented_per_tile_json() -> None:
     grid, g = fly()
-    vals = np.full((g.size, 1), np.nan)
-    vals[0, 0], vals[3, 0] = 1.25, -0.05
+    vals = np.full((g.size, 4), np.nan)
+    vals[0], vals[3, :2] = (1.25, 1.5, 1.2, 0.4123), (-0.05, 0.05)  # tile 3: no theo yet
     cts = np.arange(len(g.contracts), dtype=np.int64) * 1000 + 1_763_996_400_000_000_000
     header = b'{"underlying":"SPX","strategy":"butterfly","version":7}'
     model = orjson.loads(model_json("butterfly", g, vals, cts, header))
@@ -146,9 +146,15 @@ def test_model_json_is_the_documented_per_tile_json() -> None:
         "legs": [g.contracts[x] for x in legs],
         "value": 1.25,
         "score": round((5.0 - 1.25) / 1.25, 4),
+        "natural": 1.5,
+        "spread": 0.5,
+        "theo": 1.2,
+        "edge": -0.05,
+        "pop": 0.4123,
         "legs_ts_ns": [int(cts[x]) for x in legs],
     }
     assert model["tiles"][1]["score"] is None  # a credit: no reward/risk
+    assert model["tiles"][1]["theo"] is None and model["tiles"][1]["edge"] is None and model["tiles"][1]["pop"] is None
     HeatmapModel.model_validate({**model, "epoch": "e1", "asof": "x", "asof_ns": 0, "spot": None})
     assert tile_json(g, vals, cts, 1) is None and orjson.loads(tile_json(g, vals, cts, 3) or b"")["value"] == -0.05
 
@@ -179,6 +185,36 @@ def test_sse_columns_carry_the_whole_model() -> None:
     d = orjson.loads(diff_json(diff))
     assert d["pos"] == [2, 3, 1] and d["vals"] == [0.75, None, 1.0]  # positions as gaps; null = gone
     assert d["cpos"] == [1, 3] and d["cts_ago_ns"] == [10, 5]
+
+
+def test_an_update_may_carry_some_value_columns_and_readers_keep_the_others() -> None:
+    """Theo and PoP move only at a theo refresh: an update between refreshes carries mid and natural
+    debit alone (``which``), the calc to the publisher and the publisher to every reader."""
+    cols = columns(np.array([1, 3]), np.array([[1.0, 1.2], [np.nan, np.nan]]), which=(0, 1), k=4)
+    assert cols.changed == 2 and cols.carried().tolist() == [0, 1] and cols.values().shape == (2, 2)
+    model = np.full((5, 4), 7.0)
+    cols.scatter(model)
+    assert (
+        model[1].tolist() == [1.0, 1.2, 7.0, 7.0] and np.isnan(model[3]).all()  # absent: every column
+    )
+    table = ColumnTable("butterfly")
+    g = fly()[1]
+    table.reset(g)
+    table.apply(columns(np.array([0, 1]), np.array([[1.0, 1.5, 1.1, 0.3], [2.0, 2.5, 2.1, 0.4]])))
+    table.publish(reset=True, header_changed=True)
+    table.apply(columns(np.array([1]), np.array([[2.05, 2.6]]), which=(0, 1), k=4))
+    out = table.publish(reset=False, header_changed=False)
+    assert out is not None and out[0].carried().tolist() == [0, 1] and out[0].values().tolist() == [[2.05, 2.6]]
+    assert table.pub[1].tolist() == [2.05, 2.6, 2.1, 0.4]
+    d = orjson.loads(diff_json(Diff(underlying="SPX", strategy="butterfly", version=2, prev_version=1, epoch="e1",
+                                    asof_ns=1, reason="time", cols=out[0], header=b"{}")))  # fmt: skip
+    assert d["k"] == 4 and d["cols"] == [0, 1] and d["vals"] == [2.05, 2.6]
+    table.apply(columns(np.array([0]), np.array([[1.0, 1.5, 1.2, 0.35]])))  # a refresh: theo and PoP moved
+    out = table.publish(reset=False, header_changed=False)
+    assert out is not None and out[0].carried().tolist() == [0, 2, 3]  # the value, and what moved
+    table.apply(columns(np.array([0, 1]), np.array([[1.1, 1.6, 1.3, 0.36], [2.1, 2.7, 2.2, 0.45]])))
+    out = table.publish(reset=False, header_changed=False)
+    assert out is not None and not out[0].which and out[0].values().shape == (2, 4)  # every column moved
 
 
 def test_gex_skips_changes_without_chain_analytics_spot_or_epochs() -> None:

@@ -51,6 +51,14 @@ def test_a_mixed_frame_is_split_by_underlying_and_statuses_are_seen() -> None:
     assert metrics.dropped.labels("source.massive", "ws", "unconfigured_underlying")._value.get() == 1
 
 
+def test_the_volatility_index_goes_to_every_underlying() -> None:
+    p, metrics = pump("SPX", "NDX")
+    vix = {"ev": "V", "T": "I:VIX", "val": 18.5, "t": 1}
+    routed, _ = p.route(orjson.dumps([quote(SPX), vix]))
+    assert {u: orjson.loads(b) for u, b in routed.items()} == {"SPX": [quote(SPX), vix], "NDX": [vix]}
+    assert metrics.dropped.labels("source.massive", "ws", "unconfigured_underlying")._value.get() == 0
+
+
 def test_elements_no_underlying_can_be_named_for_go_where_normalize_rejects_them() -> None:
     p, _ = pump("SPX", "NDX")
     routed, _ = p.route(orjson.dumps([quote(SPX), {"ev": "Q", "sym": 7}]))

@@ -256,3 +256,32 @@ function hideDayTip() {
 }
 
 export { charts, drawDayChart, drawGexChart, drawIntentChart, gexView, hideDayTip };
+
+// A position's risk graph (GET /api/risk): P&L in dollars against the underlying in points, at expiry
+// and before it, with the breakevens, spot and the expected move marked.
+export function drawRiskChart(id, r) {
+  const usd = (pts) => pts * r.multiplier;
+  const line = (name, ys, color, type = "solid") => ({
+    name, type: "line", showSymbol: false, data: r.x.map((x, i) => [x, usd(ys[i])]), lineStyle: { color, width: 2, type }, itemStyle: { color },
+  });
+  const colors = [CHART_THEME.accent, CHART_THEME.warn, CHART_THEME.text];
+  const series = [line("at expiry", r.expiry_pnl, CHART_THEME.fg), ...r.curves.map((c, i) => line(c.label, c.pnl, colors[i % colors.length], "dashed"))];
+  const em = r.expected_move;
+  series[0].markLine = { symbol: "none", silent: true, data: [
+    ...r.breakevens.map((b) => ({ xAxis: b, lineStyle: { color: CHART_THEME.good, type: "dotted" }, label: { formatter: `breakeven ${b.toFixed(2)}`, color: CHART_THEME.good, position: "insideEndTop", fontSize: 11 } })),
+    { xAxis: r.spot, lineStyle: { color: CHART_THEME.accent }, label: { formatter: `spot ${r.spot.toFixed(2)}`, color: CHART_THEME.accent, position: "insideStartTop", fontSize: 11 } },
+    { yAxis: 0, lineStyle: { color: CHART_THEME.line }, label: { show: false } },
+  ] };
+  series[0].markArea = { silent: true, itemStyle: { color: "rgba(76,194,255,0.07)" }, data: [[{ xAxis: em.low, name: "expected move" }, { xAxis: em.high }]],
+    label: { color: CHART_THEME.text, fontSize: 10 } };
+  const lo = Math.max(0, em.low - 2 * em.points), hi = em.high + 2 * em.points;
+  chartOn(id).setOption({
+    animation: false, backgroundColor: "transparent", grid: { left: 70, right: 20, top: 36, bottom: 70 },
+    legend: { top: 4, textStyle: { color: CHART_THEME.fg } },
+    tooltip: { trigger: "axis", valueFormatter: (v) => (typeof v === "number" ? "$" + v.toFixed(0) : v) },
+    xAxis: axisStyle(`${r.underlying} at ${r.expiry} (points)`, { type: "value", min: Math.floor(lo), max: Math.ceil(hi), scale: true }),
+    yAxis: axisStyle("P&L (USD)", { type: "value", nameGap: 52, axisLabel: { color: CHART_THEME.text, formatter: (v) => "$" + v } }),
+    dataZoom: [{ type: "inside" }, { type: "slider", bottom: 8, height: 16, textStyle: { color: CHART_THEME.text } }],
+    series,
+  }, true);
+}

@@ -1,5 +1,5 @@
-// The derived models' views: the indicator row (market mode, dealer gravity, intent structure, net
-// flow), the intent map and the best-flies table. Each model's whole document arrives as the header
+// The derived models' views: the indicator row (market mode, the volatility regime, dealer gravity,
+// intent structure, net flow), the intent map and the best-flies table. Each model's whole document arrives as the header
 // of its snapshot and diffs.
 
 import { drawIntentChart } from "./charts.js";
@@ -21,6 +21,10 @@ export function renderIndicators(docs) {
     setCard("ind-mode", `${esc(m.mode)} <span class="score">score ${esc(fmt(m.score, 0))}</span><div class="gauge" title="0 deep negative gamma, 50 at the flip, 100 deep positive gamma"><div class="needle"></div></div>`,
       `flip ${m.flip === null ? "none" : fmt(m.flip, 0)}${m.distance_pct === null ? "" : ` (${m.distance_pct > 0 ? "+" : ""}${fmt(m.distance_pct, 2)}%)`} · net ${money(m.total)}`);
     $("ind-mode").querySelector(".needle").style.left = `calc(${needle}% - 1px)`;
+    const hot = { low: "pos", normal: "", elevated: "warn", high: "neg" };
+    $("ind-vol").querySelector(".v").className = "v " + (hot[m.regime] || "");
+    setCard("ind-vol", m.vix === null || m.vix === undefined ? "no VIX yet" : `VIX ${esc(fmt(m.vix, 2))} <span class="score">${esc(m.regime)}</span>`,
+      "regimes: low < 17 · normal < 23 · elevated < 32 · high");
   }
   const g = docs.gravity;
   if (g) setCard("ind-gravity", g.level === null ? "no level" : `level ${esc(strikeLabel(g.level))}`,
@@ -47,11 +51,12 @@ export function renderIntent(app, activate) {
 export function renderFlies(app) {
   const doc = app.docs.best_flies, flies = doc ? doc.flies : [];
   $("flies-empty").hidden = !doc || flies.length > 0;
-  $("flies-note").textContent = doc ? `expiries ${doc.expiries.join(", ")} · gravity level ${doc.gravity.level === null ? "none" : strikeLabel(doc.gravity.level)} · em ±${fmt(doc.gravity.em, 1)} · click a row to open its tile` : "";
+  $("flies-note").textContent = doc ? `expiries ${doc.expiries.join(", ")} · gravity level ${doc.gravity.level === null ? "none" : strikeLabel(doc.gravity.level)} · em ±${fmt(doc.gravity.em, 1)} · VIX ${fmt(doc.vix, 2)} (${doc.regime || "no regime yet"}): widths near ${flies.length && flies[0].parts.suited_width !== null ? fmt(flies[0].parts.suited_width, 0) : "-"} suit the day · costed at the natural debit · click a row to open its tile` : "";
   app.shownFlies = flies; // a click opens the fly on screen, even if a newer version has arrived since
   const td = (x) => `<td>${esc(x)}</td>`;
   $("flies").querySelector("tbody").innerHTML = flies.map((f, i) =>
     `<tr data-i="${i}">${td(i + 1)}${td(f.expiry)}${td(f.side)}${td(strikeLabel(f.strike))}${td(strikeLabel(f.width))}` +
-    `${td(fmt(f.debit, 2))}${td(fmt(f.reward_risk, 1))}${td(fmt(f.composite, 3))}` +
-    `${td(f.parts.gravity_distance_em === null ? "-" : fmt(f.parts.gravity_distance_em, 2))}${td(f.parts.within_em ? "yes" : "no")}</tr>`).join("");
+    `${td(fmt(f.debit, 2))}${td(fmt(f.mid, 2))}${td(fmt(f.spread, 2))}${td(fmt(f.theo, 2))}${td(fmt(f.edge, 2))}` +
+    `${td(f.pop === null ? "-" : (100 * f.pop).toFixed(1) + " %")}${td(fmt(f.ev, 2))}${td(fmt(f.reward_risk, 1))}${td(fmt(f.composite, 3))}` +
+    `${td([f.parts.value, f.parts.reward, f.parts.gravity, f.parts.width].map((x) => fmt(x, 2)).join(" · "))}</tr>`).join("");
 }

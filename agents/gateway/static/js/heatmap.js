@@ -1,5 +1,5 @@
 // The heatmap view: one series (expiry x side) as strike x width, or "single" as strike x expiry;
-// cells coloured by value or by the server's score, flashing when they change, repainted by position.
+// cells coloured by value, the server's score, edge (theo - mid) or spread, flashing when they change, repainted by position.
 
 import { $, color, esc, fmt, strikeLabel } from "./format.js";
 import { expired } from "./model.js";
@@ -29,7 +29,9 @@ function seriesIndex(app) {
 function shown(app, p) {
   const m = app.model, v = m.value(p);
   if (Number.isNaN(v)) return null;
-  return app.view.colorBy === "score" ? m.score(p) : v;
+  const by = app.view.colorBy;
+  const x = by === "score" ? m.score(p) : by === "edge" ? m.edge(p) : by === "spread" ? m.spread(p) : v;
+  return x === null || Number.isNaN(x) ? null : x;
 }
 
 function rescale(app, positions, now) {
@@ -158,7 +160,8 @@ function legend(app, lo, hi) {
   const c = $("legend").getContext("2d");
   for (let i = 0; i < 220; i++) { c.fillStyle = color(i / 219); c.fillRect(i, 0, 1, 10); }
   const s = app.view.strategy;
-  $("legend-title").textContent = app.view.colorBy === "score" ? "score (reward/risk)" : s === "single" ? "mid" : "mid debit";
+  const titles = { score: "score (reward/risk)", edge: "edge (theo - mid)", spread: "spread (natural debit - natural credit)" };
+  $("legend-title").textContent = titles[app.view.colorBy] || (s === "single" ? "mid" : "mid debit");
   $("legend-range").textContent = `${fmt(lo)} .. ${fmt(hi)}`;
   $("neg-key").hidden = s === "single";
 }

@@ -15,7 +15,8 @@ import { DayHistory, LEVEL_MODELS, loadPast } from "./history.js";
 import { renderGex } from "./gex.js";
 import { renderHeatmap, unflash } from "./heatmap.js";
 import { ColumnsModel } from "./model.js";
-import { bindTip, naturalDebit } from "./tip.js";
+import { RiskPanel } from "./risk.js";
+import { bindTip } from "./tip.js";
 
 const DERIVED = ["market_mode", "gravity", "intent", "best_flies"];
 const HEATMAPS = ["single", "vertical", "butterfly"];
@@ -310,6 +311,11 @@ function bind() {
   $("alerts-btn").onclick = () => app.alerts.togglePanel();
   $("notify").onclick = () => app.alerts.toggleNotify();
   bindTip(app);
+  app.risk = new RiskPanel(app);
+  $("heatmap").addEventListener("click", (e) => {
+    const td = e.target.closest("td[data-pos]");
+    if (td && !app.past) app.risk.open(Number(td.dataset.pos));
+  });
   bindScrubber();
   setInterval(freshness, 1000);
 }
@@ -337,7 +343,7 @@ window.marketswarm = {
   get derived() { return { docs: app.docs }; },
   tileAt: (p, blank = false) => app.model.tileAt(p, blank),
   staleness,
-  naturalDebit,
+  get risk() { return app.risk.shown; },
   get history() { return { past: app.past ? app.past.t : null, rows: app.day.rows.length }; },
   get alerts() { return { items: app.alerts.items, notify: app.alerts.notify, feeds: feed.feeds }; },
 };

@@ -51,13 +51,17 @@ export class ColumnsModel {
     this.version = s.version;
   }
 
+  // A diff carries every column of the positions it changes, or those its ``cols`` name (the others
+  // did not change: a heatmap's theo and PoP move only at a theo refresh). A position whose first
+  // column is null is absent: every column of it.
   diff(d) {
     if (d.reset) this.reset(d.k);
-    const k = d.k;
+    const k = d.k, cols = d.cols || [...Array(k).keys()], n = cols.length;
     let p = 0;
     for (let i = 0; i < d.pos.length; i++) {
       p += d.pos[i];
-      for (let j = 0; j < k; j++) { const x = d.vals[i * k + j]; this.vals[p * k + j] = x === null ? NaN : x; }
+      if (d.vals[i * n] === null) this.vals.fill(NaN, p * k, p * k + k);
+      else for (let j = 0; j < n; j++) { const x = d.vals[i * n + j]; this.vals[p * k + cols[j]] = x === null ? NaN : x; }
       if (d.scores) this.scores[p] = d.scores[i] === null ? NaN : d.scores[i];
       this.dirty.add(p);
     }
@@ -76,6 +80,15 @@ export class ColumnsModel {
 
   value(p) { return this.vals[p * this.k]; }
 
+  // A heatmap tile's other columns (the server's order: value, natural, theo, pop); NaN when absent.
+  column(p, j) { return j < this.k ? this.vals[p * this.k + j] : NaN; }
+
+  // Theo minus mid, and the market's width (natural debit less natural credit): the server's
+  // definitions (schemas/documents.py edges, spreads) on its columns.
+  edge(p) { return this.column(p, 2) - this.value(p); }
+
+  spread(p) { return 2 * (this.column(p, 1) - this.value(p)); }
+
   score(p) { const s = this.scores[p]; return Number.isNaN(s) ? null : s; }
 
   // A tile as the REST model has it (blank: also a position without a value).
@@ -86,7 +99,9 @@ export class ColumnsModel {
     const legs = [], ts = [];
     for (let j = 0; j < n; j++) { const c = g.legPos[p * n + j]; legs.push(g.contracts[c]); ts.push(this.cts[c]); }
     const value = Number.isNaN(v) ? null : v;
-    return { expiry: s.expiry, side: s.side, strike: g.strikeK[p], width: g.widthW[p], value, score: value === null ? null : this.score(p), legs, ts };
+    const num = (x) => (value === null || Number.isNaN(x) ? null : x);
+    return { expiry: s.expiry, side: s.side, strike: g.strikeK[p], width: g.widthW[p], value, score: value === null ? null : this.score(p),
+      natural: num(this.column(p, 1)), theo: num(this.column(p, 2)), pop: num(this.column(p, 3)), edge: num(this.edge(p)), spread: num(this.spread(p)), legs, ts };
   }
 }
 

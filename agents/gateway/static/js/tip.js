@@ -1,5 +1,5 @@
-// The heatmap's hover: a tile's legs with their bid/ask and quote times, the mid and the natural debit
-// (asks paid, bids taken, by the geometry's leg weights), and why a blank cell is blank.
+// The heatmap's hover: a tile's legs with their bid/ask and quote times; the server's mid, natural debit
+// (asks paid, bids taken), theo, edge and probability of profit; and why a blank cell is blank.
 
 import { $, fmt, strikeLabel } from "./format.js";
 
@@ -14,30 +14,19 @@ function legProblem(q) {
   return null;
 }
 
-// Natural debit: pay the ask on every leg bought, take the bid on every leg sold.
-export function naturalDebit(weights, quotes) {
-  let sum = 0;
-  for (let i = 0; i < weights.length; i++) {
-    const q = quotes[i], w = weights[i], px = q ? (w > 0 ? q.ask : q.bid) : null;
-    if (!(px > 0)) return null;
-    sum += w * px;
-  }
-  return sum;
-}
-
 function tipText(app, t, quotes) {
   const weights = app.model.geom.leg_weights;
   const head = `${t.expiry} ${t.side} ${strikeLabel(t.strike)}${t.width ? " w " + strikeLabel(t.width) : ""}`;
-  const nat = quotes ? naturalDebit(weights, quotes) : null;
   const single = app.view.strategy === "single";
   const price = t.value === null
     ? "no mid: " + (quotes ? t.legs.map((s, i) => [s, legProblem(quotes[i])]).filter(([, why]) => why).map(([s, why]) => `${s} has ${why}`).join("; ") || "a leg has no two-sided quote" : "loading the legs' quotes...")
-    : `${single ? "mid" : "mid debit"} ${fmt(t.value, 2)}   ${single ? "ask" : "natural debit"} ${quotes ? fmt(nat, 2) : "..."}${single ? "" : `   score ${fmt(t.score, 2)}`}`;
+    : `${single ? "mid" : "mid debit"} ${fmt(t.value, 2)}   ${single ? "ask" : "natural debit"} ${fmt(t.natural, 2)}${single ? "" : `   score ${fmt(t.score, 2)}`}` +
+      `\ntheo ${fmt(t.theo, 2)}   edge ${fmt(t.edge, 2)}   PoP ${t.pop === null ? "-" : (100 * t.pop).toFixed(1) + " %"}   (click: risk graph)`;
   const flag = t.value !== null && t.value <= 0 && !single ? "\n! non-positive mid debit: a leg is stale or crossed against the others" : "";
   const legs = t.legs.map((s, i) => {
     const q = quotes ? quotes[i] : null, w = weights[i];
     const side = `${w > 0 ? "+" : "−"}${Math.abs(w)}`;
-    const bidask = q ? `bid ${fmt(q.bid, 2)}  ask ${fmt(q.ask, 2)}${legProblem(q) ? "  (" + legProblem(q) + ")" : ""}` : "";
+    const bidask = q ? `bid ${fmt(q.bid, 2)}  ask ${fmt(q.ask, 2)}${legProblem(q) ? "  (" + legProblem(q) + ")" : ""}` : "quote ...";
     return `${side} ${s}  ${bidask}  ${t.ts[i] ? new Date(t.ts[i]).toLocaleTimeString([], { hour12: false }) : "-"}`;
   });
   return `${head}\n${price}${flag}\n${legs.join("\n")}`;
