@@ -77,7 +77,11 @@ async def test_day_view_scrubber_and_history_across_a_restart(tmp_path: Path, ch
             await page.click("#tabs button[data-strategy=day]")
             await page.wait_for_function("window.marketswarm.history.rows >= 25", timeout=30_000)
             rest = levels(base)["columns"]
-            picks = [len(rest["t"]) * k // (HOVERED + 1) for k in range(1, HOVERED + 1)]
+            # Rows alone in their second: the tooltip names its row's time to the second.
+            seconds = [t // 1000 for t in rest["t"]]
+            alone = [i for i, sec in enumerate(seconds) if seconds.count(sec) == 1]
+            assert len(alone) > HOVERED
+            picks = [alone[len(alone) * k // (HOVERED + 1)] for k in range(1, HOVERED + 1)]
             for i in picks:
                 row = {f: rest[f][i] for f in rest}
                 assert row["spot"] is not None
