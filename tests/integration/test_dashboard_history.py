@@ -77,15 +77,13 @@ async def test_day_view_scrubber_and_history_across_a_restart(tmp_path: Path, ch
             await page.click("#tabs button[data-strategy=day]")
             await page.wait_for_function("window.marketswarm.history.rows >= 25", timeout=30_000)
             rest = levels(base)["columns"]
-            # Rows alone in their second: the tooltip names its row's time to the second.
-            seconds = [t // 1000 for t in rest["t"]]
-            alone = [i for i, sec in enumerate(seconds) if seconds.count(sec) == 1]
-            assert len(alone) > HOVERED
-            picks = [alone[len(alone) * k // (HOVERED + 1)] for k in range(1, HOVERED + 1)]
+            picks = [len(rest["t"]) * k // (HOVERED + 1) for k in range(1, HOVERED + 1)]
             for i in picks:
-                row = {f: rest[f][i] for f in rest}
+                text, shown = await hover(page, rest["t"][i])
+                # The row the tooltip shows (its time to the ms: rows of several series share seconds).
+                assert shown in rest["t"], (shown, rest["t"][i])
+                row = {f: rest[f][rest["t"].index(shown)] for f in rest}
                 assert row["spot"] is not None
-                text = await hover(page, row["t"])
                 for name, field in (
                     ("spot", "spot"),
                     ("flip", "flip"),
@@ -136,8 +134,9 @@ async def test_day_view_scrubber_and_history_across_a_restart(tmp_path: Path, ch
         assert again["columns"] == before["columns"]
 
 
-async def hover(page: Any, t: int) -> str:
-    """Move the mouse onto the Day chart's spot line at time ``t``; the tooltip's text. The chart is
+async def hover(page: Any, t: int) -> tuple[str, int]:
+    """Move the mouse onto the Day chart's spot line at time ``t``; the tooltip's text and the time of
+    the row it shows (a neighbour within the same second may be nearer the mouse). The chart is
     redrawn as points arrive (its axis grows), so the position is taken again on each try."""
     for _ in range(12):
         xy = await page.evaluate(
@@ -161,8 +160,9 @@ async def hover(page: Any, t: int) -> str:
         try:
             await page.wait_for_selector(".day-tip", state="visible", timeout=2000)
             text = str(await page.inner_text(".day-tip"))
-            if text.startswith(xy[2]):  # the row at t (not a neighbour, after a redraw moved the axis)
-                return text
+            if text.startswith(xy[2]):  # the row at t's second (not a row a redraw moved under the mouse)
+                shown = await page.get_attribute(".day-tip b[data-t]", "data-t")
+                return text, int(shown or 0)
         except Exception:  # noqa: BLE001 - redrawn under the mouse: try again
             continue
     raise AssertionError(f"no tooltip at {t}")

@@ -241,7 +241,7 @@ function drawDayChart(rows) {
         const p = params.find((q) => q.seriesIndex === 0) || params[0];
         const r = rows[p.dataIndex];
         if (!r) return "";
-        return `<b>${esc(timeLabel(r.t))}</b><br>` + DAY_TIP.map(([f, label, how]) => `<span data-f="${f}">${esc(label)} <b>${esc(dayTipValue(r[f], how))}</b></span>`).join("<br>");
+        return `<b data-t="${Number(r.t)}">${esc(timeLabel(r.t))}</b><br>` + DAY_TIP.map(([f, label, how]) => `<span data-f="${f}">${esc(label)} <b>${esc(dayTipValue(r[f], how))}</b></span>`).join("<br>");
       },
     },
     dataZoom: [{ type: "inside", xAxisIndex: [0, 1, 2] }, { type: "slider", xAxisIndex: [0, 1, 2], bottom: 8, height: 18, textStyle: { color: CHART_THEME.text } }],
